@@ -1,0 +1,1 @@
+"""Framework-free pieces both twins share: spec, errors, checkpoint format, config, data, text."""

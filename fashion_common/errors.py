@@ -1,0 +1,49 @@
+"""Exceptions both twins raise, with messages built in one place so the twins say the same thing."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class FashionTwinsError(Exception):
+    """Base class: every error the project raises on purpose."""
+
+
+class InputShapeError(FashionTwinsError, ValueError):
+    """A model input whose shape is not (N, 28, 28) or (N, 1, 28, 28)."""
+
+
+class InputDtypeError(FashionTwinsError, TypeError):
+    """A model input that is not floating point (uint8 images must be scaled by 1/255 first)."""
+
+
+class CheckpointError(FashionTwinsError, ValueError):
+    """A checkpoint file that is missing, unreadable or does not match the model."""
+
+
+class DataError(FashionTwinsError, RuntimeError):
+    """Fashion-MNIST files that are missing, partial or corrupt."""
+
+
+class ConfigError(FashionTwinsError, ValueError):
+    """A config override with an unknown key or a wrong type."""
+
+
+def check_input(shape: Sequence[int], dtype_name: str, is_floating: bool, image_size=(28, 28)) -> None:
+    """Raise the shared error for a bad model input; both twins call this before any compute.
+
+    Accepted: (N, H, W), the tutorial's `torch.rand(3, 28, 28)`, and (N, 1, H, W), what ToTensor
+    plus a DataLoader yields.
+    """
+    shape = tuple(int(s) for s in shape)
+    h, w = image_size
+    ok = (len(shape) == 3 and shape[1:] == (h, w)) or (len(shape) == 4 and shape[1:] == (1, h, w))
+    if not ok:
+        raise InputShapeError(
+            f"expected input of shape (N, {h}, {w}) or (N, 1, {h}, {w}), got {shape}"
+            + ("; add a batch dimension, e.g. x[None]" if shape[-2:] == (h, w) and len(shape) < 3 else "")
+        )
+    if not is_floating:
+        raise InputDtypeError(
+            f"expected a floating-point input, got {dtype_name}; scale uint8 images to [0, 1] with x / 255 first"
+        )

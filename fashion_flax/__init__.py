@@ -1,0 +1,22 @@
+"""The tutorial's Fashion-MNIST MLP in Flax linen. Twin of fashion_torch; never imports torch."""
+
+from fashion_common.errors import CheckpointError, InputDtypeError, InputShapeError
+from fashion_common.spec import CLASS_NAMES, DEFAULT_SPEC, ModelSpec
+
+from .checkpoint import from_state_dict, load_checkpoint, save_checkpoint, to_state_dict
+from .model import (
+    NeuralNetwork,
+    binary_step,
+    count_parameters,
+    create_model,
+    get_device,
+    relu,
+    resolve_device,
+    set_matmul_precision,
+    sigmoid,
+    softmax,
+    summary,
+    tanh,
+)
+
+BACKEND = "flax"

@@ -1,0 +1,61 @@
+"""Weights in and out of the one canonical format (see fashion_common/checkpoint.py).
+
+Mirrors fashion_torch/checkpoint.py. The canonical layout is torch's, so every kernel is
+transposed on the way out and back in: Dense kernel [in, out] <-> Linear weight [out, in].
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import jax
+import numpy as np
+from flax.core import unfreeze
+
+from fashion_common import checkpoint as canonical
+from fashion_common.errors import CheckpointError
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys, flax_param_path
+
+from .model import NeuralNetwork
+
+
+def to_state_dict(params, spec: ModelSpec = DEFAULT_SPEC) -> Dict[str, np.ndarray]:
+    """Flax params -> canonical numpy state_dict (float32, weight [out, in]); asserts keys and shapes."""
+    tree = unfreeze(params)
+    tree = tree.get("params", tree)
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    state = {}
+    for key in checkpoint_keys(spec):
+        path = "/".join(flax_param_path(key))
+        if path not in flat:
+            raise CheckpointError(f"params: missing {path!r} (canonical key {key!r})")
+        value = np.asarray(jax.device_get(flat.pop(path)), dtype=np.float32)
+        state[key] = value.T.copy() if key.endswith(".weight") else value  # kernel [in, out] -> weight [out, in]
+    if flat:
+        raise CheckpointError(f"params: unexpected leaf {sorted(flat)[0]!r}")
+    canonical.validate_state(state, spec, source="params")
+    return state
+
+
+def from_state_dict(state_dict, spec: ModelSpec = DEFAULT_SPEC, device=None):
+    """Canonical state_dict (numpy arrays, or anything np.asarray takes) -> Flax params; asserts keys and shapes first."""
+    state = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
+    canonical.validate_state(state, spec)
+    tree: dict = {}
+    for key in checkpoint_keys(spec):
+        stack, layer, kind = flax_param_path(key)
+        value = np.array(state[key], dtype=np.float32)
+        tree.setdefault(stack, {}).setdefault(layer, {})[kind] = value.T.copy() if kind == "kernel" else value
+    params = {"params": tree}
+    return jax.device_put(params, device) if device is not None else jax.device_put(params)
+
+
+def save_checkpoint(params, path, spec: ModelSpec = DEFAULT_SPEC, metadata: Optional[dict] = None):
+    """Write the params to `path` in the canonical layout (safetensors, atomically). Returns the path."""
+    return canonical.write_state(path, to_state_dict(params, spec), spec, metadata)
+
+
+def load_checkpoint(path, device=None, spec: Optional[ModelSpec] = None):
+    """Read a canonical checkpoint written by either twin -> (model, params); bad files raise CheckpointError."""
+    state, spec = canonical.read_state(path, spec)
+    return NeuralNetwork(spec), from_state_dict(state, spec, device)

@@ -1,0 +1,185 @@
+"""The tutorial's Fashion-MNIST MLP in Flax linen, plus its activations and device choice.
+
+Mirrors fashion_torch/model.py name for name; a difference between the two is commented.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from fashion_common.errors import check_input
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+from fashion_common.text import format_summary_rows
+
+
+# ----------------------------------------------------------------------------- activations
+# The tutorial's tour: binary step, sigmoid, tanh, ReLU and softmax, as plain functions.
+
+
+@jax.custom_jvp
+def binary_step(x):
+    """1 where x >= 0, else 0; NaN stays NaN; the gradient is 0 everywhere (not undefined)."""
+    return jnp.where(jnp.isnan(x), x, (x >= 0).astype(x.dtype))
+
+
+@binary_step.defjvp
+def _binary_step_jvp(primals, tangents):
+    (x,), _ = primals, tangents
+    return binary_step(x), jnp.zeros_like(x)
+
+
+def sigmoid(x):
+    return jax.nn.sigmoid(x)  # stable for |x| large: no overflow to NaN at -1e4
+
+
+def tanh(x):
+    return jnp.tanh(x)
+
+
+def relu(x):
+    return jax.nn.relu(x)  # ReLU'(0) = 0, as in torch
+
+
+def softmax(x, dim: int = -1):
+    return jax.nn.softmax(x, axis=dim)  # `dim`, not `axis`, to mirror torch.softmax; subtracts the max first
+
+
+ACTIVATION_FUNCTIONS = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh, "binary_step": binary_step}
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def get_device() -> str:
+    """A GPU if JAX has one, else "cpu" (mirrors torch's cuda -> mps -> cpu)."""
+    return "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+
+
+def resolve_device(name: str = "auto") -> jax.Device:
+    """Config device ("auto", "cpu", "gpu") -> jax.Device; "gpu" without one is a clear error."""
+    if name == "auto":
+        name = get_device()
+    if name == "cpu":
+        return jax.devices("cpu")[0]
+    if name == "gpu":
+        try:
+            return jax.devices("gpu")[0]
+        except RuntimeError:
+            raise RuntimeError("--device gpu was asked for, but JAX sees no GPU device") from None
+    raise ValueError(f"unknown device {name!r}; choose auto, cpu or gpu")
+
+
+def set_matmul_precision(precision: str) -> None:
+    """"highest" (fp32: the parity mode) or "tf32" (JAX's GPU default, TensorFloat-32 matmuls)."""
+    jax.config.update("jax_default_matmul_precision", {"highest": "highest", "tf32": "default"}[precision])
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+def torch_uniform(fan_in: int):
+    """torch.nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for kernel and bias alike."""
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class NeuralNetwork(nn.Module):
+    """Flatten -> Dense(512) -> ReLU -> Dense(512) -> ReLU -> Dense(10); returns logits.
+
+    Params: linear_relu_stack/layers_{0,2,4}/{kernel,bias}. nn.Sequential names entry i
+    'layers_i', so 'linear_relu_stack.2.weight' in torch is 'linear_relu_stack/layers_2/kernel'
+    here, transposed ([in, out] instead of [out, in]).
+    """
+
+    spec: ModelSpec = DEFAULT_SPEC
+    init_scheme: str = "torch"  # "torch": both twins start from the same law; "flax": lecun_normal / zeros
+
+    def setup(self):
+        layers = []
+        for i, (fan_in, fan_out) in enumerate(self.spec.layer_sizes):
+            if i:
+                layers.append(ACTIVATION_FUNCTIONS[self.spec.activation])
+            if self.init_scheme == "torch":
+                dense = nn.Dense(fan_out, kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in))
+            elif self.init_scheme == "flax":
+                dense = nn.Dense(fan_out)
+            else:
+                raise ValueError(f"unknown init_scheme {self.init_scheme!r}; choose torch or flax")
+            layers.append(dense)
+        if self.spec.output_activation is not None:
+            layers.append(ACTIVATION_FUNCTIONS[self.spec.output_activation])
+        self.linear_relu_stack = nn.Sequential(layers)
+
+    def flatten(self, x):
+        return x.reshape((x.shape[0], -1))  # torch's nn.Flatten(): keep dim 0, merge the rest
+
+    def __call__(self, x):
+        check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
+        x = self.flatten(x)  # (N, 784); (N, 1, 28, 28) flattens the same way
+        logits = self.linear_relu_stack(x)  # (N, 10)
+        return logits
+
+    def layer_outputs(self, x) -> Dict[str, jax.Array]:
+        """Every intermediate, keyed by stack position: {"flatten": (N, 784), "0": (N, 512), ..., "4": (N, 10)}."""
+        check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
+        outputs = {"flatten": self.flatten(x)}
+        h = outputs["flatten"]
+        for i, layer in enumerate(self.linear_relu_stack.layers):
+            h = layer(h)
+            outputs[str(i)] = h
+        return outputs
+
+
+def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: Optional[int] = 0, device=None, init_scheme: str = "torch"):
+    """A fresh NeuralNetwork and its params; the seed names the init key, so init is repeatable.
+
+    Flax keeps params apart from the module, so this returns (model, params) where torch returns
+    one module holding its parameters.
+    """
+    model = NeuralNetwork(spec, init_scheme=init_scheme)
+    rng = jax.random.PRNGKey(0 if seed is None else seed)
+    rng, init_rng = jax.random.split(rng)
+    params = jax.jit(model.init)(init_rng, jnp.zeros((1, *spec.image_size), jnp.float32))
+    if device is not None:
+        params = jax.device_put(params, device)
+    return model, params
+
+
+def count_parameters(params) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+
+
+def summary(model: NeuralNetwork, params, batch_size: int = 1) -> str:
+    """A torch-style structure print, then a table of each layer's output shape and parameter count."""
+    outputs = model.apply(params, jnp.zeros((batch_size, *model.spec.image_size)), method=NeuralNetwork.layer_outputs)
+    stack = params["params"]["linear_relu_stack"]
+    lines = [f"NeuralNetwork(", f"  (flatten): reshape(N, -1)", f"  (linear_relu_stack): Sequential("]
+    rows = [("flatten", "Flatten", outputs["flatten"].shape, 0)]
+    for i in range(model.spec.stack_length):
+        entry = stack.get(f"layers_{i}")
+        if entry is not None:
+            fan_in, fan_out = entry["kernel"].shape
+            lines.append(f"    (layers_{i}): Dense(in_features={fan_in}, out_features={fan_out}, bias=True)")
+            rows.append((f"linear_relu_stack.layers_{i}", "Dense", outputs[str(i)].shape, count_parameters(entry)))
+        else:
+            name = _activation_name(model.spec, i)
+            lines.append(f"    (layers_{i}): {name}()")
+            rows.append((f"linear_relu_stack.layers_{i}", name, outputs[str(i)].shape, 0))
+    lines += ["  )", ")"]
+    return "\n".join(lines) + "\n" + format_summary_rows(rows)
+
+
+def _activation_name(spec: ModelSpec, position: int) -> str:
+    """Display name of the activation at stack position `position` (odd positions, plus the optional last)."""
+    is_output = spec.output_activation is not None and position == spec.stack_length - 1
+    name = spec.output_activation if is_output else spec.activation
+    return {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "binary_step": "BinaryStep"}[name]

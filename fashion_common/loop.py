@@ -1,0 +1,146 @@
+"""The epoch loop both twins run: logging, metrics JSON, checkpoints and resume, written once.
+
+Each twin hands in a small `TwinOps` of its own framework's functions (init, one epoch,
+evaluate, save, load); everything around them is the same code, so both twins log the same
+lines, write the same METRICS.json and resume the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from .checkpoint import atomic_write_bytes, read_train_state, train_state_path
+from .config import TrainConfig
+from .data import FashionData
+from .errors import CheckpointError
+from .spec import DEFAULT_SPEC, ModelSpec
+from .text import format_epoch_line
+
+
+@dataclasses.dataclass
+class TwinOps:
+    """What a twin provides to the shared loop. `state` is the twin's own train state."""
+
+    backend: str  # "torch" or "flax"
+    init_state: Callable  # (config, spec, device, total_steps) -> state
+    put_data: Callable  # (FashionData, device) -> data on the device (twin-specific)
+    train_epoch: Callable  # (state, data, order (steps, B) int32, config, progress) -> (state, {"train_loss", "train_accuracy"})
+    evaluate: Callable  # (state, data, config) -> {"test_loss", "test_accuracy"}
+    save: Callable  # (state, path, metadata) -> None: weights + sidecar
+    load: Callable  # (state, path) -> state with weights and optimizer restored
+    device_name: Callable  # (device) -> str
+    versions: Callable  # () -> {library: version}
+
+
+def write_json_atomic(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def check_writable(path) -> None:
+    """Fail before training, not after it, when an output folder is missing."""
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {folder}")
+
+
+def train_and_evaluate(
+    ops: TwinOps,
+    config: TrainConfig,
+    data: FashionData,
+    spec: ModelSpec = DEFAULT_SPEC,
+    out: Optional[str] = None,
+    metrics_path: Optional[str] = None,
+    resume: Optional[str] = None,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+    device=None,
+):
+    """Train for config.epochs, evaluating after each; checkpoint and metrics are rewritten atomically every epoch.
+
+    Args:
+      ops: the twin's functions.
+      config: the shared flat config.
+      data: uint8 Fashion-MNIST arrays (already limited if config.limit_* is set).
+      out: checkpoint path (weights; optimizer state goes beside it); None writes none.
+      metrics_path: METRICS.json path; None writes none.
+      resume: a checkpoint written by this loop; training continues after its last epoch.
+      quiet: no progress bars (the per-epoch lines are still logged).
+    Returns:
+      (state, metrics dict as written to METRICS.json).
+    """
+    check_writable(out)
+    check_writable(metrics_path)
+    data = data.limit(config.limit_train, config.limit_test)
+    steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train_labels)} training images")
+    total_steps = steps_per_epoch * config.epochs
+    state = ops.init_state(config, spec, device, total_steps)
+    on_device = ops.put_data(data, device)
+
+    history, start_epoch = [], 1
+    if resume is not None:
+        _, counters = read_train_state(resume)
+        if counters.get("backend") != ops.backend:
+            raise CheckpointError(f"{train_state_path(resume)} holds {counters.get('backend')} optimizer state; resume it with --backend {counters.get('backend')}")
+        if counters.get("config", {}).get("seed") != config.seed:
+            raise CheckpointError(f"{resume} was trained with seed {counters['config'].get('seed')}, not {config.seed}; the batch order would differ")
+        state = ops.load(state, resume)
+        history, start_epoch = counters["history"], counters["epoch"] + 1
+
+    metrics = {
+        "backend": ops.backend,
+        "device": ops.device_name(device),
+        "platform": platform.platform(),
+        "versions": ops.versions(),
+        "config": config.to_dict(),
+        "spec": spec.to_metadata(),
+        "num_train": int(len(data.train_labels)),
+        "num_test": int(len(data.test_labels)),
+        "data_source": data.source,
+        "epochs": history,
+    }
+    from .data import batch_order
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        order = batch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
+        start = time.perf_counter()
+        progress = None if quiet else _progress(ops.backend, epoch, config.epochs, steps_per_epoch)
+        state, train_metrics = ops.train_epoch(state, on_device, order, config, progress)
+        seconds = time.perf_counter() - start  # train_epoch returns host floats, so the device is done
+        if progress is not None:
+            progress.close()
+        test_metrics = ops.evaluate(state, on_device, config)
+        row = {"epoch": epoch, **train_metrics, **test_metrics, "epoch_seconds": seconds}
+        history.append(row)
+        log(format_epoch_line(ops.backend, epoch, config.epochs, row))
+        counters = {"backend": ops.backend, "epoch": epoch, "step": epoch * steps_per_epoch, "config": config.to_dict(), "history": history}
+        if out is not None:
+            ops.save(state, out, counters)
+        if metrics_path is not None:
+            write_json_atomic(metrics_path, metrics)
+    return state, metrics
+
+
+def _progress(backend: str, epoch: int, epochs: int, steps: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc=f"[{backend}] epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True)
+
+
+def progress_chunks(steps: int, progress) -> list:
+    """Split an epoch's steps into slices; the bar advances once per slice (about 20 a epoch, or 1 if quiet).
+
+    Both twins use the same slices, so their bars move alike; for flax each slice is one compiled scan.
+    """
+    if progress is None:
+        return [slice(0, steps)]
+    size = -(-steps // 20)  # equal slices but the last, so a compiled flax scan sees at most two lengths
+    return [slice(a, min(a + size, steps)) for a in range(0, steps, size)]

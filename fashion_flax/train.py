@@ -1,0 +1,256 @@
+"""Training and evaluation for the flax twin: a TrainState with optax and a jitted step.
+
+Mirrors fashion_torch/train.py. The whole set lives as one uint8 array on the training device;
+a step gathers its batch by index and scales by 1/255 (what ToTensor does). A slice of an
+epoch runs as one compiled `lax.scan` over rows of batch indices, so the host only dispatches
+about 20 programs an epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state as flax_train_state
+
+from fashion_common import checkpoint as canonical
+from fashion_common import loop
+from fashion_common.config import TrainConfig
+from fashion_common.data import FashionData
+from fashion_common.errors import CheckpointError
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+
+from .checkpoint import from_state_dict, save_checkpoint, to_state_dict
+from .model import NeuralNetwork, create_model, resolve_device
+
+BACKEND = "flax"
+
+
+class TrainState(flax_train_state.TrainState):
+    """params, opt_state, step and apply_fn, as Flax ships it (step counts updates, as the torch twin's)."""
+
+
+@dataclasses.dataclass
+class DeviceData:
+    """The whole set on the device: uint8 images (N, 28, 28) and int32 labels (N,)."""
+
+    train_images: jax.Array
+    train_labels: jax.Array
+    test_images: jax.Array
+    test_labels: jax.Array
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as torch.optim builds them."""
+    # The schedule is fashion_common.config.learning_rate written in jnp, so both twins use one formula.
+    if config.schedule == "constant":
+        schedule = config.lr
+    else:
+        schedule = lambda count: config.lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(count, total_steps) / max(total_steps, 1)))
+    if config.optimizer == "sgd":
+        sgd = optax.sgd(schedule, momentum=config.momentum or None)
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd) if config.weight_decay else sgd
+    if config.optimizer == "adam":
+        adam = optax.adam(schedule)
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), adam) if config.weight_decay else adam
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
+def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> TrainState:
+    """Fresh params (seeded from config.seed, or the given canonical state_dict) and their optimizer."""
+    device = resolve_device(config.device) if device is None else device
+    model, params = create_model(spec, config.seed, device)
+    if state_dict is not None:
+        params = from_state_dict(state_dict, spec, device)
+    tx = make_optimizer(config, total_steps)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def put_data(data: FashionData, device=None) -> DeviceData:
+    """Numpy uint8 arrays -> arrays on the device (uint8 keeps the copy 4x smaller than float32)."""
+    put = lambda a, dtype: jax.device_put(np.ascontiguousarray(a, dtype=dtype), device)
+    return DeviceData(
+        put(data.train_images, np.uint8),
+        put(data.train_labels, np.int32),
+        put(data.test_images, np.uint8),
+        put(data.test_labels, np.int32),
+    )
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def loss_fn(logits, labels, label_smoothing: float = 0.0):
+    """Mean cross-entropy over the batch; (B, 10) logits, (B,) int labels. Smoothing as torch's label_smoothing."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def _step(state: TrainState, images, labels, label_smoothing: float):
+    """One update on uint8 images (B, 28, 28) -> (state, (loss, number correct)); grad, update and apply in one program."""
+    x = images.astype(jnp.float32) / 255.0  # (B, 28, 28) in [0, 1], as ToTensor
+
+    def compute_loss(params):
+        logits = state.apply_fn(params, x)  # (B, 10)
+        return loss_fn(logits, labels, label_smoothing), logits
+
+    (loss, logits), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    correct = (logits.argmax(1) == labels).sum()
+    return state, (loss, correct)
+
+
+train_step = jax.jit(_step, static_argnames="label_smoothing", donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnames="label_smoothing", donate_argnums=0)
+def train_steps(state: TrainState, images, labels, order, label_smoothing: float):
+    """Run one step per row of `order` (S, B) as one compiled lax.scan -> (state, loss sum, correct sum)."""
+
+    def body(carry, idx):
+        state, loss_sum, correct_sum = carry
+        state, (loss, correct) = _step(state, images[idx], labels[idx], label_smoothing)
+        return (state, loss_sum + loss, correct_sum + correct), None
+
+    (state, loss_sum, correct_sum), _ = jax.lax.scan(body, (state, jnp.float32(0), jnp.int32(0)), order)
+    return state, loss_sum, correct_sum
+
+
+def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
+    """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"})."""
+    device = next(iter(data.train_images.devices()))
+    order_d = jax.device_put(order, device)
+    loss_sum, correct_sum, seen = 0.0, 0, 0
+    for chunk in loop.progress_chunks(len(order), progress):
+        state, chunk_loss, chunk_correct = train_steps(state, data.train_images, data.train_labels, order_d[chunk], config.label_smoothing)
+        seen += chunk.stop - chunk.start
+        if progress is not None:  # one host sync per slice, not per step
+            loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)
+            progress.update(chunk.stop - chunk.start)
+            progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct_sum / (seen * order.shape[1]):.3f}")
+        else:
+            loss_sum, correct_sum = chunk_loss, chunk_correct  # one slice: stay on the device until the end
+    steps = len(order)
+    return state, {"train_loss": float(loss_sum) / steps, "train_accuracy": int(correct_sum) / (steps * order.shape[1])}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> Dict[str, float]:
+    """The tutorial's test_loop over the whole test set -> {"test_loss", "test_accuracy"} (plain cross-entropy)."""
+    return evaluate_model(state.apply_fn, state.params, data.test_images, data.test_labels, config.eval_batch_size)
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _eval_batch(apply_fn, params, images, labels):
+    logits = apply_fn(params, images.astype(jnp.float32) / 255.0)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+    return loss, (logits.argmax(1) == labels).sum()
+
+
+def evaluate_model(apply_fn, params, images, labels, batch_size: int = 10_000) -> Dict[str, float]:
+    """Mean test loss and accuracy of `params` on uint8 images (N, 28, 28) and labels (N,)."""
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), batch_size):
+        loss, c = _eval_batch(apply_fn, params, images[start : start + batch_size], labels[start : start + batch_size])
+        loss_sum, correct = loss_sum + float(loss), correct + int(c)
+    return {"test_loss": loss_sum / len(labels), "test_accuracy": correct / len(labels)}
+
+
+def predict_proba(model: NeuralNetwork, params, images: np.ndarray) -> np.ndarray:
+    """Float images (N, 28, 28) in [0, 1] -> softmax probabilities (N, 10) as numpy."""
+    logits = model.apply(params, jnp.asarray(images, jnp.float32))
+    return np.asarray(jax.nn.softmax(logits, axis=1))
+
+
+# ----------------------------------------------------------------------------- checkpoints with optimizer state
+
+
+def save_train_state(state: TrainState, path, counters: dict) -> None:
+    """Weights to `path` (canonical), optimizer state and counters beside it; both written atomically.
+
+    optax's state is a tree whose leaf paths name themselves (e.g. `[0].mu['params']...`); they
+    are the slot keys. The sidecar goes first and the weights name its step, so a crash between
+    the two renames is detected on resume.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(state.opt_state)
+    slots = {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf)).reshape(np.shape(leaf) or (1,)) for path, leaf in leaves}
+    step = int(state.step)
+    canonical.write_train_state(path, slots, {**counters, "optimizer_step": step})
+    spec = state.apply_fn.__self__.spec
+    save_checkpoint(state.params, path, spec, {"step": str(step)})
+
+
+def load_train_state(state: TrainState, path) -> TrainState:
+    """Restore weights, optimizer state and the update count written by save_train_state."""
+    spec = state.apply_fn.__self__.spec
+    weights, _ = canonical.read_state(path, spec)
+    slots, counters = canonical.read_train_state(path)
+    _check_pair(path, counters)
+    device = next(iter(jax.tree_util.tree_leaves(state.params)[0].devices()))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(state.opt_state)
+    restored = []
+    for path_, leaf in leaves:
+        key = jax.tree_util.keystr(path_)
+        if key not in slots:
+            raise CheckpointError(f"{canonical.train_state_path(path)}: missing optimizer slot {key!r}")
+        restored.append(jax.device_put(slots[key].reshape(np.shape(leaf)).astype(leaf.dtype), device))
+    opt_state = jax.tree_util.tree_unflatten(treedef, restored)
+    params = from_state_dict(weights, spec, device)
+    return state.replace(params=params, opt_state=opt_state, step=jnp.asarray(int(counters["optimizer_step"]), state.step.dtype))
+
+
+def _check_pair(path, counters) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        step = (f.metadata() or {}).get("step")
+    if step is not None and int(step) != int(counters["optimizer_step"]):
+        raise CheckpointError(f"{path} (step {step}) and {canonical.train_state_path(path)} (step {counters['optimizer_step']}) do not belong together")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _versions() -> Dict[str, str]:
+    import flax
+
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__}
+
+
+def _device_name(device) -> str:
+    return "cpu" if device is None or device.platform == "cpu" else device.device_kind
+
+
+def _init_state(config, spec, device, total_steps):
+    return create_train_state(config, spec, device, total_steps)
+
+
+OPS = loop.TwinOps(
+    backend=BACKEND,
+    init_state=_init_state,
+    put_data=put_data,
+    train_epoch=train_epoch,
+    evaluate=evaluate,
+    save=save_train_state,
+    load=load_train_state,
+    device_name=_device_name,
+    versions=_versions,
+)
+
+
+def train_and_evaluate(config: TrainConfig, data: FashionData, spec: ModelSpec = DEFAULT_SPEC, out=None, metrics_path=None, resume=None, quiet=False, log=print):
+    """Train and evaluate the flax twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics)."""
+    device = resolve_device(config.device)
+    return loop.train_and_evaluate(OPS, config, data, spec, out, metrics_path, resume, quiet, log, device)

@@ -1,0 +1,248 @@
+"""Training and evaluation for the torch twin: the tutorial's train_loop/test_loop, with the data on the device.
+
+Mirrors fashion_flax/train.py. The whole set lives as one uint8 tensor on the training device;
+a step gathers its batch by index and scales by 1/255 (what ToTensor does), so there are no
+per-sample PIL transforms and no DataLoader on the hot path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fashion_common import checkpoint as canonical
+from fashion_common import loop
+from fashion_common.config import TrainConfig, learning_rate
+from fashion_common.data import FashionData
+from fashion_common.errors import CheckpointError
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
+
+from .checkpoint import from_state_dict, save_checkpoint, to_state_dict
+from .model import NeuralNetwork, create_model, resolve_device
+
+BACKEND = "torch"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Model, optimizer and update count: what flax keeps in its TrainState."""
+
+    model: NeuralNetwork
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    total_steps: int
+    step: int = 0
+
+
+@dataclasses.dataclass
+class DeviceData:
+    """The whole set on the device: uint8 images (N, 28, 28) and int64 labels (N,)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def make_optimizer(model: NeuralNetwork, config: TrainConfig) -> torch.optim.Optimizer:
+    """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as optax builds them."""
+    params = list(model.parameters())
+    foreach = {"foreach": True}  # one multi-tensor kernel per update instead of one per parameter
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **foreach)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **foreach)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **foreach)
+
+
+def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> TrainState:
+    """A fresh model (seeded from config.seed, or the given canonical state_dict) and its optimizer."""
+    device = resolve_device(config.device) if device is None else torch.device(device)
+    torch.manual_seed(config.seed)
+    model = create_model(spec, config.seed, device) if state_dict is None else from_state_dict(state_dict, spec, device)
+    return TrainState(model, make_optimizer(model, config), config, total_steps)
+
+
+def put_data(data: FashionData, device=None) -> DeviceData:
+    """Numpy uint8 arrays -> tensors on the device (uint8 keeps the copy 4x smaller than float32)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    as_tensor = lambda a, dtype: torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+    return DeviceData(
+        as_tensor(data.train_images, torch.uint8),
+        as_tensor(data.train_labels, torch.int64),
+        as_tensor(data.test_images, torch.uint8),
+        as_tensor(data.test_labels, torch.int64),
+    )
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the batch; (B, 10) logits, (B,) int labels."""
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
+    """One update on a batch of uint8 images (B, 28, 28) -> (loss, number correct), both 0-d tensors on the device."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(state.config, state.step, state.total_steps)
+    x = images.to(torch.float32).div_(255.0)  # (B, 28, 28) in [0, 1], as ToTensor
+    logits = state.model(x)  # (B, 10)
+    loss = loss_fn(logits, labels, state.config.label_smoothing)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    state.step += 1
+    correct = (logits.detach().argmax(1) == labels).sum()
+    return loss.detach(), correct
+
+
+def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
+    """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"})."""
+    state.model.train()
+    order_t = torch.as_tensor(order, device=data.train_images.device, dtype=torch.int64)
+    loss_sum = torch.zeros((), device=order_t.device)
+    correct_sum = torch.zeros((), device=order_t.device, dtype=torch.int64)
+    seen = 0
+    for chunk in loop.progress_chunks(len(order), progress):
+        for idx in order_t[chunk]:
+            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx])
+            loss_sum += loss
+            correct_sum += correct
+        seen += chunk.stop - chunk.start
+        if progress is not None:  # one host sync per slice, not per step
+            progress.update(chunk.stop - chunk.start)
+            progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct_sum.item() / (seen * order.shape[1]):.3f}")
+    steps = len(order)
+    return state, {"train_loss": loss_sum.item() / steps, "train_accuracy": correct_sum.item() / (steps * order.shape[1])}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> Dict[str, float]:
+    """The tutorial's test_loop over the whole test set -> {"test_loss", "test_accuracy"} (plain cross-entropy)."""
+    return evaluate_model(state.model, data.test_images, data.test_labels, config.eval_batch_size)
+
+
+@torch.no_grad()
+def evaluate_model(model: NeuralNetwork, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 10_000) -> Dict[str, float]:
+    """Mean test loss and accuracy of `model` on uint8 images (N, 28, 28) and labels (N,)."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
+    correct = torch.zeros((), dtype=torch.int64, device=images.device)
+    for start in range(0, len(labels), batch_size):
+        x = images[start : start + batch_size].to(torch.float32).div_(255.0)
+        y = labels[start : start + batch_size]
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    return {"test_loss": loss_sum.item() / len(labels), "test_accuracy": correct.item() / len(labels)}
+
+
+@torch.no_grad()
+def predict_proba(model: NeuralNetwork, images: np.ndarray) -> np.ndarray:
+    """Float images (N, 28, 28) in [0, 1] -> softmax probabilities (N, 10) as numpy."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits = model(torch.as_tensor(images, dtype=torch.float32, device=device))
+    return torch.softmax(logits, dim=1).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- checkpoints with optimizer state
+
+# torch optimizer slot name -> canonical slot name (optax's names for the same buffers differ; see flax twin)
+_SLOTS = {"momentum_buffer": "momentum", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "step": "step"}
+
+
+def save_train_state(state: TrainState, path, counters: dict) -> None:
+    """Weights to `path` (canonical), optimizer slots and counters beside it; both written atomically.
+
+    The sidecar goes first and the weights name its step, so a crash between the two renames is detected on resume.
+    """
+    keys = checkpoint_keys(state.model.spec)
+    slots = {}
+    for key, per_param in zip(keys, (state.optimizer.state.get(p, {}) for p in state.model.parameters())):
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                slots[f"{_SLOTS[name]}/{key}"] = value.detach().cpu().reshape(value.shape or (1,)).numpy().copy()
+    canonical.write_train_state(path, slots, {**counters, "optimizer_step": state.step})
+    save_checkpoint(state.model, path, {"step": str(state.step)})
+
+
+def load_train_state(state: TrainState, path) -> TrainState:
+    """Restore weights, optimizer slots and the update count written by save_train_state."""
+    weights, _ = canonical.read_state(path, state.model.spec)
+    slots, counters = canonical.read_train_state(path)
+    _check_pair(path, counters)
+    device = next(state.model.parameters()).device
+    with torch.no_grad():
+        for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters()):
+            param.copy_(torch.from_numpy(weights[key]))
+    inverse = {v: k for k, v in _SLOTS.items()}
+    for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters()):
+        restored = {}
+        for slot_key, value in slots.items():
+            slot, _, name = slot_key.partition("/")
+            if name == key:
+                t = torch.from_numpy(value.copy())
+                restored[inverse[slot]] = t.reshape(()) if slot == "step" else t.to(device)
+        if restored:
+            state.optimizer.state[param] = restored
+    state.step = int(counters["optimizer_step"])
+    return state
+
+
+def _check_pair(path, counters) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        step = (f.metadata() or {}).get("step")
+    if step is not None and int(step) != int(counters["optimizer_step"]):
+        raise CheckpointError(f"{path} (step {step}) and {canonical.train_state_path(path)} (step {counters['optimizer_step']}) do not belong together")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _versions() -> Dict[str, str]:
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__}
+
+
+def _device_name(device) -> str:
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _init_state(config, spec, device, total_steps):
+    return create_train_state(config, spec, device, total_steps)
+
+
+OPS = loop.TwinOps(
+    backend=BACKEND,
+    init_state=_init_state,
+    put_data=put_data,
+    train_epoch=train_epoch,
+    evaluate=evaluate,
+    save=save_train_state,
+    load=load_train_state,
+    device_name=_device_name,
+    versions=_versions,
+)
+
+
+def train_and_evaluate(config: TrainConfig, data: FashionData, spec: ModelSpec = DEFAULT_SPEC, out=None, metrics_path=None, resume=None, quiet=False, log=print):
+    """Train and evaluate the torch twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics)."""
+    device = resolve_device(config.device)
+    return loop.train_and_evaluate(OPS, config, data, spec, out, metrics_path, resume, quiet, log, device)

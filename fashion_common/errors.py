@@ -29,6 +29,10 @@ class ConfigError(FashionTwinsError, ValueError):
     """A config override with an unknown key or a wrong type."""
 
 
+class ImageError(FashionTwinsError, ValueError):
+    """An image file for prediction that is missing or that PIL cannot read."""
+
+
 def check_input(shape: Sequence[int], dtype_name: str, is_floating: bool, image_size=(28, 28)) -> None:
     """Raise the shared error for a bad model input; both twins call this before any compute.
 

@@ -120,12 +120,12 @@ def train_and_evaluate(
         test_metrics = ops.evaluate(state, on_device, config)
         row = {"epoch": epoch, **train_metrics, **test_metrics, "epoch_seconds": seconds}
         history.append(row)
-        log(format_epoch_line(ops.backend, epoch, config.epochs, row))
         counters = {"backend": ops.backend, "epoch": epoch, "step": epoch * steps_per_epoch, "config": config.to_dict(), "history": history}
-        if out is not None:
+        if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch
             ops.save(state, out, counters)
         if metrics_path is not None:
             write_json_atomic(metrics_path, metrics)
+        log(format_epoch_line(ops.backend, epoch, config.epochs, row))
     return state, metrics
 
 

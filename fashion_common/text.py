@@ -18,3 +18,27 @@ def format_epoch_line(backend: str, epoch: int, epochs: int, metrics: dict) -> s
         f"test_loss {metrics['test_loss']:.4f}  test_acc {100 * metrics['test_accuracy']:.2f}%  "
         f"time {metrics['epoch_seconds']:.2f}s"
     )
+
+
+def format_eval_line(backend: str, metrics: dict, num_images: int, checkpoint) -> str:
+    """The evaluate script's one line; numbers formatted as in the epoch line."""
+    return (
+        f"[{backend}] test_loss {metrics['test_loss']:.4f}  test_acc {100 * metrics['test_accuracy']:.2f}%  "
+        f"({num_images} images, checkpoint {checkpoint})"
+    )
+
+
+def format_prediction(backend: str, name: str, probs, top: int = 3, true_label=None, class_names=None) -> str:
+    """One line per image: `[torch] shoe.png  pred Sneaker  top-3: Sneaker 91.20%, Sandal 6.02%, Ankle boot 2.11%`.
+
+    `probs` is one softmax row (10,); ties keep label order (Python's sort is stable), so both
+    twins list equal probabilities the same way. `true_label` (an int) adds `true <name>`.
+    """
+    from .spec import CLASS_NAMES
+
+    names = CLASS_NAMES if class_names is None else class_names
+    probs = [float(p) for p in probs]
+    ranked = sorted(range(len(probs)), key=lambda i: -probs[i])[:top]
+    truth = "" if true_label is None else f"  true {names[int(true_label)]}"
+    listed = ", ".join(f"{names[i]} {100 * probs[i]:.2f}%" for i in ranked)
+    return f"[{backend}] {name}  pred {names[ranked[0]]}{truth}  top-{len(ranked)}: {listed}"

@@ -16,7 +16,7 @@ from fashion_common import checkpoint as canonical
 from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys, flax_param_path
 
-from .model import NeuralNetwork
+from .model import _shared_model
 
 
 def to_state_dict(params, spec: ModelSpec = DEFAULT_SPEC) -> Dict[str, np.ndarray]:
@@ -58,4 +58,4 @@ def save_checkpoint(params, path, spec: ModelSpec = DEFAULT_SPEC, metadata: Opti
 def load_checkpoint(path, device=None, spec: Optional[ModelSpec] = None):
     """Read a canonical checkpoint written by either twin -> (model, params); bad files raise CheckpointError."""
     state, spec = canonical.read_state(path, spec)
-    return NeuralNetwork(spec), from_state_dict(state, spec, device)
+    return _shared_model(spec, "torch"), from_state_dict(state, spec, device)

@@ -5,6 +5,7 @@ Mirrors fashion_torch/model.py name for name; a difference between the two is co
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Optional
 
 import jax
@@ -145,13 +146,19 @@ def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: Optional[int] = 0, device
     Flax keeps params apart from the module, so this returns (model, params) where torch returns
     one module holding its parameters.
     """
-    model = NeuralNetwork(spec, init_scheme=init_scheme)
+    model = _shared_model(spec, init_scheme)
     rng = jax.random.PRNGKey(0 if seed is None else seed)
     rng, init_rng = jax.random.split(rng)
     params = jax.jit(model.init)(init_rng, jnp.zeros((1, *spec.image_size), jnp.float32))
     if device is not None:
         params = jax.device_put(params, device)
     return model, params
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_model(spec: ModelSpec, init_scheme: str) -> NeuralNetwork:
+    """One module per spec: modules are immutable, and jit caches compare `model.apply` by the module's identity."""
+    return NeuralNetwork(spec, init_scheme=init_scheme)
 
 
 def count_parameters(params) -> int:

@@ -50,6 +50,13 @@ class DeviceData:
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as torch.optim builds them."""
+    return _make_optimizer(config.optimizer, config.lr, config.momentum, config.schedule, config.weight_decay, total_steps)
+
+
+@functools.lru_cache(maxsize=32)
+def _make_optimizer(optimizer, lr, momentum, schedule_name, weight_decay, total_steps):
+    """Cached, so an equal config gives the same optax object and the jitted step is not compiled again."""
+    config = TrainConfig(optimizer=optimizer, lr=lr, momentum=momentum, schedule=schedule_name, weight_decay=weight_decay)
     # The schedule is fashion_common.config.learning_rate written in jnp, so both twins use one formula.
     if config.schedule == "constant":
         schedule = config.lr
@@ -208,7 +215,7 @@ def load_train_state(state: TrainState, path) -> TrainState:
         restored.append(jax.device_put(slots[key].reshape(np.shape(leaf)).astype(leaf.dtype), device))
     opt_state = jax.tree_util.tree_unflatten(treedef, restored)
     params = from_state_dict(weights, spec, device)
-    return state.replace(params=params, opt_state=opt_state, step=jnp.asarray(int(counters["optimizer_step"]), state.step.dtype))
+    return state.replace(params=params, opt_state=opt_state, step=int(counters["optimizer_step"]))
 
 
 def _check_pair(path, counters) -> None:

@@ -1,0 +1,101 @@
+"""Lockstep: both twins from identical weights, fed the identical batch order, step by step.
+
+This is the one place that imports both frameworks (with fashion_compare/parity.py); the twins
+themselves never import each other.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+from fashion_common.config import TrainConfig, tutorial_config
+from fashion_common.data import FashionData, batch_order
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+
+
+def max_weight_diff(a: dict, b: dict) -> float:
+    """Largest |a - b| over every canonical tensor."""
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+def lockstep(
+    data: FashionData,
+    config: Optional[TrainConfig] = None,
+    steps: Optional[int] = None,
+    weight_every: int = 25,
+    precision: str = "highest",
+    spec: ModelSpec = DEFAULT_SPEC,
+    progress: bool = False,
+) -> dict:
+    """Train both twins side by side from the torch twin's init; record how far apart they drift.
+
+    Args:
+      data: uint8 Fashion-MNIST arrays (train part used).
+      config: default is the tutorial's recipe (plain SGD, lr 1e-3, batch 64) on the CPU.
+      steps: stop after this many steps (default: one full epoch).
+      weight_every: compare every weight each this many steps (and at the last step).
+      precision: "highest" (fp32 matmuls, the parity mode) or "tf32".
+    Returns:
+      dict with per-step losses of both twins, |loss diff| per step, the max weight diff at
+      recorded steps, and the summary figures max_loss_diff and final_weight_diff.
+    """
+    import fashion_flax
+    import fashion_flax.train as flax_train
+    import fashion_torch
+    import fashion_torch.train as torch_train
+
+    config = config or tutorial_config(epochs=1, device="cpu")
+    fashion_torch.set_matmul_precision(precision)
+    fashion_flax.set_matmul_precision(precision)
+    order = batch_order(config.seed, 1, len(data.train_labels), config.batch_size)
+    order = order[: steps or len(order)]
+    total = len(order)
+
+    t_dev = fashion_torch.resolve_device(config.device)
+    f_dev = fashion_flax.resolve_device(config.device)
+    t_state = torch_train.create_train_state(config, spec, t_dev, total)
+    init = fashion_torch.to_state_dict(t_state.model)  # one init for both twins
+    f_state = flax_train.create_train_state(config, spec, f_dev, total, state_dict=init)
+    t_data = torch_train.put_data(data, t_dev)
+    f_data = flax_train.put_data(data, f_dev)
+
+    import torch
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="lockstep", unit="step", leave=False, dynamic_ncols=True)
+    loss_torch, loss_flax, weight_steps, weight_diff = [], [], [0], [0.0]
+    start = time.perf_counter()
+    t_order = torch.as_tensor(order, dtype=torch.int64, device=t_dev)
+    for i in range(total):
+        t_loss, _ = torch_train.train_step(t_state, t_data.train_images[t_order[i]], t_data.train_labels[t_order[i]])
+        idx = order[i]
+        f_state, (f_loss, _) = flax_train.train_step(f_state, f_data.train_images[idx], f_data.train_labels[idx], config.label_smoothing)
+        loss_torch.append(float(t_loss))
+        loss_flax.append(float(f_loss))
+        if (i + 1) % weight_every == 0 or i + 1 == total:
+            weight_steps.append(i + 1)
+            weight_diff.append(max_weight_diff(fashion_torch.to_state_dict(t_state.model), fashion_flax.to_state_dict(f_state.params, spec)))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    loss_diff = np.abs(np.array(loss_torch) - np.array(loss_flax))
+    return {
+        "config": config.to_dict(),
+        "precision": precision,
+        "steps": total,
+        "loss_torch": loss_torch,
+        "loss_flax": loss_flax,
+        "loss_diff": loss_diff.tolist(),
+        "weight_steps": weight_steps,
+        "weight_diff": weight_diff,
+        "max_loss_diff": float(loss_diff.max()),
+        "final_weight_diff": weight_diff[-1],
+        "seconds": time.perf_counter() - start,
+    }

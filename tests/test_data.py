@@ -1,0 +1,122 @@
+"""The loader: torchvision reads files we arranged and verified; bad files get one clear error."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from fashion_common import data as data_mod
+from fashion_common.data import batch_order, load_fashion_mnist, scale_images
+from fashion_common.errors import DataError
+
+from twin_data import real_data, write_idx_set
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """Point the cache and the env var away from the real machine's folders."""
+    monkeypatch.setenv(data_mod.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(data_mod.ENV_DATA, raising=False)
+    monkeypatch.setattr(data_mod, "DEBIAN_DIR", tmp_path / "no-debian")
+    return tmp_path / "cache"
+
+
+def test_loader_returns_the_exact_bytes_of_synthetic_idx_files(tmp_path, cache):
+    arrays, checksums = write_idx_set(tmp_path / "gz", n_train=20, n_test=10)
+    data = load_fashion_mnist(tmp_path / "gz", checksums=checksums)
+    np.testing.assert_array_equal(data.train_images, arrays["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(data.train_labels, arrays["train-labels-idx1-ubyte"])
+    np.testing.assert_array_equal(data.test_images, arrays["t10k-images-idx3-ubyte"])
+    np.testing.assert_array_equal(data.test_labels, arrays["t10k-labels-idx1-ubyte"])
+    assert data.train_images.dtype == np.uint8 and data.train_images.shape == (20, 28, 28)
+    # torchvision's layout was arranged in the cache, where a second load finds it
+    assert (cache / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+def test_loader_accepts_torchvisions_own_folder_layout(tmp_path, cache):
+    arrays, checksums = write_idx_set(tmp_path / "gz")
+    load_fashion_mnist(tmp_path / "gz", checksums=checksums)
+    data = load_fashion_mnist(cache, checksums=checksums)  # cache now holds FashionMNIST/raw/
+    np.testing.assert_array_equal(data.test_images, arrays["t10k-images-idx3-ubyte"])
+
+
+def test_loader_refuses_corrupted_bytes_and_names_the_fix(tmp_path, cache):
+    arrays, checksums = write_idx_set(tmp_path / "gz")
+    path = tmp_path / "gz" / "train-labels-idx1-ubyte.gz"
+    payload = bytearray(gzip.decompress(path.read_bytes()))
+    payload[-1] ^= 0xFF  # one flipped label byte
+    path.write_bytes(gzip.compress(bytes(payload)))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz decompresses to the wrong bytes.*apt-get install -y dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path / "gz", checksums=checksums)
+
+
+def test_loader_refuses_a_truncated_gzip_file(tmp_path, cache):
+    arrays, checksums = write_idx_set(tmp_path / "gz")
+    path = tmp_path / "gz" / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(DataError, match="not a readable gzip file"):
+        load_fashion_mnist(tmp_path / "gz", checksums=checksums)
+
+
+def test_loader_refuses_a_corrupted_file_already_in_the_cache(tmp_path, cache):
+    arrays, checksums = write_idx_set(tmp_path / "gz")
+    load_fashion_mnist(tmp_path / "gz", checksums=checksums)
+    raw = cache / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    raw.write_bytes(raw.read_bytes()[:-1])  # partial file
+    with pytest.raises(DataError, match="corrupt or partial"):
+        load_fashion_mnist(cache, checksums=checksums)
+
+
+def test_missing_data_dir_gets_one_error_offering_every_fix(tmp_path, cache):
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist(tmp_path / "empty")
+    message = str(info.value)
+    assert "--data-dir" in message and "apt-get install -y dataset-fashion-mnist" in message and "--download" in message
+    assert "\n" not in message
+
+
+def test_no_data_anywhere_lists_the_folders_searched(tmp_path, cache):
+    with pytest.raises(DataError, match="Fashion-MNIST not found.*searched.*no-debian"):
+        load_fashion_mnist()
+
+
+def test_data_dir_comes_before_the_environment_variable(tmp_path, cache, monkeypatch):
+    first, checks_a = write_idx_set(tmp_path / "a", seed=1)
+    _, checks_b = write_idx_set(tmp_path / "b", seed=2)
+    monkeypatch.setenv(data_mod.ENV_DATA, str(tmp_path / "b"))
+    assert data_mod.candidate_dirs(tmp_path / "a")[0][0] == tmp_path / "a"
+    assert data_mod.candidate_dirs(None)[0][0] == tmp_path / "b"
+    data = load_fashion_mnist(tmp_path / "a", checksums=checks_a)
+    np.testing.assert_array_equal(data.train_images, first["train-images-idx3-ubyte"])
+
+
+def test_scaling_matches_torchvision_to_tensor_exactly():
+    from torchvision.transforms import ToTensor
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    images[0, 0, :3] = [0, 128, 255]
+    ours = scale_images(images)
+    theirs = np.stack([ToTensor()(img).numpy()[0] for img in images])
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_batch_order_is_a_repeatable_permutation_that_drops_the_partial_batch():
+    a = batch_order(seed=3, epoch=1, num_examples=1000, batch_size=64)
+    b = batch_order(seed=3, epoch=1, num_examples=1000, batch_size=64)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (1000 // 64, 64)
+    assert len(np.unique(a)) == a.size  # no index twice
+    assert not np.array_equal(a, batch_order(seed=3, epoch=2, num_examples=1000, batch_size=64))
+
+
+@pytest.mark.data
+def test_real_fashion_mnist_has_60000_train_and_10000_test_images_with_6000_and_1000_per_class():
+    data = real_data()
+    assert data.train_images.shape == (60_000, 28, 28) and data.test_images.shape == (10_000, 28, 28)
+    assert np.bincount(data.train_labels).tolist() == [6000] * 10
+    assert np.bincount(data.test_labels).tolist() == [1000] * 10
+    assert data.train_images.dtype == np.uint8 and data.train_images.max() == 255
+

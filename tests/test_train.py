@@ -1,0 +1,214 @@
+"""Training in both twins: config, learning, lockstep, determinism, resume and crash safety."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fashion_common import checkpoint as canonical
+from fashion_common.config import TrainConfig, learning_rate, tutorial_config
+from fashion_common.errors import CheckpointError, ConfigError
+
+from twin_data import real_data, separable_set
+
+BACKENDS = ["torch", "flax"]
+
+
+def twin(backend):
+    """(package, train module) of a twin, imported only when its test runs."""
+    return importlib.import_module(f"fashion_{backend}"), importlib.import_module(f"fashion_{backend}.train")
+
+
+def final_weights(backend, state):
+    pkg, _ = twin(backend)
+    return pkg.to_state_dict(state.model) if backend == "torch" else pkg.to_state_dict(state.params)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(ConfigError, match="unknown config key 'epoch'"):
+        TrainConfig().replace(epoch=3)
+    with pytest.raises(ConfigError, match="'batch_size' must be an int"):
+        TrainConfig().replace(batch_size="64")
+    with pytest.raises(ConfigError, match="'epochs' must be an int"):
+        TrainConfig(epochs=2.5)
+    with pytest.raises(ConfigError, match="optimizer must be one of sgd, adam, adamw"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="lr must be a positive number"):
+        TrainConfig(lr=float("nan"))
+
+
+def test_default_config_is_the_documented_accuracy_recipe():
+    c = TrainConfig()
+    assert (c.epochs, c.batch_size, c.optimizer, c.lr, c.schedule) == (20, 128, "adamw", 1e-3, "cosine")
+    t = tutorial_config()
+    assert (t.optimizer, t.lr, t.batch_size, t.momentum, t.schedule) == ("sgd", 1e-3, 64, 0.0, "constant")
+
+
+def test_cosine_schedule_starts_at_lr_passes_half_at_midpoint_and_ends_at_zero():
+    c = TrainConfig(lr=0.1)
+    assert learning_rate(c, 0, 100) == pytest.approx(0.1)
+    assert learning_rate(c, 50, 100) == pytest.approx(0.05)
+    assert learning_rate(c, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(c.replace(schedule="constant"), 77, 100) == 0.1
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_twin_learns_a_trivially_separable_set_perfectly(backend):
+    _, train = twin(backend)
+    data = separable_set(n_per_class=20)
+    config = TrainConfig(epochs=15, batch_size=20, optimizer="adam", lr=3e-3, schedule="constant", device="cpu")
+    _, metrics = train.train_and_evaluate(config, data, quiet=True, log=lambda line: None)
+    assert metrics["epochs"][-1]["test_accuracy"] == 1.0
+    assert metrics["epochs"][-1]["train_loss"] < metrics["epochs"][0]["train_loss"]
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_epoch_on_a_slice_of_the_real_data_learns_and_logs_one_line(backend):
+    _, train = twin(backend)
+    lines = []
+    config = TrainConfig(epochs=1, limit_train=6400, limit_test=2000, device="cpu")
+    _, metrics = train.train_and_evaluate(config, real_data(), quiet=True, log=lines.append)
+    row = metrics["epochs"][0]
+    # 50 AdamW steps reach ~75 % on this slice; 10 classes at chance would be 10 %
+    assert row["test_accuracy"] > 0.65
+    assert 0 < row["test_loss"] < math.log(10)
+    assert len(lines) == 1 and lines[0].startswith(f"[{backend}] epoch   1/1  train_loss ")
+
+
+# ----------------------------------------------------------------------------- lockstep
+
+
+@pytest.mark.data
+def test_twins_trained_in_lockstep_with_sgd_stay_within_1e_5():
+    from fashion_compare.lockstep import lockstep
+
+    # 300 tutorial-recipe steps (plain SGD, lr 1e-3, batch 64) from one init, one batch order, fp32 matmuls.
+    # Per-step loss and every weight must stay within 1e-5: fp32 rounding of differently ordered sums,
+    # about 1e-7 relative per op, is all that may separate the twins (a full epoch measured ~4e-6 / ~2e-6).
+    result = lockstep(real_data(), steps=300, weight_every=100)
+    assert result["steps"] == 300 and len(result["loss_diff"]) == 300
+    assert result["max_loss_diff"] <= 1e-5
+    assert result["final_weight_diff"] <= 1e-5
+    assert result["loss_torch"][-1] < result["loss_torch"][0]  # the twins moved, and together
+    assert max(result["weight_diff"]) > 0.0  # float32 arithmetic differs a little: the check is not vacuous
+
+
+# ----------------------------------------------------------------------------- determinism and resume
+
+
+def _small_config(**overrides):
+    base = TrainConfig(epochs=2, batch_size=32, optimizer="adamw", lr=2e-3, limit_train=320, limit_test=100, device="cpu")
+    return base.replace(**overrides)
+
+
+class Crash(Exception):
+    """Stands in for a kill -9 right after an epoch's checkpoint was written."""
+
+
+def _crash_after(epoch):
+    def log(line):
+        if f"epoch {epoch:>3}/" in line:
+            raise Crash(line)
+
+    return log
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_resuming_mid_run_gives_the_same_final_weights_as_an_uninterrupted_run(backend, optimizer, tmp_path):
+    _, train = twin(backend)
+    data = separable_set(n_per_class=40)
+    config = _small_config(epochs=3, optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0.0)
+    full, full_metrics = train.train_and_evaluate(config, data, quiet=True, log=lambda s: None)
+    ckpt = tmp_path / "run.safetensors"
+    with pytest.raises(Crash):
+        train.train_and_evaluate(config, data, out=ckpt, quiet=True, log=_crash_after(1))
+    assert canonical.read_train_state(ckpt)[1]["epoch"] == 1
+    resumed, resumed_metrics = train.train_and_evaluate(config, data, resume=ckpt, quiet=True, log=lambda s: None)
+    a, b = final_weights(backend, full), final_weights(backend, resumed)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert [r["epoch"] for r in resumed_metrics["epochs"]] == [1, 2, 3]
+    assert resumed_metrics["epochs"][-1]["test_loss"] == full_metrics["epochs"][-1]["test_loss"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_same_seed_gives_the_same_weights_and_another_seed_does_not(backend):
+    _, train = twin(backend)
+    data = separable_set()
+    run = lambda seed: final_weights(backend, train.train_and_evaluate(_small_config(seed=seed, epochs=1), data, quiet=True, log=lambda s: None)[0])
+    a, b, c = run(0), run(0), run(1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["linear_relu_stack.0.weight"], c["linear_relu_stack.0.weight"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_epoch_rewrites_the_checkpoint_and_metrics_so_a_crash_loses_at_most_one_epoch(backend, tmp_path):
+    _, train = twin(backend)
+    ckpt, metrics_path = tmp_path / "m.safetensors", tmp_path / "metrics.json"
+    seen = []
+
+    def log(line):  # by the time an epoch's line is logged, both files already hold that epoch
+        seen.append((canonical.read_train_state(ckpt)[1]["epoch"], len(json.loads(metrics_path.read_text())["epochs"])))
+
+    train.train_and_evaluate(_small_config(epochs=2), separable_set(), out=ckpt, metrics_path=metrics_path, quiet=True, log=log)
+    assert seen == [(1, 1), (2, 2)]
+    metrics = json.loads(metrics_path.read_text())
+    assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
+    for key in ("train_loss", "test_loss", "test_accuracy", "epoch_seconds"):
+        assert all(isinstance(r[key], float) for r in metrics["epochs"])
+    assert metrics["backend"] == backend and metrics["device"] == "cpu" and metrics["config"]["epochs"] == 2
+    assert set(metrics["versions"]) >= ({"torch"} if backend == "torch" else {"jax", "flax", "optax"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.state.safetensors", "metrics.json"]  # no temp files left
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_refuses_a_weights_file_and_sidecar_that_do_not_belong_together(backend, tmp_path):
+    pkg, train = twin(backend)
+    data = separable_set()
+    ckpt = tmp_path / "m.safetensors"
+    train.train_and_evaluate(_small_config(epochs=1), data, out=ckpt, quiet=True, log=lambda s: None)
+    sidecar = canonical.train_state_path(ckpt).read_bytes()
+    train.train_and_evaluate(_small_config(epochs=2), data, out=ckpt, quiet=True, log=lambda s: None)
+    canonical.train_state_path(ckpt).write_bytes(sidecar)  # as if a crash hit between the two renames
+    with pytest.raises(CheckpointError, match="do not belong together"):
+        train.train_and_evaluate(_small_config(epochs=3), data, resume=ckpt, quiet=True, log=lambda s: None)
+
+
+def test_resume_with_the_other_backend_names_the_right_one(tmp_path):
+    _, torch_train = twin("torch")
+    _, flax_train = twin("flax")
+    ckpt = tmp_path / "m.safetensors"
+    torch_train.train_and_evaluate(_small_config(epochs=1), separable_set(), out=ckpt, quiet=True, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="resume it with --backend torch"):
+        flax_train.train_and_evaluate(_small_config(epochs=2), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_checkpoint_trained_by_one_twin_evaluates_the_same_in_the_other(backend, tmp_path):
+    _, train = twin(backend)
+    other = "flax" if backend == "torch" else "torch"
+    other_pkg, other_train = twin(other)
+    data = separable_set()
+    ckpt = tmp_path / "m.safetensors"
+    _, metrics = train.train_and_evaluate(_small_config(epochs=1), data, out=ckpt, quiet=True, log=lambda s: None)
+    on_device = other_train.put_data(data, None)
+    if other == "torch":
+        result = other_train.evaluate_model(other_pkg.load_checkpoint(ckpt), on_device.test_images, on_device.test_labels)
+    else:
+        model, params = other_pkg.load_checkpoint(ckpt)
+        result = other_train.evaluate_model(model.apply, params, on_device.test_images, on_device.test_labels)
+    assert result["test_accuracy"] == metrics["epochs"][-1]["test_accuracy"]
+    # the loss is a float32 sum over 100 images in another framework: agree to 1e-5 relative
+    assert result["test_loss"] == pytest.approx(metrics["epochs"][-1]["test_loss"], rel=1e-5)

@@ -25,6 +25,10 @@ class DataError(FashionTwinsError, RuntimeError):
     """Fashion-MNIST files that are missing, partial or corrupt."""
 
 
+class DeviceError(FashionTwinsError, RuntimeError):
+    """--device gpu where the framework sees no GPU."""
+
+
 class ConfigError(FashionTwinsError, ValueError):
     """A config override with an unknown key or a wrong type."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -41,13 +42,33 @@ def write_json_atomic(path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def check_writable(path) -> None:
-    """Fail before training, not after it, when an output folder is missing."""
+def check_writable(path, flag: str = "output") -> None:
+    """Fail before training, not after it, when an output path cannot be written (atomic writes need its folder)."""
     if path is None:
         return
-    folder = Path(path).resolve().parent
+    path = Path(path)
+    folder = path.resolve().parent
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {path} is a folder; give a file path")
     if not folder.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
+        raise FileNotFoundError(f"{flag} {path}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: output folder {folder} is not writable")
+
+
+# Config keys that change the trajectory: a resumed run must use the same values, or it is another run.
+RESUME_KEYS = ("batch_size", "optimizer", "lr", "momentum", "schedule", "weight_decay", "label_smoothing", "seed", "epochs", "limit_train")
+
+
+def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> None:
+    """Refuse a resume that would not continue the saved run; the message names what differs."""
+    saved_backend = counters.get("backend")
+    if saved_backend != backend:
+        raise CheckpointError(f"{train_state_path(path)} holds {saved_backend} optimizer state; resume it with --backend {saved_backend}")
+    saved = counters.get("config", {})
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(config, key):
+            raise CheckpointError(f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(config, key)!r}; resume with the same value")
 
 
 def train_and_evaluate(
@@ -75,8 +96,8 @@ def train_and_evaluate(
     Returns:
       (state, metrics dict as written to METRICS.json).
     """
-    check_writable(out)
-    check_writable(metrics_path)
+    check_writable(out, "--out")
+    check_writable(metrics_path, "--metrics")
     data = data.limit(config.limit_train, config.limit_test)
     steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
     if steps_per_epoch < 1:
@@ -88,10 +109,7 @@ def train_and_evaluate(
     history, start_epoch = [], 1
     if resume is not None:
         _, counters = read_train_state(resume)
-        if counters.get("backend") != ops.backend:
-            raise CheckpointError(f"{train_state_path(resume)} holds {counters.get('backend')} optimizer state; resume it with --backend {counters.get('backend')}")
-        if counters.get("config", {}).get("seed") != config.seed:
-            raise CheckpointError(f"{resume} was trained with seed {counters['config'].get('seed')}, not {config.seed}; the batch order would differ")
+        check_resume(resume, counters, ops.backend, config)
         state = ops.load(state, resume)
         history, start_epoch = counters["history"], counters["epoch"] + 1
 

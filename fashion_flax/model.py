@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from fashion_common.errors import check_input
+from fashion_common.errors import DeviceError, check_input
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -71,7 +71,7 @@ def resolve_device(name: str = "auto") -> jax.Device:
         try:
             return jax.devices("gpu")[0]
         except RuntimeError:
-            raise RuntimeError("--device gpu was asked for, but JAX sees no GPU device") from None
+            raise DeviceError("--device gpu was asked for, but JAX sees no GPU device") from None
     raise ValueError(f"unknown device {name!r}; choose auto, cpu or gpu")
 
 

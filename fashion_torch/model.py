@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from fashion_common.errors import check_input
+from fashion_common.errors import DeviceError, check_input
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -85,7 +85,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "gpu":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device gpu was asked for, but torch sees no CUDA device")
+            raise DeviceError("--device gpu was asked for, but torch sees no CUDA device")
         return torch.device("cuda")
     raise ValueError(f"unknown device {name!r}; choose auto, cpu or gpu")
 

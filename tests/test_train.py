@@ -176,21 +176,24 @@ def test_every_epoch_rewrites_the_checkpoint_and_metrics_so_a_crash_loses_at_mos
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_refuses_a_weights_file_and_sidecar_that_do_not_belong_together(backend, tmp_path):
     pkg, train = twin(backend)
-    data = separable_set()
+    data, config = separable_set(), _small_config(epochs=3)
     ckpt = tmp_path / "m.safetensors"
-    train.train_and_evaluate(_small_config(epochs=1), data, out=ckpt, quiet=True, log=lambda s: None)
+    with pytest.raises(Crash):
+        train.train_and_evaluate(config, data, out=ckpt, quiet=True, log=_crash_after(1))
     sidecar = canonical.train_state_path(ckpt).read_bytes()
-    train.train_and_evaluate(_small_config(epochs=2), data, out=ckpt, quiet=True, log=lambda s: None)
+    with pytest.raises(Crash):
+        train.train_and_evaluate(config, data, out=ckpt, quiet=True, log=_crash_after(2))
     canonical.train_state_path(ckpt).write_bytes(sidecar)  # as if a crash hit between the two renames
     with pytest.raises(CheckpointError, match="do not belong together"):
-        train.train_and_evaluate(_small_config(epochs=3), data, resume=ckpt, quiet=True, log=lambda s: None)
+        train.train_and_evaluate(config, data, resume=ckpt, quiet=True, log=lambda s: None)
 
 
 def test_resume_with_the_other_backend_names_the_right_one(tmp_path):
     _, torch_train = twin("torch")
     _, flax_train = twin("flax")
     ckpt = tmp_path / "m.safetensors"
-    torch_train.train_and_evaluate(_small_config(epochs=1), separable_set(), out=ckpt, quiet=True, log=lambda s: None)
+    with pytest.raises(Crash):
+        torch_train.train_and_evaluate(_small_config(epochs=2), separable_set(), out=ckpt, quiet=True, log=_crash_after(1))
     with pytest.raises(CheckpointError, match="resume it with --backend torch"):
         flax_train.train_and_evaluate(_small_config(epochs=2), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
 
@@ -212,3 +215,15 @@ def test_a_checkpoint_trained_by_one_twin_evaluates_the_same_in_the_other(backen
     assert result["test_accuracy"] == metrics["epochs"][-1]["test_accuracy"]
     # the loss is a float32 sum over 100 images in another framework: agree to 1e-5 relative
     assert result["test_loss"] == pytest.approx(metrics["epochs"][-1]["test_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_with_a_changed_recipe_names_the_key_that_differs(backend, tmp_path):
+    _, train = twin(backend)
+    ckpt = tmp_path / "m.safetensors"
+    with pytest.raises(Crash):
+        train.train_and_evaluate(_small_config(epochs=2), separable_set(), out=ckpt, quiet=True, log=_crash_after(1))
+    with pytest.raises(CheckpointError, match=r"trained with optimizer='adamw', not 'sgd'"):
+        train.train_and_evaluate(_small_config(epochs=2, optimizer="sgd"), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
+    with pytest.raises(CheckpointError, match=r"trained with epochs=2, not 5"):
+        train.train_and_evaluate(_small_config(epochs=5), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)

@@ -1,0 +1,136 @@
+"""Parity figures: the two twins on the same weights and inputs, compared as max |diff|.
+
+Forward (logits and each layer), and backward (the loss gradient with respect to the input and
+every parameter, in the canonical torch layout), plus the activation grid.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
+
+# Points where activations misbehave if written naively: signed zero, saturation, overflow, inf, NaN.
+ACTIVATION_GRID = np.array([-np.inf, -1e4, -20.0, -1.0, -1e-7, -0.0, 0.0, 1e-7, 1.0, 20.0, 1e4, np.inf, np.nan], dtype=np.float32)
+ACTIVATION_NAMES = ("binary_step", "sigmoid", "tanh", "relu", "softmax")
+
+
+def max_abs_diff(a, b) -> float:
+    """max |a - b|, with NaN positions required to match (a NaN in one twin only counts as inf)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    if (nan_a != nan_b).any():
+        return float("inf")
+    same_inf = np.isinf(a) & (a == b)
+    with np.errstate(invalid="ignore"):  # inf - inf where both are the same inf: masked out just below
+        diff = np.abs(np.where(nan_a | same_inf, 0.0, a - b))
+    return float(diff.max()) if diff.size else 0.0
+
+
+def torch_figures(model, x: np.ndarray, y: np.ndarray) -> dict:
+    """Layer outputs, logits, loss, and gradients (input and every canonical key) of the torch twin."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    xt = torch.tensor(x, device=device, requires_grad=True)
+    model.zero_grad(set_to_none=True)
+    outputs = model.layer_outputs(xt)
+    last = str(model.spec.stack_length - 1)
+    loss = F.cross_entropy(outputs[last], torch.as_tensor(y, dtype=torch.int64, device=device))
+    loss.backward()
+    named = dict(model.named_parameters())
+    return {
+        "layers": {k: v.detach().cpu().numpy() for k, v in outputs.items()},
+        "logits": outputs[last].detach().cpu().numpy(),
+        "loss": loss.item(),
+        "grads": {"input": xt.grad.cpu().numpy(), **{k: named[k].grad.cpu().numpy() for k in checkpoint_keys(model.spec)}},
+    }
+
+
+def flax_figures(model, params, x: np.ndarray, y: np.ndarray) -> dict:
+    """The same figures from the flax twin, gradients transposed into the canonical layout."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import fashion_flax
+
+    def loss_of(params, x):
+        outputs = model.apply(params, x, method=type(model).layer_outputs)
+        logits = outputs[str(model.spec.stack_length - 1)]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)).mean(), outputs
+
+    (loss, outputs), (g_params, g_x) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(params, jnp.asarray(x))
+    last = str(model.spec.stack_length - 1)
+    return {
+        "layers": {k: np.asarray(v) for k, v in outputs.items()},
+        "logits": np.asarray(outputs[last]),
+        "loss": float(loss),
+        "grads": {"input": np.asarray(g_x), **fashion_flax.to_state_dict(g_params, model.spec)},
+    }
+
+
+def compare_figures(t: dict, f: dict) -> dict:
+    """max |diff| of everything the two figure dicts hold."""
+    return {
+        "logits": max_abs_diff(t["logits"], f["logits"]),
+        "loss": abs(t["loss"] - f["loss"]),
+        "layers": {k: max_abs_diff(t["layers"][k], f["layers"][k]) for k in t["layers"]},
+        "grads": {k: max_abs_diff(t["grads"][k], f["grads"][k]) for k in t["grads"]},
+    }
+
+
+def parity(state_dict: Dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, precision: str = "highest", device: str = "cpu", spec: ModelSpec = DEFAULT_SPEC) -> dict:
+    """Load one canonical state_dict into both twins and compare forward and backward at `precision`."""
+    import fashion_flax
+    import fashion_torch
+
+    fashion_torch.set_matmul_precision(precision)
+    fashion_flax.set_matmul_precision(precision)
+    t_model = fashion_torch.from_state_dict(state_dict, spec, fashion_torch.resolve_device(device))
+    f_params = fashion_flax.from_state_dict(state_dict, spec, fashion_flax.resolve_device(device))
+    f_model = fashion_flax.NeuralNetwork(spec)
+    result = compare_figures(torch_figures(t_model, x, y), flax_figures(f_model, f_params, x, y))
+    result["precision"] = precision
+    result["max_layer"] = max(result["layers"].values())
+    result["max_grad"] = max(result["grads"].values())
+    return result
+
+
+def activation_grid(dim: int = -1) -> dict:
+    """Each tutorial activation on ACTIVATION_GRID in both twins: values, gradients and their max |diff|."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import fashion_flax
+    import fashion_torch
+
+    out = {"inputs": ACTIVATION_GRID.tolist(), "functions": {}}
+    for name in ACTIVATION_NAMES:
+        t_fn, f_fn = getattr(fashion_torch, name), getattr(fashion_flax, name)
+        # softmax runs over the finite grid points only: one inf or NaN in a row makes the whole row NaN by definition
+        x_np = ACTIVATION_GRID[np.isfinite(ACTIVATION_GRID)] if name == "softmax" else ACTIVATION_GRID
+        xt = torch.tensor(x_np, requires_grad=True)
+        yt = t_fn(xt, dim) if name == "softmax" else t_fn(xt)
+        # gradient of sum(y * w) with fixed weights w, so softmax's gradient is not identically zero
+        w = np.linspace(-1.0, 1.0, len(x_np)).astype(np.float32)
+        (yt * torch.tensor(w)).sum().backward()
+        f_call = (lambda v: f_fn(v, dim)) if name == "softmax" else f_fn
+        yf = np.asarray(f_call(jnp.asarray(x_np)))
+        gf = np.asarray(jax.grad(lambda v: (f_call(v) * jnp.asarray(w)).sum())(jnp.asarray(x_np)))
+        out["functions"][name] = {
+            "x": x_np.tolist(),
+            "torch": yt.detach().numpy().tolist(),
+            "flax": yf.tolist(),
+            "grad_torch": xt.grad.numpy().tolist(),
+            "grad_flax": gf.tolist(),
+            "value_diff": max_abs_diff(yt.detach().numpy(), yf),
+            "grad_diff": max_abs_diff(xt.grad.numpy(), gf),
+        }
+    return out

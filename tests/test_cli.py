@@ -1,0 +1,313 @@
+"""The scripts end to end: scripts/train.py, evaluate.py and predict.py run as subprocesses, as a user runs them.
+
+Each subprocess imports torch or jax (a few seconds), so the trained checkpoints are made once
+per module and shared. The subprocesses run without PYTHONPATH, which also proves that the
+scripts work from a fresh clone without an install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashion_common import checkpoint as canonical
+from fashion_common.config import TrainConfig
+from fashion_common.errors import ImageError
+from fashion_common.images import load_image
+from fashion_common.spec import CLASS_NAMES, checkpoint_keys
+from fashion_common.text import format_prediction
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+BACKENDS = ("torch", "flax")
+OTHER = {"torch": "flax", "flax": "torch"}
+
+HAVE_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file() or bool(os.environ.get("FASHION_TWINS_DATA"))
+DATA_REASON = "needs the real Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_TWINS_DATA to a folder with the four .gz files"
+
+
+def needs_data(test):
+    """Mark a test as needing the real Fashion-MNIST; where it is absent the test is skipped with the reason."""
+    return pytest.mark.data(pytest.mark.skipif(not HAVE_DATA, reason=DATA_REASON)(test))
+
+
+EVAL_LINE = re.compile(r"^\[(\w+)\] test_loss (\d+\.\d{4})  test_acc (\d+\.\d{2})%  \((\d+) images, checkpoint (.+)\)$")
+PREDICT_LINE = re.compile(r"^\[(\w+)\] (\S+)  pred (.+?)(?:  true (.+?))?  top-(\d+): (.+)$")
+
+# Fashion-MNIST's first two test images (stored labels 9 and 2).
+TEST_LABELS = {0: "Ankle boot", 1: "Pullover"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment: no PYTHONPATH (fresh-clone check), a private data cache, one torch thread."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FASHION_TWINS_TRACEBACK")}
+    env["FASHION_TWINS_CACHE"] = str(tmp_path_factory.mktemp("cache"))  # never touch the user's ~/.cache
+    # On a busy 2-core box torch's two OpenMP threads spin against each other and a step of this
+    # small MLP gets 15-30x slower; one thread keeps the dry runs at a few seconds.
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run_script(env, script, *args, cwd=REPO):
+    """Run scripts/<script> with this Python; returns the CompletedProcess (text mode)."""
+    cmd = [sys.executable, str(SCRIPTS / script), *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def assert_one_error_line(result, *fragments):
+    """Non-zero exit, no traceback, and stderr is exactly one `error: ...` line containing each fragment."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def write_trouser_png(path, size=56):
+    """A bright trouser-like shape on black, as Fashion-MNIST draws garments: a waistband and two legs."""
+    pixels = np.zeros((size, size), np.uint8)
+    pixels[4:52, 14:27] = 230  # left leg
+    pixels[4:52, 30:43] = 230  # right leg
+    pixels[4:12, 14:43] = 230  # waistband joining them
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- shared runs
+
+
+@pytest.fixture(scope="module")
+def trained(env, tmp_path_factory):
+    """backend -> (checkpoint, METRICS.json, stdout) of one `train.py --dry-run`, made on first use."""
+    runs = {}
+
+    def get(backend):
+        if backend not in runs:
+            folder = tmp_path_factory.mktemp(f"train_{backend}")
+            ckpt, metrics = folder / "model.safetensors", folder / "METRICS.json"
+            result = run_script(env, "train.py", "--backend", backend, "--dry-run", "--quiet", "--out", ckpt, "--metrics", metrics)
+            assert_ok(result)
+            runs[backend] = (ckpt, metrics, result.stdout)
+        return runs[backend]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def cross_predictions(env, trained, tmp_path_factory):
+    """trainer -> parsed predict.py lines from the OTHER twin, for a drawn PNG and test images 0 and 1."""
+    runs = {}
+
+    def get(trainer):
+        if trainer not in runs:
+            png = write_trouser_png(tmp_path_factory.mktemp("png") / "trouser.png")
+            ckpt, _, _ = trained(trainer)
+            result = run_script(env, "predict.py", "--backend", OTHER[trainer], ckpt, png, "--test-index", 0, 1, "--top", 10)
+            assert_ok(result)
+            lines = result.stdout.strip().splitlines()
+            assert len(lines) == 3, result.stdout
+            runs[trainer] = [_parse_prediction(line) for line in lines]
+        return runs[trainer]
+
+    return get
+
+
+def _parse_prediction(line):
+    match = PREDICT_LINE.match(line)
+    assert match, line
+    backend, name, pred, true, k, listed = match.groups()
+    probs = {}
+    for entry in listed.split(", "):
+        cls, percent = entry.rsplit(" ", 1)
+        probs[cls] = float(percent.rstrip("%")) / 100
+    assert len(probs) == int(k)
+    return {"backend": backend, "name": name, "pred": pred, "true": true, "probs": probs}
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def test_train_help_states_every_config_default_and_runs_from_any_folder(env, tmp_path):
+    result = run_script(env, "train.py", "--help", cwd=tmp_path)  # no PYTHONPATH, not in the repo: a fresh clone
+    assert_ok(result)
+    text = " ".join(result.stdout.split())  # argparse wraps help lines
+    defaults = TrainConfig()
+    for name, value in defaults.to_dict().items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in text
+        assert f"(default: {'all' if value is None else value}" in text.split(flag + " ", 2)[-1], flag
+    assert "--dry-run" in text and "--tutorial-recipe" in text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@needs_data
+def test_train_dry_run_writes_a_checkpoint_and_metrics_json(trained, backend):
+    ckpt, metrics_path, stdout = trained(backend)
+
+    assert re.search(rf"^\[{backend}\] epoch +1/1  train_loss \d", stdout, re.M), stdout
+    state, _ = canonical.read_state(ckpt)  # the canonical format, readable without either framework
+    assert set(state) == set(checkpoint_keys())
+    assert canonical.train_state_path(ckpt).is_file()  # optimizer sidecar for --resume
+
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["backend"] == backend
+    assert metrics["device"] == "cpu"
+    assert {"torch": "torch", "flax": "jax"}[backend] in metrics["versions"]
+    assert metrics["config"] == TrainConfig(epochs=1, limit_train=2048, limit_test=512).to_dict()
+    assert (metrics["num_train"], metrics["num_test"]) == (2048, 512)
+    (epoch,) = metrics["epochs"]
+    assert epoch["epoch"] == 1 and epoch["epoch_seconds"] > 0
+    assert np.isfinite(epoch["train_loss"]) and np.isfinite(epoch["test_loss"])
+    # 16 adamw steps reach about 65 %; 40 % is far above chance (10 %) yet safe against seed or library drift.
+    assert 0.4 < epoch["test_accuracy"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- the other twin reads the checkpoint
+
+
+@pytest.mark.parametrize("trainer", BACKENDS)
+@needs_data
+def test_checkpoint_from_one_twin_evaluates_to_the_same_metrics_in_the_other(env, trained, trainer):
+    ckpt, metrics_path, _ = trained(trainer)
+    result = run_script(env, "evaluate.py", "--backend", OTHER[trainer], ckpt, "--limit-test", 512)
+    assert_ok(result)
+    match = EVAL_LINE.match(result.stdout.strip())
+    assert match, result.stdout
+    backend, loss, acc, n, path = match.groups()
+    assert (backend, int(n), path) == (OTHER[trainer], 512, str(ckpt))
+
+    (trained_epoch,) = json.loads(metrics_path.read_text())["epochs"]
+    # The printed loss is rounded to 4 decimals (<= 5e-5); float32 sums in the two frameworks differ by ~1e-6.
+    assert abs(float(loss) - trained_epoch["test_loss"]) <= 1e-4
+    # Accuracy may differ by one image at most, should a near-tie argmax flip between frameworks.
+    assert abs(float(acc) / 100 - trained_epoch["test_accuracy"]) <= 1 / 512 + 1e-4
+
+
+@pytest.mark.parametrize("trainer", BACKENDS)
+@needs_data
+def test_predict_names_a_class_for_a_drawn_png_with_probabilities_summing_to_one(cross_predictions, trainer):
+    png = cross_predictions(trainer)[0]
+    assert (png["backend"], Path(png["name"]).name, png["true"]) == (OTHER[trainer], "trouser.png", None)
+    assert png["pred"] in CLASS_NAMES
+    assert set(png["probs"]) == set(CLASS_NAMES)  # --top 10 lists every class
+    assert png["pred"] == max(png["probs"], key=png["probs"].get)
+    # Ten percentages printed to 2 decimals: rounding moves the sum by at most 10 * 0.005 %.
+    assert abs(sum(png["probs"].values()) - 1.0) <= 5e-4
+
+
+@pytest.mark.parametrize("trainer", BACKENDS)
+@needs_data
+def test_predict_test_index_prints_the_true_label_of_stored_test_images(cross_predictions, trainer):
+    for index, row in zip((0, 1), cross_predictions(trainer)[1:]):
+        assert row["name"] == f"test[{index}]"
+        assert row["true"] == TEST_LABELS[index]
+        assert row["pred"] in CLASS_NAMES
+        assert abs(sum(row["probs"].values()) - 1.0) <= 5e-4
+
+
+# ----------------------------------------------------------------------------- bad input: one line, no traceback
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("--epochs", "0"), "epochs must be >= 1"),
+        (("--lr", "-1"), "lr must be a positive number"),
+    ],
+)
+def test_bad_config_value_gives_one_error_line(env, tmp_path, args, fragment):
+    result = run_script(env, "train.py", "--backend", "torch", *args, "--out", tmp_path / "m.safetensors", "--metrics", tmp_path / "m.json")
+    assert_one_error_line(result, fragment)
+
+
+def test_unknown_optimizer_gives_argparse_usage_and_error(env, tmp_path):
+    result = run_script(env, "train.py", "--backend", "torch", "--optimizer", "foo", "--out", tmp_path / "m.safetensors", "--metrics", tmp_path / "m.json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: train.py")
+    assert "error: argument --optimizer: invalid choice: 'foo'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_missing_output_folder_fails_before_training_with_one_error_line(env, tmp_path):
+    missing = tmp_path / "no_such_folder"
+    result = run_script(env, "train.py", "--backend", "flax", "--dry-run", "--out", missing / "m.safetensors", "--metrics", tmp_path / "m.json")
+    assert_one_error_line(result, "--out", "does not exist")
+    assert not missing.exists() and not (tmp_path / "m.json").exists()
+
+
+def test_missing_checkpoint_gives_one_error_line(env, tmp_path):
+    result = run_script(env, "evaluate.py", "--backend", "torch", tmp_path / "nope.safetensors")
+    assert_one_error_line(result, "checkpoint not found", "nope.safetensors")
+
+
+def test_unreadable_image_gives_one_error_line(env, tmp_path):
+    fake = tmp_path / "x.png"
+    fake.write_text("this is text, not a PNG\n")
+    result = run_script(env, "predict.py", "--backend", "torch", tmp_path / "model.safetensors", fake)
+    assert_one_error_line(result, str(fake), "not a readable image")
+
+
+def test_backend_module_for_flax_imports_its_train_module_but_not_torch(env):
+    code = "import sys, _cli; twin = _cli.backend_module('flax'); assert twin.train.BACKEND == 'flax'; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS, env=env, capture_output=True, text=True, timeout=120)
+    assert_ok(result)
+    assert result.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- fashion_common/images.py in process
+
+
+def test_load_image_turns_a_png_into_28x28_floats_with_bright_stays_bright(tmp_path):
+    image = load_image(write_trouser_png(tmp_path / "trouser.png"))
+    assert image.shape == (28, 28) and image.dtype == np.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    # Background stays black (no automatic inversion); Lanczos rings by a level or two next to edges.
+    assert image[:, :4].max() < 0.02
+    # Middle of the left leg (rows 4..52, cols 14..27 of 56 -> cols 7..13 of 28) keeps 230 / 255.
+    assert abs(image[14, 10] - 230 / 255) < 0.02
+
+
+def test_load_image_pads_a_tall_image_to_a_square_with_black(tmp_path):
+    tall = np.full((80, 20), 255, np.uint8)  # a white bar 4x taller than wide
+    Image.fromarray(tall).save(tmp_path / "tall.png")
+    image = load_image(tmp_path / "tall.png")
+    # 20 of 80 columns -> 7 of 28, centred: columns 0..9 and 19..27 are padding.
+    assert image[:, :9].max() < 0.05 and image[:, 20:].max() < 0.05
+    assert image[:, 12:16].min() > 0.95
+
+
+def test_load_image_puts_transparent_pixels_on_black(tmp_path):
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere, but only the centre is opaque
+    rgba[10:18, 10:18, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut_out.png")
+    image = load_image(tmp_path / "cut_out.png")
+    assert image[0, 0] == 0.0 and image[14, 14] > 0.99
+
+
+def test_load_image_names_the_file_it_cannot_read(tmp_path):
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(ImageError, match=r"x\.png is not a readable image"):
+        load_image(tmp_path / "x.png")
+    with pytest.raises(ImageError, match="image not found"):
+        load_image(tmp_path / "missing.png")
+
+
+def test_format_prediction_lists_the_top_k_classes_in_descending_order():
+    probs = np.full(10, 0.01, np.float32)
+    probs[7], probs[5] = 0.80, 0.12  # Sneaker, then Sandal
+    line = format_prediction("flax", "shoe.png", probs, top=3, true_label=7)
+    assert line == "[flax] shoe.png  pred Sneaker  true Sneaker  top-3: Sneaker 80.00%, Sandal 12.00%, T-shirt/top 1.00%"

@@ -41,7 +41,8 @@ def check_input(shape: Sequence[int], dtype_name: str, is_floating: bool, image_
     """Raise the shared error for a bad model input; both twins call this before any compute.
 
     Accepted: (N, H, W), the tutorial's `torch.rand(3, 28, 28)`, and (N, 1, H, W), what ToTensor
-    plus a DataLoader yields.
+    plus a DataLoader yields. Any floating dtype is accepted and cast to float32 by both twins;
+    integer and bool inputs are refused, since uint8 pixels need the /255 scaling first.
     """
     shape = tuple(int(s) for s in shape)
     h, w = image_size

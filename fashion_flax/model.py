@@ -42,8 +42,17 @@ def tanh(x):
     return jnp.tanh(x)
 
 
+@jax.custom_jvp
 def relu(x):
-    return jax.nn.relu(x)  # ReLU'(0) = 0, as in torch
+    return jnp.maximum(x, 0)
+
+
+@relu.defjvp
+def _relu_jvp(primals, tangents):
+    # torch's rule: the gradient is masked where x <= 0, so ReLU'(0) = 0 and a NaN input passes the
+    # gradient on (jax.nn.relu masks where not x > 0, giving 0 at NaN: the twins would differ there)
+    (x,), (t,) = primals, tangents
+    return relu(x), jnp.where(x <= 0, jnp.zeros_like(t), t)
 
 
 def softmax(x, dim: int = -1):
@@ -125,14 +134,14 @@ class NeuralNetwork(nn.Module):
 
     def __call__(self, x):
         check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
-        x = self.flatten(x)  # (N, 784); (N, 1, 28, 28) flattens the same way
+        x = self.flatten(x.astype(jnp.float32))  # (N, 784); float64/16 inputs are cast, as in the torch twin; (N, 1, 28, 28) flattens the same way
         logits = self.linear_relu_stack(x)  # (N, 10)
         return logits
 
     def layer_outputs(self, x) -> Dict[str, jax.Array]:
         """Every intermediate, keyed by stack position: {"flatten": (N, 784), "0": (N, 512), ..., "4": (N, 10)}."""
         check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
-        outputs = {"flatten": self.flatten(x)}
+        outputs = {"flatten": self.flatten(x.astype(jnp.float32))}
         h = outputs["flatten"]
         for i, layer in enumerate(self.linear_relu_stack.layers):
             h = layer(h)
@@ -149,7 +158,7 @@ def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: Optional[int] = 0, device
     model = _shared_model(spec, init_scheme)
     rng = jax.random.PRNGKey(0 if seed is None else seed)
     rng, init_rng = jax.random.split(rng)
-    params = jax.jit(model.init)(init_rng, jnp.zeros((1, *spec.image_size), jnp.float32))
+    params = _jitted_init(spec, init_scheme)(init_rng, jnp.zeros((1, *spec.image_size), jnp.float32))
     if device is not None:
         params = jax.device_put(params, device)
     return model, params
@@ -159,6 +168,12 @@ def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: Optional[int] = 0, device
 def _shared_model(spec: ModelSpec, init_scheme: str) -> NeuralNetwork:
     """One module per spec: modules are immutable, and jit caches compare `model.apply` by the module's identity."""
     return NeuralNetwork(spec, init_scheme=init_scheme)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(spec: ModelSpec, init_scheme: str):
+    """model.init compiled once per spec, not once per call."""
+    return jax.jit(_shared_model(spec, init_scheme).init)
 
 
 def count_parameters(params) -> int:

@@ -122,14 +122,14 @@ class NeuralNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x.shape, str(x.dtype).replace("torch.", ""), x.is_floating_point(), self.spec.image_size)
-        x = self.flatten(x)  # (N, 784); (N, 1, 28, 28) flattens the same way
+        x = self.flatten(x.to(torch.float32))  # (N, 784); float64/16 inputs are cast (a no-op for float32), as in the flax twin
         logits = self.linear_relu_stack(x)  # (N, 10)
         return logits
 
     def layer_outputs(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Every intermediate, keyed by stack position: {"flatten": (N, 784), "0": (N, 512), ..., "4": (N, 10)}."""
         check_input(x.shape, str(x.dtype).replace("torch.", ""), x.is_floating_point(), self.spec.image_size)
-        outputs = {"flatten": self.flatten(x)}
+        outputs = {"flatten": self.flatten(x.to(torch.float32))}
         h = outputs["flatten"]
         for i, layer in enumerate(self.linear_relu_stack):
             h = layer(h)

@@ -194,6 +194,8 @@ def load_train_state(state: TrainState, path) -> TrainState:
         for slot_key, value in slots.items():
             slot, _, name = slot_key.partition("/")
             if name == key:
+                if slot not in inverse or (slot != "step" and tuple(value.shape) != tuple(param.shape)):
+                    raise CheckpointError(f"{canonical.train_state_path(path)}: optimizer slot {slot_key!r} has shape {value.shape}, expected {tuple(param.shape)}")
                 t = torch.from_numpy(value.copy())
                 restored[inverse[slot]] = t.reshape(()) if slot == "step" else t.to(device)
         if restored:

@@ -1,0 +1,46 @@
+"""Shared fixtures: the `backend` fixture that runs a test once per twin, and pinned matmul precision."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# `python -m pytest` from the root finds the packages through the cwd, an editable install through
+# site-packages; this line covers plain `pytest` from elsewhere. tests/ itself is on the path for
+# `import backends` (pytest's default rootdir-relative import mode puts it there too).
+ROOT = Path(__file__).resolve().parent.parent
+for folder in (ROOT, ROOT / "tests"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from backends import BACKEND_NAMES, get_backend  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def highest_matmul_precision():
+    """Pin float32 matmuls for the whole session: TF32 off in torch, "highest" in JAX.
+
+    On CPU neither library uses TF32, but pinning keeps the parity numbers meaning the same thing
+    on a GPU host, and a test that changes the precision (test_gpu_parity) restores this.
+    """
+    for name in BACKEND_NAMES:
+        get_backend(name).set_matmul_precision("highest")
+    yield "highest"
+
+
+@pytest.fixture(params=BACKEND_NAMES, scope="session")
+def backend(request):
+    """The twin under test, behind the numpy-in, numpy-out adapter of tests/backends.py."""
+    return get_backend(request.param)
+
+
+@pytest.fixture(scope="session")
+def torch_backend():
+    return get_backend("torch")
+
+
+@pytest.fixture(scope="session")
+def flax_backend():
+    return get_backend("flax")

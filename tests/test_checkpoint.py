@@ -1,0 +1,318 @@
+"""The one checkpoint format: either twin writes it, either twin and the tutorial's own class read it.
+
+Bad files fail the same way in both twins, with a CheckpointError that names the key, before any
+model is built; saves are atomic. Nothing anywhere unpickles.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import safetensors.torch
+import torch
+from torch import nn
+
+from backends import BACKEND_NAMES, get_backend, image_batch, max_abs_diff
+from fashion_common.errors import CheckpointError
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Cross-framework logits: the float32 summation-order argument of test_parity.py (TOL there).
+TOL = 1e-6
+
+
+# ----------------------------------------------------------------------------- the tutorial's classes, verbatim
+
+
+class NeuralNetwork(nn.Module):
+    """The Quickstart tutorial's model, as the tutorial writes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear_relu_stack = nn.Sequential(
+            nn.Linear(28 * 28, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+        )
+
+    def forward(self, x):
+        x = self.flatten(x)
+        logits = self.linear_relu_stack(x)
+        return logits
+
+
+class NeuralNetworkWithOutputReLU(nn.Module):
+    """The "Define the Class" cell's variant: a ReLU after the last Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear_relu_stack = nn.Sequential(
+            nn.Linear(28 * 28, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+            nn.ReLU(),
+        )
+
+    def forward(self, x):
+        x = self.flatten(x)
+        logits = self.linear_relu_stack(x)
+        return logits
+
+
+TUTORIAL_CLASSES = {None: NeuralNetwork, "relu": NeuralNetworkWithOutputReLU}  # by spec.output_activation
+
+
+def tutorial_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return image_batch(16, seed=3)
+
+
+def net_for(backend, spec: ModelSpec):
+    """A net of `backend` with `spec`: its own init for the default spec, else torch's init converted
+    (a Flax init costs a compile per spec; the save under test is the twin's own either way)."""
+    if spec == DEFAULT_SPEC:
+        return backend.init(seed=0)
+    torch_backend = get_backend("torch")
+    return backend.from_state_dict(torch_backend.to_state_dict(torch_backend.init(seed=0, spec=spec)), spec)
+
+
+# ----------------------------------------------------------------------------- good files
+
+PAIRS = [(w, r) for w in BACKEND_NAMES for r in BACKEND_NAMES]
+
+
+@pytest.mark.parametrize("writer, reader", PAIRS, ids=[f"{w}-to-{r}" for w, r in PAIRS])
+def test_checkpoint_written_by_either_twin_loads_into_either_twin(tmp_path, x, writer, reader):
+    writer, reader = get_backend(writer), get_backend(reader)
+    spec = ModelSpec(output_activation="relu")  # not the default: the spec must ride in the header
+    net = net_for(writer, spec)
+    path = writer.save(net, tmp_path / "model.safetensors")
+    loaded = reader.load(path)
+    assert reader.spec_of(loaded) == spec
+    written, read = writer.to_state_dict(net), reader.to_state_dict(loaded)
+    assert list(read) == list(written)
+    for key in written:
+        assert np.array_equal(read[key], written[key]), key  # float32 in, float32 out: bit-exact
+    assert max_abs_diff(reader.logits(loaded, x), writer.logits(net, x)) <= TOL
+
+
+@pytest.mark.parametrize("output_activation", [None, "relu"], ids=["tutorial", "define-the-class"])
+def test_checkpoint_written_by_either_twin_loads_strictly_into_the_tutorial_class(tmp_path, x, backend, output_activation):
+    spec = ModelSpec(output_activation=output_activation)
+    net = net_for(backend, spec)
+    path = backend.save(net, tmp_path / "model.safetensors")
+    tutorial = TUTORIAL_CLASSES[output_activation]()
+    result = tutorial.load_state_dict(safetensors.torch.load_file(path), strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    theirs, ours = tutorial_logits(tutorial, x), backend.logits(net, x)
+    if backend.name == "torch":
+        np.testing.assert_array_equal(theirs, ours)  # the same torch ops on the same weights
+    assert max_abs_diff(theirs, ours) <= TOL
+    np.testing.assert_array_equal(theirs.argmax(1), ours.argmax(1))
+    if output_activation == "relu":
+        assert (theirs >= 0).all() and (theirs == 0).any()  # the trailing ReLU really is there
+
+
+@pytest.mark.parametrize("output_activation", [None, "relu"], ids=["tutorial", "define-the-class"])
+def test_file_saved_from_the_tutorial_class_loads_into_either_twin(tmp_path, x, backend, output_activation):
+    torch.manual_seed(0)
+    tutorial = TUTORIAL_CLASSES[output_activation]()
+    path = tmp_path / "tutorial.safetensors"
+    safetensors.torch.save_file(tutorial.state_dict(), str(path))  # no header: the spec must be given
+    spec = ModelSpec(output_activation=output_activation)
+    net = backend.load(path, spec=None if output_activation is None else spec)
+    assert backend.spec_of(net) == spec
+    state = backend.to_state_dict(net)
+    for key, value in tutorial.state_dict().items():
+        assert np.array_equal(state[key], value.numpy()), key
+    theirs, ours = tutorial_logits(tutorial, x), backend.logits(net, x)
+    assert max_abs_diff(theirs, ours) <= TOL
+    np.testing.assert_array_equal(theirs.argmax(1), ours.argmax(1))
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+def _good_state():
+    return get_backend("torch").to_state_dict(get_backend("torch").init(seed=0))
+
+
+def _write_tensors(path, change):
+    state = _good_state()
+    change(state)
+    safetensors.numpy.save_file(state, str(path))
+
+
+def _write_bytes(path, make):
+    path.write_bytes(make())
+
+
+def _truncated():
+    good = safetensors.numpy.save(_good_state())
+    return good[: len(good) // 2]
+
+
+BAD_FILES = [
+    ("missing key", lambda p: _write_tensors(p, lambda s: s.pop("linear_relu_stack.4.bias")), "missing key 'linear_relu_stack.4.bias'"),
+    (
+        "extra key",
+        lambda p: _write_tensors(p, lambda s: s.update({"linear_relu_stack.6.weight": np.zeros((10, 10), np.float32)})),
+        "unexpected key 'linear_relu_stack.6.weight'",
+    ),
+    (
+        "wrong shape",
+        lambda p: _write_tensors(p, lambda s: s.update({"linear_relu_stack.2.weight": np.zeros((512, 511), np.float32)})),
+        "key 'linear_relu_stack.2.weight' has shape (512, 511), expected (512, 512)",
+    ),
+    (
+        "float64 tensor",
+        lambda p: _write_tensors(p, lambda s: s.update({"linear_relu_stack.0.bias": s["linear_relu_stack.0.bias"].astype(np.float64)})),
+        "key 'linear_relu_stack.0.bias' has dtype float64",
+    ),
+    ("truncated file", lambda p: _write_bytes(p, _truncated), "is not a readable safetensors checkpoint"),
+    ("pickle file", lambda p: _write_bytes(p, lambda: pickle.dumps(_good_state())), "is not a readable safetensors checkpoint"),
+    ("random bytes", lambda p: _write_bytes(p, lambda: np.random.default_rng(0).bytes(4096)), "is not a readable safetensors checkpoint"),
+    ("empty file", lambda p: _write_bytes(p, lambda: b""), "is not a readable safetensors checkpoint"),
+    (
+        "bad spec header",
+        lambda p: safetensors.numpy.save_file(_good_state(), str(p), metadata={**DEFAULT_SPEC.to_metadata(), "hidden_sizes": "wide"}),
+        "bad model spec in header",
+    ),
+    ("missing file", lambda p: None, "checkpoint not found"),
+]
+
+
+@pytest.mark.parametrize("case, write, phrase", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_twins_refuse_a_bad_checkpoint_with_the_same_error_before_building_a_model(tmp_path, monkeypatch, case, write, phrase):
+    path = tmp_path / "bad.safetensors"
+    write(path)
+    messages = {}
+    for name in BACKEND_NAMES:
+        backend = get_backend(name)
+        built = []
+        real = backend.module.checkpoint.from_state_dict  # where load_checkpoint builds the model / params
+
+        def spy(*args, _real=real, **kwargs):
+            built.append(args)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(backend.module.checkpoint, "from_state_dict", spy)
+        with pytest.raises(CheckpointError) as info:
+            backend.load(path)
+        assert built == [], f"{name} started building weights from a bad checkpoint"
+        messages[name] = str(info.value)
+    assert messages["torch"] == messages["flax"]
+    assert phrase in messages["torch"]
+    assert str(path) in messages["torch"]  # the error names the file
+    assert sorted(os.listdir(tmp_path)) == ([] if case == "missing file" else ["bad.safetensors"])  # loading wrote nothing
+
+
+def test_a_good_checkpoint_does_go_through_the_spied_builder(tmp_path, monkeypatch, backend):
+    """The control for the test above: the spy sits where a successful load really builds."""
+    path = backend.save(backend.init(seed=0), tmp_path / "good.safetensors")
+    built = []
+    real = backend.module.checkpoint.from_state_dict
+    monkeypatch.setattr(backend.module.checkpoint, "from_state_dict", lambda *a, **k: built.append(a) or real(*a, **k))
+    backend.load(path)
+    assert len(built) == 1
+
+
+BAD_STATES = [
+    ("missing key", lambda s: s.pop("linear_relu_stack.0.weight"), "state_dict: missing key 'linear_relu_stack.0.weight'"),
+    ("extra key", lambda s: s.update({"flatten.weight": np.zeros(1, np.float32)}), "state_dict: unexpected key 'flatten.weight'"),
+    (
+        "transposed weight",  # the classic conversion bug: a Dense kernel passed as a Linear weight
+        lambda s: s.update({"linear_relu_stack.0.weight": s["linear_relu_stack.0.weight"].T}),
+        "state_dict: key 'linear_relu_stack.0.weight' has shape (784, 512), expected (512, 784)",
+    ),
+]
+
+
+@pytest.mark.parametrize("case, change, message", BAD_STATES, ids=[c[0] for c in BAD_STATES])
+def test_twins_refuse_a_bad_state_dict_with_the_same_error(case, change, message):
+    state = _good_state()
+    change(state)
+    messages = {}
+    for name in BACKEND_NAMES:
+        with pytest.raises(CheckpointError) as info:
+            get_backend(name).from_state_dict(state)
+        messages[name] = str(info.value)
+    assert messages == {"torch": message, "flax": message}
+
+
+def test_flax_to_state_dict_names_a_missing_param_leaf(flax_backend):
+    params = flax_backend.init(seed=0).params
+    stack = dict(params["params"]["linear_relu_stack"])
+    stack["layers_4"] = {"kernel": stack["layers_4"]["kernel"]}  # bias dropped
+    with pytest.raises(CheckpointError, match=r"missing 'linear_relu_stack/layers_4/bias' \(canonical key 'linear_relu_stack.4.bias'\)"):
+        flax_backend.module.to_state_dict({"params": {"linear_relu_stack": stack}})
+
+
+# ----------------------------------------------------------------------------- atomic saves
+
+
+def test_save_leaves_only_the_checkpoint_in_the_folder(tmp_path, backend):
+    net = backend.init(seed=0)
+    backend.save(net, tmp_path / "model.safetensors")
+    backend.save(net, tmp_path / "model.safetensors")  # overwriting goes through a temp file too
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_failed_save_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch, backend):
+    path = tmp_path / "model.safetensors"
+    backend.save(backend.init(seed=0), path)
+    before = path.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    import fashion_common.checkpoint
+
+    monkeypatch.setattr(fashion_common.checkpoint.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        backend.save(backend.init(seed=1), path)
+    assert path.read_bytes() == before  # the old checkpoint, whole
+    assert os.listdir(tmp_path) == ["model.safetensors"]  # the half-written temp file is gone
+
+
+def test_twins_refuse_to_save_into_a_missing_folder_with_the_same_error(tmp_path):
+    path = tmp_path / "no-such-folder" / "model.safetensors"
+    messages = set()
+    for name in BACKEND_NAMES:
+        backend = get_backend(name)
+        with pytest.raises(CheckpointError, match="does not exist") as info:
+            backend.save(backend.init(seed=0), path)
+        messages.add(str(info.value))
+    assert len(messages) == 1
+    assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- no unpickling anywhere
+
+# Split so that this file does not match its own pattern.
+FORBIDDEN = "torch" + ".load("
+
+
+def test_no_python_file_calls_torch_load():
+    folders = [ROOT / name for name in ("fashion_common", "fashion_torch", "fashion_flax", "scripts", "tests")]
+    files = [f for folder in folders if folder.is_dir() for f in sorted(folder.rglob("*.py"))]
+    assert any(f.name == "checkpoint.py" for f in files)  # the search really covers the packages
+    offenders = [f"{f.relative_to(ROOT)}:{n}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1) if FORBIDDEN in line]
+    assert offenders == [], f"torch.load unpickles; use safetensors: {offenders}"

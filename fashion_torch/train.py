@@ -22,7 +22,7 @@ from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 
 from .checkpoint import from_state_dict, save_checkpoint, to_state_dict
-from .model import NeuralNetwork, create_model, resolve_device
+from .model import ACTIVATION_FUNCTIONS, NeuralNetwork, create_model, resolve_device
 
 BACKEND = "torch"
 
@@ -90,10 +90,12 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float =
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
-def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
-    """One update on a batch of uint8 images (B, 28, 28) -> (loss, number correct), both 0-d tensors on the device."""
-    for group in state.optimizer.param_groups:
-        group["lr"] = learning_rate(state.config, state.step, state.total_steps)
+def autograd_train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
+    """One update through autograd and torch.optim, the tutorial's way -> (loss, number correct), 0-d tensors.
+
+    The reference that fused_train_step is tested against, and the path for specs it does not cover.
+    """
+    _set_lr(state)
     x = images.to(torch.float32).div_(255.0)  # (B, 28, 28) in [0, 1], as ToTensor
     logits = state.model(x)  # (B, 10)
     loss = loss_fn(logits, labels, state.config.label_smoothing)
@@ -103,6 +105,96 @@ def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
     state.step += 1
     correct = (logits.detach().argmax(1) == labels).sum()
     return loss.detach(), correct
+
+
+def _set_lr(state: TrainState) -> float:
+    lr = learning_rate(state.config, state.step, state.total_steps)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _activation_backward_(name: str, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """grad * act'(pre), in place, from the activation's output `out` (what the fused step keeps)."""
+    if name == "relu":
+        return torch.ops.aten.threshold_backward(grad, out, 0.0)  # what autograd runs for nn.ReLU
+    if name == "sigmoid":
+        return grad.mul_(out * (1.0 - out))
+    if name == "tanh":
+        return grad.mul_(1.0 - out * out)
+    return grad.zero_()  # binary_step: the gradient is 0 everywhere
+
+
+def fused_supported(spec: ModelSpec) -> bool:
+    return spec.output_activation is None
+
+
+@torch.no_grad()
+def fused_train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
+    """The same update as autograd_train_step, with the backward pass written out: fewer, larger ops.
+
+    Autograd's engine, its per-step gradient allocations and the input gradient cost about as much
+    as the matmuls on a 2-core CPU at batch 64. Here the gradients go straight into persistent
+    .grad buffers (or, for plain SGD, straight into the weights: W += -lr * delta^T h is one GEMM
+    with beta=1). tests/test_train.py checks this step against autograd_train_step.
+    """
+    model, config = state.model, state.config
+    lr = _set_lr(state)
+    linears = [model.linear_relu_stack[i] for i in model.spec.linear_indices]
+    batch = labels.shape[0]
+    # ---- forward: inputs[j] is what linear j reads, (B, 784) then (B, 512), (B, 512)
+    inputs = [images.reshape(batch, -1).to(torch.float32).div_(255.0)]
+    act = ACTIVATION_FUNCTIONS[model.spec.activation]
+    for lin in linears[:-1]:
+        inputs.append(act(torch.addmm(lin.bias, inputs[-1], lin.weight.t())))
+    logits = torch.addmm(linears[-1].bias, inputs[-1], linears[-1].weight.t())  # (B, 10)
+    # ---- loss and its gradient with respect to the logits: (softmax - target) / B
+    log_probs = torch.log_softmax(logits, dim=1)
+    if config.label_smoothing:
+        k = logits.shape[1]
+        target = torch.full_like(logits, config.label_smoothing / k)
+        target.scatter_(1, labels[:, None], 1.0 - config.label_smoothing + config.label_smoothing / k)
+        loss = -(target * log_probs).sum(1).mean()
+    else:
+        target = None
+        loss = F.nll_loss(log_probs, labels)
+    correct = (logits.argmax(1) == labels).sum()
+    delta = log_probs.exp_()  # softmax, reusing the buffer
+    if target is None:
+        delta[torch.arange(batch, device=delta.device), labels] -= 1.0
+    else:
+        delta.sub_(target)
+    delta.div_(batch)
+    # ---- backward: deltas[j] is dLoss/d(output of linear j), computed before any weight moves
+    deltas = [delta]
+    for j in range(len(linears) - 1, 0, -1):
+        grad = deltas[0] @ linears[j].weight  # (B, fan_in of linear j)
+        deltas.insert(0, _activation_backward_(model.spec.activation, grad, inputs[j]))
+    # ---- update
+    plain_sgd = config.optimizer == "sgd" and config.momentum == 0.0 and config.weight_decay == 0.0
+    for lin, d, h in zip(linears, deltas, inputs):
+        if plain_sgd:
+            lin.weight.addmm_(d.t(), h, alpha=-lr)  # W <- W - lr * d^T h, one GEMM
+            lin.bias.add_(d.sum(0), alpha=-lr)
+        else:
+            if lin.weight.grad is None:
+                lin.weight.grad, lin.bias.grad = torch.empty_like(lin.weight), torch.empty_like(lin.bias)
+            torch.mm(d.t(), h, out=lin.weight.grad)  # (out, in), the torch layout
+            torch.sum(d, 0, out=lin.bias.grad)
+    if not plain_sgd:
+        state.optimizer.step()
+    state.step += 1
+    return loss, correct
+
+
+def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
+    """One update on a batch of uint8 images (B, 28, 28) -> (loss, number correct), both 0-d tensors on the device.
+
+    Runs fused_train_step where the spec allows it (the tutorial's network does), else autograd_train_step.
+    """
+    if fused_supported(state.model.spec):
+        return fused_train_step(state, images, labels)
+    return autograd_train_step(state, images, labels)
 
 
 def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None):

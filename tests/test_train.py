@@ -227,3 +227,83 @@ def test_resume_with_a_changed_recipe_names_the_key_that_differs(backend, tmp_pa
         train.train_and_evaluate(_small_config(epochs=2, optimizer="sgd"), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
     with pytest.raises(CheckpointError, match=r"trained with epochs=2, not 5"):
         train.train_and_evaluate(_small_config(epochs=5), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
+
+
+# ----------------------------------------------------------------------------- the fused torch step
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer": "sgd", "weight_decay": 0.0, "schedule": "constant"},  # plain SGD: the update is folded into the GEMM
+        {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-3},
+        {"optimizer": "adamw", "label_smoothing": 0.1},
+        {"optimizer": "adam"},
+    ],
+    ids=["plain-sgd", "momentum-sgd", "adamw-smoothing", "adam"],
+)
+def test_fused_torch_step_matches_autograd_and_torch_optim(overrides):
+    import torch
+
+    from fashion_torch.train import autograd_train_step, create_train_state, fused_train_step
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (64,), generator=generator)
+    config = TrainConfig(device="cpu", lr=0.05 if overrides["optimizer"] == "sgd" else 1e-3).replace(**overrides)
+    ref, fused = create_train_state(config, total_steps=10), create_train_state(config, total_steps=10)
+    for step in range(3):
+        ref_loss, ref_correct = autograd_train_step(ref, images, labels)
+        fused_loss, fused_correct = fused_train_step(fused, images, labels)
+        # same float32 loss up to reassociation: 1e-6 on a loss of about 2.3
+        assert abs(float(ref_loss) - float(fused_loss)) <= 1e-6 and int(ref_correct) == int(fused_correct)
+        if step == 0 and (overrides["optimizer"] != "sgd" or overrides.get("momentum")):
+            for (name, p_ref), p_fused in zip(ref.model.named_parameters(), fused.model.parameters()):
+                # gradients from identical weights: 1e-7 is ~100 ulps of the largest entries (~1e-3)
+                assert torch.max(torch.abs(p_ref.grad - p_fused.grad)).item() <= 1e-7, name
+    ref_w, fused_w = to_numpy_weights(ref), to_numpy_weights(fused)
+    # SGD moves weights by lr * grad: float32 rounding leaves them within 1e-6. Adam divides by
+    # sqrt(v), so where a gradient is ~0 a 1e-9 difference becomes a visible step: 3 steps of lr 1e-3
+    # stay within 5e-5 (measured 1.4e-5); a wrong gradient would move them by ~lr = 1e-3 per step.
+    tol = 1e-6 if overrides["optimizer"] == "sgd" else 5e-5
+    for key in ref_w:
+        assert np.abs(ref_w[key] - fused_w[key]).max() <= tol, key
+
+
+def to_numpy_weights(state):
+    from fashion_torch import to_state_dict
+
+    return to_state_dict(state.model)
+
+
+def test_torch_train_step_falls_back_to_autograd_for_an_output_activation():
+    import torch
+
+    from fashion_common.spec import ModelSpec
+    from fashion_torch.train import create_train_state, fused_supported, train_step
+
+    spec = ModelSpec(output_activation="relu")
+    assert not fused_supported(spec) and fused_supported(ModelSpec(activation="tanh"))
+    state = create_train_state(TrainConfig(device="cpu"), spec, total_steps=2)
+    loss, _ = train_step(state, torch.zeros(8, 28, 28, dtype=torch.uint8), torch.zeros(8, dtype=torch.int64))
+    assert state.step == 1 and loss.requires_grad is False and state.model.linear_relu_stack[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "binary_step"])
+def test_fused_torch_step_matches_autograd_for_other_hidden_activations(activation):
+    import torch
+
+    from fashion_common.spec import ModelSpec
+    from fashion_torch.train import autograd_train_step, create_train_state, fused_train_step
+
+    spec = ModelSpec(activation=activation)
+    config = TrainConfig(device="cpu", optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
+    images = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(32) % 10
+    ref, fused = create_train_state(config, spec, total_steps=4), create_train_state(config, spec, total_steps=4)
+    for _ in range(2):
+        autograd_train_step(ref, images, labels)
+        fused_train_step(fused, images, labels)
+    for p_ref, p_fused in zip(ref.model.parameters(), fused.model.parameters()):
+        assert torch.max(torch.abs(p_ref.grad - p_fused.grad)).item() <= 1e-7
+        assert torch.max(torch.abs(p_ref - p_fused)).item() <= 1e-6

@@ -128,12 +128,8 @@ def twin_epoch_fn(backend: str, data: FashionData, device: str, config: Optional
 
 def benchmark(data: FashionData, device: str = "cpu", precision: str = "fp32", repeats: int = 3, tutorial_repeats: Optional[int] = None, data_dir=None, log=print) -> dict:
     """Time the four variants for one precision mode; returns the JSON object the issue names."""
-    import fashion_flax
-    import fashion_torch
-
+    set_precision(precision)
     mode = {"fp32": "highest", "tf32": "tf32"}[precision]
-    fashion_torch.set_matmul_precision(mode)
-    fashion_flax.set_matmul_precision(mode)
     steps = 60_000 // 64
     result = {"device": _device_label(device), "precision": precision, "steps_per_epoch": steps, "repeats": repeats}
 
@@ -172,7 +168,7 @@ def time_to_accuracy(backend: str, data: FashionData, device: str, target: float
     total = steps * config.epochs
     # Warm-up on a throwaway state with the same shapes, so compilation is not counted.
     warm = train.create_train_state(config, device=dev, total_steps=total)
-    train.train_epoch(warm, on_device, batch_order(config.seed + 1, 0, len(data.train_labels), config.batch_size), config, None)
+    warm, _ = train.train_epoch(warm, on_device, batch_order(config.seed + 1, 0, len(data.train_labels), config.batch_size), config, None)  # flax donates the state it is given
     train.evaluate(warm, on_device, config)
     state = train.create_train_state(config, device=dev, total_steps=total)
     seconds, curve = 0.0, []
@@ -187,6 +183,36 @@ def time_to_accuracy(backend: str, data: FashionData, device: str, target: float
         if accuracy >= target:
             return {"backend": backend, "target": target, "reached": True, "epochs": epoch, "train_seconds": seconds, "curve": curve}
     return {"backend": backend, "target": target, "reached": False, "epochs": config.epochs, "train_seconds": seconds, "curve": curve}
+
+
+def pick_device(name: str = "auto") -> str:
+    """"auto" -> "gpu" when both torch and JAX see one, else "cpu"; "gpu" without one is a DeviceError."""
+    import fashion_flax
+    import fashion_torch
+
+    if name == "auto":
+        return "gpu" if fashion_torch.get_device() == "cuda" and fashion_flax.get_device() == "gpu" else "cpu"
+    if name == "gpu":
+        fashion_torch.resolve_device("gpu")
+        fashion_flax.resolve_device("gpu")
+    return name
+
+
+def set_precision(precision: str) -> None:
+    """"fp32" (torch TF32 off, JAX highest) or "tf32" (TF32 in both), the same mode in both twins."""
+    import fashion_flax
+    import fashion_torch
+
+    mode = {"fp32": "highest", "tf32": "tf32"}[precision]
+    fashion_torch.set_matmul_precision(mode)
+    fashion_flax.set_matmul_precision(mode)
+
+
+def markdown_time_to_accuracy(rows: List[dict]) -> str:
+    lines = ["| twin | target | reached | epochs | training seconds |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['backend']} | {100 * r['target']:.0f}% | {'yes' if r['reached'] else 'no'} | {r['epochs']} | {r['train_seconds']:.2f} |")
+    return "\n".join(lines)
 
 
 def _device_label(device: str) -> str:

@@ -85,6 +85,23 @@ def compare_figures(t: dict, f: dict) -> dict:
     }
 
 
+def kink_examples(t: dict, f: dict, spec: ModelSpec = DEFAULT_SPEC) -> list:
+    """Examples with a pre-activation that is > 0 in one twin only, at a relu or binary_step.
+
+    The derivative jumps at 0, so a value that rounds to 0.0 in one twin and to 3e-9 in the other
+    moves that example's gradient by what flows through the unit (~1e-5 to 1e-4), not by rounding.
+    """
+    kinked = ("relu", "binary_step")
+    positions = list(spec.linear_indices[:-1]) if spec.activation in kinked else []
+    if spec.output_activation in kinked:
+        positions.append(spec.linear_indices[-1])
+    flipped = np.zeros(len(t["logits"]), dtype=bool)
+    for i in positions:
+        pre_t, pre_f = t["layers"][str(i)], f["layers"][str(i)]  # (N, fan_out) Linear outputs
+        flipped |= ((pre_t > 0) != (pre_f > 0)).any(axis=1)
+    return np.flatnonzero(flipped).tolist()
+
+
 def parity(state_dict: Dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, precision: str = "highest", device: str = "cpu", spec: ModelSpec = DEFAULT_SPEC) -> dict:
     """Load one canonical state_dict into both twins and compare forward and backward at `precision`."""
     import fashion_flax
@@ -95,7 +112,9 @@ def parity(state_dict: Dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, prec
     t_model = fashion_torch.from_state_dict(state_dict, spec, fashion_torch.resolve_device(device))
     f_params = fashion_flax.from_state_dict(state_dict, spec, fashion_flax.resolve_device(device))
     f_model = fashion_flax.NeuralNetwork(spec)
-    result = compare_figures(torch_figures(t_model, x, y), flax_figures(f_model, f_params, x, y))
+    t, f = torch_figures(t_model, x, y), flax_figures(f_model, f_params, x, y)
+    result = compare_figures(t, f)
+    result["kink_examples"] = kink_examples(t, f, spec)
     result["precision"] = precision
     result["max_layer"] = max(result["layers"].values())
     result["max_grad"] = max(result["grads"].values())

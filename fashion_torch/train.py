@@ -54,12 +54,14 @@ class DeviceData:
 def make_optimizer(model: NeuralNetwork, config: TrainConfig) -> torch.optim.Optimizer:
     """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as optax builds them."""
     params = list(model.parameters())
-    foreach = {"foreach": True}  # one multi-tensor kernel per update instead of one per parameter
+    # fused: one pass over each tensor per update (CPU and CUDA kernels) instead of ~10 foreach ops;
+    # on this 2-core CPU it makes the AdamW update ~1.4 ms -> see README, Results
+    fused = {"fused": True}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **foreach)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **fused)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **foreach)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **foreach)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
 
 
 def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> TrainState:

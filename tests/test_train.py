@@ -46,9 +46,9 @@ def test_config_rejects_unknown_keys_and_wrong_types():
 
 def test_default_config_is_the_documented_accuracy_recipe():
     c = TrainConfig()
-    assert (c.epochs, c.batch_size, c.optimizer, c.lr, c.schedule) == (20, 128, "adamw", 1e-3, "cosine")
+    assert (c.epochs, c.batch_size, c.optimizer, c.lr, c.schedule, c.label_smoothing) == (20, 256, "adamw", 2e-3, "cosine", 0.1)
     t = tutorial_config()
-    assert (t.optimizer, t.lr, t.batch_size, t.momentum, t.schedule) == ("sgd", 1e-3, 64, 0.0, "constant")
+    assert (t.optimizer, t.lr, t.batch_size, t.momentum, t.schedule, t.label_smoothing) == ("sgd", 1e-3, 64, 0.0, "constant", 0.0)
 
 
 def test_cosine_schedule_starts_at_lr_passes_half_at_midpoint_and_ends_at_zero():

@@ -119,12 +119,44 @@ def _set_lr(state: TrainState) -> float:
 def _activation_backward_(name: str, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """grad * act'(pre), in place, from the activation's output `out` (what the fused step keeps)."""
     if name == "relu":
-        return torch.ops.aten.threshold_backward(grad, out, 0.0)  # what autograd runs for nn.ReLU
+        # what autograd runs for nn.ReLU (masks where out <= 0), written in place into grad
+        return torch.ops.aten.threshold_backward.grad_input(grad, out, 0.0, grad_input=grad)
     if name == "sigmoid":
         return grad.mul_(out * (1.0 - out))
     if name == "tanh":
         return grad.mul_(1.0 - out * out)
     return grad.zero_()  # binary_step: the gradient is 0 everywhere
+
+
+def _activation_(name: str, h: torch.Tensor) -> torch.Tensor:
+    """The hidden activation, in place on its (B, fan_out) buffer."""
+    if name == "relu":
+        return h.relu_()
+    if name == "sigmoid":
+        return h.sigmoid_()
+    if name == "tanh":
+        return h.tanh_()
+    return h.copy_(ACTIVATION_FUNCTIONS[name](h))
+
+
+def _workspace(state: TrainState, batch: int, device) -> Dict[str, torch.Tensor]:
+    """Persistent activation buffers for one batch size, so the step allocates nothing large.
+
+    Freeing and re-allocating these (>= 128 KiB each) every step sends glibc's malloc to mmap and
+    munmap, and the page faults cost up to half a step on this CPU once another library (JAX)
+    has changed the heap's layout. Static buffers are also what a CUDA graph needs.
+    """
+    key = (batch, str(device))
+    cache = state.__dict__.setdefault("_workspaces", {})
+    if key not in cache:
+        sizes = state.model.spec.layer_sizes
+        empty = lambda *shape: torch.empty(shape, dtype=torch.float32, device=device)
+        ws = {"x": empty(batch, sizes[0][0]), "logits": empty(batch, sizes[-1][1])}
+        for j, (_, fan_out) in enumerate(sizes[:-1]):
+            ws[f"h{j}"] = empty(batch, fan_out)  # output of hidden layer j
+            ws[f"d{j}"] = empty(batch, fan_out)  # loss gradient at that output
+        cache[key] = ws
+    return cache[key]
 
 
 def fused_supported(spec: ModelSpec) -> bool:
@@ -144,12 +176,13 @@ def fused_train_step(state: TrainState, images: torch.Tensor, labels: torch.Tens
     lr = _set_lr(state)
     linears = [model.linear_relu_stack[i] for i in model.spec.linear_indices]
     batch = labels.shape[0]
+    ws = _workspace(state, batch, labels.device)
     # ---- forward: inputs[j] is what linear j reads, (B, 784) then (B, 512), (B, 512)
-    inputs = [images.reshape(batch, -1).to(torch.float32).div_(255.0)]
-    act = ACTIVATION_FUNCTIONS[model.spec.activation]
-    for lin in linears[:-1]:
-        inputs.append(act(torch.addmm(lin.bias, inputs[-1], lin.weight.t())))
-    logits = torch.addmm(linears[-1].bias, inputs[-1], linears[-1].weight.t())  # (B, 10)
+    inputs = [torch.div(images.reshape(batch, -1), 255.0, out=ws["x"])]  # uint8 -> float32 in [0, 1], as ToTensor
+    for j, lin in enumerate(linears[:-1]):
+        h = torch.addmm(lin.bias, inputs[-1], lin.weight.t(), out=ws[f"h{j}"])
+        inputs.append(_activation_(model.spec.activation, h))
+    logits = torch.addmm(linears[-1].bias, inputs[-1], linears[-1].weight.t(), out=ws["logits"])  # (B, 10)
     # ---- loss and its gradient with respect to the logits: (softmax - target) / B
     log_probs = torch.log_softmax(logits, dim=1)
     if config.label_smoothing:
@@ -170,7 +203,7 @@ def fused_train_step(state: TrainState, images: torch.Tensor, labels: torch.Tens
     # ---- backward: deltas[j] is dLoss/d(output of linear j), computed before any weight moves
     deltas = [delta]
     for j in range(len(linears) - 1, 0, -1):
-        grad = deltas[0] @ linears[j].weight  # (B, fan_in of linear j)
+        grad = torch.mm(deltas[0], linears[j].weight, out=ws[f"d{j - 1}"])  # (B, fan_in of linear j)
         deltas.insert(0, _activation_backward_(model.spec.activation, grad, inputs[j]))
     # ---- update
     plain_sgd = config.optimizer == "sgd" and config.momentum == 0.0 and config.weight_decay == 0.0

@@ -29,6 +29,7 @@ add_repo_to_path()
 
 from fashion_common.errors import FashionTwinsError  # noqa: E402  (needs the path set above)
 from fashion_common.loop import check_writable  # noqa: E402
+from fashion_common.runtime import tune_allocator  # noqa: E402
 
 
 # What a user can cause and fix: bad values, missing or unreadable files, unwritable outputs.
@@ -49,6 +50,7 @@ def error_line(e: BaseException) -> str:
 def main_wrapper(fn, argv=None) -> None:
     """Run fn(argv) and exit with its return code; expected errors exit 2 with one line on stderr."""
     argv = sys.argv[1:] if argv is None else argv
+    tune_allocator()  # steady step times: see fashion_common/runtime.py
     try:
         code = fn(argv)
     except EXPECTED_ERRORS as e:

@@ -44,7 +44,7 @@ def tanh(x):
 
 @jax.custom_jvp
 def relu(x):
-    return jnp.maximum(x, 0)
+    return jnp.where(x < 0, jnp.zeros_like(x), x)  # keeps -0.0 and NaN as torch.relu does (jnp.maximum gives +0.0)
 
 
 @relu.defjvp

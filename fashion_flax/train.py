@@ -181,6 +181,11 @@ def predict_proba(model: NeuralNetwork, params, images: np.ndarray) -> np.ndarra
     return np.asarray(jax.nn.softmax(logits, axis=1))
 
 
+# The tutorial's names for one pass of training and one pass of evaluation.
+train_loop = train_epoch
+test_loop = evaluate
+
+
 # ----------------------------------------------------------------------------- checkpoints with optimizer state
 
 

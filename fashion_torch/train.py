@@ -285,6 +285,11 @@ def predict_proba(model: NeuralNetwork, images: np.ndarray) -> np.ndarray:
     return torch.softmax(logits, dim=1).cpu().numpy()
 
 
+# The tutorial's names for one pass of training and one pass of evaluation.
+train_loop = train_epoch
+test_loop = evaluate
+
+
 # ----------------------------------------------------------------------------- checkpoints with optimizer state
 
 # torch optimizer slot name -> canonical slot name (optax's names for the same buffers differ; see flax twin)

@@ -311,3 +311,19 @@ def test_format_prediction_lists_the_top_k_classes_in_descending_order():
     probs[7], probs[5] = 0.80, 0.12  # Sneaker, then Sandal
     line = format_prediction("flax", "shoe.png", probs, top=3, true_label=7)
     assert line == "[flax] shoe.png  pred Sneaker  true Sneaker  top-3: Sneaker 80.00%, Sandal 12.00%, T-shirt/top 1.00%"
+
+
+@needs_data
+def test_lockstep_script_reports_twins_within_1e_5_and_writes_every_step(env, tmp_path):
+    out = tmp_path / "lockstep.json"
+    result = run_script(env, "lockstep.py", "--steps", "20", "--weight-every", "10", "--out", str(out))
+    assert_ok(result)
+    assert result.stdout.startswith("[lockstep] 20 steps, sgd lr 0.001 batch 64, highest: max |loss diff| ")
+    figures = json.loads(out.read_text())
+    assert len(figures["loss_diff"]) == 20 and figures["weight_steps"] == [0, 10, 20]
+    # fp32 rounding of differently ordered sums only (see tests/test_train.py's lockstep test)
+    assert figures["max_loss_diff"] <= 1e-5 and figures["final_weight_diff"] <= 1e-5
+
+
+def test_lockstep_script_refuses_zero_steps_with_one_error_line(env, tmp_path):
+    assert_one_error_line(run_script(env, "lockstep.py", "--steps", "0"), "--steps and --weight-every must be >= 1")

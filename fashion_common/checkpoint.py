@@ -138,3 +138,13 @@ def read_train_state(path) -> Tuple[Dict[str, np.ndarray], dict]:
     except (KeyError, ValueError):
         raise CheckpointError(f"{side}: no training counters in header") from None
     return slots, counters
+
+
+def check_pair(path, counters: dict) -> None:
+    """Refuse weights and a sidecar from different saves (a crash between the two renames)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        step = (f.metadata() or {}).get("step")
+    if step is not None and int(step) != int(counters["optimizer_step"]):
+        raise CheckpointError(f"{path} (step {step}) and {train_state_path(path)} (step {counters['optimizer_step']}) do not belong together")

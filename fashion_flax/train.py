@@ -209,7 +209,7 @@ def load_train_state(state: TrainState, path) -> TrainState:
     spec = state.apply_fn.__self__.spec
     weights, _ = canonical.read_state(path, spec)
     slots, counters = canonical.read_train_state(path)
-    _check_pair(path, counters)
+    canonical.check_pair(path, counters)
     device = next(iter(jax.tree_util.tree_leaves(state.params)[0].devices()))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state.opt_state)
     restored = []
@@ -222,14 +222,6 @@ def load_train_state(state: TrainState, path) -> TrainState:
     params = from_state_dict(weights, spec, device)
     return state.replace(params=params, opt_state=opt_state, step=int(counters["optimizer_step"]))
 
-
-def _check_pair(path, counters) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        step = (f.metadata() or {}).get("step")
-    if step is not None and int(step) != int(counters["optimizer_step"]):
-        raise CheckpointError(f"{path} (step {step}) and {canonical.train_state_path(path)} (step {counters['optimizer_step']}) do not belong together")
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -315,7 +315,7 @@ def load_train_state(state: TrainState, path) -> TrainState:
     """Restore weights, optimizer slots and the update count written by save_train_state."""
     weights, _ = canonical.read_state(path, state.model.spec)
     slots, counters = canonical.read_train_state(path)
-    _check_pair(path, counters)
+    canonical.check_pair(path, counters)
     device = next(state.model.parameters()).device
     with torch.no_grad():
         for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters()):
@@ -335,14 +335,6 @@ def load_train_state(state: TrainState, path) -> TrainState:
     state.step = int(counters["optimizer_step"])
     return state
 
-
-def _check_pair(path, counters) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        step = (f.metadata() or {}).get("step")
-    if step is not None and int(step) != int(counters["optimizer_step"]):
-        raise CheckpointError(f"{path} (step {step}) and {canonical.train_state_path(path)} (step {counters['optimizer_step']}) do not belong together")
 
 
 # ----------------------------------------------------------------------------- the loop

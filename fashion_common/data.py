@@ -115,7 +115,6 @@ def _verify(path: Path, expected: str) -> None:
 def prepare_raw(data_dir=None, checksums: Dict[str, str] = SHA256, download: bool = False) -> Path:
     """Return a torchvision root whose FashionMNIST/raw/ holds the four verified, decompressed files."""
     names = list(checksums)
-    explicit = data_dir is not None
     for folder, origin in candidate_dirs(data_dir):
         if _has_raw(folder, names):
             for name in names:
@@ -142,10 +141,10 @@ def prepare_raw(data_dir=None, checksums: Dict[str, str] = SHA256, download: boo
                     )
                 atomic_write_bytes(target, payload)
             return root
-        if explicit and origin == "--data-dir":
+        if origin in ("--data-dir", ENV_DATA):  # a folder the user named must hold the data: no silent fallback
             present = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
             raise DataError(
-                f"--data-dir {folder} holds no Fashion-MNIST files "
+                f"{origin} {folder} holds no Fashion-MNIST files "
                 f"(need {', '.join(n + '.gz' for n in names)}; found {', '.join(present[:6]) or 'nothing'}); {FIX_HINT}"
             )
     if download:

@@ -120,3 +120,10 @@ def test_real_fashion_mnist_has_60000_train_and_10000_test_images_with_6000_and_
     assert np.bincount(data.test_labels).tolist() == [1000] * 10
     assert data.train_images.dtype == np.uint8 and data.train_images.max() == 255
 
+
+
+def test_an_environment_variable_naming_an_empty_folder_is_an_error_not_a_silent_fallback(tmp_path, cache, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(data_mod.ENV_DATA, str(tmp_path / "empty"))
+    with pytest.raises(DataError, match=r"FASHION_TWINS_DATA .*empty holds no Fashion-MNIST files"):
+        load_fashion_mnist()

@@ -121,6 +121,11 @@ def train_state_path(path) -> Path:
     return path.with_name(stem + ".state.safetensors")
 
 
+def metrics_path_for(path) -> Path:
+    """CKPT.safetensors -> CKPT.metrics.json, the scripts' default METRICS.json beside a checkpoint."""
+    return train_state_path(path).with_name(train_state_path(path).name.replace(".state.safetensors", ".metrics.json"))
+
+
 def write_train_state(path, slots: Dict[str, np.ndarray], counters: dict) -> Path:
     """Write optimizer slots (canonical layout, `<slot>/<key>`) and JSON counters beside a checkpoint."""
     metadata = {"format": FORMAT_NAME + "/train-state", "counters": json.dumps(counters, sort_keys=True)}

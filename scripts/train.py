@@ -2,7 +2,7 @@
 
     python scripts/train.py --backend flax --out runs/flax.safetensors --metrics runs/flax.json
     python scripts/train.py --backend torch --tutorial-recipe --out t.safetensors --metrics t.json
-    python scripts/train.py --backend torch --dry-run --out /tmp/c.safetensors --metrics /tmp/m.json
+    python scripts/train.py --backend torch --dry-run --out /tmp/c.safetensors   # metrics: /tmp/c.metrics.json
 
 Every TrainConfig field is a flag; the defaults shown in --help are read from TrainConfig, so
 they live in fashion_common/config.py only. The work is done by <twin>.train.train_and_evaluate.
@@ -16,7 +16,7 @@ import typing
 
 import _cli  # first: puts the repository root on sys.path
 
-from fashion_common.checkpoint import read_state, read_train_state, train_state_path
+from fashion_common.checkpoint import metrics_path_for, read_state, read_train_state, train_state_path
 from fashion_common.config import DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, tutorial_config
 from fashion_common.data import load_fashion_mnist
 
@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="CKPT", default=None, help="continue a run from a checkpoint this script wrote; same backend and seed (default: start fresh)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars; the per-epoch lines are still printed (default: off)")
     parser.add_argument("--out", metavar="CKPT.safetensors", required=True, help="checkpoint to write after every epoch; optimizer state goes beside it in CKPT.state.safetensors")
-    parser.add_argument("--metrics", metavar="METRICS.json", required=True, help="per-epoch metrics, device, versions and config, rewritten after every epoch")
+    parser.add_argument(
+        "--metrics", metavar="METRICS.json", default=None,
+        help="per-epoch metrics, device, versions and config, rewritten after every epoch (default: beside --out, CKPT.metrics.json)",
+    )
     return parser
 
 
@@ -91,6 +94,8 @@ def main(argv) -> int:
     # Everything cheap that can fail is checked before the framework import, the data and the training.
     config = make_config(args)
     _cli.check_output_path(args.out, "--out")
+    if args.metrics is None:
+        args.metrics = str(metrics_path_for(args.out))
     _cli.check_output_path(args.metrics, "--metrics")
     if args.resume is not None:
         # Weights, then the optimizer sidecar, must exist and parse; the loop checks backend and seed.

@@ -327,3 +327,11 @@ def test_lockstep_script_reports_twins_within_1e_5_and_writes_every_step(env, tm
 
 def test_lockstep_script_refuses_zero_steps_with_one_error_line(env, tmp_path):
     assert_one_error_line(run_script(env, "lockstep.py", "--steps", "0"), "--steps and --weight-every must be >= 1")
+
+
+@needs_data
+def test_train_without_metrics_flag_writes_metrics_beside_the_checkpoint(env, tmp_path):
+    result = run_script(env, "train.py", "--backend", "torch", "--dry-run", "--quiet", "--out", str(tmp_path / "m.safetensors"))
+    assert_ok(result)
+    metrics = json.loads((tmp_path / "m.metrics.json").read_text())
+    assert metrics["backend"] == "torch" and len(metrics["epochs"]) == 1

@@ -114,16 +114,21 @@ def read_state(path, spec: Optional[ModelSpec] = None) -> Tuple[Dict[str, np.nda
     return tensors, spec
 
 
-def train_state_path(path) -> Path:
-    """CKPT.safetensors -> CKPT.state.safetensors (optimizer slots and counters live beside the weights)."""
+def _beside(path, suffix: str) -> Path:
+    """CKPT.safetensors -> CKPT<suffix>, in the same folder."""
     path = Path(path)
     stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else path.name
-    return path.with_name(stem + ".state.safetensors")
+    return path.with_name(stem + suffix)
+
+
+def train_state_path(path) -> Path:
+    """CKPT.safetensors -> CKPT.state.safetensors (optimizer slots and counters live beside the weights)."""
+    return _beside(path, ".state.safetensors")
 
 
 def metrics_path_for(path) -> Path:
     """CKPT.safetensors -> CKPT.metrics.json, the scripts' default METRICS.json beside a checkpoint."""
-    return train_state_path(path).with_name(train_state_path(path).name.replace(".state.safetensors", ".metrics.json"))
+    return _beside(path, ".metrics.json")
 
 
 def write_train_state(path, slots: Dict[str, np.ndarray], counters: dict) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from typing import Optional
 
 from .errors import ConfigError

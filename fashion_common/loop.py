@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 from .checkpoint import atomic_write_bytes, read_train_state, train_state_path
 from .config import TrainConfig
-from .data import FashionData
+from .data import FashionData, batch_order
 from .errors import CheckpointError
 from .spec import DEFAULT_SPEC, ModelSpec
 from .text import format_epoch_line
@@ -125,8 +125,6 @@ def train_and_evaluate(
         "data_source": data.source,
         "epochs": history,
     }
-    from .data import batch_order
-
     for epoch in range(start_epoch, config.epochs + 1):
         order = batch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
         start = time.perf_counter()

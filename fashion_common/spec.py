@@ -25,6 +25,8 @@ CLASS_NAMES: Tuple[str, ...] = (
 
 # Hidden and output activations a spec may name; both twins implement each under this name.
 ACTIVATIONS: Tuple[str, ...] = ("relu", "sigmoid", "tanh", "binary_step")
+# How printouts name them: torch's module class names (BinaryStep is this project's module).
+ACTIVATION_DISPLAY = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "binary_step": "BinaryStep"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,11 @@ class ModelSpec:
     def stack_length(self) -> int:
         """Number of entries in `linear_relu_stack` (5 by default, 6 with an output activation)."""
         return 2 * len(self.layer_sizes) - 1 + (self.output_activation is not None)
+
+    def activation_at(self, position: int) -> str:
+        """The activation at a non-Linear stack position: the hidden one, or the output one at the end."""
+        is_output = self.output_activation is not None and position == self.stack_length - 1
+        return self.output_activation if is_output else self.activation
 
     def num_parameters(self) -> int:
         return sum((fan_in + 1) * fan_out for fan_in, fan_out in self.layer_sizes)

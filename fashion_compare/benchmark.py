@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from fashion_compare import device_label, set_matmul_precision
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order, prepare_raw
 from fashion_common.spec import TUTORIAL_PARAMETER_COUNT
@@ -43,10 +44,8 @@ def matmul_rate(device: str, precision: str, n: Optional[int] = None, repeats: i
     import torch
 
     import fashion_flax
-    import fashion_torch
 
-    fashion_torch.set_matmul_precision(precision)
-    fashion_flax.set_matmul_precision(precision)
+    set_matmul_precision(precision)
     n = n or (8192 if device == "gpu" else 2048)
     rng = np.random.default_rng(0)
     a_np, b_np = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
@@ -131,7 +130,7 @@ def benchmark(data: FashionData, device: str = "cpu", precision: str = "fp32", r
     set_precision(precision)
     mode = {"fp32": "highest", "tf32": "tf32"}[precision]
     steps = 60_000 // 64
-    result = {"device": _device_label(device), "precision": precision, "steps_per_epoch": steps, "repeats": repeats}
+    result = {"device": device_label(device), "precision": precision, "steps_per_epoch": steps, "repeats": repeats}
 
     log(f"[benchmark] {precision}: matmul ceiling")
     rates = matmul_rate(device, mode)
@@ -200,12 +199,7 @@ def pick_device(name: str = "auto") -> str:
 
 def set_precision(precision: str) -> None:
     """"fp32" (torch TF32 off, JAX highest) or "tf32" (TF32 in both), the same mode in both twins."""
-    import fashion_flax
-    import fashion_torch
-
-    mode = {"fp32": "highest", "tf32": "tf32"}[precision]
-    fashion_torch.set_matmul_precision(mode)
-    fashion_flax.set_matmul_precision(mode)
+    set_matmul_precision({"fp32": "highest", "tf32": "tf32"}[precision])
 
 
 def markdown_time_to_accuracy(rows: List[dict]) -> str:
@@ -214,15 +208,6 @@ def markdown_time_to_accuracy(rows: List[dict]) -> str:
         lines.append(f"| {r['backend']} | {100 * r['target']:.0f}% | {'yes' if r['reached'] else 'no'} | {r['epochs']} | {r['train_seconds']:.2f} |")
     return "\n".join(lines)
 
-
-def _device_label(device: str) -> str:
-    if device == "gpu":
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
 
 
 def markdown_table(results: List[dict]) -> str:

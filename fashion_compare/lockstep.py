@@ -11,6 +11,7 @@ from typing import Optional
 
 import numpy as np
 
+from fashion_compare import set_matmul_precision
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
@@ -48,8 +49,7 @@ def lockstep(
     import fashion_torch.train as torch_train
 
     config = config or tutorial_config(epochs=1, device="cpu")
-    fashion_torch.set_matmul_precision(precision)
-    fashion_flax.set_matmul_precision(precision)
+    set_matmul_precision(precision)
     order = batch_order(config.seed, 1, len(data.train_labels), config.batch_size)
     order = order[: steps or len(order)]
     total = len(order)

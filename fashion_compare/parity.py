@@ -6,10 +6,11 @@ every parameter, in the canonical torch layout), plus the activation grid.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
+from fashion_compare import set_matmul_precision
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 
 # Points where activations misbehave if written naively: signed zero, saturation, overflow, inf, NaN.
@@ -107,8 +108,7 @@ def parity(state_dict: Dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, prec
     import fashion_flax
     import fashion_torch
 
-    fashion_torch.set_matmul_precision(precision)
-    fashion_flax.set_matmul_precision(precision)
+    set_matmul_precision(precision)
     t_model = fashion_torch.from_state_dict(state_dict, spec, fashion_torch.resolve_device(device))
     f_params = fashion_flax.from_state_dict(state_dict, spec, fashion_flax.resolve_device(device))
     f_model = fashion_flax.NeuralNetwork(spec)

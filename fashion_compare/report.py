@@ -33,7 +33,8 @@ from fashion_common.checkpoint import atomic_write_bytes
 from fashion_common.config import DEVICES, TrainConfig, tutorial_config
 from fashion_common.data import FashionData, load_fashion_mnist, scale_images
 from fashion_common.loop import write_json_atomic
-from fashion_common.spec import DEFAULT_SPEC, checkpoint_keys, flax_param_path
+from fashion_compare import device_label, set_matmul_precision
+from fashion_common.spec import ACTIVATION_DISPLAY, DEFAULT_SPEC, checkpoint_keys, flax_param_path
 
 STAGES = ("data", "structures", "parity", "activations", "lockstep", "training")
 BACKENDS = ("torch", "flax")
@@ -223,13 +224,11 @@ class _Run:
     # ------------------------------------------------------------------------- 3 parity
 
     def stage_parity(self) -> None:
-        from .parity import parity
-
         n = self.options.parity_images
         x = scale_images(self.data.test_images[:n])  # (n, 28, 28) float32 in [0, 1]
         y = self.data.test_labels[:n]  # (n,) int32
         results = {p: self.parity_off_kink(x, y, p) for p in ("highest", "tf32")}
-        _set_precision("highest")  # what the rest of the run uses
+        set_matmul_precision("highest")  # what the rest of the run uses
         self.report["parity"] = {
             "images": n,
             "weights": f"the torch twin's seeded init (seed {self.options.seed}), loaded into both twins",
@@ -321,7 +320,7 @@ class _Run:
         for backend in BACKENDS:
             self.log(f"[compare]     {RECIPE_NAMES[name]}, {backend} twin, {_epochs(config.epochs)}")
             train = importlib.import_module(f"fashion_{backend}.train")
-            _set_precision("highest")
+            set_matmul_precision("highest")
             start = time.perf_counter()
             _, metrics = train.train_and_evaluate(config, self.data, quiet=self.quiet, log=self.log)
             metrics["wall_seconds"] = time.perf_counter() - start
@@ -339,13 +338,6 @@ class _Run:
         if name not in self.report["plots"]:
             self.report["plots"].append(name)
 
-
-def _set_precision(mode: str) -> None:
-    import fashion_flax
-    import fashion_torch
-
-    fashion_torch.set_matmul_precision(mode)
-    fashion_flax.set_matmul_precision(mode)
 
 
 def _epochs(n: int) -> str:
@@ -381,23 +373,13 @@ def _meta(options: CompareOptions, device: str) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "full" if options.full else "quick",
         "device": device,
-        "device_name": _device_name(device),
+        "device_name": device_label(device),
         "platform": platform.platform(),
         "versions": _versions(),
         "command": options.command or f"fashion_compare.report.build_report({options!r})",
         "options": dataclasses.asdict(options),
     }
 
-
-def _device_name(device: str) -> str:
-    if device == "gpu":
-        import jax
-        import torch
-
-        return f"torch: {torch.cuda.get_device_name(0)}; jax: {jax.devices('gpu')[0].device_kind}"
-    import torch
-
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
 
 
 def _versions() -> Dict[str, str]:
@@ -416,13 +398,8 @@ def _layer_names(spec) -> Dict[str, str]:
     """Stack position -> what sits there: {"flatten": "Flatten", "0": "Linear(784, 512)", "1": "ReLU", ...}."""
     names = {"flatten": "Flatten"}
     sizes = dict(zip(spec.linear_indices, spec.layer_sizes))
-    act = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "binary_step": "BinaryStep"}
     for i in range(spec.stack_length):
-        if i in sizes:
-            names[str(i)] = f"Linear({sizes[i][0]}, {sizes[i][1]})"
-        else:
-            last = spec.output_activation is not None and i == spec.stack_length - 1
-            names[str(i)] = act[spec.output_activation if last else spec.activation]
+        names[str(i)] = f"Linear({sizes[i][0]}, {sizes[i][1]})" if i in sizes else ACTIVATION_DISPLAY[spec.activation_at(i)]
     return names
 
 
@@ -625,7 +602,7 @@ def render_markdown(report: dict) -> str:
         f"- **date**: {meta['date']}",
         f"- **mode**: {mode_text}",
         f"- **device**: {meta['device']} — {meta['device_name']}",
-        f"- **versions**: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        "- **versions**: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- **platform**: {meta['platform']}",
         f"- **command**: `{meta['command']}`",
         f"- **seed**: {meta['options']['seed']}",

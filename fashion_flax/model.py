@@ -14,7 +14,7 @@ import numpy as np
 from flax import linen as nn
 
 from fashion_common.errors import DeviceError, check_input
-from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+from fashion_common.spec import ACTIVATION_DISPLAY, DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
 
@@ -184,7 +184,7 @@ def summary(model: NeuralNetwork, params, batch_size: int = 1) -> str:
     """A torch-style structure print, then a table of each layer's output shape and parameter count."""
     outputs = model.apply(params, jnp.zeros((batch_size, *model.spec.image_size)), method=NeuralNetwork.layer_outputs)
     stack = params["params"]["linear_relu_stack"]
-    lines = [f"NeuralNetwork(", f"  (flatten): reshape(N, -1)", f"  (linear_relu_stack): Sequential("]
+    lines = ["NeuralNetwork(", "  (flatten): reshape(N, -1)", "  (linear_relu_stack): Sequential("]
     rows = [("flatten", "Flatten", outputs["flatten"].shape, 0)]
     for i in range(model.spec.stack_length):
         entry = stack.get(f"layers_{i}")
@@ -193,15 +193,9 @@ def summary(model: NeuralNetwork, params, batch_size: int = 1) -> str:
             lines.append(f"    (layers_{i}): Dense(in_features={fan_in}, out_features={fan_out}, bias=True)")
             rows.append((f"linear_relu_stack.layers_{i}", "Dense", outputs[str(i)].shape, count_parameters(entry)))
         else:
-            name = _activation_name(model.spec, i)
+            name = ACTIVATION_DISPLAY[model.spec.activation_at(i)]
             lines.append(f"    (layers_{i}): {name}()")
             rows.append((f"linear_relu_stack.layers_{i}", name, outputs[str(i)].shape, 0))
     lines += ["  )", ")"]
     return "\n".join(lines) + "\n" + format_summary_rows(rows)
 
-
-def _activation_name(spec: ModelSpec, position: int) -> str:
-    """Display name of the activation at stack position `position` (odd positions, plus the optional last)."""
-    is_output = spec.output_activation is not None and position == spec.stack_length - 1
-    name = spec.output_activation if is_output else spec.activation
-    return {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "binary_step": "BinaryStep"}[name]

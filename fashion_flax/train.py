@@ -25,7 +25,7 @@ from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
-from .checkpoint import from_state_dict, save_checkpoint, to_state_dict
+from .checkpoint import from_state_dict, save_checkpoint
 from .model import NeuralNetwork, create_model, resolve_device
 
 BACKEND = "flax"
@@ -237,13 +237,9 @@ def _device_name(device) -> str:
     return "cpu" if device is None or device.platform == "cpu" else device.device_kind
 
 
-def _init_state(config, spec, device, total_steps):
-    return create_train_state(config, spec, device, total_steps)
-
-
 OPS = loop.TwinOps(
     backend=BACKEND,
-    init_state=_init_state,
+    init_state=create_train_state,
     put_data=put_data,
     train_epoch=train_epoch,
     evaluate=evaluate,

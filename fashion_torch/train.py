@@ -8,7 +8,7 @@ per-sample PIL transforms and no DataLoader on the hot path.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 
-from .checkpoint import from_state_dict, save_checkpoint, to_state_dict
+from .checkpoint import from_state_dict, save_checkpoint
 from .model import ACTIVATION_FUNCTIONS, NeuralNetwork, create_model, resolve_device
 
 BACKEND = "torch"
@@ -351,13 +351,9 @@ def _device_name(device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def _init_state(config, spec, device, total_steps):
-    return create_train_state(config, spec, device, total_steps)
-
-
 OPS = loop.TwinOps(
     backend=BACKEND,
-    init_state=_init_state,
+    init_state=create_train_state,
     put_data=put_data,
     train_epoch=train_epoch,
     evaluate=evaluate,

@@ -30,6 +30,7 @@ def lockstep(
     precision: str = "highest",
     spec: ModelSpec = DEFAULT_SPEC,
     progress: bool = False,
+    keep_states: bool = False,
 ) -> dict:
     """Train both twins side by side from the torch twin's init; record how far apart they drift.
 
@@ -39,6 +40,7 @@ def lockstep(
       steps: stop after this many steps (default: one full epoch).
       weight_every: compare every weight each this many steps (and at the last step).
       precision: "highest" (fp32 matmuls, the parity mode) or "tf32".
+      keep_states: also return both twins' final train states under "states" ({"torch", "flax"}; not JSON).
     Returns:
       dict with per-step losses of both twins, |loss diff| per step, the max weight diff at
       recorded steps, and the summary figures max_loss_diff and final_weight_diff.
@@ -98,4 +100,5 @@ def lockstep(
         "max_loss_diff": float(loss_diff.max()),
         "final_weight_diff": weight_diff[-1],
         "seconds": time.perf_counter() - start,
+        **({"states": {"torch": t_state, "flax": f_state}} if keep_states else {}),
     }

@@ -1,0 +1,197 @@
+"""The report's PNGs, drawn from the report dict (matplotlib, Agg canvas, no pyplot state); each function returns PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+BACKENDS = ("torch", "flax")
+PLOTS = {  # file -> what it shows, also the alt text in report.md
+    "lockstep.png": "lockstep: |loss diff| per step and max weight diff",
+    "curves.png": "train loss and test accuracy per epoch, both twins",
+    "epoch_times.png": "seconds per epoch, both twins",
+    "confusion.png": "confusion matrices of both twins on the test set, side by side",
+}
+LOG_FLOOR = 1e-12  # exact zeros cannot be drawn on a log axis; they are drawn at this floor instead
+
+TWIN_STYLE = {  # the twins overlap almost exactly, so torch is drawn wide and flax narrow on top of it
+    "torch": {"color": "tab:red", "marker": "o", "linewidth": 3.0, "markersize": 8, "alpha": 0.55},
+    "flax": {"color": "tab:blue", "marker": "x", "linewidth": 1.3, "markersize": 7},
+}
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def plot_lockstep(result: dict) -> bytes:
+    """Two log-scale panels: |loss diff| at every step, the max weight diff at the recorded steps."""
+    from matplotlib.ticker import MaxNLocator
+
+    loss_diff = np.asarray(result["loss_diff"], dtype=np.float64)
+    steps = np.arange(1, len(loss_diff) + 1)
+    w_steps = np.asarray(result["weight_steps"])
+    w_diff = np.asarray(result["weight_diff"], dtype=np.float64)
+    fig = _figure(9, 6.5)
+    ax_loss, ax_w = fig.subplots(2, 1, sharex=True)
+    zeros = int((loss_diff == 0).sum())
+    ax_loss.plot(steps, np.maximum(loss_diff, LOG_FLOOR), color="tab:purple", linewidth=0.9, marker="." if len(steps) <= 100 else None, label="|loss torch - loss flax|")
+    ax_loss.set_title(f"per-step |loss diff| ({zeros} of {len(steps)} steps exactly 0, drawn at {LOG_FLOOR:g})", fontsize=10)
+    ax_loss.set_ylabel("|loss diff|")
+    w_zeros = int((w_diff == 0).sum())
+    every = result.get("weight_every", 1)
+    ax_w.plot(w_steps, np.maximum(w_diff, LOG_FLOOR), color="tab:green", marker="o", markersize=4, label="max |W torch - W flax|, all tensors")
+    when = "after every step" if every == 1 else f"every {every} steps"
+    ax_w.set_title(f"max weight diff {when} (step 0 is the shared init; {_count(w_zeros, 'exact zero')} drawn at {LOG_FLOOR:g})", fontsize=10)
+    ax_w.set_ylabel("max |weight diff|")
+    ax_w.set_xlabel("SGD step")
+    ax_w.xaxis.set_major_locator(MaxNLocator(integer=True))
+    tol = result["tolerance"]
+    top = max(float(np.max(loss_diff, initial=0)), float(np.max(w_diff, initial=0)), tol)
+    for ax in (ax_loss, ax_w):
+        ax.set_yscale("log")
+        ax.set_ylim(LOG_FLOOR / 5, top * 20)
+        ax.axhline(tol, color="gray", linestyle="--", linewidth=1, label=f"tolerance {tol:g}")
+        ax.axhline(LOG_FLOOR, color="lightgray", linestyle=":", linewidth=1, label=f"floor {LOG_FLOOR:g} (= exactly 0)")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    cfg = result["config"]
+    fig.suptitle(f"Lockstep: torch vs flax, tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), {result['steps']} steps, {result['precision']} precision")
+    return _png(fig)
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _min_span(ax, span: float) -> None:
+    """Widen the y range to at least `span`, so rounding-size differences between the twins are not blown up to full height."""
+    low, high = ax.get_ylim()
+    if high - low < span:
+        mid = (low + high) / 2
+        ax.set_ylim(mid - span / 2, mid + span / 2)
+
+
+def _epoch_axis(ax, epochs) -> None:
+    """Integer epoch ticks (all of them up to 20 epochs) and half an epoch of margin, even for a single epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    last = max(epochs)
+    if last <= 20:
+        ax.set_xticks(range(1, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, last + 0.5)
+    ax.set_xlabel("epoch")
+
+
+def _runs(training: dict):
+    """(name, label, linestyle) of each recipe present in the training section."""
+    out = [("recipe", "accuracy recipe", "-")]
+    if "final_test_accuracy" in (training.get("tutorial") or {}):
+        out.append(("tutorial", "tutorial recipe", "--"))
+    return out
+
+
+def plot_curves(training: dict) -> bytes:
+    """Train loss and test accuracy per epoch, both twins overlaid (and the tutorial recipe, dashed, when run)."""
+    fig = _figure(11, 4.6)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for name, label, linestyle in _runs(training):
+        for backend in BACKENDS:
+            hist = training[name][backend]["epochs"]
+            epochs = [r["epoch"] for r in hist]
+            style = {**TWIN_STYLE[backend], "linestyle": linestyle}
+            ax_loss.plot(epochs, [r["train_loss"] for r in hist], label=f"{backend}, {label}", **style)
+            ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in hist], label=f"{backend}, {label}", **style)
+    ax_loss.set_title("train loss (mean over the epoch's steps)", fontsize=10)
+    ax_loss.set_ylabel("cross-entropy")
+    ax_acc.set_title("test accuracy (after each epoch)", fontsize=10)
+    ax_acc.set_ylabel("test accuracy (%)")
+    all_epochs = [r["epoch"] for name, _, _ in _runs(training) for r in training[name]["torch"]["epochs"]]
+    for ax in (ax_loss, ax_acc):
+        _epoch_axis(ax, all_epochs)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    _min_span(ax_loss, 0.05)  # cross-entropy units
+    _min_span(ax_acc, 2.0)  # percentage points
+    recipe = training["recipe"]
+    cfg = recipe["config"]
+    shortened = f", shortened from {recipe['default_epochs']} (cosine over {_epochs(cfg['epochs'])})" if recipe["shortened"] else ""
+    title = f"Accuracy recipe ({cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, batch {cfg['batch_size']}): {_epochs(cfg['epochs'])}{shortened}"
+    if len(_runs(training)) > 1:
+        tut = training["tutorial"]["config"]
+        title += f"\ndashed: tutorial recipe ({tut['optimizer']}, lr {tut['lr']:g}, {tut['schedule']}, batch {tut['batch_size']}): {_epochs(tut['epochs'])}"
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def plot_epoch_times(training: dict) -> bytes:
+    """Seconds per epoch of the accuracy recipe, one pair of bars per epoch."""
+    fig = _figure(max(6.5, 0.55 * len(training["recipe"]["torch"]["epochs"]) + 3), 4.6)
+    ax = fig.subplots()
+    hist = {b: training["recipe"][b]["epochs"] for b in BACKENDS}
+    epochs = np.array([r["epoch"] for r in hist["torch"]])
+    width = 0.38
+    for offset, backend in zip((-width / 2, width / 2), BACKENDS):
+        seconds = [r["epoch_seconds"] for r in hist[backend]]
+        bars = ax.bar(epochs + offset, seconds, width, color=TWIN_STYLE[backend]["color"], label=f"{backend} (median {np.median(seconds):.2f} s)")
+        if len(epochs) <= 6:
+            ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    _epoch_axis(ax, epochs.tolist())
+    ax.set_ylabel("training seconds (evaluation excluded)")
+    ax.set_ylim(0, max(r["epoch_seconds"] for b in BACKENDS for r in hist[b]) * 1.15)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=9)  # below the axes: never over a bar or its label
+    cfg = training["recipe"]["config"]
+    ax.set_title(f"Accuracy recipe: seconds per epoch (batch {cfg['batch_size']}, {_epochs(len(epochs))})\nepoch 1 includes warm-up and flax's JIT compilation", fontsize=10)
+    return _png(fig)
+
+
+def plot_confusion(entry: dict, class_names, subtitle: str) -> bytes:
+    """Both twins' confusion matrices side by side: counts in the cells, colour = share of the true class on one shared scale.
+
+    entry: {"torch": {"confusion": (10, 10) rows true / columns predicted, "accuracy"}, "flax": {...}, "agreement"}.
+    """
+    from matplotlib.colors import PowerNorm
+
+    n = len(class_names)
+    fig = _figure(15, 7.4)
+    axes = fig.subplots(1, 2, sharey=True)
+    # sqrt scale: a diagonal of ~90% and confusions of 1-15% are both legible on one scale
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=100.0)
+    for ax, backend in zip(axes, BACKENDS):
+        counts = np.asarray(entry[backend]["confusion"], dtype=np.int64)  # (10, 10)
+        rows = counts.sum(axis=1, keepdims=True)  # (10, 1) images of each true class
+        share = 100.0 * counts / np.maximum(rows, 1)  # (10, 10) percent of the true class
+        image = ax.imshow(share, cmap="Blues", norm=norm)
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j] or i == j:  # an empty cell is 0; on the diagonal the 0 is written out
+                    dark = share[i, j] > 45  # white text where the cell is dark
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        ax.set_xticks(range(n), class_names, rotation=40, ha="right", fontsize=9)
+        ax.set_yticks(range(n), class_names, fontsize=9)
+        ax.set_xlabel("predicted class")
+        ax.set_title(f"{backend} twin: test accuracy {100 * entry[backend]['accuracy']:.2f}%", fontsize=11)
+    axes[0].set_ylabel("true class")
+    bar = fig.colorbar(image, ax=axes, shrink=0.8, ticks=[0, 1, 5, 10, 25, 50, 75, 100])
+    bar.set_label("share of the true class (%), cells show image counts")
+    fig.suptitle(f"Confusion matrices, {subtitle}; the twins predict the same class on {100 * entry['agreement']:.2f}% of the images")
+    return _png(fig)

@@ -1,0 +1,415 @@
+"""report.md from the report dict (as written to report.json): formatting only, every figure and check comes from the dict."""
+
+from __future__ import annotations
+
+import math
+from typing import List
+
+from .plots import LOG_FLOOR, PLOTS
+
+BACKENDS = ("torch", "flax")
+
+def _e(x) -> str:
+    """A max |diff| for a table: 0 stays 0, anything else in 2-digit scientific notation."""
+    x = float(x)
+    return "0" if x == 0 else ("inf" if math.isinf(x) else ("nan" if math.isnan(x) else f"{x:.2e}"))
+
+
+def _g(x) -> str:
+    """An activation value as it is: -0, inf, nan and 1e-07 all visible."""
+    return f"{float(x):.6g}"
+
+
+def _ok(flag: bool) -> str:
+    return "yes" if flag else "**NO**"
+
+
+def _t(x) -> str:
+    """A tolerance: 0, 1e-05, 0.5."""
+    return f"{float(x):g}"
+
+
+def _pct(share) -> str:
+    """A share in [0, 1] as a percentage with two decimals."""
+    return f"{100 * float(share):.2f}%"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a literal | would end the cell)."""
+    return str(text).replace("|", "\\|")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def render_markdown(report: dict) -> str:
+    """report.md from the report dict; sections of stages not yet run are left out, PNGs linked only once written."""
+    meta = report["meta"]
+    have_png = lambda name: name in report.get("plots", ())
+    lines: List[str] = ["# fashion-twins: the torch twin and the flax twin, side by side", ""]
+    mode = meta["mode"]
+    mode_text = "quick (recipe shortened; tutorial recipe only with --full)" if mode == "quick" else "full (20-epoch recipe and the tutorial recipe)"
+    lines += [
+        f"- **date**: {meta['date']}",
+        f"- **mode**: {mode_text}",
+        f"- **device**: {meta['device']} — {meta['device_name']}",
+        "- **versions**: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"- **platform**: {meta['platform']}",
+        f"- **command**: `{meta['command']}`",
+        f"- **seed**: {meta['options']['seed']}",
+        f"- **status**: {report['status']['state']}" + ("" if report["status"]["state"] == "complete" else f" (stages done: {', '.join(report['status']['stages_done']) or 'none'})"),
+        "",
+    ]
+    lines += _md_checks(report)
+    lines += _md_figures(report)
+    if "structures" in report:
+        lines += _md_structures(report)
+    if "parity" in report:
+        lines += _md_parity(report)
+    if "activations" in report:
+        lines += _md_activations(report["activations"])
+    if "lockstep" in report:
+        lines += _md_lockstep(report["lockstep"], have_png)
+    if "training" in report:
+        lines += _md_training(report["training"], have_png)
+    if "classes" in report:
+        lines += _md_classes(report["classes"], report.get("lockstep") or {}, have_png)
+    if report.get("timings"):
+        lines += ["## Timings", "", "| stage | seconds |", "| --- | ---: |"]
+        lines += [f"| {k.removesuffix('_seconds')} | {v:.1f} |" for k, v in report["timings"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _md_checks(report: dict) -> List[str]:
+    """Every pass/fail check the run made, with its value, its tolerance and why the tolerance has that size."""
+    checks = report.get("checks") or []
+    if not checks:
+        return []
+    passed = sum(bool(c["passed"]) for c in checks)
+    lines = [
+        "## Checks",
+        "",
+        f"{passed} of {len(checks)} checks passed" + ("." if passed == len(checks) else "; the failures are marked **NO**.")
+        + " Each check passes when its value is at most its tolerance (NaN fails).",
+        "",
+        "| # | check | value | tolerance | passed | why this tolerance |",
+        "| ---: | --- | ---: | ---: | --- | --- |",
+    ]
+    for i, c in enumerate(checks, 1):
+        lines.append(f"| {i} | {_cell(c['name'])} | {_e(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | {_cell(c['why'])} |")
+    return lines + [""]
+
+
+def _md_figures(report: dict) -> List[str]:
+    """The headline figures that have no pass/fail: accuracies and the twins' agreement."""
+    rows = []
+    training = report.get("training") or {}
+    for name, label in (("recipe", "accuracy recipe"), ("tutorial", "tutorial recipe")):
+        entry = training.get(name) or {}
+        if "final_test_accuracy" in entry:
+            acc = entry["final_test_accuracy"]
+            note = f", {_epochs(entry['config']['epochs'])} of {entry['default_epochs']}" if entry["shortened"] else f", {_epochs(entry['config']['epochs'])}"
+            rows.append(f"| {label}{note}: final test accuracy torch / flax | {_pct(acc['torch'])} / {_pct(acc['flax'])} (\\|Δ\\| {entry['accuracy_diff_pp']:.2f} pp) |")
+    classes = report.get("classes") or {}
+    if "recipe" in classes:
+        r = classes["recipe"]
+        rows.append(f"| independently trained twins (accuracy recipe) predict the same class | {_pct(r['agreement'])} of {classes['num_test']:,} test images |")
+    if "lockstep" in classes:
+        r = classes["lockstep"]
+        rows.append(f"| lockstep twins (one init, one batch order) predict the same class | {_pct(r['agreement'])} of {classes['num_test']:,} test images ({_count(r['disagreements'], 'image')} differ) |")
+    if not rows:
+        return []
+    return ["## Headline figures", "", "| figure | value |", "| --- | --- |", *rows, ""]
+
+
+def _md_structures(report: dict) -> List[str]:
+    s, p = report["structures"], report["parameters"]
+    lines = [
+        "## 1. Structures",
+        "",
+        f"Both twins built from seed {s['seed']}. `fashion_torch.summary(model)`:",
+        "",
+        "```text",
+        s["torch_summary"],
+        "```",
+        "",
+        "`fashion_flax.summary(model, params)`:",
+        "",
+        "```text",
+        s["flax_summary"],
+        "```",
+        "",
+        "## 2. Parameters",
+        "",
+        "The flax kernel is the transposed torch weight ([in, out] instead of [out, in]); "
+        "flax paths are inside the `params` collection (`fashion_common.spec.flax_param_path`).",
+        "",
+        "| torch name | torch shape | flax path | flax shape | count |",
+        "| --- | --- | --- | --- | ---: |",
+    ]
+    for r in p["rows"]:
+        flag = "" if r["shapes_match"] else " **(shape mismatch)**"
+        lines.append(f"| `{r['name']}` | {tuple(r['torch_shape'])} | `{r['flax_path']}` | {tuple(r['flax_shape'])}{flag} | {r['count']:,} |")
+    lines += [
+        f"| **total** | | | | **{p['total']:,}** |",
+        "",
+        f"Counted by each twin: torch {p['torch_total']:,}, flax {p['flax_total']:,}; "
+        f"the spec's formula (784+1)·512 + (512+1)·512 + (512+1)·10 = {p['spec_total']:,}.",
+        "",
+    ]
+    return lines
+
+
+def _md_parity(report: dict) -> List[str]:
+    par = report["parity"]
+    names = report.get("structures", {}).get("layer_names", {})
+    columns = [("highest", par["highest"]), ("tf32", par["tf32"])]
+    for p in ("highest", "tf32"):
+        off = par[p].get("off_kink")
+        if off:
+            columns.append((f"{p}, {off['images']} images", off))
+    lines = [
+        "## 3. Parity",
+        "",
+        f"The same weights — {par['weights']} — and the same {par['images']} real test images (scaled /255, with their labels) "
+        "in both twins; every figure is max |torch − flax| (the loss: |torch − flax|). Gradients are of the mean "
+        "cross-entropy, the parameter gradients compared in the torch layout.",
+        "",
+        f"**Precision:** {par['note']}.",
+        f"At highest the expected size is fp32 rounding of differently ordered sums (≤ ~1e-6); tolerance {_t(par['tolerance_highest'])}.",
+        "",
+        "| figure | " + " | ".join(c for c, _ in columns) + " |",
+        "| --- |" + " ---: |" * len(columns),
+    ]
+    row = lambda label, get: lines.append(f"| {label} | " + " | ".join(_e(get(r)) for _, r in columns) + " |")
+    row("logits", lambda r: r["logits"])
+    row("loss", lambda r: r["loss"])
+    for k in par["highest"]["layers"]:
+        row(f"layer `{k}` ({names[k]})" if k in names else f"layer `{k}`", lambda r, k=k: r["layers"][k])
+    for k in par["highest"]["grads"]:
+        row("grad w.r.t. input" if k == "input" else f"grad `{k}`", lambda r, k=k: r["grads"][k])
+    lines.append("| **max over layers / grads** | " + " | ".join(f"{_e(r['max_layer'])} / {_e(r['max_grad'])}" for _, r in columns) + " |")
+    lines.append("")
+    kinked = [p for p in ("highest", "tf32") if par[p].get("off_kink")]
+    if kinked:
+        dropped = sorted({i for p in kinked for i in par[p]["off_kink"]["dropped"]})
+        lines += [
+            f"**ReLU kink ({' and '.join(kinked)}):** {_count(len(dropped), 'test image')} of the batch (index {', '.join(map(str, dropped))}) "
+            f"{'has' if len(dropped) == 1 else 'have'} a hidden pre-activation that is > 0 in one twin and not in the other (e.g. exactly 0.0 in torch, ~1e-9 in flax). "
+            "ReLU's derivative jumps there (0 at 0, 1 above), so that image's gradients differ by what flows through the unit, "
+            "not by rounding; both twins are right. The columns marked with fewer images repeat the comparison without them; "
+            f"at highest, that is the gradient figure held to {_t(par['tolerance_highest'])}.",
+            "",
+        ]
+    return lines
+
+
+def _md_activations(grid: dict) -> List[str]:
+    fns = grid["functions"]
+    inputs = grid["inputs"]
+    header = "| x | " + " | ".join(f"{name} torch | {name} flax" for name in fns) + " |"
+    lines = [
+        "## 4. Activation grid",
+        "",
+        "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at ±20 and ±1e4). "
+        "Softmax runs over the finite inputs only, as one vector (an inf or NaN would make the whole vector NaN by definition); "
+        "— marks the inputs it skips.",
+        "",
+        header,
+        "| " + " | ".join(["---:"] * (1 + 2 * len(fns))) + " |",
+    ]
+    # position of each grid input inside each function's own x list (softmax skips the non-finite ones)
+    finite_pos = {}
+    for name, f in fns.items():
+        if len(f["x"]) == len(inputs):
+            finite_pos[name] = list(range(len(inputs)))
+        else:
+            pos, k = [], 0
+            for x in inputs:
+                if math.isfinite(float(x)):
+                    pos.append(k)
+                    k += 1
+                else:
+                    pos.append(None)
+            finite_pos[name] = pos
+    for i, x in enumerate(inputs):
+        cells = [_g(x)]
+        for name, f in fns.items():
+            j = finite_pos[name][i]
+            cells += ["—", "—"] if j is None else [_g(f["torch"][j]), _g(f["flax"][j])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Max |torch − flax| over the grid (NaN must sit in the same places; a NaN in one twin only counts as inf). "
+        "The gradient is of sum(y · w) with fixed weights w in [−1, 1], so softmax's gradient is not identically 0. "
+        "Values are printed as they come, signed zeros included (−0 and 0 are equal as numbers, so they count as no difference).",
+        "",
+        "| activation | max value diff | max gradient diff |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {name} | {_e(f['value_diff'])} | {_e(f['grad_diff'])} |" for name, f in fns.items()]
+    lines.append("")
+    return lines
+
+
+def _md_lockstep(ls: dict, have_png) -> List[str]:
+    cfg = ls["config"]
+    lines = [
+        "## 5. Lockstep",
+        "",
+        f"Both twins start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps on the same batches "
+        f"(the tutorial's plain SGD, lr {cfg['lr']:g}, batch {cfg['batch_size']}), at {ls['precision']} precision. "
+        "The loss is compared at every step, every weight " + ("at every step." if ls["weight_every"] == 1 else f"every {ls['weight_every']} steps and at the last."),
+        "",
+        "| figure | value |",
+        "| --- | ---: |",
+        f"| steps | {ls['steps']} |",
+        f"| max \\|loss diff\\| over the steps | {_e(ls['max_loss_diff'])} |",
+        f"| final max \\|weight diff\\| | {_e(ls['final_weight_diff'])} |",
+        f"| loss, first → last step (torch) | {ls['loss_torch'][0]:.4f} → {ls['loss_torch'][-1]:.4f} |",
+        f"| loss, first → last step (flax) | {ls['loss_flax'][0]:.4f} → {ls['loss_flax'][-1]:.4f} |",
+        f"| seconds | {ls['seconds']:.1f} |",
+        "",
+        f"Tolerance {_t(ls['tolerance'])}: fp32 rounding of differently ordered sums, ~1e-7 relative per op, is all that may separate them. "
+        f"On the log plot, exact zeros are drawn at {LOG_FLOOR:g}.",
+        "",
+    ]
+    if have_png("lockstep.png"):
+        lines += [f"![{PLOTS['lockstep.png']}](lockstep.png)", ""]
+    return lines
+
+
+def _md_history(entry: dict) -> List[str]:
+    t, f = entry["torch"]["epochs"], entry["flax"]["epochs"]
+    lines = [
+        "| epoch | train loss torch | train loss flax | test loss torch | test loss flax | test acc torch | test acc flax | Δ pp | s torch | s flax |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for a, b in zip(t, f):
+        lines.append(
+            f"| {a['epoch']} | {a['train_loss']:.4f} | {b['train_loss']:.4f} | {a['test_loss']:.4f} | {b['test_loss']:.4f} | "
+            f"{100 * a['test_accuracy']:.2f}% | {100 * b['test_accuracy']:.2f}% | {100 * abs(a['test_accuracy'] - b['test_accuracy']):.2f} | "
+            f"{a['epoch_seconds']:.2f} | {b['epoch_seconds']:.2f} |"
+        )
+    return lines + [""]
+
+
+def _md_training(training: dict, have_png) -> List[str]:
+    lines = ["## 6. Training", ""]
+    recipe = training.get("recipe") or {}
+    if "config" in recipe:
+        cfg = recipe["config"]
+        lines += [
+            f"**Accuracy recipe** (`fashion_common.config.TrainConfig()`): {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']} schedule, "
+            f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, label smoothing {cfg['label_smoothing']:g}, seed {cfg['seed']}, "
+            f"{_epochs(cfg['epochs'])}; matmul precision {training['precision']} in both twins. "
+            "Each twin initializes itself from the seed, with the same law (torch's U(±1/√fan_in)) but its own generator "
+            "(torch's vs a JAX key), so these are two independent runs: their difference is run-to-run noise, "
+            "which the accuracy check bounds when the full training set is used. The identical-init comparison is the lockstep above.",
+            "",
+        ]
+        if recipe["shortened"]:
+            lines += [
+                f"> **Shortened:** quick mode trains {_epochs(cfg['epochs'])} instead of the recipe's {recipe['default_epochs']}; "
+                f"everything else is the recipe, and the cosine schedule then decays to 0 over these {_epochs(cfg['epochs'])}. "
+                f"Run with `--full` for the real recipe.",
+                "",
+            ]
+        if "final_test_accuracy" in recipe:
+            acc = recipe["final_test_accuracy"]
+            lines += [
+                f"Final test accuracy: torch **{100 * acc['torch']:.2f}%**, flax **{100 * acc['flax']:.2f}%**; "
+                f"difference **{recipe['accuracy_diff_pp']:.2f} pp**.",
+                "",
+                *_md_history(recipe),
+            ]
+        elif "torch" in recipe:
+            lines += ["(flax twin still training)", ""]
+        if have_png("curves.png"):
+            lines += [f"![{PLOTS['curves.png']}](curves.png)", ""]
+        if have_png("epoch_times.png"):
+            lines += [
+                "Epoch seconds are training only (the evaluation after each epoch is excluded); epoch 1 includes warm-up and flax's JIT compilation.",
+                "",
+                f"![{PLOTS['epoch_times.png']}](epoch_times.png)",
+                "",
+            ]
+    tutorial = training.get("tutorial")
+    lines += ["### Tutorial recipe", ""]
+    if tutorial is None:
+        lines += ["Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 epochs) in both twins for comparison.", ""]
+    elif "final_test_accuracy" in tutorial:
+        cfg, acc = tutorial["config"], tutorial["final_test_accuracy"]
+        lines += [
+            f"`fashion_common.config.tutorial_config()`: {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs. "
+            f"Final test accuracy: torch {100 * acc['torch']:.2f}%, flax {100 * acc['flax']:.2f}% (difference {tutorial['accuracy_diff_pp']:.2f} pp); "
+            "dashed in curves.png.",
+            "",
+            *_md_history(tutorial),
+        ]
+    else:
+        lines += ["(not finished yet)", ""]
+    return lines
+
+
+def _md_classes(classes: dict, lockstep: dict, have_png) -> List[str]:
+    names, recipe = classes["class_names"], classes["recipe"]
+    lines = [
+        "## 7. Classes and agreement",
+        "",
+        f"Each twin's final model of the accuracy recipe predicts all {classes['num_test']:,} test images with its own "
+        "`predict_proba` (argmax of the softmax). Per-class accuracy is the share of each true class predicted correctly.",
+        "",
+        "| class | torch | flax | Δ pp |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for i, name in enumerate(names):
+        t, f = recipe["torch"]["per_class_accuracy"][i], recipe["flax"]["per_class_accuracy"][i]
+        if _finite(t) and _finite(f):
+            lines.append(f"| {i} {name} | {_pct(t)} | {_pct(f)} | {100 * abs(float(t) - float(f)):.2f} |")
+        else:
+            lines.append(f"| {i} {name} | — | — | — |")  # no test image of this class (a cut-down test set)
+    lines.append(f"| **all** | **{_pct(recipe['torch']['accuracy'])}** | **{_pct(recipe['flax']['accuracy'])}** | "
+                 f"{100 * abs(float(recipe['torch']['accuracy']) - float(recipe['flax']['accuracy'])):.2f} |")
+    lines += ["", "The most frequent confusions (true → predicted, images):", "", "| true → predicted | torch | flax |", "| --- | ---: | ---: |"]
+    for i, j in _top_confusions(recipe, 5):
+        lines.append(f"| {names[i]} → {names[j]} | {recipe['torch']['confusion'][i][j]} | {recipe['flax']['confusion'][i][j]} |")
+    lines.append("")
+    if have_png("confusion.png"):
+        lines += [f"![{PLOTS['confusion.png']}](confusion.png)", ""]
+    ls = classes.get("lockstep")
+    lines += [
+        "**Agreement** — the share of test images on which the two twins predict the same class:",
+        "",
+        "| twins | same class | images that differ | both right |",
+        "| --- | ---: | ---: | ---: |",
+        f"| independently trained (accuracy recipe, each from its own seeded init) | {_pct(recipe['agreement'])} | {recipe['disagreements']:,} | {_pct(recipe['both_right'])} |",
+    ]
+    if ls:
+        steps = f"{lockstep['steps']} SGD steps" if "steps" in lockstep else "lockstep"
+        lines.append(f"| lockstep (one init, one batch order, {steps}) | {_pct(ls['agreement'])} | {ls['disagreements']:,} | {_pct(ls['both_right'])} |")
+    lines += [
+        "",
+        "Two independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
+        "the lockstep twins share their init and every update, so they should disagree on (almost) none.",
+        "",
+    ]
+    return lines
+
+
+def _finite(x) -> bool:
+    """A JSON number that is finite ("nan" and "inf" arrive as strings)."""
+    return math.isfinite(float(x))
+
+
+def _top_confusions(entry: dict, k: int):
+    """(true, predicted) of the k largest off-diagonal cells, by the two twins' counts together."""
+    t, f = entry["torch"]["confusion"], entry["flax"]["confusion"]
+    cells = [(t[i][j] + f[i][j], i, j) for i in range(len(t)) for j in range(len(t)) if i != j and t[i][j] + f[i][j] > 0]
+    return [(i, j) for _, i, j in sorted(cells, key=lambda c: (-c[0], c[1], c[2]))[:k]]

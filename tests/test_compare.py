@@ -1,19 +1,26 @@
-"""The comparison report end to end, in-process, with tiny settings: every file written, every figure within tolerance."""
+"""The comparison report: end to end with tiny settings, the markdown rendered from a handmade JSON, and a crash mid-run."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
+import fashion_compare.report as report_module
+from fashion_common.config import tutorial_config
+from fashion_common.spec import CLASS_NAMES
+from fashion_compare.render import render_markdown
 from fashion_compare.report import PLOTS, CompareOptions, build_report
-from twin_data import real_data
+from fashion_compare.stages import STAGES, Stage, predict_classes, stage_data
+from twin_data import real_data, separable_set
 
 # 1e-5 at "highest", for the forward figures, the off-kink gradients and the lockstep: fp32 rounding
 # of differently ordered sums (tests/test_parity.py measures <= 6e-7 forward; tests/test_train.py
 # ~4e-6 over a full lockstep epoch). A layout or transpose bug moves values by ~1e-2.
 TOL = 1e-5
+CHECK_KEYS = {"stage", "name", "value", "tolerance", "passed", "why"}
 
 
 @pytest.mark.data
@@ -26,27 +33,153 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
     assert {"report.md", "report.json", *PLOTS} <= {p.name for p in tmp_path.iterdir()}
     report = json.loads((tmp_path / "report.json").read_text())  # strict JSON: non-finite numbers are strings
     assert report["status"]["state"] == "complete"
+    assert report["status"]["stages_done"] == [s.name for s in STAGES]
     assert report["parameters"]["total"] == (784 + 1) * 512 + (512 + 1) * 512 + (512 + 1) * 10
 
     highest = report["parity"]["highest"]
     assert highest["precision"] == "highest"
     assert max(highest["logits"], highest["loss"], highest["max_layer"]) <= TOL
-    # the gradients of every image whose ReLU units sit on the same side of 0 in both twins (see report.py)
+    # the gradients of every image whose ReLU units sit on the same side of 0 in both twins (see stages.py)
     assert highest["max_grad_checked"] <= TOL
     assert all(v <= TOL for v in (highest.get("off_kink") or highest)["grads"].values())
 
     lockstep = report["lockstep"]
     assert lockstep["steps"] == 20 and len(lockstep["loss_diff"]) == 20
     assert lockstep["max_loss_diff"] <= TOL and lockstep["final_weight_diff"] <= TOL
+    assert "states" not in lockstep  # the final models stay in memory, out of the JSON
 
     for twin in ("torch", "flax"):
         assert len(report["training"]["recipe"][twin]["epochs"]) == 1
     assert report["training"]["recipe"]["shortened"] and report["training"]["tutorial"] is None
 
+    # every check has its fields, and each one's verdict is its value against its tolerance
+    checks = report["checks"]
+    assert len(checks) >= 10 and all(set(c) == CHECK_KEYS for c in checks)
+    assert all(c["passed"] == (c["value"] <= c["tolerance"]) for c in checks)
+    assert all(c["passed"] for c in checks), [c["name"] for c in checks if not c["passed"]]
+    # a cut-down training set is noisier than the tolerance is meant for: no accuracy check then
+    assert not any("final test accuracy" in c["name"] for c in checks)
+
+    classes = report["classes"]
+    assert classes["class_names"] == list(CLASS_NAMES) and classes["num_test"] == 500
+    for twin in ("torch", "flax"):
+        confusion = np.array(classes["recipe"][twin]["confusion"])
+        assert confusion.shape == (10, 10) and confusion.sum() == 500
+        # the confusion matrix of the twin's own predictions gives the accuracy its training loop evaluated
+        assert np.trace(confusion) / 500 == pytest.approx(report["training"]["recipe"]["final_test_accuracy"][twin], abs=2e-4)
+        rows = confusion.sum(axis=1)
+        per_class = np.array(classes["recipe"][twin]["per_class_accuracy"], dtype=float)
+        np.testing.assert_allclose(per_class[rows > 0], (np.diag(confusion) / np.maximum(rows, 1))[rows > 0])
+    assert 0.5 < classes["recipe"]["agreement"] <= 1.0  # two independent 1-epoch runs: most, not all, images alike
+    # the lockstep twins' weights are within 1e-5: at most a near-tie may flip (0 measured here)
+    assert classes["lockstep"]["agreement"] >= 0.998 and classes["lockstep"]["disagreements"] <= 1
+
     markdown = (tmp_path / "report.md").read_text()
+    assert markdown == render_markdown(report)  # report.md is a function of report.json alone
     for name in PLOTS:
         with Image.open(tmp_path / name) as im:
             im.verify()  # a complete, valid PNG
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG" and im.width > 100 and im.height > 100
         assert f"]({name})" in markdown
+
+
+def _handmade_report() -> dict:
+    """A small report dict as report.json holds it: header, two checks (one failing), and the classes section."""
+    confusion = np.eye(10, dtype=int) * 9
+    confusion[6, 0] = 1  # one Shirt taken for a T-shirt/top: Shirt 9 of 10 right
+    flax_confusion = np.eye(10, dtype=int) * 10
+    flax_confusion[3, 3] = 0  # a test set without Dress images in flax's column: per-class accuracy "nan"
+    return {
+        "meta": {
+            "date": "2026-01-01T00:00:00+00:00", "mode": "quick", "device": "cpu", "device_name": "cpu (test)",
+            "platform": "test", "versions": {"python": "3.11"}, "command": "handmade", "options": {"seed": 7},
+        },
+        "status": {"state": "complete", "stages_done": ["classes"]},
+        "timings": {"classes_seconds": 1.25},
+        "checks": [
+            {"stage": "parity", "name": "parity at highest: logits, max |torch − flax|", "value": 3e-7, "tolerance": 1e-5, "passed": True, "why": "fp32 rounding"},
+            {"stage": "lockstep", "name": "lockstep: loss", "value": "nan", "tolerance": 1e-5, "passed": False, "why": "NaN fails"},
+        ],
+        "plots": ["confusion.png"],
+        "classes": {
+            "class_names": list(CLASS_NAMES),
+            "num_test": 91,
+            "recipe": {
+                "torch": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 6 + [0.9] + [1.0] * 3, "accuracy": 90 / 91},
+                "flax": {"confusion": flax_confusion.tolist(), "per_class_accuracy": [1.0] * 3 + ["nan"] + [1.0] * 6, "accuracy": 1.0},
+                "agreement": 0.875, "disagreements": 11, "both_right": 0.8,
+            },
+            "lockstep": {
+                "torch": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
+                "flax": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
+                "agreement": 1.0, "disagreements": 0, "both_right": 0.5,
+            },
+        },
+    }
+
+
+def test_markdown_rendered_from_a_handmade_json_states_each_check_its_tolerance_and_the_class_tables():
+    markdown = render_markdown(_handmade_report())
+
+    assert "1 of 2 checks passed" in markdown
+    assert "| 1 | parity at highest: logits, max \\|torch − flax\\| | 3.00e-07 | ≤ 1e-05 | yes | fp32 rounding |" in markdown
+    assert "| 2 | lockstep: loss | nan | ≤ 1e-05 | **NO** | NaN fails |" in markdown
+    assert "| 6 Shirt | 90.00% | 100.00% | 10.00 |" in markdown
+    assert "| 3 Dress | — | — | — |" in markdown  # a class without test images has no accuracy, not 0%
+    assert "| Shirt → T-shirt/top | 1 | 0 |" in markdown  # the one confusion, from the matrices
+    assert "| 87.50% | 11 | 80.00% |" in markdown  # independent twins: agreement, images that differ, both right
+    assert "](confusion.png)" in markdown
+    assert "**seed**: 7" in markdown
+    # the report speaks about the twins, never about how the project was run
+    for word in ("issue", "claim", "helper", "brief"):
+        assert word not in markdown.lower()
+
+
+def test_markdown_of_a_report_with_no_stage_done_has_the_header_and_no_sections():
+    report = _handmade_report()
+    for key in ("checks", "classes", "timings", "plots"):
+        report.pop(key)
+    report["status"] = {"state": "failed in stage 1/7 data (DataError: missing)", "stages_done": []}
+
+    markdown = render_markdown(report)
+
+    assert "failed in stage 1/7 data (DataError: missing) (stages done: none)" in markdown
+    assert "## Checks" not in markdown and "## 7." not in markdown and ".png" not in markdown
+
+
+def test_a_stage_that_fails_leaves_report_json_with_earlier_stages_and_where_it_stopped(tmp_path, monkeypatch):
+    def boom(run):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(report_module, "STAGES", (Stage("data", stage_data, lambda run: ""), Stage("boom", boom, lambda run: "")))
+    options = CompareOptions(out_dir=str(tmp_path), device="cpu", parity_images=4, quiet=True)
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        build_report(options, data=separable_set(), log=lambda line: None)
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == {"state": "failed in stage 2/2 boom (RuntimeError: disk on fire)", "stages_done": ["data"]}
+    assert report["data"]["num_train"] == 200 and report["data"]["source"] == "synthetic"
+    assert "failed in stage 2/2 boom" in (tmp_path / "report.md").read_text()
+
+
+def test_each_twin_predicts_the_same_classes_with_its_own_code_from_the_same_weights():
+    import fashion_flax.train as flax_train
+    import fashion_torch
+    import fashion_torch.train as torch_train
+    import torch
+
+    data = separable_set(n_per_class=4)  # 20 test images, (20, 28, 28) uint8
+    config = tutorial_config(epochs=1, device="cpu", seed=3)
+    t_state = torch_train.create_train_state(config)
+    f_state = flax_train.create_train_state(config, state_dict=fashion_torch.to_state_dict(t_state.model))
+
+    torch_classes = predict_classes("torch", t_state, data.test_images, batch_size=7)  # batches of 7, 7, 6
+    flax_classes = predict_classes("flax", f_state, data.test_images)
+
+    assert torch_classes.shape == (20,) and torch_classes.dtype == np.int64
+    np.testing.assert_array_equal(torch_classes, flax_classes)
+    with torch.no_grad():
+        logits = t_state.model(torch.as_tensor(data.test_images, dtype=torch.float32) / 255)  # (20, 10)
+    np.testing.assert_array_equal(torch_classes, logits.argmax(1).numpy())  # argmax of softmax = argmax of logits

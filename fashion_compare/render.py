@@ -370,16 +370,13 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> List[str]:
         "| --- | ---: | ---: | ---: |",
     ]
     for i, name in enumerate(names):
-        t, f = recipe["torch"]["per_class_accuracy"][i], recipe["flax"]["per_class_accuracy"][i]
-        if _finite(t) and _finite(f):
-            lines.append(f"| {i} {name} | {_pct(t)} | {_pct(f)} | {100 * abs(float(t) - float(f)):.2f} |")
-        else:
-            lines.append(f"| {i} {name} | — | — | — |")  # no test image of this class (a cut-down test set)
-    lines.append(f"| **all** | **{_pct(recipe['torch']['accuracy'])}** | **{_pct(recipe['flax']['accuracy'])}** | "
-                 f"{100 * abs(float(recipe['torch']['accuracy']) - float(recipe['flax']['accuracy'])):.2f} |")
+        t, f, diff = recipe["torch"]["per_class_accuracy"][i], recipe["flax"]["per_class_accuracy"][i], recipe["per_class_diff_pp"][i]
+        cells = [_pct(t), _pct(f), f"{float(diff):.2f}"] if _finite(diff) else ["—"] * 3  # —: no test image of this class
+        lines.append(f"| {i} {name} | " + " | ".join(cells) + " |")
+    lines.append(f"| **all** | **{_pct(recipe['torch']['accuracy'])}** | **{_pct(recipe['flax']['accuracy'])}** | {float(recipe['accuracy_diff_pp']):.2f} |")
     lines += ["", "The most frequent confusions (true → predicted, images):", "", "| true → predicted | torch | flax |", "| --- | ---: | ---: |"]
-    for i, j in _top_confusions(recipe, 5):
-        lines.append(f"| {names[i]} → {names[j]} | {recipe['torch']['confusion'][i][j]} | {recipe['flax']['confusion'][i][j]} |")
+    for c in recipe["top_confusions"]:
+        lines.append(f"| {names[c['true']]} → {names[c['predicted']]} | {c['torch']} | {c['flax']} |")
     lines.append("")
     if have_png("confusion.png"):
         lines += [f"![{PLOTS['confusion.png']}](confusion.png)", ""]
@@ -406,10 +403,3 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> List[str]:
 def _finite(x) -> bool:
     """A JSON number that is finite ("nan" and "inf" arrive as strings)."""
     return math.isfinite(float(x))
-
-
-def _top_confusions(entry: dict, k: int):
-    """(true, predicted) of the k largest off-diagonal cells, by the two twins' counts together."""
-    t, f = entry["torch"]["confusion"], entry["flax"]["confusion"]
-    cells = [(t[i][j] + f[i][j], i, j) for i in range(len(t)) for j in range(len(t)) if i != j and t[i][j] + f[i][j] > 0]
-    return [(i, j) for _, i, j in sorted(cells, key=lambda c: (-c[0], c[1], c[2]))[:k]]

@@ -326,6 +326,16 @@ def predict_classes(backend: str, state, images: np.ndarray, batch_size: int = 1
     return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
 
 
+def top_confusions(torch_confusion, flax_confusion, k: int = 5) -> list:
+    """The k largest off-diagonal cells by both twins' counts together: [{"true", "predicted", "torch", "flax"}]."""
+    t, f = np.asarray(torch_confusion), np.asarray(flax_confusion)  # (10, 10) each
+    both = t + f
+    np.fill_diagonal(both, 0)
+    order = np.argsort(-both, axis=None, kind="stable")[:k]  # flat indices, largest first, ties in row-major order
+    cells = [np.unravel_index(i, both.shape) for i in order]
+    return [{"true": int(i), "predicted": int(j), "torch": int(t[i, j]), "flax": int(f[i, j])} for i, j in cells if both[i, j] > 0]
+
+
 def stage_classes(run: Run) -> None:
     data = run.limited
     images, labels = data.test_images, np.asarray(data.test_labels, dtype=np.int64)  # (N, 28, 28) uint8, (N,)
@@ -346,6 +356,10 @@ def stage_classes(run: Run) -> None:
         entry["agreement"] = agreement(predictions["torch"], predictions["flax"])
         entry["disagreements"] = int((~same).sum())
         entry["both_right"] = float(np.mean(same & (predictions["torch"] == labels)))
+        t, f = (np.asarray(entry[b]["per_class_accuracy"]) for b in BACKENDS)
+        entry["per_class_diff_pp"] = (100 * np.abs(t - f)).tolist()  # NaN where a class has no test image
+        entry["accuracy_diff_pp"] = 100 * abs(entry["torch"]["accuracy"] - entry["flax"]["accuracy"])
+        entry["top_confusions"] = top_confusions(entry["torch"]["confusion"], entry["flax"]["confusion"])
     for backend in BACKENDS:
         evaluated = run.report["training"]["recipe"]["final_test_accuracy"][backend]
         run.check(

@@ -13,7 +13,7 @@ from fashion_common.config import tutorial_config
 from fashion_common.spec import CLASS_NAMES
 from fashion_compare.render import render_markdown
 from fashion_compare.report import PLOTS, CompareOptions, build_report
-from fashion_compare.stages import STAGES, Stage, predict_classes, stage_data
+from fashion_compare.stages import STAGES, Stage, predict_classes, stage_data, top_confusions
 from twin_data import real_data, separable_set
 
 # 1e-5 at "highest", for the forward figures, the off-kink gradients and the lockstep: fp32 rounding
@@ -108,12 +108,15 @@ def _handmade_report() -> dict:
             "recipe": {
                 "torch": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 6 + [0.9] + [1.0] * 3, "accuracy": 90 / 91},
                 "flax": {"confusion": flax_confusion.tolist(), "per_class_accuracy": [1.0] * 3 + ["nan"] + [1.0] * 6, "accuracy": 1.0},
-                "agreement": 0.875, "disagreements": 11, "both_right": 0.8,
+                "agreement": 0.875, "disagreements": 11, "both_right": 0.8, "accuracy_diff_pp": 1.1,
+                "per_class_diff_pp": [0.0] * 3 + ["nan", 0.0, 0.0, 10.0] + [0.0] * 3,
+                "top_confusions": [{"true": 6, "predicted": 0, "torch": 1, "flax": 0}],
             },
             "lockstep": {
                 "torch": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
                 "flax": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
-                "agreement": 1.0, "disagreements": 0, "both_right": 0.5,
+                "agreement": 1.0, "disagreements": 0, "both_right": 0.5, "accuracy_diff_pp": 0.0,
+                "per_class_diff_pp": [0.0] * 10, "top_confusions": [],
             },
         },
     }
@@ -127,7 +130,8 @@ def test_markdown_rendered_from_a_handmade_json_states_each_check_its_tolerance_
     assert "| 2 | lockstep: loss | nan | ≤ 1e-05 | **NO** | NaN fails |" in markdown
     assert "| 6 Shirt | 90.00% | 100.00% | 10.00 |" in markdown
     assert "| 3 Dress | — | — | — |" in markdown  # a class without test images has no accuracy, not 0%
-    assert "| Shirt → T-shirt/top | 1 | 0 |" in markdown  # the one confusion, from the matrices
+    assert "| Shirt → T-shirt/top | 1 | 0 |" in markdown  # the one confusion listed
+    assert "| **all** | **98.90%** | **100.00%** | 1.10 |" in markdown
     assert "| 87.50% | 11 | 80.00% |" in markdown  # independent twins: agreement, images that differ, both right
     assert "](confusion.png)" in markdown
     assert "**seed**: 7" in markdown
@@ -183,3 +187,20 @@ def test_each_twin_predicts_the_same_classes_with_its_own_code_from_the_same_wei
     with torch.no_grad():
         logits = t_state.model(torch.as_tensor(data.test_images, dtype=torch.float32) / 255)  # (20, 10)
     np.testing.assert_array_equal(torch_classes, logits.argmax(1).numpy())  # argmax of softmax = argmax of logits
+
+
+def test_top_confusions_are_the_largest_off_diagonal_cells_of_both_twins_together():
+    t = np.diag([5, 5, 5])
+    f = np.diag([5, 5, 5])
+    t[2, 0], f[2, 0] = 3, 1  # together 4: first
+    t[0, 1], f[1, 0] = 2, 2  # together 2 each: ties in row-major order
+    t[1, 2] = 1  # together 1: left out at k=3
+
+    got = top_confusions(t, f, k=3)
+
+    assert got == [
+        {"true": 2, "predicted": 0, "torch": 3, "flax": 1},
+        {"true": 0, "predicted": 1, "torch": 2, "flax": 0},
+        {"true": 1, "predicted": 0, "torch": 0, "flax": 2},
+    ]
+    assert top_confusions(np.diag([3, 3]), np.diag([3, 3])) == []  # no confusion at all: no rows

@@ -24,6 +24,12 @@ def _ok(flag: bool) -> str:
     return "yes" if flag else "**NO**"
 
 
+def _v(x) -> str:
+    """A check's value: a tiny difference in scientific notation (8.34e-07), a larger one as it reads (0.15)."""
+    x = float(x)
+    return _e(x) if x == 0 or not math.isfinite(x) or abs(x) < 1e-3 else f"{x:.3g}"
+
+
 def _t(x) -> str:
     """A tolerance: 0, 1e-05, 0.5."""
     return f"{float(x):g}"
@@ -102,7 +108,7 @@ def _md_checks(report: dict) -> List[str]:
         "| ---: | --- | ---: | ---: | --- | --- |",
     ]
     for i, c in enumerate(checks, 1):
-        lines.append(f"| {i} | {_cell(c['name'])} | {_e(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | {_cell(c['why'])} |")
+        lines.append(f"| {i} | {_cell(c['name'])} | {_v(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | {_cell(c['why'])} |")
     return lines + [""]
 
 

@@ -204,3 +204,14 @@ def test_top_confusions_are_the_largest_off_diagonal_cells_of_both_twins_togethe
         {"true": 1, "predicted": 0, "torch": 0, "flax": 2},
     ]
     assert top_confusions(np.diag([3, 3]), np.diag([3, 3])) == []  # no confusion at all: no rows
+
+
+def test_check_values_print_small_differences_in_scientific_notation_and_others_as_they_read():
+    report = _handmade_report()
+    report["checks"] = [
+        {"stage": "training", "name": "accuracy", "value": 0.15, "tolerance": 0.5, "passed": True, "why": "noise"},
+        {"stage": "lockstep", "name": "weights", "value": 5.27e-7, "tolerance": 1e-5, "passed": True, "why": "rounding"},
+    ]
+    markdown = render_markdown(report)
+    assert "| 1 | accuracy | 0.15 | ≤ 0.5 | yes | noise |" in markdown
+    assert "| 2 | weights | 5.27e-07 | ≤ 1e-05 | yes | rounding |" in markdown

@@ -88,14 +88,16 @@ def _read_gray(path: Path) -> np.ndarray:
                 side = max(w, h)
                 if side * side > MAX_PIXELS:
                     raise ImageError(
-                        f"{path} is {w}x{h} pixels, padded to {side}x{side}; the limit is {MAX_PIXELS:,} pixels "
-                        f"(a {int(MAX_PIXELS ** 0.5)}x{int(MAX_PIXELS ** 0.5)} square): downscale it first"
+                        f"{path} is too large: {w}x{h} pixels, padded to {side}x{side}; the limit is {MAX_PIXELS:,} pixels "
+                        f"after padding to a square: downscale it first"
                     )
                 im.load()  # decode now, so a truncated file fails here and not later
                 im = ImageOps.exif_transpose(im)  # phone photos: rotate as the camera meant
                 return _to_gray_float(im)
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # PIL's own check at open, for sizes far above ours
+        raise ImageError(f"{path} is too large to decode; the limit is {MAX_PIXELS:,} pixels after padding to a square: downscale it first") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         reason = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else (getattr(e, "strerror", None) or str(e))
         raise ImageError(f"{path} is not a readable image ({reason}); expected a PNG or JPEG file") from None

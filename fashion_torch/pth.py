@@ -9,6 +9,7 @@ safetensors checkpoint.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Dict
 
@@ -44,9 +45,8 @@ def read_pth(path) -> Dict[str, np.ndarray]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... : one message
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise CheckpointError(
-            f"{path} is not a state_dict torch can load safely (weights_only=True refused it: {reason}); "
+            f"{path} is not a state_dict torch can load safely (torch.load with weights_only=True refused it: {_reason(e)}); "
             "save model.state_dict(), not the model"
         ) from None
     if not isinstance(obj, dict):
@@ -60,3 +60,13 @@ def read_pth(path) -> Dict[str, np.ndarray]:
             raise CheckpointError(f"{path}: tensor {key!r} has dtype {value.dtype}, expected floating point")
         state[key] = value.detach().to(torch.float32).numpy().copy()
     return state
+
+
+def _reason(e: Exception) -> str:
+    """The useful part of torch's long weights_only message (`unsupported GLOBAL posix.system ...`), no ANSI codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    match = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+[^.\n]*)", text)
+    if match:
+        return match.group(1).rstrip(".")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:160]

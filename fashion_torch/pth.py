@@ -10,6 +10,7 @@ safetensors checkpoint.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Dict
 
@@ -43,7 +44,9 @@ def read_pth(path) -> Dict[str, np.ndarray]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file" if not path.exists() else f"{path} is not a regular file")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 5": the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... : one message
         raise CheckpointError(
             f"{path} is not a state_dict torch can load safely (torch.load with weights_only=True refused it: {_reason(e)}); "
@@ -65,7 +68,7 @@ def read_pth(path) -> Dict[str, np.ndarray]:
 def _reason(e: Exception) -> str:
     """The useful part of torch's long weights_only message (`unsupported GLOBAL posix.system ...`), no ANSI codes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    match = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+[^.\n]*)", text)
+    match = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+[^.\n]*|Unsupported operand \d+)", text)
     if match:
         return match.group(1).rstrip(".")
     lines = [line.strip() for line in text.splitlines() if line.strip()]

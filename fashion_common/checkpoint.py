@@ -162,9 +162,12 @@ def check_pair(path, counters: dict) -> None:
 
 def header_has_spec(path) -> bool:
     """True if the safetensors header holds a model spec (every file the twins write); False for a user's own save_file or a non-safetensors file."""
+    import stat
     import struct
 
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a FIFO would block open() forever; the reader reports what it is
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
             if size > 100_000_000:  # safetensors' own header limit

@@ -9,7 +9,9 @@ safetensors checkpoint.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Dict
@@ -26,6 +28,8 @@ PICKLE_PROTO = 0x80  # a raw pickle (protocol >= 2) starts with the PROTO opcode
 def is_torch_pickle(path) -> bool:
     """True if the file starts like a torch.save file (zip archive or raw pickle); False for safetensors or anything else."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a FIFO would block open() forever; the canonical reader says what it is
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError:

@@ -168,3 +168,11 @@ def test_evaluate_says_which_spec_it_assumed_for_a_spec_less_file_and_obeys_the_
     assert "assumed output activation relu" in relu.stderr
     # A final ReLU clips negative logits to 0, so the loss of the same weights differs.
     assert plain.stdout.split("test_loss ")[1][:6] != relu.stdout.split("test_loss ")[1][:6]
+
+
+def test_a_fifo_given_as_checkpoint_is_never_opened_for_sniffing(tmp_path):
+    """Opening a FIFO blocks until a writer comes: the spec and pickle sniffers must stat first."""
+    os.mkfifo(tmp_path / "pipe")
+    assert not canonical.header_has_spec(tmp_path / "pipe")
+    assert not is_torch_pickle(tmp_path / "pipe")
+    assert_one_error_line(cli("convert", tmp_path / "pipe", tmp_path / "o.safetensors"), "IN", "is not a regular file")

@@ -53,7 +53,8 @@ def add_parser(subparsers) -> None:
     defaults, tutorial = TrainConfig(), tutorial_config()
     comments = _field_comments()
     for field in dataclasses.fields(TrainConfig):
-        default, recipe = getattr(defaults, field.name), getattr(tutorial, field.name)
+        default = getattr(defaults, field.name)
+        recipe = getattr(tutorial, field.name, default)
         stated = f"default: {'all' if default is None and field.name.startswith('limit_') else default}"
         if recipe != default:
             stated += f"; {recipe} with --tutorial-recipe"

@@ -72,15 +72,13 @@ def finite_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-        text_ok = False
-    else:
-        text_ok = True
-    if not text_ok or not math.isfinite(value):
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
 
 
 def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
     value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")

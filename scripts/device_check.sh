@@ -36,10 +36,10 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
 PY
 cat "$OUT/gpu.txt" "$OUT/versions.json"
 
-# ~8 minutes in all: 150 + 130 + 120 + 2 x 30 s, plus imports.
+# Under 8 minutes in all: 150 + 130 + 110 + 2 x 30 s = 450 s, plus the version probe.
 part pytest_gpu 150 $PY -m pytest -q -m gpu -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml"
 part benchmark 130 $PY -m fashion_twins benchmark --device gpu --precision both --repeats 3 --tutorial-repeats 1 --out "$OUT/benchmark.json"
-part compare 120 $PY -m fashion_twins compare --device gpu --quick-epochs 1 --lockstep-steps 300 --out-dir "$OUT/report"
+part compare 110 $PY -m fashion_twins compare --device gpu --quick-epochs 1 --lockstep-steps 300 --out-dir "$OUT/report"
 
 # World-size-1 distributed runs, only where the modules exist (another branch adds them).
 if $PY -c "import fashion_torch.distributed" 2>/dev/null; then

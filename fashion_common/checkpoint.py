@@ -158,3 +158,22 @@ def check_pair(path, counters: dict) -> None:
         step = (f.metadata() or {}).get("step")
     if step is not None and int(step) != int(counters["optimizer_step"]):
         raise CheckpointError(f"{path} (step {step}) and {train_state_path(path)} (step {counters['optimizer_step']}) do not belong together")
+
+
+def header_has_spec(path) -> bool:
+    """True if the safetensors header holds a model spec (every file the twins write); False for a user's own save_file or a non-safetensors file."""
+    import stat
+    import struct
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a FIFO would block open() forever; the reader reports what it is
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:  # safetensors' own header limit
+                return False
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return False
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(metadata, dict) and "hidden_sizes" in metadata

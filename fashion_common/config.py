@@ -50,6 +50,7 @@ class TrainConfig:
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
             (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (0 <= self.seed <= 2**32 - 1, "seed must be in 0..4294967295 (2**32 - 1)"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train must be >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "limit_test must be >= 1"),

@@ -39,5 +39,11 @@ def save_checkpoint(model: NeuralNetwork, path, metadata: Optional[dict] = None)
 
 def load_checkpoint(path, device="cpu", spec: Optional[ModelSpec] = None) -> NeuralNetwork:
     """Read a canonical checkpoint written by either twin; bad files raise CheckpointError and build nothing."""
+    from .pth import is_torch_pickle, read_pth  # the tutorial's torch.save(state_dict) file, read with weights_only=True
+
+    if is_torch_pickle(path):
+        state, spec = read_pth(path), spec or DEFAULT_SPEC
+        canonical.validate_state(state, spec, source=str(path))
+        return from_state_dict(state, spec, device)
     state, spec = canonical.read_state(path, spec)
     return from_state_dict(state, spec, device)

@@ -1,0 +1,79 @@
+"""The tutorial's own weights file: `torch.save(model.state_dict(), "model_weights.pth")`, read safely.
+
+The "Save and load the model" tutorial pickles a state_dict. Reading it uses
+`torch.load(..., weights_only=True)`, torch's restricted unpickler: tensors, dicts and a few
+plain types load, anything else (a `__reduce__` calling os.system, a whole pickled module) is
+refused without being executed. `fashion-twins convert` turns such a file into the canonical
+safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import warnings
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from fashion_common.errors import CheckpointError
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format since torch 1.6
+PICKLE_PROTO = 0x80  # a raw pickle (protocol >= 2) starts with the PROTO opcode
+
+
+def is_torch_pickle(path) -> bool:
+    """True if the file starts like a torch.save file (zip archive or raw pickle); False for safetensors or anything else."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a FIFO would block open() forever; the canonical reader says what it is
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head == ZIP_MAGIC or (len(head) >= 1 and head[0] == PICKLE_PROTO)
+
+
+def read_pth(path) -> Dict[str, np.ndarray]:
+    """Read a torch.save'd state_dict with the restricted unpickler -> {key: float32 numpy array}.
+
+    Raises CheckpointError for a missing file, a file the restricted unpickler refuses (a whole
+    pickled model, or a malicious pickle: never executed), or anything that is not a flat dict of
+    floating-point tensors. Keys and shapes are checked later, against the spec, by the caller.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file" if not path.exists() else f"{path} is not a regular file")
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 5": the refusal below says what matters
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... : one message
+        raise CheckpointError(
+            f"{path} is not a state_dict torch can load safely (torch.load with weights_only=True refused it: {_reason(e)}); "
+            "save model.state_dict(), not the model"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict (a dict of tensors); save model.state_dict()")
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            what = type(value).__name__
+            raise CheckpointError(f"{path}: entry {key!r} is a {what}, not a tensor; expected model.state_dict()")
+        if not value.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key!r} has dtype {value.dtype}, expected floating point")
+        state[key] = value.detach().to(torch.float32).numpy().copy()
+    return state
+
+
+def _reason(e: Exception) -> str:
+    """The useful part of torch's long weights_only message (`unsupported GLOBAL posix.system ...`), no ANSI codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    match = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+[^.\n]*|Unsupported operand \d+)", text)
+    if match:
+        return match.group(1).rstrip(".")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(e).__name__)[:160]

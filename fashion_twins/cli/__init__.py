@@ -1,0 +1,68 @@
+"""The `fashion-twins` command: one parser, seven subcommands, one error path.
+
+    fashion-twins train|evaluate|predict|compare|benchmark|lockstep|convert ...
+    python -m fashion_twins ...            # the same, where the console script is not on PATH yet
+
+Anything a user can cause and fix (a bad flag, a missing or unreadable file, an unwritable
+output) prints one line, `error: ...`, on stderr and exits 2; usage errors too. Set
+FASHION_TWINS_TRACEBACK=1 for the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+from . import benchmark, common, compare, convert, evaluate, lockstep, predict, train
+
+SUBCOMMANDS = (train, evaluate, predict, compare, benchmark, lockstep, convert)
+
+
+def build_parser() -> common.Parser:
+    parser = common.Parser(prog="fashion-twins", description="The PyTorch tutorial's Fashion-MNIST MLP, twinned in PyTorch and Flax.")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True, parser_class=common.Parser)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def error_line(e: BaseException) -> str:
+    """The exception as one line: `error: <message>`."""
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        message = f"{e.strerror}: {e.filename}"  # "No such file or directory: x", not "[Errno 2] ..."
+    else:
+        message = str(e) or type(e).__name__
+    return "error: " + " ".join(message.split())  # one line, even if the message had several
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse and run one subcommand; returns the exit code (0, 2 for any expected error, 130 on Ctrl-C)."""
+    from fashion_common.errors import FashionTwinsError
+    from fashion_common.runtime import tune_allocator
+
+    # What a user can cause and fix: bad values, missing or unreadable files, unwritable outputs.
+    # OSError covers PIL's UnidentifiedImageError, so PIL need not be imported here.
+    expected = (common.UsageError, FashionTwinsError, OSError, ValueError)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        tune_allocator()  # steady step times: see fashion_common/runtime.py
+        return int(args.run(args) or 0)
+    except SystemExit as e:  # --help and --version
+        return e.code if isinstance(e.code, int) else 0
+    except expected as e:
+        if os.environ.get("FASHION_TWINS_TRACEBACK"):
+            raise
+        print(error_line(e), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Checkpoints are written atomically after each epoch, so the last one on disk is intact.
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    """The console script."""
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""What every subcommand shares: the parser class with one error path, parent parsers, value checks.
+
+Parent parsers give every subcommand the same names and choices for --backend, --device,
+--precision, the data options and the checkpoint options. Value checks run as argparse `type=`
+functions, so a bad value fails at parse time, before data loading or a framework import, with
+the flag named: `error: argument --seed: must be an integer in 0..4294967295, got '-1'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import math
+import sys
+from typing import Callable, Optional
+
+from fashion_common.config import DEVICES
+
+BACKENDS = ("torch", "flax")
+PRECISIONS = ("highest", "tf32", "both")  # highest: TF32 off in torch, JAX "highest" (the parity mode)
+OUTPUT_ACTIVATIONS = ("none", "relu")
+SEED_MAX = 2**32 - 1
+
+
+class UsageError(Exception):
+    """A bad command line; printed as one `error:` line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error raises UsageError (one line from main) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# ----------------------------------------------------------------------------- value checks (argparse type=)
+
+
+def int_in(low: int, high: Optional[int] = None, what: str = "an integer") -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (high None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            span = f">= {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"must be {what} {span}, got {text!r}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def integer(text: str) -> int:
+    """An argparse type: any integer, written in base 10."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+positive_int = int_in(1)
+seed_int = int_in(0, SEED_MAX)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite float (nan and inf are refused here, not after loading the data)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- parent parsers
+
+
+def backend_parent() -> argparse.ArgumentParser:
+    p = Parser(add_help=False)
+    p.add_argument("--backend", required=True, choices=BACKENDS, help="which twin runs: torch (PyTorch) or flax (Flax linen) (required, no default)")
+    return p
+
+
+def device_parent(default: str = "auto") -> argparse.ArgumentParser:
+    p = Parser(add_help=False)
+    p.add_argument("--device", choices=DEVICES, default=default, help=f"auto: a GPU if the framework(s) see one, else cpu (default: {default})")
+    return p
+
+
+def precision_parent(default: Optional[str] = "highest", default_text: Optional[str] = None) -> argparse.ArgumentParser:
+    p = Parser(add_help=False)
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default=default,
+        help=f"float32 matmuls in both twins: highest (TF32 off in torch, JAX 'highest'), tf32, or both in turn (default: {default_text or default})",
+    )
+    return p
+
+
+def data_parent() -> argparse.ArgumentParser:
+    p = Parser(add_help=False)
+    p.add_argument(
+        "--data-dir", metavar="DIR", default=None,
+        help="folder with the four Fashion-MNIST .gz files (default: $FASHION_TWINS_DATA, then /usr/share/datasets/fashion-mnist, then the cache)",
+    )
+    p.add_argument("--download", action="store_true", help="download with torchvision if no folder holds the data (default: off)")
+    return p
+
+
+def checkpoint_parent() -> argparse.ArgumentParser:
+    """CKPT and --output-activation, for every subcommand that loads a checkpoint."""
+    p = Parser(add_help=False)
+    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors checkpoint written by either twin (or the tutorial's torch.save'd .pth, torch only)")
+    p.add_argument(
+        "--output-activation", choices=OUTPUT_ACTIVATIONS, default=None,
+        help="the spec to assume for a file whose header has none (a user's own save_file): relu is the 'Define the Class' cell's final ReLU "
+        "(default: the header's spec; none if the header has no spec)",
+    )
+    return p
+
+
+def precisions(choice: str) -> list:
+    """highest|tf32|both -> the modes to run, in order."""
+    return ["highest", "tf32"] if choice == "both" else [choice]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def backend_module(name: str):
+    """Import one twin (fashion_torch or fashion_flax) with its train module; the other framework is never imported."""
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}; choose {' or '.join(BACKENDS)}")
+    twin = importlib.import_module(f"fashion_{name}")
+    importlib.import_module(f"fashion_{name}.train")  # makes twin.train available
+    return twin
+
+
+def note(line: str) -> None:
+    """An informational line on stderr (stdout keeps the results only)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def checkpoint_spec(path, output_activation: Optional[str]):
+    """(spec to load `path` with, or None for the header's; a note to print once it has loaded, or None).
+
+    A file whose header holds a spec is loaded with it; --output-activation then must agree.
+    A file without one (a user's own safetensors save_file, or the tutorial's .pth) cannot say
+    whether the stack ends with the 'Define the Class' cell's ReLU: the flag decides, default none.
+    The note is printed only after a successful load, so a bad file still gives one error line.
+    """
+    from pathlib import Path
+
+    from fashion_common.checkpoint import header_has_spec
+    from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+
+    if header_has_spec(path):
+        if output_activation is not None:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as f:
+                stored = ModelSpec.from_metadata(dict(f.metadata() or {})).output_activation or "none"
+            if stored != output_activation:
+                raise UsageError(f"argument --output-activation: {output_activation} contradicts {path}'s header, which says {stored}")
+        return None, None
+    chosen = output_activation or "none"
+    spec = dataclasses.replace(DEFAULT_SPEC, output_activation=None if chosen == "none" else chosen)
+    other = "relu" if chosen == "none" else "none"
+    message = f"note: {path} has no model spec in its header; assumed output activation {chosen} (--output-activation {other} for the other)"
+    return spec, (message if Path(path).is_file() else None)

@@ -1,0 +1,59 @@
+"""fashion-twins lockstep: train both twins in lockstep and print how far apart they drift.
+
+    fashion-twins lockstep [--steps N] [--optimizer sgd] [--lr 1e-3] [--batch-size 64] [--precision highest|tf32|both] [--out lockstep.json]
+
+Both twins start from the torch twin's seeded weights and see the identical batch order; each
+step's loss and, every --weight-every steps, every weight are compared as max |torch - flax|.
+"""
+
+from __future__ import annotations
+
+from fashion_common.config import OPTIMIZERS, tutorial_config
+
+from . import common
+
+
+def add_parser(subparsers) -> None:
+    base = tutorial_config()
+    p = subparsers.add_parser(
+        "lockstep", help="both twins trained step by step from one init; prints max |loss diff| and |weight diff|",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        parents=[common.data_parent(), common.device_parent("cpu"), common.precision_parent("highest")],
+    )
+    p.add_argument("--steps", type=common.positive_int, metavar="N", default=None, help="stop after N steps (default: one full epoch)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=base.optimizer, help=f"the optimizer in both twins (default: {base.optimizer}, the tutorial's)")
+    p.add_argument("--lr", type=common.positive_float, metavar="X", default=base.lr, help=f"learning rate (default: {base.lr})")
+    p.add_argument("--batch-size", type=common.positive_int, metavar="N", default=base.batch_size, help=f"batch size (default: {base.batch_size})")
+    p.add_argument("--seed", type=common.seed_int, metavar="N", default=base.seed, help=f"init and batch order (default: {base.seed})")
+    p.add_argument("--weight-every", type=common.positive_int, metavar="N", default=25, help="compare every weight each N steps (default: 25)")
+    p.add_argument("--out", metavar="JSON", default=None, help="also write every per-step figure here; with --precision both, one object per mode (default: none)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from fashion_common.paths import check_no_aliases, check_output_file
+
+    check_no_aliases({"--out": args.out}, {"--data-dir": args.data_dir})
+    check_output_file(args.out, "--out")
+    from fashion_common.data import load_fashion_mnist
+    from fashion_compare.benchmark import pick_device
+    from fashion_compare.lockstep import lockstep
+
+    device = pick_device(args.device)
+    config = tutorial_config(epochs=1, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=device)
+    data = load_fashion_mnist(args.data_dir, download=args.download)
+    results = {}
+    for mode in common.precisions(args.precision):
+        result = lockstep(data, config, args.steps, args.weight_every, mode, progress=True)
+        results[mode] = result
+        print(
+            f"[lockstep] {result['steps']} steps, {config.optimizer} lr {config.lr} batch {config.batch_size}, {mode}: "
+            f"max |loss diff| {result['max_loss_diff']:.3g}, final max |weight diff| {result['final_weight_diff']:.3g}, "
+            f"final loss torch {result['loss_torch'][-1]:.6f} flax {result['loss_flax'][-1]:.6f}"
+        )
+    if args.out:
+        from fashion_common.loop import write_json_atomic
+
+        write_json_atomic(args.out, results[args.precision] if args.precision != "both" else results)
+        print(f"[lockstep] wrote {args.out}")
+    return 0

@@ -1,0 +1,152 @@
+"""Every flag is checked at parse time, before data loading or a framework import, with the flag named.
+
+Example tests pin the known edges (seeds at 0 and 2**32 - 1 and one past, nan, inf, --top 0 and 11);
+hypothesis draws arbitrary text and numbers for the numeric flags and asserts the parser either
+accepts an in-range value or raises the one UsageError that names the flag, never anything else.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clitools import assert_one_error_line, cli
+from fashion_common.config import TrainConfig
+from fashion_common.errors import ConfigError
+from fashion_twins.cli import build_parser
+from fashion_twins.cli.common import UsageError
+from fashion_twins.cli.train import make_config
+
+SEED_MAX = 2**32 - 1
+
+
+def parse(*argv):
+    return build_parser().parse_args([str(a) for a in argv])
+
+
+def train_args(*extra):
+    return parse("train", "--backend", "torch", "--out", "/tmp/never-written.safetensors", *extra)
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+@pytest.mark.parametrize("seed", [0, SEED_MAX])
+def test_seeds_at_both_ends_of_the_range_are_accepted(seed):
+    assert make_config(train_args("--seed", seed)).seed == seed
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "1.5", "0x10", ""])
+@pytest.mark.parametrize("command", ["train", "compare", "lockstep"])
+def test_seeds_outside_0_to_2_32_minus_1_are_refused_naming_the_flag(command, seed, tmp_path):
+    extra = ("--backend", "torch", "--out", tmp_path / "m.safetensors") if command == "train" else ()
+    assert_one_error_line(cli(command, *extra, "--seed", seed), "argument --seed:")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_config_itself_refuses_a_seed_numpy_and_jax_cannot_take():
+    with pytest.raises(ConfigError, match="seed must be in 0..4294967295"):
+        TrainConfig(seed=2**32)
+    with pytest.raises(ConfigError, match="seed"):
+        TrainConfig(seed=-1)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999", "abc"])
+@pytest.mark.parametrize("flag", ["--lr", "--momentum", "--weight-decay", "--label-smoothing"])
+def test_non_finite_or_non_numeric_floats_are_refused_at_parse_time(flag, value):
+    # --flag=value: argparse would read a bare "-inf" as an option, not a value.
+    assert_one_error_line(cli("train", "--backend", "flax", "--out", "/tmp/x.safetensors", f"{flag}={value}"), f"argument {flag}: must be a finite number")
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (("predict", "--backend", "torch", "c.safetensors", "--test-index", "0", "--top", "0"), "argument --top: must be an integer in 1..10"),
+        (("predict", "--backend", "torch", "c.safetensors", "--test-index", "0", "--top", "11"), "argument --top: must be an integer in 1..10"),
+        (("predict", "--backend", "torch", "c.safetensors", "--test-index", "-3"), "argument --test-index: must be an integer >= 0"),
+        (("predict", "--backend", "torch", "c.safetensors"), "give at least one IMAGE or --test-index"),
+        (("predict", "--backend", "torch", "c.safetensors", "x.png", "--invert", "maybe"), "argument --invert: invalid choice"),
+        (("evaluate", "--backend", "torch", "c.safetensors", "--limit-test", "0"), "argument --limit-test: must be an integer >= 1"),
+        (("evaluate", "--backend", "torch", "c.safetensors", "--output-activation", "tanh"), "argument --output-activation: invalid choice"),
+        (("benchmark", "--repeats", "0"), "argument --repeats: must be an integer >= 1"),
+        (("benchmark", "--precision", "fp32"), "argument --precision: invalid choice: 'fp32'"),
+        (("lockstep", "--weight-every", "0"), "argument --weight-every: must be an integer >= 1"),
+        (("lockstep", "--lr", "0"), "argument --lr: must be a positive number"),
+        (("compare", "--quick-epochs", "0"), "argument --quick-epochs: must be an integer >= 1"),
+        (("compare", "--full", "--dry-run"), "argument --dry-run: contradicts --full"),
+        (("train", "--backend", "torch"), "the following arguments are required: --out"),
+        (("train", "--backend", "torch", "--out", "m.safetensors", "--batch-size", "0"), "argument --batch-size: batch_size must be >= 1"),
+        (("train", "--backend", "torch", "--out", "m.safetensors", "--limit-train", "-5"), "argument --limit-train: limit_train must be >= 1"),
+        (("convert", "only_one_path.pth"), "the following arguments are required: OUT.safetensors"),
+        (("--no-such-flag",), "COMMAND"),
+    ],
+)
+def test_every_bad_flag_gives_one_error_line_naming_it(argv, fragment):
+    assert_one_error_line(cli(*argv), fragment)
+
+
+def test_predict_checks_the_test_index_range_before_building_a_model(monkeypatch):
+    import fashion_twins.cli.common as common
+
+    monkeypatch.setattr(common, "backend_module", lambda name: pytest.fail("a twin was imported before --test-index was checked"))
+    from clitools import HAVE_DATA
+
+    if not HAVE_DATA:
+        pytest.skip("needs the real Fashion-MNIST for the range")
+    assert_one_error_line(cli("predict", "--backend", "torch", "c.safetensors", "--test-index", "10000"), "argument --test-index: 10000 is out of range")
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.integers(min_value=-(2**70), max_value=2**70).map(str), st.text(max_size=12)))
+def test_seed_text_is_accepted_exactly_when_it_is_an_integer_in_range(text):
+    try:
+        args = train_args("--seed", text)
+    except UsageError as e:
+        assert str(e).startswith("argument --seed:")
+        try:
+            value = int(text, 10)
+        except ValueError:
+            return
+        assert not 0 <= value <= SEED_MAX
+    else:
+        assert 0 <= args.seed <= SEED_MAX and args.seed == int(text, 10)
+
+
+FLOAT_FLAGS = ["--lr", "--momentum", "--weight-decay", "--label-smoothing"]
+INT_FLAGS = ["--epochs", "--batch-size", "--eval-batch-size", "--limit-train", "--limit-test"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(FLOAT_FLAGS + INT_FLAGS),
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True).map(repr),
+        st.integers(min_value=-(2**40), max_value=2**40).map(str),
+        st.text(max_size=8),
+    ),
+)
+def test_any_value_of_a_numeric_train_flag_gives_a_valid_config_or_a_usage_error_naming_it(flag, text):
+    """Parse and make_config are all that run before the data: they must never raise anything else."""
+    try:
+        config = make_config(train_args(flag, text))
+    except UsageError as e:
+        assert str(e).startswith(f"argument {flag}:"), str(e)
+        return
+    value = getattr(config, flag[2:].replace("-", "_"))
+    assert isinstance(value, (int, float)) and math.isfinite(value)
+    config._check()  # what was accepted is a config the loop can run
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10), max_size=4))
+def test_arbitrary_argv_after_a_subcommand_never_raises_past_the_one_error_path(words):
+    """Random words after `predict --backend torch` (no image exists): exit 2 with one line, or a help text."""
+    result = cli("predict", "--backend", "torch", "/nonexistent/c.safetensors", "--invert", "no", *[w for w in words if w not in ("-h", "--help")])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ Seven stages (fashion_compare/stages.py); after each one report.json and report.
 The stages compute every figure and every pass/fail check (report.json "checks": name, value,
 tolerance, passed, why); fashion_compare/plots.py draws the PNGs and fashion_compare/render.py
 writes report.md from the JSON alone. Outputs: report.md, report.json and the PNGs in plots.PLOTS.
-scripts/compare.py is the command line; tests/test_compare.py runs the same function.
+`fashion-twins compare` (fashion_twins/cli/compare.py) is the command line; tests/test_compare.py runs the same function.
 """
 
 from __future__ import annotations

@@ -9,12 +9,14 @@ gradients averaged over equal slices, the update equals the single-device one:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import socket
 
 import numpy as np
 
+from .config import TrainConfig
 from .errors import FashionTwinsError
 
 # How long a rank waits on a peer (a collective, the rendezvous) before it fails with an error.
@@ -93,3 +95,16 @@ def peer_failure_message(rank: int, timeout_s: float, error: BaseException) -> s
         f"a peer process died or was silent for more than {timeout_s:g} s. "
         "The checkpoint on disk is the last completed epoch; rerun with --resume CKPT"
     )
+
+
+def config_arguments(parser: argparse.ArgumentParser) -> None:
+    """For the module entry points: --epochs, --batch-size, ... one flag per TrainConfig key; unset flags keep the config's default."""
+    kinds = {"int": int, "float": float, "str": str, "Optional[int]": int}
+    for f in dataclasses.fields(TrainConfig):
+        default = getattr(TrainConfig(), f.name)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kinds[str(f.type)], default=None, help=f"(default: {default})")
+
+
+def config_from_args(args) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    return TrainConfig().replace(**overrides)

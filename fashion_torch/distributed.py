@@ -223,23 +223,10 @@ def shutdown() -> None:
 # ----------------------------------------------------------------------------- module entry point
 
 
-def config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--epochs, --batch-size, ... one flag per TrainConfig key; unset flags keep the config's default."""
-    kinds = {"int": int, "float": float, "str": str, "Optional[int]": int}
-    for f in dataclasses.fields(TrainConfig):
-        default = getattr(TrainConfig(), f.name)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kinds[str(f.type)], default=None, help=f"(default: {default})")
-
-
-def config_from_args(args) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    return TrainConfig().replace(**overrides)
-
-
 def main(argv=None) -> int:
     """torchrun ... -m fashion_torch.distributed [config flags] --out CKPT [--resume CKPT]."""
     parser = argparse.ArgumentParser(prog="python -m fashion_torch.distributed", description="Train the torch twin with DDP under torchrun.")
-    config_arguments(parser)
+    common.config_arguments(parser)
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the search order of fashion_common.data)")
     parser.add_argument("--out", default=None, help="checkpoint written by rank 0 every epoch (default: none)")
     parser.add_argument("--metrics", default=None, help="METRICS.json written by rank 0 (default: none)")
@@ -251,7 +238,7 @@ def main(argv=None) -> int:
 
     rank = os.environ.get("RANK", "0")
     try:
-        config = config_from_args(args)
+        config = common.config_from_args(args)
         data = load_fashion_mnist(args.data_dir)
         train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, quiet=args.quiet, timeout_s=args.timeout)
     except (FashionTwinsError, OSError) as e:

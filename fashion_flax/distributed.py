@@ -191,21 +191,33 @@ def train_and_evaluate(
     quiet=False,
     log=print,
     mesh: Optional[Mesh] = None,
+    init_from=None,
 ):
     """Train and evaluate the flax twin data-parallel over `mesh` (default: every device of config.device's platform).
 
     Raises DistributedError before any work when config.batch_size does not split over the mesh.
+    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
     Returns (state, metrics); process 0 writes the checkpoint and metrics.
     """
     if mesh is None:
         mesh = make_mesh(platform=_platform(config))
     common.check_world(mesh.size, config.batch_size, "devices")
     writer = jax.process_index() == 0
-    return loop.train_and_evaluate(OPS, config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
+    return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
 
 
 def _platform(config: TrainConfig) -> str:
     return get_device() if config.device == "auto" else config.device
+
+
+def _ops(spec: ModelSpec, init_from) -> loop.TwinOps:
+    """OPS, with init_state starting from the weights in `init_from` when given."""
+    if init_from is None:
+        return OPS
+    from fashion_common.checkpoint import read_state
+
+    weights, _ = read_state(init_from, spec)
+    return dataclasses.replace(OPS, init_state=functools.partial(create_train_state, state_dict=weights))
 
 
 def _silent(line: str) -> None:
@@ -226,6 +238,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the search order of fashion_common.data)")
     parser.add_argument("--out", default=None, help="checkpoint written by process 0 every epoch (default: none)")
     parser.add_argument("--metrics", default=None, help="METRICS.json written by process 0 (default: none)")
+    parser.add_argument("--init", default=None, help="start from this checkpoint's weights instead of the seeded init (default: none)")
     parser.add_argument("--resume", default=None, help="continue a checkpoint written by this loop, single-device or sharded (default: none)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=f"initialization and heartbeat timeout in seconds (default: {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
@@ -241,10 +254,14 @@ def main(argv=None) -> int:
         mesh = make_mesh(args.devices, _platform(config))
         common.check_world(mesh.size, config.batch_size, "devices")  # before the data is read
         data = load_fashion_mnist(args.data_dir)
-        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, quiet=args.quiet, mesh=mesh)
+        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, init_from=args.init, quiet=args.quiet, mesh=mesh)
     except (FashionTwinsError, OSError) as e:
         print(f"error: [process {args.process_id}] {e}", file=sys.stderr, flush=True)
-        os._exit(2)
+        if jax.distributed.is_initialized():  # skip the shutdown barrier a failed peer would never reach
+            os._exit(2)
+        return 2
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
     return 0
 
 

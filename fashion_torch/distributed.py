@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import os
 import sys
 from typing import Dict, Optional
@@ -191,11 +192,13 @@ def train_and_evaluate(
     quiet=False,
     log=print,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    init_from=None,
 ):
     """Train and evaluate the torch twin data-parallel over the torchrun world; see fashion_common.loop.train_and_evaluate.
 
     Raises DistributedError before any work when config.batch_size does not split over the ranks,
     and when a peer rank dies or is silent past `timeout_s` (the checkpoint stays the last good one).
+    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
     Returns (state, metrics); the metrics are the same on every rank, only rank 0 writes them.
     """
     world = common.world_from_env()
@@ -204,11 +207,21 @@ def train_and_evaluate(
     init_process_group(device, timeout_s)
     writer = world.is_writer
     try:
-        return loop.train_and_evaluate(OPS, config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
+        return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
     except (dist.DistError, RuntimeError) as e:
         if isinstance(e, FashionTwinsError):
             raise
         raise DistributedError(common.peer_failure_message(world.rank, timeout_s, e)) from e
+
+
+def _ops(spec: ModelSpec, init_from) -> loop.TwinOps:
+    """OPS, with init_state starting from the weights in `init_from` when given."""
+    if init_from is None:
+        return OPS
+    from fashion_common.checkpoint import read_state
+
+    weights, _ = read_state(init_from, spec)
+    return dataclasses.replace(OPS, init_state=functools.partial(create_train_state, state_dict=weights))
 
 
 def _silent(line: str) -> None:
@@ -230,6 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the search order of fashion_common.data)")
     parser.add_argument("--out", default=None, help="checkpoint written by rank 0 every epoch (default: none)")
     parser.add_argument("--metrics", default=None, help="METRICS.json written by rank 0 (default: none)")
+    parser.add_argument("--init", default=None, help="start from this checkpoint's weights instead of the seeded init (default: none)")
     parser.add_argument("--resume", default=None, help="continue a checkpoint written by this loop, single-device or DDP (default: none)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=f"seconds a rank waits on its peers before failing (default: {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
@@ -239,12 +253,14 @@ def main(argv=None) -> int:
     rank = os.environ.get("RANK", "0")
     try:
         config = common.config_from_args(args)
+        common.check_world(common.world_from_env().size, config.batch_size, "ranks")  # before the data is read
         data = load_fashion_mnist(args.data_dir)
-        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, quiet=args.quiet, timeout_s=args.timeout)
+        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, init_from=args.init, quiet=args.quiet, timeout_s=args.timeout)
     except (FashionTwinsError, OSError) as e:
         print(f"error: [rank {rank}] {e}", file=sys.stderr, flush=True)
-        # A dead peer can leave gloo/NCCL threads blocked at interpreter exit: leave at once, no teardown.
-        os._exit(2)
+        if dist.is_initialized():  # a dead peer can leave gloo/NCCL threads blocked at exit: leave at once, no teardown
+            os._exit(2)
+        return 2
     shutdown()
     return 0
 

@@ -242,7 +242,7 @@ def test_torch_ddp_matches_flax_sharded_within_tolerance(torch_ddp, flax_runs):
 # ----------------------------------------------------------------------------- faults and resume
 
 
-@pytest.mark.slow  # three more launches of two torch processes: ~25 CPU-seconds
+@pytest.mark.slow  # the fault run (two hand-started ranks) and the torchrun resume: ~25 CPU-seconds together
 def test_a_killed_rank_makes_rank_0_fail_with_a_clear_error_within_the_timeout(torch_fault):
     assert torch_fault["returncode"] == 2
     assert torch_fault["seconds"] < TIMEOUT_S + 30  # gloo sees the closed socket at once; the timeout bounds a silent peer
@@ -250,7 +250,7 @@ def test_a_killed_rank_makes_rank_0_fail_with_a_clear_error_within_the_timeout(t
     assert last.startswith("error: [rank 0] rank 0: a collective with the other ranks failed") and "--resume" in last
 
 
-@pytest.mark.slow  # three more launches of two torch processes: ~25 CPU-seconds
+@pytest.mark.slow  # the fault run (two hand-started ranks) and the torchrun resume: ~25 CPU-seconds together
 def test_the_checkpoint_after_a_killed_rank_is_the_last_complete_epoch(torch_fault):
     path = torch_fault["path"]
     slots, counters = canonical.read_train_state(path)
@@ -259,7 +259,7 @@ def test_the_checkpoint_after_a_killed_rank_is_the_last_complete_epoch(torch_fau
     weights(path)  # loads with every key and shape
 
 
-@pytest.mark.slow  # three more launches of two torch processes: ~25 CPU-seconds
+@pytest.mark.slow  # the fault run (two hand-started ranks) and the torchrun resume: ~25 CPU-seconds together
 def test_resume_under_torchrun_after_the_fault_reaches_the_uninterrupted_weights(runs, torch_fault, torch_ddp):
     out = runs / "torch_resumed.safetensors"
     result = run(torchrun(*config_flags(), "--resume", str(torch_fault["path"]), "--out", str(out), "--quiet"))

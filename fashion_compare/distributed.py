@@ -101,7 +101,14 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
         figures = {}
         # ---- torch: one device here, N ranks under torchrun
         log(f"[distributed] torch: 1 device, then torchrun with {world_size} ranks")
-        t_single, t_single_metrics = _single("torch", config, data, init, folder, torch.device("cuda" if device == "gpu" else "cpu"))
+        # One intra-op thread, as each torchrun rank gets (OMP_NUM_THREADS=1): on 2 busy cores, 2 threads made
+        # the single-device step 20x slower (150-500 ms vs 7 ms), which would flatter DDP.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t_single, t_single_metrics = _single("torch", config, data, init, folder, torch.device("cuda" if device == "gpu" else "cpu"))
+        finally:
+            torch.set_num_threads(threads)
         ddp_out, ddp_metrics = folder / "torch_ddp.safetensors", folder / "torch_ddp.json"
         _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}", "-m", "fashion_torch.distributed", *common_flags, "--out", str(ddp_out), "--metrics", str(ddp_metrics)], env)
         t_ddp, t_ddp_metrics = canonical.read_state(ddp_out)[0], json.loads(ddp_metrics.read_text())
@@ -131,6 +138,7 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
         "per_rank_batch": batch_size // world_size,
         "config": "tutorial plain SGD, lr 1e-3, constant, highest precision, same init (torch seed 0) and batch order",
         "device": device_label(device),
+        "torch_threads_per_process": 1,
         "simulated": simulated,
         "note": (
             f"simulated: {world_size} torch gloo ranks and {world_size} JAX host devices share the same {os.cpu_count()} CPU cores; "
@@ -152,7 +160,8 @@ def markdown(result: dict) -> str:
     rows = [
         title,
         "",
-        f"{result['steps']} steps, global batch {result['batch_size']} ({result['per_rank_batch']} per rank/device), {result['config']}; {result['device']}.",
+        f"{result['steps']} steps, global batch {result['batch_size']} ({result['per_rank_batch']} per rank/device), {result['config']}; "
+        f"{result['device']}; torch {result['torch_threads_per_process']} thread per process.",
         f"_{result['note']}._",
         "",
         "| twin | engine | ms/step, 1 device | ms/step, parallel | max abs dW vs 1 device |",

@@ -36,7 +36,7 @@ from fashion_common.errors import FashionTwinsError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import train
-from .model import get_device
+from .model import get_device, set_matmul_precision
 
 BACKEND = "flax"  # checkpoints are the single-device twin's: either resumes the other's
 AXIS = "data"
@@ -241,8 +241,10 @@ def main(argv=None) -> int:
     parser.add_argument("--init", default=None, help="start from this checkpoint's weights instead of the seeded init (default: none)")
     parser.add_argument("--resume", default=None, help="continue a checkpoint written by this loop, single-device or sharded (default: none)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=f"initialization and heartbeat timeout in seconds (default: {DEFAULT_TIMEOUT_S})")
+    parser.add_argument("--precision", choices=("highest", "tf32"), default="highest", help="float32 matmuls: highest (the parity mode) or tf32 on GPUs (default: highest)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
     args = parser.parse_args(argv)
+    set_matmul_precision(args.precision)
     from fashion_common.data import load_fashion_mnist
 
     try:

@@ -38,13 +38,17 @@ from fashion_common import distributed as common  # noqa: E402
 from fashion_common.config import tutorial_config  # noqa: E402
 from fashion_common.distributed import DistributedError  # noqa: E402
 
+try:  # pytest puts tests/ on the path; the worker (run as a script) needs no GPU check
+    from test_gpu_parity import SKIP_REASON as GPU_SKIP_REASON
+except ImportError:
+    GPU_SKIP_REASON = "run as a script"
+
 # The tutorial's plain SGD (lr 1e-3, batch 64, constant rate) on 1280 images: 20 steps an epoch, 120 steps in all.
 CONFIG = tutorial_config(epochs=6, limit_train=1280, limit_test=500, device="cpu")
 STEPS = CONFIG.epochs * (CONFIG.limit_train // CONFIG.batch_size)
 TOL = 1e-5  # see the module docstring
 FLAX_DEVICES = 4
 TIMEOUT_S = 20  # --timeout of the fault test's ranks
-pytestmark = pytest.mark.data
 
 
 def config_flags(config=CONFIG) -> list:
@@ -200,12 +204,14 @@ def torch_fault(runs):
 # ----------------------------------------------------------------------------- lockstep against one device
 
 
+@pytest.mark.data
 def test_flax_sharded_over_four_devices_matches_one_device_after_120_steps(flax_runs):
     single, sharded, report = flax_runs
     assert STEPS >= 100 and report["devices"] == FLAX_DEVICES
     assert max_diff(single, sharded) <= TOL
 
 
+@pytest.mark.data
 def test_flax_sharded_step_is_one_program_whose_gradients_are_all_reduced_and_params_replicated(flax_runs):
     _, _, report = flax_runs
     assert "all-reduce" in report["collectives"]  # the compiler's gradient all-reduce, not a hand-written pmean
@@ -213,16 +219,19 @@ def test_flax_sharded_step_is_one_program_whose_gradients_are_all_reduced_and_pa
     assert report["param_specs"] == ["()"] and report["opt_state_specs"] in ([], ["()"])  # every leaf replicated
 
 
+@pytest.mark.data
 def test_flax_sharded_refuses_a_batch_not_divisible_by_the_devices_before_training(flax_runs):
     _, _, report = flax_runs
     assert report["indivisible_error"].startswith("global batch_size 66 is not divisible by 4 devices")
     assert report["indivisible_wrote_nothing"]
 
 
+@pytest.mark.data
 def test_torch_ddp_on_two_gloo_ranks_matches_one_device_after_120_steps(torch_single, torch_ddp):
     assert max_diff(torch_single[0], torch_ddp[0]) <= TOL
 
 
+@pytest.mark.data
 def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(torch_single, torch_ddp):
     single, ddp = torch_single[1]["epochs"], torch_ddp[1]["epochs"]
     assert [r["epoch"] for r in ddp] == list(range(1, CONFIG.epochs + 1))
@@ -235,6 +244,7 @@ def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(t
     assert torch_ddp[2].count("[torch] epoch") == CONFIG.epochs  # rank 0 logs, rank 1 is silent
 
 
+@pytest.mark.data
 def test_torch_ddp_matches_flax_sharded_within_tolerance(torch_ddp, flax_runs):
     assert max_diff(torch_ddp[0], flax_runs[1]) <= TOL
 
@@ -242,6 +252,7 @@ def test_torch_ddp_matches_flax_sharded_within_tolerance(torch_ddp, flax_runs):
 # ----------------------------------------------------------------------------- faults and resume
 
 
+@pytest.mark.data
 @pytest.mark.slow  # the fault run (two hand-started ranks) and the torchrun resume: ~25 CPU-seconds together
 def test_a_killed_rank_makes_rank_0_fail_with_a_clear_error_within_the_timeout(torch_fault):
     assert torch_fault["returncode"] == 2
@@ -250,6 +261,7 @@ def test_a_killed_rank_makes_rank_0_fail_with_a_clear_error_within_the_timeout(t
     assert last.startswith("error: [rank 0] rank 0: a collective with the other ranks failed") and "--resume" in last
 
 
+@pytest.mark.data
 @pytest.mark.slow  # the fault run (two hand-started ranks) and the torchrun resume: ~25 CPU-seconds together
 def test_the_checkpoint_after_a_killed_rank_is_the_last_complete_epoch(torch_fault):
     path = torch_fault["path"]
@@ -259,6 +271,7 @@ def test_the_checkpoint_after_a_killed_rank_is_the_last_complete_epoch(torch_fau
     weights(path)  # loads with every key and shape
 
 
+@pytest.mark.data
 @pytest.mark.slow  # the fault run (two hand-started ranks) and the torchrun resume: ~25 CPU-seconds together
 def test_resume_under_torchrun_after_the_fault_reaches_the_uninterrupted_weights(runs, torch_fault, torch_ddp):
     out = runs / "torch_resumed.safetensors"
@@ -272,6 +285,7 @@ def test_resume_under_torchrun_after_the_fault_reaches_the_uninterrupted_weights
 # ----------------------------------------------------------------------------- two JAX processes
 
 
+@pytest.mark.data
 @pytest.mark.slow
 def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax_runs):
     port = common.free_port()
@@ -288,6 +302,63 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert outputs[0][0].count("[flax] epoch") == CONFIG.epochs and outputs[1][0].count("[flax] epoch") == 0  # process 0 logs
     assert max_diff(weights(out), flax_runs[0]) <= TOL
+
+
+# ----------------------------------------------------------------------------- world size 1 on a GPU (NCCL for torch)
+
+
+@pytest.mark.gpu
+@pytest.mark.data
+@pytest.mark.skipif(bool(GPU_SKIP_REASON), reason=GPU_SKIP_REASON or "both GPUs present")
+def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device_run(runs):
+    init = runs / "init.safetensors"
+    gpu = CONFIG.replace(device="gpu")
+    t_out, f_out, f_ref = runs / "gpu_torch_ddp.safetensors", runs / "gpu_flax_sharded.safetensors", runs / "gpu_flax_single.safetensors"
+    result = run(torchrun(*config_flags(gpu), "--init", str(init), "--out", str(t_out), "--metrics", str(runs / "gpu_torch.json"), "--quiet", nproc=1))
+    assert "(DDP, nccl)" in json.loads((runs / "gpu_torch.json").read_text())["device"], result.stdout
+    run([sys.executable, "-m", "fashion_flax.distributed", *config_flags(gpu), "--devices", "1", "--init", str(init), "--out", str(f_out), "--quiet"])
+    # the twins' single-device loops on the GPU, from the same init
+    import torch
+
+    from fashion_common import loop
+
+    import fashion_flax.train as flax_train
+    import fashion_torch.train as torch_train
+
+    data = require_real_data()
+    for train, device, out in ((torch_train, torch.device("cuda"), runs / "gpu_torch_single.safetensors"), (flax_train, None, f_ref)):
+        ops = dataclasses.replace(train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(init)))
+        loop.train_and_evaluate(ops, gpu, data, out=str(out), quiet=True, log=lambda line: None, device=device or __import__("jax").devices("gpu")[0])
+    assert max_diff(weights(t_out), weights(runs / "gpu_torch_single.safetensors")) <= TOL
+    assert max_diff(weights(f_out), weights(f_ref)) <= TOL
+    assert max_diff(weights(t_out), weights(f_out)) <= TOL
+
+
+# ----------------------------------------------------------------------------- the comparison for the report
+
+
+def test_distributed_comparison_refuses_an_indivisible_batch_before_any_run():
+    from fashion_compare.distributed import distributed_comparison
+
+    with pytest.raises(DistributedError, match="global batch_size 64 is not divisible by 3 ranks/devices"):
+        distributed_comparison(world_size=3, steps=10, batch_size=64, data=object())
+
+
+def test_distributed_comparison_markdown_labels_simulated_devices_and_gives_both_twins():
+    from fashion_compare.distributed import markdown
+
+    twin = {"single_ms_per_step": 7.0, "parallel_ms_per_step": 9.5, "max_abs_dW_parallel_vs_single": 2.0e-7}
+    result = {
+        "world_size": 2, "steps": 100, "batch_size": 64, "per_rank_batch": 32, "config": "plain SGD", "device": "cpu (x86_64, 2 cores)",
+        "torch_threads_per_process": 1, "simulated": True, "note": "simulated: 2 ranks share 2 cores", "torch": twin, "flax": twin,
+        "max_abs_dW_torch_ddp_vs_flax_sharded": 3.0e-7, "max_abs_dW_torch_single_vs_flax_single": 2.5e-7,
+    }
+    text = markdown(result)
+    assert text.startswith("## Data parallel: 1 device vs 2 (simulated devices)\n")
+    assert "| torch | DDP, torchrun --nproc-per-node 2 | 7.00 | 9.50 | 2.00e-07 |" in text
+    assert "| flax | jit over Mesh(('data',)), 2 devices | 7.00 | 9.50 | 2.00e-07 |" in text
+    assert "torch DDP vs flax sharded: max abs dW 3.00e-07" in text
+    assert "(simulated" not in markdown({**result, "simulated": False})
 
 
 # ----------------------------------------------------------------------------- the forced-device worker

@@ -38,10 +38,10 @@ from fashion_common import distributed as common  # noqa: E402
 from fashion_common.config import tutorial_config  # noqa: E402
 from fashion_common.distributed import DistributedError  # noqa: E402
 
-try:  # pytest puts tests/ on the path; the worker (run as a script) needs no GPU check
-    from test_gpu_parity import SKIP_REASON as GPU_SKIP_REASON
-except ImportError:
+if __name__ == "__main__":  # the worker needs no GPU check (it would import torch and start JAX early)
     GPU_SKIP_REASON = "run as a script"
+else:
+    from test_gpu_parity import SKIP_REASON as GPU_SKIP_REASON
 
 # The tutorial's plain SGD (lr 1e-3, batch 64, constant rate) on 1280 images: 20 steps an epoch, 120 steps in all.
 CONFIG = tutorial_config(epochs=6, limit_train=1280, limit_test=500, device="cpu")

@@ -88,7 +88,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def peer_failure_message(rank: int, timeout_s: float, error: BaseException) -> str:
-    """One line for a rank whose collective failed: a peer died, or stayed silent past the timeout."""
+    """One line for a rank (torch) or process (JAX) whose collective failed: a peer died, or stayed silent past the timeout."""
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (
         f"rank {rank}: a collective with the other ranks failed ({type(error).__name__}: {detail[:200]}); "

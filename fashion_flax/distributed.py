@@ -192,10 +192,12 @@ def train_and_evaluate(
     log=print,
     mesh: Optional[Mesh] = None,
     init_from=None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ):
     """Train and evaluate the flax twin data-parallel over `mesh` (default: every device of config.device's platform).
 
-    Raises DistributedError before any work when config.batch_size does not split over the mesh.
+    Raises DistributedError before any work when config.batch_size does not split over the mesh, and
+    when a peer process dies (the checkpoint stays the last good one); `timeout_s` is only named in that message.
     init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
     Returns (state, metrics); process 0 writes the checkpoint and metrics.
     """
@@ -203,7 +205,13 @@ def train_and_evaluate(
         mesh = make_mesh(platform=_platform(config))
     common.check_world(mesh.size, config.batch_size, "devices")
     writer = jax.process_index() == 0
-    return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
+    try:
+        return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:  # one process: not a peer's failure, keep XLA's own error
+            raise
+        # a dead peer: gloo sees its socket close at once; a silent one is caught by the heartbeat timeout
+        raise DistributedError(common.peer_failure_message(jax.process_index(), timeout_s, e)) from e
 
 
 def _platform(config: TrainConfig) -> str:
@@ -256,7 +264,7 @@ def main(argv=None) -> int:
         mesh = make_mesh(args.devices, _platform(config))
         common.check_world(mesh.size, config.batch_size, "devices")  # before the data is read
         data = load_fashion_mnist(args.data_dir)
-        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, init_from=args.init, quiet=args.quiet, mesh=mesh)
+        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, init_from=args.init, quiet=args.quiet, mesh=mesh, timeout_s=args.timeout)
     except (FashionTwinsError, OSError) as e:
         print(f"error: [process {args.process_id}] {e}", file=sys.stderr, flush=True)
         if jax.distributed.is_initialized():  # skip the shutdown barrier a failed peer would never reach

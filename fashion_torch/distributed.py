@@ -208,10 +208,16 @@ def train_and_evaluate(
     writer = world.is_writer
     try:
         return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
-    except (dist.DistError, RuntimeError) as e:
-        if isinstance(e, FashionTwinsError):
+    except RuntimeError as e:
+        if isinstance(e, FashionTwinsError) or not _is_collective_failure(e):
             raise
         raise DistributedError(common.peer_failure_message(world.rank, timeout_s, e)) from e
+
+
+def _is_collective_failure(error: RuntimeError) -> bool:
+    """torch's DistError family, or a RuntimeError that gloo/NCCL raised (their older messages are plain RuntimeErrors)."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout"))
 
 
 def _ops(spec: ModelSpec, init_from) -> loop.TwinOps:

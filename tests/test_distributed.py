@@ -304,6 +304,34 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
     assert max_diff(weights(out), flax_runs[0]) <= TOL
 
 
+@pytest.mark.data
+@pytest.mark.slow
+def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_the_checkpoint(runs):
+    out = runs / "flax_fault.safetensors"
+    cmd = [sys.executable, "-m", "fashion_flax.distributed", *config_flags(CONFIG.replace(epochs=30)), "--out", str(out), "--quiet"]
+    cmd += ["--coordinator", f"127.0.0.1:{common.free_port()}", "--num-processes", "2", "--timeout", str(TIMEOUT_S)]
+    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:
+        deadline = time.monotonic() + 300
+        while not out.exists() and procs[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, err = procs[0].communicate(timeout=TIMEOUT_S + 60)
+        seconds = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode == 2 and seconds < TIMEOUT_S + 30
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: [process 0] rank 0: a collective with the other ranks failed"), err[-2000:]
+    _, counters = canonical.read_train_state(out)
+    canonical.check_pair(out, counters)
+    assert 1 <= counters["epoch"] < 30
+
+
 # ----------------------------------------------------------------------------- world size 1 on a GPU (NCCL for torch)
 
 

@@ -16,6 +16,7 @@ the forced-device JAX subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -220,6 +221,14 @@ def test_flax_sharded_step_is_one_program_whose_gradients_are_all_reduced_and_pa
 
 
 @pytest.mark.data
+def test_flax_sharded_resume_after_a_crash_reaches_the_uninterrupted_weights(runs, flax_runs):
+    _, counters = canonical.read_train_state(runs / "flax_interrupted.safetensors")
+    assert counters["epoch"] == 3
+    # the same mesh and program, restarted from the saved state: equal to float32 rounding at most
+    assert max_diff(weights(runs / "flax_resumed.safetensors"), flax_runs[1]) <= 1e-7
+
+
+@pytest.mark.data
 def test_flax_sharded_refuses_a_batch_not_divisible_by_the_devices_before_training(flax_runs):
     _, _, report = flax_runs
     assert report["indivisible_error"].startswith("global batch_size 66 is not divisible by 4 devices")
@@ -414,6 +423,21 @@ def flax_worker(folder: Path) -> None:
     # the sharded run over every device
     mesh = fdist.make_mesh()
     state, _ = fdist.train_and_evaluate(CONFIG, data, out=str(folder / "flax_sharded.safetensors"), init_from=folder / "init.safetensors", mesh=mesh, **quiet)
+    # a sharded run that crashes right after epoch 3's checkpoint (log runs after the save), resumed over the mesh
+    class Crash(Exception):
+        pass
+
+    lines = []
+
+    def crash_after_epoch_3(line):
+        lines.append(line)
+        if len(lines) == 3:
+            raise Crash
+
+    interrupted = folder / "flax_interrupted.safetensors"
+    with contextlib.suppress(Crash):
+        fdist.train_and_evaluate(CONFIG, data, out=str(interrupted), init_from=folder / "init.safetensors", mesh=mesh, quiet=True, log=crash_after_epoch_3)
+    fdist.train_and_evaluate(CONFIG, data, out=str(folder / "flax_resumed.safetensors"), resume=str(interrupted), mesh=mesh, **quiet)
     # what the compiler made of the sharded step
     d = fdist.put_data(data.limit(256, 10), mesh)
     order = fdist.put_global(np.zeros((2, CONFIG.batch_size), np.int32), fdist.batch_sharded(mesh))

@@ -36,6 +36,9 @@ class TwinOps:
     load: Callable  # (state, path) -> state with weights and optimizer restored
     device_name: Callable  # (device) -> str
     versions: Callable  # () -> {library: version}
+    # Data-parallel runs (fashion_*/distributed.py): only the writer (rank/process 0) checks and writes
+    # --out and --metrics; every rank reads a --resume checkpoint. train_epoch/evaluate reduce their metrics.
+    is_writer: Callable[[], bool] = lambda: True
 
 
 def write_json_atomic(path, obj) -> None:
@@ -96,6 +99,8 @@ def train_and_evaluate(
     Returns:
       (state, metrics dict as written to METRICS.json).
     """
+    if not ops.is_writer():  # the other ranks train and reduce metrics, but write nothing
+        out = metrics_path = None
     check_writable(out, "--out")
     check_writable(metrics_path, "--metrics")
     data = data.limit(config.limit_train, config.limit_test)

@@ -1,0 +1,279 @@
+"""Data-parallel training for the flax twin: one jit over a jax.sharding.Mesh with a `data` axis.
+
+Mirrors fashion_torch/distributed.py. The global batch of indices is sharded on `data`
+(NamedSharding(mesh, P(None, 'data')) for an epoch slice (S, B)); params, optimizer state and
+the uint8 data set are replicated. The step is the twin's own `train.train_steps` (one lax.scan
+of `train._step`), jitted once more with replicated outputs: the batch gathered by sharded
+indices comes out sharded, so each device runs the forward and backward on its B / n rows and the
+compiler (GSPMD) inserts the all-reduce of the gradients that the mean loss implies. No shard_map
+and no hand-written pmean: the sharded program is the single-device program, which is the proof.
+
+Every process draws the same epoch order (fashion_common.data.batch_order); across processes
+(`jax.distributed.initialize`) the mesh spans all processes' devices and process 0 writes.
+
+    python -m fashion_flax.distributed --devices 4 --batch-size 64 --out m.safetensors   # one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+from typing import Dict, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fashion_common import distributed as common
+from fashion_common import loop
+from fashion_common.config import TrainConfig
+from fashion_common.data import FashionData
+from fashion_common.distributed import DEFAULT_TIMEOUT_S, DistributedError, World
+from fashion_common.errors import FashionTwinsError
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+
+from . import train
+from .model import get_device, set_matmul_precision
+
+BACKEND = "flax"  # checkpoints are the single-device twin's: either resumes the other's
+AXIS = "data"
+
+
+# ----------------------------------------------------------------------------- processes and the mesh
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: int = 1, process_id: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+    """Join a multi-process run (no-op for one process); CPU collectives go through gloo.
+
+    `timeout_s` is both the initialization timeout (a process that never arrives) and the
+    heartbeat timeout (a process that dies mid-run: the coordination service then fails the others).
+    """
+    if num_processes > 1 and not jax.distributed.is_initialized():
+        # CPU devices of different processes can only all-reduce through a collectives library.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address,
+            num_processes,
+            process_id,
+            initialization_timeout=int(timeout_s),
+            heartbeat_timeout_seconds=int(timeout_s),
+        )
+    return World(jax.process_index(), jax.process_count(), 0)
+
+
+def make_mesh(num_devices: Optional[int] = None, platform: Optional[str] = None) -> Mesh:
+    """A 1-D mesh ('data',) over the first `num_devices` devices of the platform (default: all, every process)."""
+    devices = jax.devices(platform)
+    if num_devices is not None:
+        if jax.process_count() > 1 and num_devices != len(devices):
+            raise DistributedError(f"--devices {num_devices}: a multi-process run uses all {len(devices)} devices of its processes")
+        if not 1 <= num_devices <= len(devices):
+            raise DistributedError(f"--devices {num_devices}: JAX sees {len(devices)} {devices[0].platform} device(s)")
+        devices = devices[:num_devices]
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """(S, B) rows of global batches: the B columns split over `data`, contiguous per device, as torch's rank_slice."""
+    return NamedSharding(mesh, P(None, AXIS))
+
+
+def put_global(array, sharding: NamedSharding) -> jax.Array:
+    """A host array that every process holds whole -> a global jax.Array; each device takes its part."""
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def replicate(tree, mesh: Mesh):
+    """Every array leaf replicated on the mesh (through the host, so it works across processes); Python scalars stay."""
+    host = jax.device_get(tree)
+    return jax.tree_util.tree_map(lambda x: x if isinstance(x, (int, float)) else put_global(x, replicated(mesh)), host)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, mesh: Mesh = None, total_steps: int = 1, state_dict=None) -> train.TrainState:
+    """The twin's fresh state (same seed on every process, so the same init), replicated on the mesh."""
+    local = mesh.devices.flat[0] if mesh.devices.flat[0].process_index == jax.process_index() else jax.local_devices()[0]
+    return replicate(train.create_train_state(config, spec, local, total_steps, state_dict), mesh)
+
+
+def put_data(data: FashionData, mesh: Mesh) -> train.DeviceData:
+    """The whole uint8 set replicated on every device (47 MB): a step gathers its rows by sharded index."""
+    put = lambda a, dtype: put_global(np.ascontiguousarray(a, dtype=dtype), replicated(mesh))
+    return train.DeviceData(put(data.train_images, np.uint8), put(data.train_labels, np.int32), put(data.test_images, np.uint8), put(data.test_labels, np.int32))
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+@functools.lru_cache(maxsize=8)
+def sharded_train_steps(mesh: Mesh):
+    """train.train_steps, jitted with every output replicated on the mesh: (state, images, labels, order) as there.
+
+    Inputs carry their shardings (state, images, labels replicated; order sharded on `data`);
+    pinning the outputs keeps params and optimizer state replicated from one slice to the next.
+    """
+    return jax.jit(train.train_steps, static_argnames="label_smoothing", donate_argnums=0, out_shardings=replicated(mesh))
+
+
+def train_epoch(state: train.TrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
+    """One pass over the GLOBAL `order` (steps, B), its columns sharded over the mesh -> (state, metrics).
+
+    The loss and correct count come out of the one program already global (the mean is over the whole batch).
+    """
+    mesh = data.train_images.sharding.mesh
+    common.check_world(mesh.size, order.shape[1], "devices")
+    step_fn = sharded_train_steps(mesh)
+    loss_sum, correct_sum, seen = 0.0, 0, 0
+    for chunk in loop.progress_chunks(len(order), progress):
+        order_d = put_global(order[chunk], batch_sharded(mesh))  # (S, B), B split over `data`
+        state, chunk_loss, chunk_correct = step_fn(state, data.train_images, data.train_labels, order_d, label_smoothing=config.label_smoothing)
+        loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)
+        seen += chunk.stop - chunk.start
+        if progress is not None:
+            progress.update(chunk.stop - chunk.start)
+    steps = len(order)
+    return state, {"train_loss": loss_sum / steps, "train_accuracy": correct_sum / (steps * order.shape[1])}
+
+
+def evaluate(state: train.TrainState, data: train.DeviceData, config: TrainConfig) -> Dict[str, float]:
+    """The twin's evaluation on the replicated test set (every device computes it; the test set is small)."""
+    return train.evaluate(state, data, config)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def load_train_state(state: train.TrainState, path) -> train.TrainState:
+    """The twin's load on one local device (it places arrays on the params' device), then replicated again."""
+    mesh = jax.tree_util.tree_leaves(state.params)[0].sharding.mesh
+    local = jax.device_put(jax.device_get(state), jax.local_devices()[0])
+    return replicate(train.load_train_state(local, path), mesh)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _device_name(mesh: Mesh) -> str:
+    kinds = sorted({d.device_kind if d.platform != "cpu" else "cpu" for d in mesh.devices.flat})
+    simulated = " (simulated host devices)" if mesh.devices.flat[0].platform == "cpu" and mesh.size > jax.process_count() else ""
+    return f"{'/'.join(kinds)} x {mesh.size} devices over {jax.process_count()} process(es){simulated}"
+
+
+OPS = dataclasses.replace(
+    train.OPS,  # save and versions: the twin's own (save_train_state fetches the replicated arrays to the host)
+    init_state=create_train_state,
+    put_data=put_data,
+    train_epoch=train_epoch,
+    evaluate=evaluate,
+    load=load_train_state,
+    device_name=_device_name,
+    is_writer=lambda: jax.process_index() == 0,
+)
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    data: FashionData,
+    spec: ModelSpec = DEFAULT_SPEC,
+    out=None,
+    metrics_path=None,
+    resume=None,
+    quiet=False,
+    log=print,
+    mesh: Optional[Mesh] = None,
+    init_from=None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+):
+    """Train and evaluate the flax twin data-parallel over `mesh` (default: every device of config.device's platform).
+
+    Raises DistributedError before any work when config.batch_size does not split over the mesh, and
+    when a peer process dies (the checkpoint stays the last good one); `timeout_s` is only named in that message.
+    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+    Returns (state, metrics); process 0 writes the checkpoint and metrics.
+    """
+    if mesh is None:
+        mesh = make_mesh(platform=_platform(config))
+    common.check_world(mesh.size, config.batch_size, "devices")
+    writer = jax.process_index() == 0
+    try:
+        return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:  # one process: not a peer's failure, keep XLA's own error
+            raise
+        # a dead peer: gloo sees its socket close at once; a silent one is caught by the heartbeat timeout
+        raise DistributedError(common.peer_failure_message(jax.process_index(), timeout_s, e)) from e
+
+
+def _platform(config: TrainConfig) -> str:
+    return get_device() if config.device == "auto" else config.device
+
+
+def _ops(spec: ModelSpec, init_from) -> loop.TwinOps:
+    """OPS, with init_state starting from the weights in `init_from` when given."""
+    if init_from is None:
+        return OPS
+    from fashion_common.checkpoint import read_state
+
+    weights, _ = read_state(init_from, spec)
+    return dataclasses.replace(OPS, init_state=functools.partial(create_train_state, state_dict=weights))
+
+
+def _silent(line: str) -> None:
+    """Processes other than 0 log nothing: the metrics are global already."""
+
+
+# ----------------------------------------------------------------------------- module entry point
+
+
+def main(argv=None) -> int:
+    """python -m fashion_flax.distributed [config flags] [--devices N] [--coordinator H:P --num-processes K --process-id I]."""
+    parser = argparse.ArgumentParser(prog="python -m fashion_flax.distributed", description="Train the flax twin data-parallel over a device mesh.")
+    common.config_arguments(parser)
+    parser.add_argument("--devices", type=int, default=None, help="use the first N devices; on CPU, simulate N host devices (default: all)")
+    parser.add_argument("--coordinator", default=None, help="HOST:PORT of process 0, for a multi-process run (default: none)")
+    parser.add_argument("--num-processes", type=int, default=1, help="processes in the run (default: 1)")
+    parser.add_argument("--process-id", type=int, default=0, help="this process's index (default: 0)")
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the search order of fashion_common.data)")
+    parser.add_argument("--out", default=None, help="checkpoint written by process 0 every epoch (default: none)")
+    parser.add_argument("--metrics", default=None, help="METRICS.json written by process 0 (default: none)")
+    parser.add_argument("--init", default=None, help="start from this checkpoint's weights instead of the seeded init (default: none)")
+    parser.add_argument("--resume", default=None, help="continue a checkpoint written by this loop, single-device or sharded (default: none)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=f"initialization and heartbeat timeout in seconds (default: {DEFAULT_TIMEOUT_S})")
+    parser.add_argument("--precision", choices=("highest", "tf32"), default="highest", help="float32 matmuls: highest (the parity mode) or tf32 on GPUs (default: highest)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+    args = parser.parse_args(argv)
+    set_matmul_precision(args.precision)
+    from fashion_common.data import load_fashion_mnist
+
+    try:
+        config = common.config_from_args(args)
+        if args.devices is not None and config.device != "gpu" and args.num_processes == 1:
+            # Simulated CPU devices (harmless where a GPU is used): set before the backend starts, the first jax.devices().
+            jax.config.update("jax_num_cpu_devices", args.devices)
+        initialize(args.coordinator, args.num_processes, args.process_id, args.timeout)
+        mesh = make_mesh(args.devices, _platform(config))
+        common.check_world(mesh.size, config.batch_size, "devices")  # before the data is read
+        data = load_fashion_mnist(args.data_dir)
+        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, init_from=args.init, quiet=args.quiet, mesh=mesh, timeout_s=args.timeout)
+    except (FashionTwinsError, OSError) as e:
+        print(f"error: [process {args.process_id}] {e}", file=sys.stderr, flush=True)
+        if jax.distributed.is_initialized():  # skip the shutdown barrier a failed peer would never reach
+            os._exit(2)
+        return 2
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

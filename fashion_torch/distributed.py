@@ -1,0 +1,277 @@
+"""Data-parallel training for the torch twin: DistributedDataParallel under torchrun (NCCL on CUDA, gloo on CPU).
+
+Mirrors fashion_flax/distributed.py. Every rank draws the same epoch order
+(fashion_common.data.batch_order) and trains on its contiguous slice of each global batch
+(fashion_common.distributed.rank_slice), never a DistributedSampler's reshuffle; DDP averages the
+gradients of the per-slice mean losses, so each update is the single-device update on the whole
+global batch. The epoch loop, log lines, metrics JSON and checkpoints are fashion_common.loop's;
+only rank 0 writes. Launch (see README):
+
+    torchrun --standalone --nproc-per-node 2 -m fashion_torch.distributed --batch-size 64 --out m.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import os
+import sys
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from fashion_common import distributed as common
+from fashion_common import loop
+from fashion_common.config import TrainConfig, learning_rate
+from fashion_common.data import FashionData
+from fashion_common.distributed import DEFAULT_TIMEOUT_S, DistributedError, World
+from fashion_common.errors import FashionTwinsError
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+
+from . import train
+from .model import resolve_device, set_matmul_precision
+
+BACKEND = "torch"  # checkpoints are the single-device twin's: either resumes the other's
+
+
+@dataclasses.dataclass
+class DDPTrainState(train.TrainState):
+    """The twin's TrainState (plain model: what is saved) plus its DDP wrapper (what trains) and the world."""
+
+    ddp: Optional[DistributedDataParallel] = None
+    world: World = World()
+
+
+# ----------------------------------------------------------------------------- the process group
+
+
+def init_process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+    """Join the torchrun world (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): NCCL on CUDA, gloo on CPU.
+
+    `timeout_s` bounds every collective: a peer that dies or hangs makes this rank raise within it
+    (gloo raises at once when the peer's socket closes; NCCL's watchdog aborts after the timeout).
+    Outside torchrun (no RANK) this is a world of one on a free localhost port.
+    """
+    world = common.world_from_env()
+    if not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ and world.size == 1:
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(common.free_port()))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=datetime.timedelta(seconds=timeout_s))
+    return world
+
+
+def rank_device(config: TrainConfig, world: World) -> torch.device:
+    """The config's device; on CUDA, the GPU of this rank's LOCAL_RANK."""
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _world() -> World:
+    if not dist.is_initialized():
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), common.world_from_env().local_rank)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> DDPTrainState:
+    """The twin's fresh state (same seed on every rank, so the same init), with the model wrapped in DDP."""
+    base = train.create_train_state(config, spec, device, total_steps, state_dict)
+    # device_ids: the one GPU of this rank; None on CPU. DDP also broadcasts rank 0's weights here.
+    param_device = next(base.model.parameters()).device
+    device_ids = [param_device.index] if param_device.type == "cuda" else None
+    ddp = DistributedDataParallel(base.model, device_ids=device_ids)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(train.TrainState)}
+    return DDPTrainState(**fields, ddp=ddp, world=_world())
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def train_step(state: DDPTrainState, images: torch.Tensor, labels: torch.Tensor):
+    """One update on this rank's slice (b = B / world, 28, 28) -> (slice loss, slice number correct), 0-d tensors.
+
+    The twin's autograd step (train.autograd_train_step), with the forward through DDP so that
+    backward() all-reduces each gradient bucket to the mean over ranks before optimizer.step().
+    """
+    lr = learning_rate(state.config, state.step, state.total_steps)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    x = images.to(torch.float32).div_(255.0)  # (b, 28, 28) in [0, 1], as ToTensor
+    logits = state.ddp(x)  # (b, 10)
+    loss = train.loss_fn(logits, labels, state.config.label_smoothing)  # mean over the slice
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # grads = mean over ranks of slice-mean grads = the global-batch mean grad
+    state.optimizer.step()
+    state.step += 1
+    correct = (logits.detach().argmax(1) == labels).sum()
+    return loss.detach(), correct
+
+
+def _all_reduce_sum(values, device) -> list:
+    """Sum a few host numbers over all ranks (float64, on the collective's device: NCCL needs CUDA)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def train_epoch(state: DDPTrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
+    """One pass over the GLOBAL `order` (steps, B), this rank on its columns -> (state, metrics over all ranks)."""
+    world = state.world
+    local = common.rank_slice(order, world.rank, world.size)  # (steps, B / world)
+    state.ddp.train()
+    device = data.train_images.device
+    order_t = torch.as_tensor(local, device=device, dtype=torch.int64)
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), device=device, dtype=torch.int64)
+    for chunk in loop.progress_chunks(len(order), progress):
+        for idx in order_t[chunk]:
+            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx])
+            loss_sum += loss
+            correct_sum += correct
+        if progress is not None:
+            progress.update(chunk.stop - chunk.start)
+    # The global batch's mean loss is the mean of the equal slices' means; correct counts add up.
+    loss_total, correct_total = _all_reduce_sum([loss_sum.item(), correct_sum.item()], device)
+    steps = len(order)
+    return state, {"train_loss": loss_total / (steps * world.size), "train_accuracy": correct_total / (steps * order.shape[1])}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(state: DDPTrainState, data: train.DeviceData, config: TrainConfig) -> Dict[str, float]:
+    """The test set split in contiguous shards, one per rank; loss and correct sums all-reduced."""
+    world, n = state.world, len(data.test_labels)
+    start, stop = common.shard_bounds(n, world.rank, world.size)
+    sums = [0.0, 0.0]
+    if stop > start:
+        m = train.evaluate_model(state.model, data.test_images[start:stop], data.test_labels[start:stop], config.eval_batch_size)
+        sums = [m["test_loss"] * (stop - start), m["test_accuracy"] * (stop - start)]
+    loss_sum, correct = _all_reduce_sum(sums, data.test_images.device)
+    return {"test_loss": loss_sum / n, "test_accuracy": round(correct) / n}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _device_name(device) -> str:
+    world = _world()
+    backend = dist.get_backend() if dist.is_initialized() else "none"
+    return f"{train.OPS.device_name(device)} x {world.size} ranks (DDP, {backend})"
+
+
+OPS = dataclasses.replace(
+    train.OPS,  # put_data, save, load, versions: the twin's own (rank 0 saves the plain model, not the DDP wrapper)
+    init_state=create_train_state,
+    train_epoch=train_epoch,
+    evaluate=evaluate,
+    device_name=_device_name,
+    is_writer=lambda: _world().is_writer,
+)
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    data: FashionData,
+    spec: ModelSpec = DEFAULT_SPEC,
+    out=None,
+    metrics_path=None,
+    resume=None,
+    quiet=False,
+    log=print,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    init_from=None,
+):
+    """Train and evaluate the torch twin data-parallel over the torchrun world; see fashion_common.loop.train_and_evaluate.
+
+    Raises DistributedError before any work when config.batch_size does not split over the ranks,
+    and when a peer rank dies or is silent past `timeout_s` (the checkpoint stays the last good one).
+    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+    Returns (state, metrics); the metrics are the same on every rank, only rank 0 writes them.
+    """
+    world = common.world_from_env()
+    common.check_world(world.size, config.batch_size, "ranks")  # before the rendezvous: every rank fails alike
+    device = rank_device(config, world)
+    init_process_group(device, timeout_s)
+    writer = world.is_writer
+    try:
+        return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
+    except RuntimeError as e:
+        if isinstance(e, FashionTwinsError) or not _is_collective_failure(e):
+            raise
+        raise DistributedError(common.peer_failure_message(world.rank, timeout_s, e)) from e
+
+
+def _is_collective_failure(error: RuntimeError) -> bool:
+    """torch's DistError family, or a RuntimeError that gloo/NCCL raised (their older messages are plain RuntimeErrors)."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout"))
+
+
+def _ops(spec: ModelSpec, init_from) -> loop.TwinOps:
+    """OPS, with init_state starting from the weights in `init_from` when given."""
+    if init_from is None:
+        return OPS
+    from fashion_common.checkpoint import read_state
+
+    weights, _ = read_state(init_from, spec)
+    return dataclasses.replace(OPS, init_state=functools.partial(create_train_state, state_dict=weights))
+
+
+def _silent(line: str) -> None:
+    """Ranks other than 0 log nothing: rank 0's lines already hold the reduced metrics."""
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- module entry point
+
+
+def main(argv=None) -> int:
+    """torchrun ... -m fashion_torch.distributed [config flags] --out CKPT [--resume CKPT]."""
+    parser = argparse.ArgumentParser(prog="python -m fashion_torch.distributed", description="Train the torch twin with DDP under torchrun.")
+    common.config_arguments(parser)
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the search order of fashion_common.data)")
+    parser.add_argument("--out", default=None, help="checkpoint written by rank 0 every epoch (default: none)")
+    parser.add_argument("--metrics", default=None, help="METRICS.json written by rank 0 (default: none)")
+    parser.add_argument("--init", default=None, help="start from this checkpoint's weights instead of the seeded init (default: none)")
+    parser.add_argument("--resume", default=None, help="continue a checkpoint written by this loop, single-device or DDP (default: none)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=f"seconds a rank waits on its peers before failing (default: {DEFAULT_TIMEOUT_S})")
+    parser.add_argument("--precision", choices=("highest", "tf32"), default="highest", help="float32 matmuls: highest (the parity mode) or tf32 on GPUs (default: highest)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+    args = parser.parse_args(argv)
+    set_matmul_precision(args.precision)
+    from fashion_common.data import load_fashion_mnist
+
+    rank = os.environ.get("RANK", "0")
+    try:
+        config = common.config_from_args(args)
+        common.check_world(common.world_from_env().size, config.batch_size, "ranks")  # before the data is read
+        data = load_fashion_mnist(args.data_dir)
+        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, init_from=args.init, quiet=args.quiet, timeout_s=args.timeout)
+    except (FashionTwinsError, OSError) as e:
+        print(f"error: [rank {rank}] {e}", file=sys.stderr, flush=True)
+        if dist.is_initialized():  # a dead peer can leave gloo/NCCL threads blocked at exit: leave at once, no teardown
+            os._exit(2)
+        return 2
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

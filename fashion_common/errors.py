@@ -21,6 +21,18 @@ class CheckpointError(FashionTwinsError, ValueError):
     """A checkpoint file that is missing, unreadable or does not match the model."""
 
 
+class WriteError(FashionTwinsError, OSError):
+    """An output file that could not be written (disk full, permission, missing folder); the old file is kept."""
+
+
+class NonFiniteLossError(FashionTwinsError, ArithmeticError):
+    """Training whose loss became NaN or Inf; the loop stops before saving, so the last good checkpoint stays."""
+
+
+class DimError(FashionTwinsError, IndexError, TypeError):
+    """A `dim` argument that is not an int, or out of range for the input (softmax)."""
+
+
 class DataError(FashionTwinsError, RuntimeError):
     """Fashion-MNIST files that are missing, partial or corrupt."""
 
@@ -56,3 +68,34 @@ def check_input(shape: Sequence[int], dtype_name: str, is_floating: bool, image_
         raise InputDtypeError(
             f"expected a floating-point input, got {dtype_name}; scale uint8 images to [0, 1] with x / 255 first"
         )
+
+
+def check_dim(dim, ndim: int, what: str = "softmax") -> int:
+    """The shared rule for a `dim` argument: an int (not bool) in [-ndim, ndim - 1]; returns it as a Python int.
+
+    A 0-d input counts as 1-d, as in torch (dims -1 and 0 are valid). Both twins call this before any
+    compute, so a bad dim gives the same DimError and message in both (torch alone would raise
+    IndexError or TypeError, JAX ValueError or TypeError, with other words).
+    """
+    import operator
+
+    if isinstance(dim, bool) or dim is None:
+        raise DimError(f"{what}: dim must be an int, got {dim!r}")
+    try:
+        dim = operator.index(dim)  # int, numpy integers; refuses 1.0, "1", None
+    except TypeError:
+        raise DimError(f"{what}: dim must be an int, got {type(dim).__name__} {dim!r}") from None
+    size = max(int(ndim), 1)
+    if not -size <= dim < size:
+        raise DimError(f"{what}: dim {dim} is out of range for a {int(ndim)}-d input (expected {-size} to {size - 1})")
+    return dim
+
+
+def check_activation_input(name: str, dtype_name: str, is_floating: bool) -> None:
+    """The shared rule for the activations: floating inputs only; integer, bool or complex inputs raise InputDtypeError.
+
+    Refusing (rather than casting) keeps the activations' rule the model's rule, and avoids the
+    frameworks' own disagreement: torch.relu keeps an int dtype, torch.sigmoid promotes to float.
+    """
+    if not is_floating:
+        raise InputDtypeError(f"{name} expects a floating-point input, got {dtype_name}; cast it to float32 first")

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
+import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .errors import CheckpointError
-from .spec import DEFAULT_SPEC, ModelSpec, checkpoint_shapes
+from .errors import CheckpointError, WriteError
+from .spec import ACTIVATIONS, DEFAULT_SPEC, ModelSpec, checkpoint_shapes
 
 FORMAT_NAME = "fashion-twins/canonical-v1"
 
@@ -39,26 +42,105 @@ def validate_state(state: Dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SPEC,
             raise CheckpointError(f"{source}: key {key!r} has shape {got}, expected {shape}")
 
 
+# A temp file is `.NAME.PID.RANDOM.tmp` beside its target: the pid tells a later write whether the
+# writer is still alive. One whose pid is dead, or older than this, was left by a killed process.
+STALE_TEMP_SECONDS = 15 * 60
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # exists but is another user's (or a nonsense pid, handled by age)
+    return True
+
+
+def remove_stale_temps(path) -> list:
+    """Remove temp files of `path` left by killed writers (dead pid, or older than STALE_TEMP_SECONDS); returns them.
+
+    A live writer's temp (its pid runs, the file is recent) is left alone, so two processes
+    writing the same target never delete each other's work in progress.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    prefix, removed = _temp_prefix(path), []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        middle = name[len(prefix) : -len(".tmp")]  # "PID.RANDOM", or mkstemp's "RANDOM" from older versions
+        pid_text = middle.split(".", 1)[0]
+        temp = folder / name
+        try:
+            age = now - temp.lstat().st_mtime
+        except OSError:
+            continue
+        dead = pid_text.isdigit() and not _pid_alive(int(pid_text))
+        if dead or age > STALE_TEMP_SECONDS:
+            try:
+                temp.unlink()
+                removed.append(temp)
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file or the new one."""
+    """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file or the new one.
+
+    The new file gets the mode a plain open() would give (0o666 less the umask), or the mode of the
+    file it replaces. Temps of killed earlier writers are removed after a successful write. Any
+    failure raises one WriteError naming `path`, removes this write's temp and leaves the old file whole.
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise CheckpointError(f"cannot write {path}: folder {folder} does not exist")
+        raise WriteError(f"cannot write {path}: folder {folder} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        mode = stat.S_IMODE(os.stat(path).st_mode)  # replacing: keep the file's mode
+    except OSError:
+        mode = None  # a new file: 0o666 & ~umask, applied by os.open itself
+    tmp = folder / f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror}") from None
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        try:
             os.unlink(tmp)
-        raise
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
+        raise  # KeyboardInterrupt and the like pass through unchanged
+    remove_stale_temps(path)
+
+
+def _write_error(path, e: OSError) -> WriteError:
+    """One line naming the target (not the temp file), e.g. `cannot write m.safetensors: No space left on device`."""
+    error = WriteError(f"cannot write {path}: {e.strerror or e}")
+    error.errno = e.errno
+    return error
 
 
 def _serialize(tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> bytes:
@@ -67,13 +149,52 @@ def _serialize(tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> byte
     return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
 
 
+# torch.save writes a zip archive (since torch 1.6) or, with the legacy format, a bare pickle
+# (protocol 2+ starts with byte 0x80 and the protocol number).
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _looks_like_torch_pickle(head: bytes, size: int) -> bool:
+    """True for torch.save's zip or legacy pickle, checked only where the bytes are not a plausible safetensors file."""
+    if len(head) >= 9:
+        header_len = int.from_bytes(head[:8], "little")
+        if 0 < header_len <= size - 8 and head[8:9] == b"{":
+            return False  # a safetensors header: 8-byte length, then JSON
+    return head.startswith(_ZIP_MAGIC) or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _check_file(path: Path, what: str) -> int:
+    """os.stat before any open: a folder, FIFO or device gets a precise error at once (open() on a FIFO would block)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device file" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special"
+        raise CheckpointError(f"{what} {path} is not a regular file ({kind})")
+    return st.st_size
+
+
 def _read(path, what: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     """Read a safetensors file; any failure becomes one CheckpointError naming the file."""
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} not found: {path}")
+    size = _check_file(path, what)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if _looks_like_torch_pickle(head, size):
+        raise CheckpointError(
+            f"{path} is a PyTorch pickle (torch.save), not a safetensors {what}; "
+            f"convert it with `fashion-twins convert {path} OUT.safetensors`"
+        )
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = dict(f.metadata() or {})
@@ -82,6 +203,85 @@ def _read(path, what: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} is not a readable safetensors {what} ({reason})") from None
     return tensors, metadata
+
+
+# ----------------------------------------------------------------------------- header fields
+# Every header value is a string (safetensors allows nothing else). Each field is checked for its
+# form and range here, so a bad one is a CheckpointError naming the field, never an IndexError or
+# a misleading shape error later. 2**31 - 1 bounds every size: what an int32 shape can hold.
+
+MAX_SIZE = 2**31 - 1
+SPEC_FIELDS = ("image_size", "hidden_sizes", "num_classes", "activation", "output_activation")
+_INT = re.compile(r"[0-9]{1,10}")  # plain decimal digits: no sign, spaces, underscores or 1e3
+
+
+def _field_error(path, field: str, value, expected: str) -> CheckpointError:
+    shown = value if len(str(value)) <= 60 else str(value)[:57] + "..."
+    return CheckpointError(f"{path}: header field {field!r} is {shown!r}; expected {expected}")
+
+
+def _header_int(path, field: str, value, low: int, high: int = MAX_SIZE) -> int:
+    if not isinstance(value, str) or not _INT.fullmatch(value) or not low <= int(value) <= high:
+        raise _field_error(path, field, value, f"an integer from {low} to {high}")
+    return int(value)
+
+
+def _header_ints(path, field: str, value, count: Optional[int], low: int = 1) -> Tuple[int, ...]:
+    parts = value.split(",") if isinstance(value, str) else None
+    expected = f"{count} comma-separated integers from {low} to {MAX_SIZE}" if count else f"comma-separated integers from {low} to {MAX_SIZE}"
+    if not parts or (count is not None and len(parts) != count) or len(parts) > 64:
+        raise _field_error(path, field, value, expected)
+    if not all(_INT.fullmatch(p) and low <= int(p) <= MAX_SIZE for p in parts):
+        raise _field_error(path, field, value, expected)
+    return tuple(int(p) for p in parts)
+
+
+def _header_choice(path, field: str, value, choices) -> str:
+    if value not in choices:
+        raise _field_error(path, field, value, "one of " + ", ".join(choices))
+    return value
+
+
+def spec_from_header(metadata: Dict[str, str], path="checkpoint") -> Optional[ModelSpec]:
+    """The spec a header states, every field validated; None when the header states no spec at all.
+
+    A header with any spec field must have all but `output_activation` (default "none").
+    """
+    if not any(field in metadata for field in SPEC_FIELDS):
+        return None
+    for field in SPEC_FIELDS[:4]:
+        if field not in metadata:
+            raise CheckpointError(f"{path}: header field {field!r} is missing (the header has other model spec fields)")
+    out = _header_choice(path, "output_activation", metadata.get("output_activation", "none"), ("none",) + ACTIVATIONS)
+    return ModelSpec(
+        image_size=_header_ints(path, "image_size", metadata["image_size"], 2),
+        hidden_sizes=_header_ints(path, "hidden_sizes", metadata["hidden_sizes"], None),
+        num_classes=_header_int(path, "num_classes", metadata["num_classes"], 1),
+        activation=_header_choice(path, "activation", metadata["activation"], ACTIVATIONS),
+        output_activation=None if out == "none" else out,
+    )
+
+
+def check_header(metadata: Dict[str, str], path="checkpoint", expected_format: str = FORMAT_NAME) -> None:
+    """Validate the non-spec fields: `format` (ours must be this version; foreign tags like "pt" pass) and `step`."""
+    fmt = metadata.get("format")
+    if fmt is not None and (not isinstance(fmt, str) or fmt.startswith("fashion-twins/")) and fmt != expected_format:
+        if fmt == FORMAT_NAME + "/train-state":
+            raise CheckpointError(f"{path} is a training-state sidecar, not a model checkpoint; give the checkpoint beside it")
+        raise _field_error(path, "format", fmt, repr(expected_format))
+    if "step" in metadata:
+        _header_int(path, "step", metadata["step"], 0, 2**63 - 1)
+
+
+def check_finite(tensors: Dict[str, np.ndarray], path) -> None:
+    """Refuse weights holding NaN or Inf: they would predict garbage (10 % accuracy, `nan%` losses) with exit 0."""
+    for key, value in tensors.items():
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise CheckpointError(
+                f"{path}: tensor {key!r} holds {int(bad.sum())} non-finite values (NaN or Inf) of {value.size}; "
+                "the training that wrote it diverged"
+            )
 
 
 def write_state(path, state: Dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SPEC, extra_metadata: Optional[dict] = None) -> Path:
@@ -93,24 +293,24 @@ def write_state(path, state: Dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SP
     return Path(path)
 
 
-def read_state(path, spec: Optional[ModelSpec] = None) -> Tuple[Dict[str, np.ndarray], ModelSpec]:
+def read_state(path, spec: Optional[ModelSpec] = None, allow_nonfinite: bool = False) -> Tuple[Dict[str, np.ndarray], ModelSpec]:
     """Read and validate a canonical checkpoint; returns (state, spec).
 
     With spec=None the spec comes from the file's header (the default spec if the header has
     none, as for a file saved from the tutorial's class with safetensors.torch.save_file).
+    Every header field is validated even when `spec` is given. NaN or Inf weights raise
+    CheckpointError naming the tensor unless allow_nonfinite=True (for inspecting a diverged run).
     """
     tensors, metadata = _read(path, "checkpoint")
-    file_spec = DEFAULT_SPEC
-    if "hidden_sizes" in metadata:
-        try:
-            file_spec = ModelSpec.from_metadata(metadata)
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{path}: bad model spec in header ({e})") from None
+    check_header(metadata, path)
+    file_spec = spec_from_header(metadata, path) or DEFAULT_SPEC
     spec = spec or file_spec
     validate_state(tensors, spec, source=str(path))
     for key, value in tensors.items():
         if value.dtype != np.float32:
             raise CheckpointError(f"{path}: key {key!r} has dtype {value.dtype}, expected float32")
+    if not allow_nonfinite:
+        check_finite(tensors, path)
     return tensors, spec
 
 
@@ -143,11 +343,47 @@ def read_train_state(path) -> Tuple[Dict[str, np.ndarray], dict]:
     """Read the sidecar written by write_train_state; returns (slots, counters)."""
     side = train_state_path(path)
     slots, metadata = _read(side, "training state")
+    check_header(metadata, side, FORMAT_NAME + "/train-state")
+    if "counters" not in metadata:
+        raise CheckpointError(f"{side}: no training counters in header")
     try:
         counters = json.loads(metadata["counters"])
-    except (KeyError, ValueError):
-        raise CheckpointError(f"{side}: no training counters in header") from None
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{side}: header field 'counters' is not valid JSON") from None
+    check_counters(counters, side)
     return slots, counters
+
+
+# counters field -> (type, what it must be); ints are non-negative and never bool.
+COUNTER_FIELDS = {
+    "backend": (str, "'torch' or 'flax'"),
+    "epoch": (int, "an integer >= 0"),
+    "step": (int, "an integer >= 0"),
+    "optimizer_step": (int, "an integer >= 0"),
+    "config": (dict, "a JSON object"),
+    "history": (list, "a JSON list of per-epoch objects"),
+}
+
+
+def check_counters(counters, side="training state") -> None:
+    """Validate the sidecar's counters JSON, field by field: type and range; the error names the field."""
+    if not isinstance(counters, dict):
+        raise CheckpointError(f"{side}: header field 'counters' is {type(counters).__name__}; expected a JSON object")
+    for field, (kind, expected) in COUNTER_FIELDS.items():
+        if field not in counters:
+            raise CheckpointError(f"{side}: counters field {field!r} is missing")
+        value = counters[field]
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and kind is int:
+            ok = 0 <= value <= 2**63 - 1
+        if ok and field == "backend":
+            ok = value in ("torch", "flax")
+        if ok and field == "history":
+            ok = all(isinstance(row, dict) for row in value) and len(value) == counters.get("epoch")
+            expected = "a JSON list of one object per finished epoch"
+        if not ok:
+            shown = json.dumps(value)[:60]
+            raise CheckpointError(f"{side}: counters field {field!r} is {shown}; expected {expected}")
 
 
 def check_pair(path, counters: dict) -> None:
@@ -176,4 +412,5 @@ def header_has_spec(path) -> bool:
     except (OSError, ValueError, struct.error):
         return False
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(metadata, dict) and "hidden_sizes" in metadata
+    # the same rule as spec_from_header: any spec field means the header states a spec
+    return isinstance(metadata, dict) and any(field in metadata for field in SPEC_FIELDS)

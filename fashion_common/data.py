@@ -124,9 +124,13 @@ def prepare_raw(data_dir=None, checksums: Dict[str, str] = SHA256, download: boo
             root = cache_root() if folder != cache_root() else folder
             raw = _raw_dir(root)
             raw.mkdir(parents=True, exist_ok=True)
+            # A folder the user named is verified every time, even when the cache already holds
+            # good copies: a corrupt file there is an error, not something the cache hides.
+            named = origin in ("--data-dir", ENV_DATA)
             for name in names:
                 target = raw / name
-                if target.is_file() and _sha256(target) == checksums[name]:
+                cached = target.is_file() and _sha256(target) == checksums[name]
+                if cached and not named:
                     continue
                 try:
                     with gzip.open(folder / f"{name}.gz", "rb") as f:
@@ -139,7 +143,8 @@ def prepare_raw(data_dir=None, checksums: Dict[str, str] = SHA256, download: boo
                         f"{folder / (name + '.gz')} decompresses to the wrong bytes (sha256 {digest[:12]}..., "
                         f"expected {checksums[name][:12]}...); {FIX_HINT}"
                     )
-                atomic_write_bytes(target, payload)
+                if not cached:
+                    atomic_write_bytes(target, payload)
             return root
         if origin in ("--data-dir", ENV_DATA):  # a folder the user named must hold the data: no silent fallback
             present = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []

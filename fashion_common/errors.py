@@ -1,4 +1,17 @@
-"""Exceptions both twins raise, with messages built in one place so the twins say the same thing."""
+"""Exceptions both twins raise, with messages built in one place so the twins say the same thing.
+
+The rules both twins enforce (each by calling the shared check here, before any compute):
+- Model input: a tensor/array of the twin's own framework, or anything np.asarray takes (a NumPy
+  batch, a nested list; a CPU torch tensor into flax). Shape (N, 28, 28) or (N, 1, 28, 28), N >= 0:
+  an empty batch gives (0, 10) logits. Other shapes: InputShapeError. Integer, bool or complex
+  dtypes: InputDtypeError (scale uint8 by 1/255 first). Other float dtypes are cast to float32.
+- Activations (binary_step, sigmoid, tanh, relu, softmax): floating inputs only, dtype kept;
+  integer, bool or complex inputs raise InputDtypeError (check_activation_input).
+- softmax `dim`: an int (numpy ints too, not bool) in [-ndim, ndim - 1], a 0-d input counting as
+  1-d; anything else raises DimError (an IndexError and a TypeError, as torch's own are) (check_dim).
+- NaN and inf propagate alike. The one deliberate difference: XLA on CPU flushes float32 subnormal
+  inputs (|x| < 1.18e-38) to zero, torch keeps them (pinned in tests/test_activations.py).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +32,18 @@ class InputDtypeError(FashionTwinsError, TypeError):
 
 class CheckpointError(FashionTwinsError, ValueError):
     """A checkpoint file that is missing, unreadable or does not match the model."""
+
+
+class WriteError(FashionTwinsError, OSError):
+    """An output file that could not be written (disk full, permission, missing folder); the old file is kept."""
+
+
+class NonFiniteLossError(FashionTwinsError, ArithmeticError):
+    """Training whose loss became NaN or Inf; the loop stops before saving, so the last good checkpoint stays."""
+
+
+class DimError(FashionTwinsError, IndexError, TypeError):
+    """A `dim` argument that is not an int, or out of range for the input (softmax)."""
 
 
 class DataError(FashionTwinsError, RuntimeError):
@@ -56,3 +81,34 @@ def check_input(shape: Sequence[int], dtype_name: str, is_floating: bool, image_
         raise InputDtypeError(
             f"expected a floating-point input, got {dtype_name}; scale uint8 images to [0, 1] with x / 255 first"
         )
+
+
+def check_dim(dim, ndim: int, what: str = "softmax") -> int:
+    """The shared rule for a `dim` argument: an int (not bool) in [-ndim, ndim - 1]; returns it as a Python int.
+
+    A 0-d input counts as 1-d, as in torch (dims -1 and 0 are valid). Both twins call this before any
+    compute, so a bad dim gives the same DimError and message in both (torch alone would raise
+    IndexError or TypeError, JAX ValueError or TypeError, with other words).
+    """
+    import operator
+
+    if isinstance(dim, bool) or dim is None:
+        raise DimError(f"{what}: dim must be an int, got {dim!r}")
+    try:
+        dim = operator.index(dim)  # int, numpy integers; refuses 1.0, "1", None
+    except TypeError:
+        raise DimError(f"{what}: dim must be an int, got {type(dim).__name__} {dim!r}") from None
+    size = max(int(ndim), 1)
+    if not -size <= dim < size:
+        raise DimError(f"{what}: dim {dim} is out of range for a {int(ndim)}-d input (expected {-size} to {size - 1})")
+    return dim
+
+
+def check_activation_input(name: str, dtype_name: str, is_floating: bool) -> None:
+    """The shared rule for the activations: floating inputs only; integer, bool or complex inputs raise InputDtypeError.
+
+    Refusing (rather than casting) keeps the activations' rule the model's rule, and avoids the
+    frameworks' own disagreement: torch.relu keeps an int dtype, torch.sigmoid promotes to float.
+    """
+    if not is_floating:
+        raise InputDtypeError(f"{name} expects a floating-point input, got {dtype_name}; cast it to float32 first")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import time
@@ -18,7 +19,7 @@ from typing import Callable, Optional
 from .checkpoint import atomic_write_bytes, read_train_state, train_state_path
 from .config import TrainConfig
 from .data import FashionData, batch_order
-from .errors import CheckpointError
+from .errors import CheckpointError, NonFiniteLossError
 from .spec import DEFAULT_SPEC, ModelSpec
 from .text import format_epoch_line
 
@@ -72,6 +73,19 @@ def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> Non
     for key in RESUME_KEYS:
         if saved.get(key) != getattr(config, key):
             raise CheckpointError(f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(config, key)!r}; resume with the same value")
+
+
+def check_finite_losses(epoch: int, metrics: dict, out=None) -> None:
+    """Stop with NonFiniteLossError when the epoch's train or test loss is NaN or Inf.
+
+    The test loss is checked too: a step that diverges last in the epoch leaves NaN weights behind
+    a finite mean train loss, and the test loss of those weights is NaN.
+    """
+    for key in ("train_loss", "test_loss"):
+        value = metrics.get(key)
+        if value is not None and not math.isfinite(value):
+            kept = f"; {out} was not overwritten, it keeps the last good epoch" if out is not None else ""
+            raise NonFiniteLossError(f"epoch {epoch}: {key} is {value}, training diverged{kept}; lower --lr or check the data")
 
 
 def train_and_evaluate(
@@ -139,6 +153,7 @@ def train_and_evaluate(
         if progress is not None:
             progress.close()
         test_metrics = ops.evaluate(state, on_device, config)
+        check_finite_losses(epoch, {**train_metrics, **test_metrics}, out)  # before the save: keep the last good checkpoint
         row = {"epoch": epoch, **train_metrics, **test_metrics, "epoch_seconds": seconds}
         history.append(row)
         counters = {"backend": ops.backend, "epoch": epoch, "step": epoch * steps_per_epoch, "config": config.to_dict(), "history": history}

@@ -6,6 +6,7 @@ Mirrors fashion_torch/model.py name for name; a difference between the two is co
 from __future__ import annotations
 
 import functools
+import math
 from typing import Dict, Optional
 
 import jax
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from fashion_common.errors import DeviceError, check_input
+from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input
 from fashion_common.spec import ACTIVATION_DISPLAY, DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -22,40 +23,68 @@ from fashion_common.text import format_summary_rows
 # The tutorial's tour: binary step, sigmoid, tanh, ReLU and softmax, as plain functions.
 
 
+# The shared rules (fashion_common/errors.py), the same in both twins: an integer, bool or complex
+# input raises InputDtypeError (check_activation_input); softmax's dim must be an int in range
+# (check_dim), else DimError. Floating inputs keep their dtype (float64 only with jax x64 on).
+# The checks read static dtypes and shapes, so under jit they cost nothing at run time.
+
+
+def _check(name: str, x) -> None:
+    dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
+    check_activation_input(name, str(np.dtype(dtype)), jnp.issubdtype(dtype, jnp.floating))
+
+
 @jax.custom_jvp
-def binary_step(x):
-    """1 where x >= 0, else 0; NaN stays NaN; the gradient is 0 everywhere (not undefined)."""
+def _binary_step(x):
     return jnp.where(jnp.isnan(x), x, (x >= 0).astype(x.dtype))
 
 
-@binary_step.defjvp
+@_binary_step.defjvp
 def _binary_step_jvp(primals, tangents):
     (x,), _ = primals, tangents
-    return binary_step(x), jnp.zeros_like(x)
+    return _binary_step(x), jnp.zeros_like(x)
+
+
+def binary_step(x):
+    """1 where x >= 0, else 0; NaN stays NaN; the gradient is 0 everywhere (not undefined)."""
+    _check("binary_step", x)
+    return _binary_step(jnp.asarray(x))
 
 
 def sigmoid(x):
+    _check("sigmoid", x)
     return jax.nn.sigmoid(x)  # stable for |x| large: no overflow to NaN at -1e4
 
 
 def tanh(x):
+    _check("tanh", x)
     return jnp.tanh(x)
 
 
 @jax.custom_jvp
-def relu(x):
+def _relu(x):
     return jnp.where(x < 0, jnp.zeros_like(x), x)  # keeps -0.0 and NaN as torch.relu does (jnp.maximum gives +0.0)
 
 
-@relu.defjvp
+@_relu.defjvp
 def _relu_jvp(primals, tangents):
     # torch's rule: the gradient is masked where x <= 0, so ReLU'(0) = 0 and a NaN input passes the
     # gradient on (jax.nn.relu masks where not x > 0, giving 0 at NaN: the twins would differ there)
     (x,), (t,) = primals, tangents
-    return relu(x), jnp.where(x <= 0, jnp.zeros_like(t), t)
+    return _relu(x), jnp.where(x <= 0, jnp.zeros_like(t), t)
+
+
+def relu(x):
+    _check("relu", x)
+    return _relu(jnp.asarray(x))
 
 
 def softmax(x, dim: int = -1):
+    _check("softmax", x)
+    x = jnp.asarray(x)
+    dim = check_dim(dim, x.ndim)
+    if x.ndim == 0:  # torch treats a 0-d input as 1-d: softmax of one value
+        return jax.nn.softmax(x[None], axis=0)[0]
     return jax.nn.softmax(x, axis=dim)  # `dim`, not `axis`, to mirror torch.softmax; subtracts the max first
 
 
@@ -130,17 +159,30 @@ class NeuralNetwork(nn.Module):
         self.linear_relu_stack = nn.Sequential(layers)
 
     def flatten(self, x):
-        return x.reshape((x.shape[0], -1))  # torch's nn.Flatten(): keep dim 0, merge the rest
+        # torch's nn.Flatten(): keep dim 0, merge the rest. The size is spelled out, not -1, so an empty
+        # batch (0, 28, 28) flattens to (0, 784) as in torch (-1 cannot be inferred from zero elements).
+        return x.reshape((x.shape[0], math.prod(x.shape[1:])))
+
+    def _as_input(self, x):
+        """The shared input rule: a JAX array, or anything np.asarray takes (a NumPy batch, a CPU torch tensor), then check_input.
+
+        The dtype is checked before JAX sees the input, since JAX (x64 off) would turn int64 into
+        int32 and float64 into float32, and the message must name the dtype the caller gave, as torch's does.
+        """
+        if not isinstance(x, jax.Array):
+            x = np.asarray(x)
+        check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
+        return x
 
     def __call__(self, x):
-        check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
+        x = self._as_input(x)
         x = self.flatten(x.astype(jnp.float32))  # (N, 784); float64/16 inputs are cast, as in the torch twin; (N, 1, 28, 28) flattens the same way
         logits = self.linear_relu_stack(x)  # (N, 10)
         return logits
 
     def layer_outputs(self, x) -> Dict[str, jax.Array]:
         """Every intermediate, keyed by stack position: {"flatten": (N, 784), "0": (N, 512), ..., "4": (N, 10)}."""
-        check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
+        x = self._as_input(x)
         outputs = {"flatten": self.flatten(x.astype(jnp.float32))}
         h = outputs["flatten"]
         for i, layer in enumerate(self.linear_relu_stack.layers):

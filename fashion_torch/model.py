@@ -7,16 +7,26 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
-from fashion_common.errors import DeviceError, check_input
+from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
 
 # ----------------------------------------------------------------------------- activations
 # The tutorial's tour: binary step, sigmoid, tanh, ReLU and softmax, as plain functions.
+
+
+# The shared rules (fashion_common/errors.py), the same in both twins: an integer, bool or complex
+# input raises InputDtypeError (check_activation_input); softmax's dim must be an int in range
+# (check_dim), else DimError. Floating inputs keep their dtype.
+
+
+def _check(name: str, x: torch.Tensor) -> None:
+    check_activation_input(name, str(x.dtype).replace("torch.", ""), x.is_floating_point())
 
 
 class _BinaryStepFn(torch.autograd.Function):
@@ -32,22 +42,28 @@ class _BinaryStepFn(torch.autograd.Function):
 
 
 def binary_step(x: torch.Tensor) -> torch.Tensor:
+    _check("binary_step", x)
     return _BinaryStepFn.apply(x)
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    _check("sigmoid", x)
     return torch.sigmoid(x)  # stable for |x| large: no overflow to NaN at -1e4
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
+    _check("tanh", x)
     return torch.tanh(x)
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
+    _check("relu", x)
     return torch.relu(x)  # ReLU'(0) = 0
 
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    _check("softmax", x)
+    dim = check_dim(dim, x.dim())
     return torch.softmax(x, dim=dim)  # subtracts the max first, so 1e4 does not overflow
 
 
@@ -120,15 +136,28 @@ class NeuralNetwork(nn.Module):
             layers.append(ACTIVATION_MODULES[spec.output_activation]())
         self.linear_relu_stack = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _as_input(self, x) -> torch.Tensor:
+        """The shared input rule: a tensor, or anything np.asarray takes (converted onto the model's device), then check_input.
+
+        The flax twin takes the same inputs (its own arrays, or anything np.asarray takes), so a NumPy
+        batch works in both and a bad one fails alike, before any conversion can change its dtype.
+        """
+        if not isinstance(x, torch.Tensor):
+            x = np.asarray(x)
+            check_input(x.shape, str(x.dtype), np.issubdtype(x.dtype, np.floating), self.spec.image_size)
+            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(next(self.parameters()).device)
         check_input(x.shape, str(x.dtype).replace("torch.", ""), x.is_floating_point(), self.spec.image_size)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._as_input(x)
         x = self.flatten(x.to(torch.float32))  # (N, 784); float64/16 inputs are cast (a no-op for float32), as in the flax twin
         logits = self.linear_relu_stack(x)  # (N, 10)
         return logits
 
     def layer_outputs(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Every intermediate, keyed by stack position: {"flatten": (N, 784), "0": (N, 512), ..., "4": (N, 10)}."""
-        check_input(x.shape, str(x.dtype).replace("torch.", ""), x.is_floating_point(), self.spec.image_size)
+        x = self._as_input(x)
         outputs = {"flatten": self.flatten(x.to(torch.float32))}
         h = outputs["flatten"]
         for i, layer in enumerate(self.linear_relu_stack):

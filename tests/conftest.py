@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 # `python -m pytest` from the root finds the packages through the cwd, an editable install through
 # site-packages; this line covers plain `pytest` from elsewhere. tests/ itself is on the path for
@@ -16,6 +18,16 @@ for folder in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(folder))
 
 from backends import BACKEND_NAMES, get_backend  # noqa: E402
+
+# Hypothesis profiles for tests/test_properties.py. "fashion-twins" (the default) draws few examples,
+# so the property file stays well under 30 s on a busy 2-core box; "deep" draws many, for a longer
+# hunt: `python3 -m pytest tests/test_properties.py --hypothesis-profile=deep` or
+# FASHION_TWINS_HYPOTHESIS=deep. No deadline: the first example of a test pays JAX's compile time.
+settings.register_profile(
+    "fashion-twins", max_examples=15, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.register_profile("deep", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("FASHION_TWINS_HYPOTHESIS", "fashion-twins"))  # --hypothesis-profile, if given, wins
 
 
 @pytest.fixture(scope="session", autouse=True)

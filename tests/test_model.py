@@ -212,14 +212,27 @@ def test_twins_refuse_bad_input_with_the_same_error_and_message(torch_backend, f
 
 
 def test_twins_cast_float64_and_float16_inputs_to_float32_alike(torch_backend, flax_backend, nets):
+    """Each twin casts float64/float16 to float32 (the same logits as the float32 input), and the twins,
+    holding the same weights, agree with each other on every dtype (test_parity.py's 1e-6)."""
     x32 = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
+    same = {"torch": nets["torch"], "flax": flax_backend.from_state_dict(torch_backend.to_state_dict(nets["torch"]))}
+    outs = {}
     for backend in (torch_backend, flax_backend):
-        run = lambda x: np.asarray(backend.forward(nets[backend.name], x).cpu() if backend.name == "torch" else backend.forward(nets[backend.name], x))
-        want = run(x32)
-        assert want.dtype == np.float32
-        np.testing.assert_array_equal(run(x32.astype(np.float64)), want)  # exact: float32 values survive the round trip
-        half = run(x32.astype(np.float16))
-        assert half.dtype == np.float32 and np.abs(half - want).max() < 1e-2  # only the float16 rounding of the pixels differs
+        run = lambda x: np.asarray(backend.forward(same[backend.name], x).cpu() if backend.name == "torch" else backend.forward(same[backend.name], x))
+        outs[backend.name] = {dtype: run(x32.astype(dtype)) for dtype in (np.float32, np.float64, np.float16)}
+        want = outs[backend.name][np.float32]
+        assert all(out.dtype == np.float32 for out in outs[backend.name].values())
+        np.testing.assert_array_equal(outs[backend.name][np.float64], want)  # exact: float32 values survive the round trip
+        assert np.abs(outs[backend.name][np.float16] - want).max() < 1e-2  # only the float16 rounding of the pixels differs
+    for dtype in (np.float32, np.float64, np.float16):
+        assert np.abs(outs["torch"][dtype] - outs["flax"][dtype]).max() <= 1e-6, dtype
+
+
+def test_twins_give_0_by_10_logits_for_an_empty_batch(torch_backend, flax_backend, nets):
+    empty = np.zeros((0, 28, 28), np.float32)
+    for backend in (torch_backend, flax_backend):
+        out = np.asarray(backend.forward(nets[backend.name], empty).cpu() if backend.name == "torch" else backend.forward(nets[backend.name], empty))
+        assert out.shape == (0, 10) and out.dtype == np.float32, backend.name
 
 
 # ----------------------------------------------------------------------------- import isolation

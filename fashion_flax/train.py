@@ -74,7 +74,7 @@ def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
     return optax.constant_schedule(config.lr)
 
 
-def resolve_engine(config: TrainConfig, device=None, spec: ModelSpec = DEFAULT_SPEC) -> str:
+def resolve_engine(config: TrainConfig, device, spec: ModelSpec = DEFAULT_SPEC) -> str:
     """The flax twin has one engine, jit + lax.scan: only engine "auto" is accepted; torch's engines raise ConfigError."""
     if config.engine != "auto":
         raise ConfigError(f"engine {config.engine} is a torch engine; the flax twin always runs jit + lax.scan (engine auto)")

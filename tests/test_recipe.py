@@ -111,6 +111,27 @@ def test_flax_learning_rate_matches_torch_at_every_step_of_the_default_run(sched
         assert np.all(t == config.lr)
 
 
+def test_each_twins_train_epoch_applies_the_schedule_once_per_update_from_step_0():
+    import optax
+
+    _, torch_train = twin("torch")
+    _, flax_train = twin("flax")
+    data = separable_set(n_per_class=40)
+    config = TrainConfig(epochs=1, batch_size=20, device="cpu")  # the default recipe: AdamW, cosine
+    order = batch_order(config.seed, 1, len(data.train_labels), config.batch_size)
+    total = len(order)  # 20 updates: the cosine moves by up to 8% of lr per step, so an off-by-one shows
+    t_state = torch_train.create_train_state(config, total_steps=total)
+    used = []  # the rate torch.optim holds as each update starts: what the update uses
+    t_state.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"]))
+    t_state, _ = torch_train.train_epoch(t_state, torch_train.put_data(data), order, config)
+    f_state = flax_train.create_train_state(config, total_steps=total)
+    f_state, _ = flax_train.train_epoch(f_state, flax_train.put_data(data), order, config)
+    # optax takes the rate from its own update count: the count must advance once per update, from 0
+    counts = [int(count) for _, count in optax.tree_utils.tree_get_all_with_path(f_state.opt_state, "count")]
+    assert counts and all(c == total for c in counts) and int(f_state.step) == total and t_state.step == total
+    assert max_abs_diff(np.array(used), flax_rates(config, total)) <= 1e-6 * config.lr
+
+
 # ----------------------------------------------------------------------------- the optimizers
 
 # (config overrides, tolerance on the final weights). weight_decay 1e-2, 100x the default, so a

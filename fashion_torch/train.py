@@ -67,8 +67,8 @@ class DeviceData:
 def make_optimizer(model: NeuralNetwork, config: TrainConfig) -> torch.optim.Optimizer:
     """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as optax builds them."""
     params = list(model.parameters())
-    # fused=True: one kernel over all tensors per update (CPU and CUDA) instead of ~10 foreach ops
-    # per tensor; measured ~0.5 ms a step less for AdamW at batch 256 on the 2-core CPU.
+    # fused=True: torch.optim's own single-pass kernels (CPU and CUDA), one read and write of each
+    # tensor per update instead of the ~10 elementwise ops of the for-loop/foreach implementations.
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "adam":

@@ -1,4 +1,4 @@
-"""Training in both twins: config, learning, lockstep, determinism, resume and crash safety."""
+"""Training in both twins: config and engines, learning, determinism, resume, crash safety, and the hand-written torch step."""
 
 from __future__ import annotations
 

@@ -11,6 +11,13 @@ from .errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "gpu")
+# How the torch twin runs a step (the flax twin has one engine, jit + lax.scan, and accepts only "auto"):
+#   eager      autograd + torch.optim, op by op (the tutorial's loop, data on the device)
+#   compile    the same, with model + loss under torch.compile (Inductor fuses the forward and backward)
+#   cuda_graph CUDA only: model + loss under torch.compile(mode="reduce-overhead"), i.e. replayed CUDA graphs
+#   fused      opt-in, hand-written backward (fashion_torch/fused.py), tested against autograd; never a default
+#   auto       per device, the fastest end to end for the default 20-epoch run, compile time included
+ENGINES = ("auto", "eager", "compile", "cuda_graph", "fused")
 
 
 @dataclasses.dataclass
@@ -27,6 +34,7 @@ class TrainConfig:
     label_smoothing: float = 0.1  # part of the accuracy recipe (+0.4 pp at epoch 20 in a flax sweep); 0 is the tutorial's plain cross-entropy
     seed: int = 0  # drives init and the batch order; same seed, same run
     device: str = "auto"  # "auto" (GPU if present), "cpu" or "gpu"
+    engine: str = "auto"  # torch: auto, eager, compile, cuda_graph or fused (see ENGINES); flax: auto only
     eval_batch_size: int = 10_000  # test-set evaluation chunk; no effect on results
     limit_train: Optional[int] = None  # use only the first N training images (tests, dry runs)
     limit_test: Optional[int] = None  # use only the first N test images
@@ -46,6 +54,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+            (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
             (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
             (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
@@ -82,15 +91,6 @@ def _allowed_types(annotation) -> tuple:
 
 def _type_name(annotation) -> str:
     return {"int": "an int", "float": "a number", "str": "a string", "Optional[int]": "an int or None"}.get(str(annotation), str(annotation))
-
-
-def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """Learning rate used for update number `step` (0-based), the same formula in both twins."""
-    if config.schedule == "constant":
-        return config.lr
-    # optax.cosine_decay_schedule(lr, total_steps) with alpha=0
-    progress = min(step, total_steps) / max(total_steps, 1)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def tutorial_config(**overrides) -> TrainConfig:

@@ -1,8 +1,11 @@
-"""Speed, measured side by side in one process: the tutorial's loop, both twins, and the FLOP floor.
+"""Speed, measured side by side in one process: the tutorial's loop, each torch engine, flax, and the FLOP floor.
 
 The workload is one epoch of the 784-512-512-10 MLP at batch 64 with plain SGD over the 60,000
 training images. Every variant is timed as the median of `repeats` epochs after a warm-up epoch
-(which also pays for compilation), on the same device, in the same run.
+(which also pays for compilation), on the same device, in the same run. The torch rows are the
+twin's engines: eager, compile (torch.compile), cuda_graph (CUDA only) through autograd and
+torch.optim, and fused, the opt-in hand-written backward, shown as what a compiler leaves on the
+table. `torch_s` is the engine `engine="auto"` picks on the device.
 """
 
 from __future__ import annotations
@@ -24,14 +27,33 @@ EPOCH_FLOPS = 6 * TUTORIAL_PARAMETER_COUNT * 60_000
 
 def median_time(run_epoch: Callable[[int], None], repeats: int = 3, warmup: int = 1) -> List[float]:
     """Seconds of each timed call of run_epoch(epoch); run_epoch must block until its device is done."""
+    return time_epochs(run_epoch, repeats, warmup)[1]
+
+
+def time_epochs(run_epoch: Callable[[int], None], repeats: int = 3, warmup: int = 1):
+    """(seconds of the warm-up calls, [seconds of each timed call]); the warm-up pays for compilation."""
+    start = time.perf_counter()
     for i in range(warmup):
         run_epoch(-1 - i)
+    warmup_s = time.perf_counter() - start
     times = []
     for i in range(repeats):
         start = time.perf_counter()
         run_epoch(i)
         times.append(time.perf_counter() - start)
-    return times
+    return warmup_s, times
+
+
+def torch_engines(device: str) -> List[str]:
+    """The torch engines that run on the device: eager, compile, cuda_graph (CUDA only) and the hand-written fused."""
+    return ["eager", "compile", "cuda_graph", "fused"] if device == "gpu" else ["eager", "compile", "fused"]
+
+
+def default_torch_engine(device: str) -> str:
+    """What engine="auto" picks on this device."""
+    from fashion_torch.train import AUTO_ENGINE
+
+    return AUTO_ENGINE["cuda" if device == "gpu" else "cpu"]
 
 
 # ----------------------------------------------------------------------------- the matmul ceiling
@@ -126,32 +148,59 @@ def twin_epoch_fn(backend: str, data: FashionData, device: str, config: Optional
 
 
 def benchmark(data: FashionData, device: str = "cpu", precision: str = "fp32", repeats: int = 3, tutorial_repeats: Optional[int] = None, data_dir=None, log=print) -> dict:
-    """Time the four variants for one precision mode; returns the JSON object the issue names."""
+    """Time every variant for one precision mode; returns the JSON object the README's table is built from.
+
+    Keys: <variant>_s (median epoch seconds), <variant>_times, <variant>_step_ms and
+    <variant>_compile_s (what the warm-up epoch cost beyond a timed one: compilation, graph
+    capture, first-touch allocations) for tutorial, flax and torch_<engine>; torch_s is the
+    default engine's; floor_s the FLOP floor; and the ratios.
+    """
     set_precision(precision)
     mode = {"fp32": "highest", "tf32": "tf32"}[precision]
     steps = 60_000 // 64
-    result = {"device": device_label(device), "precision": precision, "steps_per_epoch": steps, "repeats": repeats}
+    engines = torch_engines(device)
+    default = default_torch_engine(device)
+    result = {"device": device_label(device), "precision": precision, "steps_per_epoch": steps, "repeats": repeats, "torch_engines": engines, "torch_default_engine": default}
 
     log(f"[benchmark] {precision}: matmul ceiling")
     rates = matmul_rate(device, mode)
     result["matmul_flops"] = rates
-    for name, fn, n in (
-        ("torch", twin_epoch_fn("torch", data, device), repeats),
-        ("flax", twin_epoch_fn("flax", data, device), repeats),
-        ("tutorial", tutorial_epoch_fn(device, data_dir), tutorial_repeats or repeats),
-    ):
+    variants = [(f"torch_{e}", lambda e=e: twin_epoch_fn("torch", data, device, tutorial_config(epochs=1, device=device, engine=e)), repeats) for e in engines]
+    variants += [("flax", lambda: twin_epoch_fn("flax", data, device), repeats), ("tutorial", lambda: tutorial_epoch_fn(device, data_dir), tutorial_repeats or repeats)]
+    for name, make, n in variants:
         log(f"[benchmark] {precision}: {name} ({n} timed epochs after 1 warm-up)")
-        times = median_time(fn, n)
+        warmup_s, times = time_epochs(make(), n)
         result[f"{name}_s"] = statistics.median(times)
         result[f"{name}_times"] = times
         result[f"{name}_step_ms"] = 1e3 * result[f"{name}_s"] / steps
+        result[f"{name}_compile_s"] = max(0.0, warmup_s - result[f"{name}_s"])
+    for key in ("s", "times", "step_ms"):  # not compile_s: torch_compile_s is the compile engine's epoch
+        result[f"torch_{key}"] = result[f"torch_{default}_{key}"]
     result["floor_s"] = EPOCH_FLOPS / rates["ceiling"]
     result["floor_step_ms"] = 1e3 * result["floor_s"] / steps
     result["tutorial_over_flax"] = result["tutorial_s"] / result["flax_s"]
     result["tutorial_over_torch"] = result["tutorial_s"] / result["torch_s"]
     result["torch_over_flax"] = result["torch_s"] / result["flax_s"]
     result["flax_over_floor"] = result["flax_s"] / result["floor_s"]
+    for e in engines:
+        result[f"torch_{e}_over_flax"] = result[f"torch_{e}_s"] / result["flax_s"]
+    result["default_run"] = default_run_estimate(data, device, [e for e in engines if e != "fused"], log=log)
     return result
+
+
+def default_run_estimate(data: FashionData, device: str, engines: List[str], repeats: int = 1, log=print) -> dict:
+    """What engine="auto" is chosen by: each engine on the default recipe (AdamW, batch 256, cosine),
+    seconds for the whole 20-epoch run = warm-up/compile cost + 20 x the median epoch.
+    """
+    config = TrainConfig(device=device)
+    out = {}
+    for e in engines:
+        log(f"[benchmark] default recipe, torch {e}: {repeats} timed epoch(s) after 1 warm-up")
+        warmup_s, times = time_epochs(twin_epoch_fn("torch", data, device, config.replace(engine=e)), repeats)
+        epoch_s = statistics.median(times)
+        out[e] = {"epoch_s": epoch_s, "compile_s": max(0.0, warmup_s - epoch_s), "run_s": max(0.0, warmup_s - epoch_s) + config.epochs * epoch_s}
+    out["fastest"] = min(engines, key=lambda e: out[e]["run_s"])
+    return out
 
 
 def time_to_accuracy(backend: str, data: FashionData, device: str, target: float = 0.89, config: Optional[TrainConfig] = None, log=print) -> dict:
@@ -211,15 +260,23 @@ def markdown_time_to_accuracy(rows: List[dict]) -> str:
 
 
 def markdown_table(results: List[dict]) -> str:
-    """One row per precision mode: epoch seconds and per-step milliseconds of each variant, and the ratios."""
-    lines = [
-        "| device | precision | tutorial | torch | flax | floor | tutorial/flax | tutorial/torch | torch/flax | flax/floor |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    """One table per precision mode: each variant's epoch seconds, ms per step, warm-up cost, and its ratio to flax and to the floor."""
+    blocks = []
     for r in results:
-        cell = lambda k: f"{r[k + '_s']:.3f} s ({r[k + '_step_ms']:.2f} ms/step)"
-        lines.append(
-            f"| {r['device']} | {r['precision']} | {cell('tutorial')} | {cell('torch')} | {cell('flax')} | {cell('floor')} | "
-            f"{r['tutorial_over_flax']:.1f}x | {r['tutorial_over_torch']:.1f}x | {r['torch_over_flax']:.2f} | {r['flax_over_floor']:.2f} |"
-        )
-    return "\n".join(lines)
+        lines = [
+            f"{r['device']}, {r['precision']} (torch engine auto = {r['torch_default_engine']})",
+            "",
+            "| variant | epoch | per step | warm-up/compile | / flax | / floor |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        names = ["tutorial"] + [f"torch_{e}" for e in r["torch_engines"]] + ["flax", "floor"]
+        for k in names:
+            label = {"tutorial": "tutorial loop (DataLoader, eager)", "flax": "flax (jit + lax.scan)", "floor": "FLOP floor"}.get(k, k.replace("torch_", "torch "))
+            if k == f"torch_{r['torch_default_engine']}":
+                label += " (default)"
+            if k == "torch_fused":
+                label += " (hand-written backward)"
+            compile_s = f"{r[k + '_compile_s']:.2f} s" if k + "_compile_s" in r else "-"
+            lines.append(f"| {label} | {r[k + '_s']:.3f} s | {r[k + '_step_ms']:.2f} ms | {compile_s} | {r[k + '_s'] / r['flax_s']:.2f} | {r[k + '_s'] / r['floor_s']:.2f} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -37,6 +37,8 @@ def lockstep(
     Args:
       data: uint8 Fashion-MNIST arrays (train part used).
       config: default is the tutorial's recipe (plain SGD, lr 1e-3, batch 64) on the CPU.
+        config.engine picks the torch engine (autograd: eager or compile; cuda_graph on CUDA;
+        fused, the hand-written step, only when asked); the flax twin always runs its one engine.
       steps: stop after this many steps (default: one full epoch).
       weight_every: compare every weight each this many steps (and at the last step).
       precision: "highest" (fp32 matmuls, the parity mode) or "tf32".
@@ -60,7 +62,7 @@ def lockstep(
     f_dev = fashion_flax.resolve_device(config.device)
     t_state = torch_train.create_train_state(config, spec, t_dev, total)
     init = fashion_torch.to_state_dict(t_state.model)  # one init for both twins
-    f_state = flax_train.create_train_state(config, spec, f_dev, total, state_dict=init)
+    f_state = flax_train.create_train_state(config.replace(engine="auto"), spec, f_dev, total, state_dict=init)
     t_data = torch_train.put_data(data, t_dev)
     f_data = flax_train.put_data(data, f_dev)
 
@@ -90,6 +92,7 @@ def lockstep(
     loss_diff = np.abs(np.array(loss_torch) - np.array(loss_flax))
     return {
         "config": config.to_dict(),
+        "engine": t_state.engine,
         "precision": precision,
         "steps": total,
         "loss_torch": loss_torch,

@@ -22,7 +22,7 @@ from fashion_common import checkpoint as canonical
 from fashion_common import loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
-from fashion_common.errors import CheckpointError
+from fashion_common.errors import CheckpointError, ConfigError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from .checkpoint import from_state_dict, save_checkpoint
@@ -57,11 +57,7 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
 def _make_optimizer(optimizer, lr, momentum, schedule_name, weight_decay, total_steps):
     """Cached, so an equal config gives the same optax object and the jitted step is not compiled again."""
     config = TrainConfig(optimizer=optimizer, lr=lr, momentum=momentum, schedule=schedule_name, weight_decay=weight_decay)
-    # The schedule is fashion_common.config.learning_rate written in jnp, so both twins use one formula.
-    if config.schedule == "constant":
-        schedule = config.lr
-    else:
-        schedule = lambda count: config.lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(count, total_steps) / max(total_steps, 1)))
+    schedule = make_schedule(config, total_steps)
     if config.optimizer == "sgd":
         sgd = optax.sgd(schedule, momentum=config.momentum or None)
         return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd) if config.weight_decay else sgd
@@ -71,9 +67,24 @@ def _make_optimizer(optimizer, lr, momentum, schedule_name, weight_decay, total_
     return optax.adamw(schedule, weight_decay=config.weight_decay)
 
 
+def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
+    """The lr schedule, indexed by update count: cosine from lr to 0 over total_steps, or constant (torch's lr_scheduler twins)."""
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(init_value=config.lr, decay_steps=total_steps, alpha=0.0)
+    return optax.constant_schedule(config.lr)
+
+
+def resolve_engine(config: TrainConfig, device, spec: ModelSpec = DEFAULT_SPEC) -> str:
+    """The flax twin has one engine, jit + lax.scan: only engine "auto" is accepted; torch's engines raise ConfigError."""
+    if config.engine != "auto":
+        raise ConfigError(f"engine {config.engine} is a torch engine; the flax twin always runs jit + lax.scan (engine auto)")
+    return "jit_scan"
+
+
 def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> TrainState:
     """Fresh params (seeded from config.seed, or the given canonical state_dict) and their optimizer."""
     device = resolve_device(config.device) if device is None else device
+    resolve_engine(config, device, spec)
     model, params = create_model(spec, config.seed, device)
     if state_dict is not None:
         params = from_state_dict(state_dict, spec, device)
@@ -221,7 +232,6 @@ def load_train_state(state: TrainState, path) -> TrainState:
     opt_state = jax.tree_util.tree_unflatten(treedef, restored)
     params = from_state_dict(weights, spec, device)
     return state.replace(params=params, opt_state=opt_state, step=int(counters["optimizer_step"]))
-
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -2,13 +2,16 @@
 
 Mirrors fashion_flax/train.py. The whole set lives as one uint8 tensor on the training device;
 a step gathers its batch by index and scales by 1/255 (what ToTensor does), so there are no
-per-sample PIL transforms and no DataLoader on the hot path.
+per-sample PIL transforms and no DataLoader on the hot path. The step is PyTorch's own:
+`pred = model(X)`, `loss = loss_fn(pred, y)`, `loss.backward()`, `optimizer.step()`,
+`optimizer.zero_grad()`, with torch.optim and torch.optim.lr_scheduler; `config.engine` picks
+eager, torch.compile or CUDA graphs, or the opt-in hand-written step in fused.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict
+from typing import Callable, Dict
 
 import numpy as np
 import torch
@@ -16,25 +19,35 @@ import torch.nn.functional as F
 
 from fashion_common import checkpoint as canonical
 from fashion_common import loop
-from fashion_common.config import TrainConfig, learning_rate
+from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
-from fashion_common.errors import CheckpointError
+from fashion_common.errors import CheckpointError, ConfigError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 
+from . import fused
 from .checkpoint import from_state_dict, save_checkpoint
-from .model import ACTIVATION_FUNCTIONS, NeuralNetwork, create_model, resolve_device
+from .model import NeuralNetwork, create_model, resolve_device
 
 BACKEND = "torch"
+
+# engine="auto" per device type. CPU: eager, measured fastest end to end for the default 20-epoch
+# run on the 2-core CPU, compile time included (fashion_compare.benchmark rows torch_<engine>_s
+# and torch_<engine>_compile_s; see README, Benchmarks). CUDA: compile, NOT measured yet (no GPU
+# was lent); the launch-bound small MLP is what Inductor's fused kernels (and cuda_graph) are for.
+AUTO_ENGINE = {"cpu": "eager", "cuda": "compile"}
 
 
 @dataclasses.dataclass
 class TrainState:
-    """Model, optimizer and update count: what flax keeps in its TrainState."""
+    """Model, optimizer, lr scheduler and update count: what flax keeps in its TrainState."""
 
     model: NeuralNetwork
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     config: TrainConfig
     total_steps: int
+    engine: str  # the resolved engine: eager, compile, cuda_graph or fused (never "auto")
+    model_loss: Callable  # (images, labels) -> (loss, correct): model_loss below, compiled per engine
     step: int = 0
 
 
@@ -54,22 +67,45 @@ class DeviceData:
 def make_optimizer(model: NeuralNetwork, config: TrainConfig) -> torch.optim.Optimizer:
     """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as optax builds them."""
     params = list(model.parameters())
-    # fused: one pass over each tensor per update (CPU and CUDA kernels) instead of ~10 foreach ops;
-    # on this 2-core CPU it makes the AdamW update ~1.4 ms -> see README, Results
-    fused = {"fused": True}
+    # fused=True: torch.optim's own single-pass kernels (CPU and CUDA), one read and write of each
+    # tensor per update instead of the ~10 elementwise ops of the for-loop/foreach implementations.
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, **fused)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The lr schedule, stepped once per update: cosine from lr to 0 over total_steps, or constant (optax's twins)."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def resolve_engine(config: TrainConfig, device: torch.device, spec: ModelSpec = DEFAULT_SPEC) -> str:
+    """config.engine, with "auto" replaced by AUTO_ENGINE for the device; impossible choices raise ConfigError."""
+    engine = AUTO_ENGINE.get(device.type, "eager") if config.engine == "auto" else config.engine
+    if engine == "cuda_graph" and device.type != "cuda":
+        raise ConfigError(f"engine cuda_graph needs a CUDA device, not {device.type}; use eager or compile")
+    if engine == "fused" and not fused.supported(spec):
+        raise ConfigError("engine fused (the hand-written backward) has no output activation; use eager or compile")
+    return engine
 
 
 def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> TrainState:
-    """A fresh model (seeded from config.seed, or the given canonical state_dict) and its optimizer."""
+    """A fresh model (seeded from config.seed, or the given canonical state_dict), its optimizer and lr scheduler."""
     device = resolve_device(config.device) if device is None else torch.device(device)
+    engine = resolve_engine(config, device, spec)
     torch.manual_seed(config.seed)
     model = create_model(spec, config.seed, device) if state_dict is None else from_state_dict(state_dict, spec, device)
-    return TrainState(model, make_optimizer(model, config), config, total_steps)
+    optimizer = make_optimizer(model, config)
+    step_fn = lambda images, labels: model_loss(model, images, labels, config.label_smoothing)
+    if engine == "compile":
+        step_fn = torch.compile(step_fn)
+    elif engine == "cuda_graph":
+        step_fn = torch.compile(step_fn, mode="reduce-overhead")  # forward and backward replayed as CUDA graphs
+    return TrainState(model, optimizer, make_schedule(optimizer, config, total_steps), config, total_steps, engine, step_fn)
 
 
 def put_data(data: FashionData, device=None) -> DeviceData:
@@ -92,144 +128,29 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float =
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
-def autograd_train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
-    """One update through autograd and torch.optim, the tutorial's way -> (loss, number correct), 0-d tensors.
-
-    The reference that fused_train_step is tested against, and the path for specs it does not cover.
-    """
-    _set_lr(state)
-    x = images.to(torch.float32).div_(255.0)  # (B, 28, 28) in [0, 1], as ToTensor
-    logits = state.model(x)  # (B, 10)
-    loss = loss_fn(logits, labels, state.config.label_smoothing)
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    state.optimizer.step()
-    state.step += 1
-    correct = (logits.detach().argmax(1) == labels).sum()
-    return loss.detach(), correct
-
-
-def _set_lr(state: TrainState) -> float:
-    lr = learning_rate(state.config, state.step, state.total_steps)
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr
-    return lr
-
-
-def _activation_backward_(name: str, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """grad * act'(pre), in place, from the activation's output `out` (what the fused step keeps)."""
-    if name == "relu":
-        # what autograd runs for nn.ReLU (masks where out <= 0), written in place into grad
-        return torch.ops.aten.threshold_backward.grad_input(grad, out, 0.0, grad_input=grad)
-    if name == "sigmoid":
-        return grad.mul_(out * (1.0 - out))
-    if name == "tanh":
-        return grad.mul_(1.0 - out * out)
-    return grad.zero_()  # binary_step: the gradient is 0 everywhere
-
-
-def _activation_(name: str, h: torch.Tensor) -> torch.Tensor:
-    """The hidden activation, in place on its (B, fan_out) buffer."""
-    if name == "relu":
-        return h.relu_()
-    if name == "sigmoid":
-        return h.sigmoid_()
-    if name == "tanh":
-        return h.tanh_()
-    return h.copy_(ACTIVATION_FUNCTIONS[name](h))
-
-
-def _workspace(state: TrainState, batch: int, device) -> Dict[str, torch.Tensor]:
-    """Persistent activation buffers for one batch size, so the step allocates nothing large.
-
-    Freeing and re-allocating these (>= 128 KiB each) every step sends glibc's malloc to mmap and
-    munmap, and the page faults cost up to half a step on this CPU once another library (JAX)
-    has changed the heap's layout. Static buffers are also what a CUDA graph needs.
-    """
-    key = (batch, str(device))
-    cache = state.__dict__.setdefault("_workspaces", {})
-    if key not in cache:
-        sizes = state.model.spec.layer_sizes
-        empty = lambda *shape: torch.empty(shape, dtype=torch.float32, device=device)
-        ws = {"x": empty(batch, sizes[0][0]), "logits": empty(batch, sizes[-1][1])}
-        for j, (_, fan_out) in enumerate(sizes[:-1]):
-            ws[f"h{j}"] = empty(batch, fan_out)  # output of hidden layer j
-            ws[f"d{j}"] = empty(batch, fan_out)  # loss gradient at that output
-        cache[key] = ws
-    return cache[key]
-
-
-def fused_supported(spec: ModelSpec) -> bool:
-    return spec.output_activation is None
-
-
-@torch.no_grad()
-def fused_train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
-    """The same update as autograd_train_step, with the backward pass written out: fewer, larger ops.
-
-    Autograd's engine, its per-step gradient allocations and the input gradient cost about as much
-    as the matmuls on a 2-core CPU at batch 64. Here the gradients go straight into persistent
-    .grad buffers (or, for plain SGD, straight into the weights: W += -lr * delta^T h is one GEMM
-    with beta=1). tests/test_train.py checks this step against autograd_train_step.
-    """
-    model, config = state.model, state.config
-    lr = _set_lr(state)
-    linears = [model.linear_relu_stack[i] for i in model.spec.linear_indices]
-    batch = labels.shape[0]
-    ws = _workspace(state, batch, labels.device)
-    # ---- forward: inputs[j] is what linear j reads, (B, 784) then (B, 512), (B, 512)
-    inputs = [torch.div(images.reshape(batch, -1), 255.0, out=ws["x"])]  # uint8 -> float32 in [0, 1], as ToTensor
-    for j, lin in enumerate(linears[:-1]):
-        h = torch.addmm(lin.bias, inputs[-1], lin.weight.t(), out=ws[f"h{j}"])
-        inputs.append(_activation_(model.spec.activation, h))
-    logits = torch.addmm(linears[-1].bias, inputs[-1], linears[-1].weight.t(), out=ws["logits"])  # (B, 10)
-    # ---- loss and its gradient with respect to the logits: (softmax - target) / B
-    log_probs = torch.log_softmax(logits, dim=1)
-    if config.label_smoothing:
-        k = logits.shape[1]
-        target = torch.full_like(logits, config.label_smoothing / k)
-        target.scatter_(1, labels[:, None], 1.0 - config.label_smoothing + config.label_smoothing / k)
-        loss = -(target * log_probs).sum(1).mean()
-    else:
-        target = None
-        loss = F.nll_loss(log_probs, labels)
-    correct = (logits.argmax(1) == labels).sum()
-    delta = log_probs.exp_()  # softmax, reusing the buffer
-    if target is None:
-        delta[torch.arange(batch, device=delta.device), labels] -= 1.0
-    else:
-        delta.sub_(target)
-    delta.div_(batch)
-    # ---- backward: deltas[j] is dLoss/d(output of linear j), computed before any weight moves
-    deltas = [delta]
-    for j in range(len(linears) - 1, 0, -1):
-        grad = torch.mm(deltas[0], linears[j].weight, out=ws[f"d{j - 1}"])  # (B, fan_in of linear j)
-        deltas.insert(0, _activation_backward_(model.spec.activation, grad, inputs[j]))
-    # ---- update
-    plain_sgd = config.optimizer == "sgd" and config.momentum == 0.0 and config.weight_decay == 0.0
-    for lin, d, h in zip(linears, deltas, inputs):
-        if plain_sgd:
-            lin.weight.addmm_(d.t(), h, alpha=-lr)  # W <- W - lr * d^T h, one GEMM
-            lin.bias.add_(d.sum(0), alpha=-lr)
-        else:
-            if lin.weight.grad is None:
-                lin.weight.grad, lin.bias.grad = torch.empty_like(lin.weight), torch.empty_like(lin.bias)
-            torch.mm(d.t(), h, out=lin.weight.grad)  # (out, in), the torch layout
-            torch.sum(d, 0, out=lin.bias.grad)
-    if not plain_sgd:
-        state.optimizer.step()
-    state.step += 1
+def model_loss(model: NeuralNetwork, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
+    """Forward and loss on uint8 images (B, 28, 28) -> (loss, number correct): the part torch.compile fuses."""
+    X = images.to(torch.float32) / 255.0  # (B, 28, 28) in [0, 1], as ToTensor
+    pred = model(X)  # (B, 10) logits
+    loss = loss_fn(pred, labels, label_smoothing)
+    correct = (pred.detach().argmax(1) == labels).sum()
     return loss, correct
 
 
 def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
     """One update on a batch of uint8 images (B, 28, 28) -> (loss, number correct), both 0-d tensors on the device.
 
-    Runs fused_train_step where the spec allows it (the tutorial's network does), else autograd_train_step.
+    The tutorial's train_loop body; nothing here waits for the device (no .item()).
     """
-    if fused_supported(state.model.spec):
-        return fused_train_step(state, images, labels)
-    return autograd_train_step(state, images, labels)
+    if state.engine == "fused":
+        return fused.train_step(state, images, labels)  # opt-in, hand-written backward
+    loss, correct = state.model_loss(images, labels)  # pred = model(X); loss = loss_fn(pred, y)
+    loss.backward()
+    state.optimizer.step()
+    state.optimizer.zero_grad()
+    state.scheduler.step()  # once per update, as optax counts
+    state.step += 1
+    return loss.detach(), correct
 
 
 def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
@@ -307,7 +228,8 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
         for name, value in per_param.items():
             if torch.is_tensor(value):
                 slots[f"{_SLOTS[name]}/{key}"] = value.detach().cpu().reshape(value.shape or (1,)).numpy().copy()
-    canonical.write_train_state(path, slots, {**counters, "optimizer_step": state.step})
+    # The scheduler's position and its last rates ride in the JSON counters (floats round-trip exactly).
+    canonical.write_train_state(path, slots, {**counters, "optimizer_step": state.step, "scheduler": state.scheduler.state_dict()})
     save_checkpoint(state.model, path, {"step": str(state.step)})
 
 
@@ -333,8 +255,15 @@ def load_train_state(state: TrainState, path) -> TrainState:
         if restored:
             state.optimizer.state[param] = restored
     state.step = int(counters["optimizer_step"])
+    if "scheduler" in counters:
+        state.scheduler.load_state_dict(counters["scheduler"])
+    else:  # a sidecar from before the scheduler was saved: replay it to the same position
+        for _ in range(state.step - state.scheduler.last_epoch):
+            state.scheduler.step()
+    # CosineAnnealingLR computes each rate from the previous one, so the optimizer's current rate is state too
+    for group, lr in zip(state.optimizer.param_groups, state.scheduler.get_last_lr()):
+        group["lr"] = lr
     return state
-
 
 
 # ----------------------------------------------------------------------------- the loop

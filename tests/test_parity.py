@@ -46,7 +46,15 @@ CASES = [
 ]
 CASE_IDS = ["torch-init", "flax-init", "output-relu", "tanh", "sigmoid"]
 
-assert jax.config.jax_default_matmul_precision in (None, "highest")  # pinned by conftest's fixture
+
+
+def test_matmul_precision_is_pinned_to_full_float32_in_both_twins_while_they_are_compared(highest_matmul_precision):
+    """Runs after conftest's session fixture has pinned the precision (a module-level assert would run before it)."""
+    import torch
+
+    assert highest_matmul_precision == "highest"
+    assert jax.config.jax_default_matmul_precision == "highest"
+    assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
 
 
 @pytest.fixture(scope="module", params=CASES, ids=CASE_IDS)

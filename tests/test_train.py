@@ -1,16 +1,17 @@
-"""Training in both twins: config, learning, lockstep, determinism, resume and crash safety."""
+"""Training in both twins: config and engines, learning, determinism, resume, crash safety, and the hand-written torch step."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 
 from fashion_common import checkpoint as canonical
-from fashion_common.config import TrainConfig, learning_rate, tutorial_config
+from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.errors import CheckpointError, ConfigError
 
 from twin_data import real_data, separable_set
@@ -51,12 +52,58 @@ def test_default_config_is_the_documented_accuracy_recipe():
     assert (t.optimizer, t.lr, t.batch_size, t.momentum, t.schedule, t.label_smoothing) == ("sgd", 1e-3, 64, 0.0, "constant", 0.0)
 
 
-def test_cosine_schedule_starts_at_lr_passes_half_at_midpoint_and_ends_at_zero():
-    c = TrainConfig(lr=0.1)
-    assert learning_rate(c, 0, 100) == pytest.approx(0.1)
-    assert learning_rate(c, 50, 100) == pytest.approx(0.05)
-    assert learning_rate(c, 100, 100) == pytest.approx(0.0, abs=1e-12)
-    assert learning_rate(c.replace(schedule="constant"), 77, 100) == 0.1
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cosine_schedule_starts_at_lr_passes_half_at_midpoint_and_ends_at_zero(backend):
+    # flax's schedule is float32: 1e-7 relative is about one ulp
+    rates = schedule_rates(backend, TrainConfig(lr=0.1, device="cpu"), 100)
+    assert rates[0] == pytest.approx(0.1, rel=1e-7)
+    assert rates[50] == pytest.approx(0.05, rel=1e-7)
+    assert rates[100] == pytest.approx(0.0, abs=1e-9)
+    assert schedule_rates(backend, TrainConfig(lr=0.1, schedule="constant", device="cpu"), 100) == [pytest.approx(0.1, rel=1e-7)] * 101
+
+
+def schedule_rates(backend, config, total_steps):
+    """The rate each twin's own schedule object gives at steps 0..total_steps (torch: after i scheduler.step() calls)."""
+    _, train = twin(backend)
+    if backend == "flax":
+        schedule = train.make_schedule(config, total_steps)
+        return [float(schedule(i)) for i in range(total_steps + 1)]
+    state = train.create_train_state(config, total_steps=total_steps)
+    rates = []
+    with warnings.catch_warnings():  # no optimizer.step() here, which torch warns about
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(total_steps + 1):
+            rates.append(state.scheduler.get_last_lr()[0])
+            state.scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("engine", ["compile", "cuda_graph", "fused", "bogus"])
+def test_flax_accepts_only_engine_auto_and_says_why(engine):
+    _, train = twin("flax")
+    if engine == "bogus":
+        with pytest.raises(ConfigError, match="engine must be one of auto, eager, compile, cuda_graph, fused"):
+            TrainConfig(engine=engine)
+        return
+    with pytest.raises(ConfigError, match=f"engine {engine} is a torch engine; the flax twin always runs jit"):
+        train.create_train_state(TrainConfig(engine=engine, device="cpu"))
+
+
+def test_torch_refuses_cuda_graph_on_the_cpu_and_fused_with_an_output_activation():
+    from fashion_common.spec import ModelSpec
+
+    _, train = twin("torch")
+    with pytest.raises(ConfigError, match="engine cuda_graph needs a CUDA device, not cpu"):
+        train.create_train_state(TrainConfig(engine="cuda_graph", device="cpu"))
+    with pytest.raises(ConfigError, match="engine fused .* has no output activation"):
+        train.create_train_state(TrainConfig(engine="fused", device="cpu"), ModelSpec(output_activation="relu"))
+
+
+def test_torch_engine_auto_is_eager_on_the_cpu_and_never_the_hand_written_step():
+    _, train = twin("torch")
+    assert TrainConfig().engine == "auto"
+    assert train.create_train_state(TrainConfig(device="cpu")).engine == "eager"
+    assert "fused" not in train.AUTO_ENGINE.values()
 
 
 # ----------------------------------------------------------------------------- learning
@@ -84,24 +131,6 @@ def test_one_epoch_on_a_slice_of_the_real_data_learns_and_logs_one_line(backend)
     assert row["test_accuracy"] > 0.65
     assert 0 < row["test_loss"] < math.log(10)
     assert len(lines) == 1 and lines[0].startswith(f"[{backend}] epoch   1/1  train_loss ")
-
-
-# ----------------------------------------------------------------------------- lockstep
-
-
-@pytest.mark.data
-def test_twins_trained_in_lockstep_with_sgd_stay_within_1e_5():
-    from fashion_compare.lockstep import lockstep
-
-    # 300 tutorial-recipe steps (plain SGD, lr 1e-3, batch 64) from one init, one batch order, fp32 matmuls.
-    # Per-step loss and every weight must stay within 1e-5: fp32 rounding of differently ordered sums,
-    # about 1e-7 relative per op, is all that may separate the twins (a full epoch measured ~4e-6 / ~2e-6).
-    result = lockstep(real_data(), steps=300, weight_every=100)
-    assert result["steps"] == 300 and len(result["loss_diff"]) == 300
-    assert result["max_loss_diff"] <= 1e-5
-    assert result["final_weight_diff"] <= 1e-5
-    assert result["loss_torch"][-1] < result["loss_torch"][0]  # the twins moved, and together
-    assert max(result["weight_diff"]) > 0.0  # float32 arithmetic differs a little: the check is not vacuous
 
 
 # ----------------------------------------------------------------------------- determinism and resume
@@ -229,7 +258,18 @@ def test_resume_with_a_changed_recipe_names_the_key_that_differs(backend, tmp_pa
         train.train_and_evaluate(_small_config(epochs=5), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
 
 
-# ----------------------------------------------------------------------------- the fused torch step
+# ----------------------------------------------------------------------------- the hand-written (fused) torch step
+
+
+def autograd_step_keeping_grads(state, images, labels):
+    """The eager engine's train_step, but the gradients are copied out before zero_grad drops them."""
+    loss, correct = state.model_loss(images, labels)
+    loss.backward()
+    grads = [p.grad.clone() for p in state.model.parameters()]
+    state.optimizer.step()
+    state.optimizer.zero_grad()
+    state.scheduler.step()
+    return loss.detach(), correct, grads
 
 
 @pytest.mark.parametrize(
@@ -242,25 +282,28 @@ def test_resume_with_a_changed_recipe_names_the_key_that_differs(backend, tmp_pa
     ],
     ids=["plain-sgd", "momentum-sgd", "adamw-smoothing", "adam"],
 )
-def test_fused_torch_step_matches_autograd_and_torch_optim(overrides):
+def test_hand_written_torch_step_matches_autograd_and_torch_optim(overrides):
     import torch
 
-    from fashion_torch.train import autograd_train_step, create_train_state, fused_train_step
+    from fashion_torch import fused as hand_written
+    from fashion_torch.train import create_train_state
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (64,), generator=generator)
     config = TrainConfig(device="cpu", lr=0.05 if overrides["optimizer"] == "sgd" else 1e-3).replace(**overrides)
-    ref, fused = create_train_state(config, total_steps=10), create_train_state(config, total_steps=10)
+    ref, fused = create_train_state(config.replace(engine="eager"), total_steps=10), create_train_state(config.replace(engine="fused"), total_steps=10)
+    assert fused.engine == "fused"
     for step in range(3):
-        ref_loss, ref_correct = autograd_train_step(ref, images, labels)
-        fused_loss, fused_correct = fused_train_step(fused, images, labels)
+        ref_loss, ref_correct, ref_grads = autograd_step_keeping_grads(ref, images, labels)
+        fused_loss, fused_correct = hand_written.train_step(fused, images, labels)
         # same float32 loss up to reassociation: 1e-6 on a loss of about 2.3
         assert abs(float(ref_loss) - float(fused_loss)) <= 1e-6 and int(ref_correct) == int(fused_correct)
         if step == 0 and (overrides["optimizer"] != "sgd" or overrides.get("momentum")):
-            for (name, p_ref), p_fused in zip(ref.model.named_parameters(), fused.model.parameters()):
+            for (name, p_fused), g_ref in zip(fused.model.named_parameters(), ref_grads):
                 # gradients from identical weights: 1e-7 is ~100 ulps of the largest entries (~1e-3)
-                assert torch.max(torch.abs(p_ref.grad - p_fused.grad)).item() <= 1e-7, name
+                assert torch.max(torch.abs(g_ref - p_fused.grad)).item() <= 1e-7, name
+    assert ref.step == 0 and fused.step == 3 and fused.scheduler.last_epoch == ref.scheduler.last_epoch == 3
     ref_w, fused_w = to_numpy_weights(ref), to_numpy_weights(fused)
     # SGD moves weights by lr * grad: float32 rounding leaves them within 1e-6. Adam divides by
     # sqrt(v), so where a gradient is ~0 a 1e-9 difference becomes a visible step: 3 steps of lr 1e-3
@@ -276,34 +319,39 @@ def to_numpy_weights(state):
     return to_state_dict(state.model)
 
 
-def test_torch_train_step_falls_back_to_autograd_for_an_output_activation():
+def test_torch_train_step_is_autograd_and_torch_optim_for_an_output_activation():
     import torch
 
     from fashion_common.spec import ModelSpec
-    from fashion_torch.train import create_train_state, fused_supported, train_step
+    from fashion_torch import fused as hand_written
+    from fashion_torch.train import create_train_state, train_step
 
     spec = ModelSpec(output_activation="relu")
-    assert not fused_supported(spec) and fused_supported(ModelSpec(activation="tanh"))
+    assert not hand_written.supported(spec) and hand_written.supported(ModelSpec(activation="tanh"))
     state = create_train_state(TrainConfig(device="cpu"), spec, total_steps=2)
-    loss, _ = train_step(state, torch.zeros(8, 28, 28, dtype=torch.uint8), torch.zeros(8, dtype=torch.int64))
-    assert state.step == 1 and loss.requires_grad is False and state.model.linear_relu_stack[0].weight.grad is not None
+    before = state.model.linear_relu_stack[0].weight.detach().clone()
+    loss, _ = train_step(state, torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8), torch.zeros(8, dtype=torch.int64))
+    assert state.step == 1 and loss.requires_grad is False
+    assert state.model.linear_relu_stack[0].weight.grad is None  # optimizer.zero_grad() after optimizer.step(), as the tutorial
+    assert not torch.equal(before, state.model.linear_relu_stack[0].weight)  # and the step moved the weights
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "binary_step"])
-def test_fused_torch_step_matches_autograd_for_other_hidden_activations(activation):
+def test_hand_written_torch_step_matches_autograd_for_other_hidden_activations(activation):
     import torch
 
     from fashion_common.spec import ModelSpec
-    from fashion_torch.train import autograd_train_step, create_train_state, fused_train_step
+    from fashion_torch import fused as hand_written
+    from fashion_torch.train import create_train_state
 
     spec = ModelSpec(activation=activation)
     config = TrainConfig(device="cpu", optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
     images = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(32) % 10
-    ref, fused = create_train_state(config, spec, total_steps=4), create_train_state(config, spec, total_steps=4)
+    ref, fused = create_train_state(config, spec, total_steps=4), create_train_state(config.replace(engine="fused"), spec, total_steps=4)
     for _ in range(2):
-        autograd_train_step(ref, images, labels)
-        fused_train_step(fused, images, labels)
-    for p_ref, p_fused in zip(ref.model.parameters(), fused.model.parameters()):
-        assert torch.max(torch.abs(p_ref.grad - p_fused.grad)).item() <= 1e-7
+        _, _, ref_grads = autograd_step_keeping_grads(ref, images, labels)
+        hand_written.train_step(fused, images, labels)
+    for g_ref, p_ref, p_fused in zip(ref_grads, ref.model.parameters(), fused.model.parameters()):
+        assert torch.max(torch.abs(g_ref - p_fused.grad)).item() <= 1e-7
         assert torch.max(torch.abs(p_ref - p_fused)).item() <= 1e-6

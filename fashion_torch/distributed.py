@@ -27,10 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fashion_common import distributed as common
 from fashion_common import loop
-from fashion_common.config import TrainConfig, learning_rate
+from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.distributed import DEFAULT_TIMEOUT_S, DistributedError, World
-from fashion_common.errors import FashionTwinsError
+from fashion_common.errors import ConfigError, FashionTwinsError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import train
@@ -87,11 +87,16 @@ def _world() -> World:
 def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> DDPTrainState:
     """The twin's fresh state (same seed on every rank, so the same init), with the model wrapped in DDP."""
     base = train.create_train_state(config, spec, device, total_steps, state_dict)
+    if base.engine == "fused":
+        raise ConfigError("engine fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile")
     # device_ids: the one GPU of this rank; None on CPU. DDP also broadcasts rank 0's weights here.
     param_device = next(base.model.parameters()).device
     device_ids = [param_device.index] if param_device.type == "cuda" else None
     ddp = DistributedDataParallel(base.model, device_ids=device_ids)
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(train.TrainState)}
+    # The forward goes through DDP, so loss.backward() all-reduces each gradient bucket to the mean
+    # over ranks before optimizer.step(): the twin's own train_step then is the data-parallel step.
+    fields["model_loss"] = train.make_model_loss(ddp, config, base.engine)
     return DDPTrainState(**fields, ddp=ddp, world=_world())
 
 
@@ -101,21 +106,10 @@ def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, devi
 def train_step(state: DDPTrainState, images: torch.Tensor, labels: torch.Tensor):
     """One update on this rank's slice (b = B / world, 28, 28) -> (slice loss, slice number correct), 0-d tensors.
 
-    The twin's autograd step (train.autograd_train_step), with the forward through DDP so that
-    backward() all-reduces each gradient bucket to the mean over ranks before optimizer.step().
+    The twin's own train_step; the state's model_loss runs the forward through DDP, so the
+    gradients are the global-batch mean (mean over ranks of the slice means) at optimizer.step().
     """
-    lr = learning_rate(state.config, state.step, state.total_steps)
-    for group in state.optimizer.param_groups:
-        group["lr"] = lr
-    x = images.to(torch.float32).div_(255.0)  # (b, 28, 28) in [0, 1], as ToTensor
-    logits = state.ddp(x)  # (b, 10)
-    loss = train.loss_fn(logits, labels, state.config.label_smoothing)  # mean over the slice
-    state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()  # grads = mean over ranks of slice-mean grads = the global-batch mean grad
-    state.optimizer.step()
-    state.step += 1
-    correct = (logits.detach().argmax(1) == labels).sum()
-    return loss.detach(), correct
+    return train.train_step(state, images, labels)
 
 
 def _all_reduce_sum(values, device) -> list:

@@ -16,6 +16,7 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fashion_common import checkpoint as canonical
 from fashion_common import loop
@@ -100,12 +101,18 @@ def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, devi
     torch.manual_seed(config.seed)
     model = create_model(spec, config.seed, device) if state_dict is None else from_state_dict(state_dict, spec, device)
     optimizer = make_optimizer(model, config)
+    step_fn = make_model_loss(model, config, engine)
+    return TrainState(model, optimizer, make_schedule(optimizer, config, total_steps), config, total_steps, engine, step_fn)
+
+
+def make_model_loss(model: nn.Module, config: TrainConfig, engine: str) -> Callable:
+    """(images, labels) -> (loss, correct) through `model` (the twin, or its DDP wrapper), compiled as the engine says."""
     step_fn = lambda images, labels: model_loss(model, images, labels, config.label_smoothing)
     if engine == "compile":
         step_fn = torch.compile(step_fn)
     elif engine == "cuda_graph":
         step_fn = torch.compile(step_fn, mode="reduce-overhead")  # forward and backward replayed as CUDA graphs
-    return TrainState(model, optimizer, make_schedule(optimizer, config, total_steps), config, total_steps, engine, step_fn)
+    return step_fn
 
 
 def put_data(data: FashionData, device=None) -> DeviceData:
@@ -128,7 +135,7 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float =
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
-def model_loss(model: NeuralNetwork, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
+def model_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0):
     """Forward and loss on uint8 images (B, 28, 28) -> (loss, number correct): the part torch.compile fuses."""
     X = images.to(torch.float32) / 255.0  # (B, 28, 28) in [0, 1], as ToTensor
     pred = model(X)  # (B, 10) logits

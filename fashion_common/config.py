@@ -28,6 +28,8 @@ class TrainConfig:
     seed: int = 0  # drives init and the batch order; same seed, same run
     device: str = "auto"  # "auto" (GPU if present), "cpu" or "gpu"
     eval_batch_size: int = 10_000  # test-set evaluation chunk; no effect on results
+    augment_shift: int = 1  # random translations of up to this many pixels, offsets shared by both twins (0 = off)
+    val_size: int = 0  # hold out this many training images (fashion_common.split) and report accuracy on them each epoch; 0 = no split
     limit_train: Optional[int] = None  # use only the first N training images (tests, dry runs)
     limit_test: Optional[int] = None  # use only the first N test images
 
@@ -51,6 +53,8 @@ class TrainConfig:
             (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (0 <= self.augment_shift <= 27, "augment_shift must be in [0, 27]"),
+            (self.val_size >= 0, "val_size must be >= 0"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train must be >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "limit_test must be >= 1"),
         ]
@@ -94,5 +98,5 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
 
 def tutorial_config(**overrides) -> TrainConfig:
     """The tutorial's own recipe: plain SGD, lr 1e-3, batch 64, constant rate, no weight decay."""
-    base = TrainConfig(epochs=10, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.0, schedule="constant", weight_decay=0.0, label_smoothing=0.0)
+    base = TrainConfig(epochs=10, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.0, schedule="constant", weight_decay=0.0, label_smoothing=0.0, augment_shift=0)
     return base.replace(**overrides)

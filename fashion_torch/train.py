@@ -21,6 +21,7 @@ from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 
+from . import augment
 from .checkpoint import from_state_dict, save_checkpoint
 from .model import ACTIVATION_FUNCTIONS, NeuralNetwork, create_model, resolve_device
 
@@ -222,26 +223,39 @@ def fused_train_step(state: TrainState, images: torch.Tensor, labels: torch.Tens
     return loss, correct
 
 
-def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
+# False: every step goes through autograd_train_step (the recipe runs use this path).
+FUSED = True
+
+
+def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor, shifts=None):
     """One update on a batch of uint8 images (B, 28, 28) -> (loss, number correct), both 0-d tensors on the device.
 
-    Runs fused_train_step where the spec allows it (the tutorial's network does), else autograd_train_step.
+    Runs fused_train_step where the spec allows it (the tutorial's network does) and FUSED is on, else
+    autograd_train_step. shifts: optional (B, 2) int offsets from fashion_common.augment, applied on the device.
     """
-    if fused_supported(state.model.spec):
+    if shifts is not None:
+        images = augment.shift_images(images, shifts)  # (B, 28, 28) uint8, zero fill
+    if FUSED and fused_supported(state.model.spec):
         return fused_train_step(state, images, labels)
     return autograd_train_step(state, images, labels)
 
 
-def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
-    """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"})."""
+def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
+    """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"}).
+
+    shifts: optional (steps, B, 2) int8 offsets (fashion_common.augment.shift_offsets).
+    """
     state.model.train()
     order_t = torch.as_tensor(order, device=data.train_images.device, dtype=torch.int64)
+    shifts_t = None if shifts is None else torch.as_tensor(shifts, device=order_t.device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=order_t.device)
     correct_sum = torch.zeros((), device=order_t.device, dtype=torch.int64)
     seen = 0
     for chunk in loop.progress_chunks(len(order), progress):
-        for idx in order_t[chunk]:
-            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx])
+        for i in range(chunk.start, chunk.stop):
+            idx = order_t[i]
+            shift = None if shifts_t is None else shifts_t[i]
+            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx], shift)
             loss_sum += loss
             correct_sum += correct
         seen += chunk.stop - chunk.start

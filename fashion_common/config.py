@@ -15,15 +15,15 @@ DEVICES = ("auto", "cpu", "gpu")
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Defaults are the accuracy recipe: >= 90 % test accuracy in both twins within 20 epochs."""
+    """Defaults are the accuracy recipe (issue 10): >= 91 % test accuracy in both twins in 50 epochs; RECIPE_RESULTS.md has the sweep."""
 
-    epochs: int = 20  # full passes over the 60,000 training images
-    batch_size: int = 256  # the last partial batch is dropped, so every step has this shape
+    epochs: int = 50  # full passes over the 60,000 training images
+    batch_size: int = 64  # the last partial batch is dropped, so every step has this shape
     optimizer: str = "adamw"  # one of sgd, adam, adamw
-    lr: float = 2e-3  # peak learning rate
+    lr: float = 5e-4  # peak learning rate
     momentum: float = 0.0  # sgd only; 0 is the tutorial's plain SGD
     schedule: str = "cosine"  # "constant", or "cosine" decay from lr to 0 over all steps
-    weight_decay: float = 1e-4  # decoupled for adamw, added to the gradient for sgd and adam
+    weight_decay: float = 5e-2  # decoupled for adamw, added to the gradient for sgd and adam (5e-2: +0.3 pp over 1e-4 in the recipe sweep)
     label_smoothing: float = 0.1  # part of the accuracy recipe (+0.4 pp at epoch 20 in a flax sweep); 0 is the tutorial's plain cross-entropy
     seed: int = 0  # drives init and the batch order; same seed, same run
     device: str = "auto"  # "auto" (GPU if present), "cpu" or "gpu"

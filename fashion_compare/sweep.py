@@ -36,7 +36,7 @@ def parse_overrides(pairs) -> dict:
 
 def run(backend: str, name: str, overrides: dict, out_dir: Path) -> dict:
     """Train one configuration; returns the metrics dict (also written to out_dir/NAME.metrics.json)."""
-    config = TrainConfig().replace(device="cpu", **overrides)
+    config = TrainConfig().replace(**{"device": "cpu", **overrides})
     if backend == "torch":
         import fashion_torch.train as train
 

@@ -33,6 +33,8 @@ HELP = {
     "seed": "drives init and batch order; the same seed gives the same run",
     "device": "auto: a GPU if the framework sees one, else cpu",
     "eval_batch_size": "test-set evaluation chunk; does not change results",
+    "augment_shift": "random shifts of up to N pixels, the same offsets in both twins; 0 is off",
+    "val_size": "hold out N training images as a validation split, scored every epoch; 0 is none",
     "limit_train": "use only the first N training images",
     "limit_test": "use only the first N test images",
 }

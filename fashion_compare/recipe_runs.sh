@@ -3,7 +3,7 @@
 #   bash fashion_compare/recipe_runs.sh            # the sweep runs on the validation split, then the final runs
 #   bash fashion_compare/recipe_runs.sh final      # only the final runs: default TrainConfig, full 60,000 images, 3 seeds x 2 twins
 # Final test accuracy is then measured from the written checkpoints:
-#   python3 scripts/evaluate.py --backend torch runs/final/torch_s0.safetensors   (and so on)
+#   bash fashion_compare/recipe_runs.sh evaluate   # scripts/evaluate.py on each checkpoint, then the results table
 # A run whose metrics show all its epochs is skipped, so the script can be restarted after a crash.
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD
@@ -33,8 +33,16 @@ final() {  # seed by seed, alternating twins, so a cut-short session still has b
         run torch runs/final torch_s$seed seed=$seed
     done
 }
+evaluate() {  # the project's own evaluate command on each written checkpoint, by the twin that trained it
+    for f in runs/final/*_s?.safetensors; do
+        name=$(basename "$f" .safetensors)
+        python3 scripts/evaluate.py --backend "${name%%_*}" "$f" | tee "runs/final/$name.eval.txt"
+    done
+    python3 -m fashion_compare.sweep --final-table runs/final
+}
 case "${1:-all}" in
     final) final ;;
+    evaluate) evaluate ;;
     sweep) sweep ;;
     *) run flax runs/sweep f_base val_size=5000 epochs=50 batch_size=64 lr=5e-4 weight_decay=5e-2 label_smoothing=0.1 augment_shift=1
        final

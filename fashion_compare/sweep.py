@@ -34,13 +34,18 @@ def parse_overrides(pairs) -> dict:
     return out
 
 
-def run(backend: str, name: str, overrides: dict, out_dir: Path) -> dict:
+def run(backend: str, name: str, overrides: dict, out_dir: Path, torch_threads: int = 1) -> dict:
     """Train one configuration; returns the metrics dict (also written to out_dir/NAME.metrics.json)."""
     config = TrainConfig().replace(**{"device": "cpu", **overrides})
     if backend == "torch":
+        import torch
+
         import fashion_torch.train as train
 
         train.FUSED = False
+        # On a shared, oversubscribed CPU torch's OpenMP workers spin at every barrier: an epoch measured
+        # 209 s with 2 threads at load 9 (3.8 s on a quiet box). One thread avoids the barriers.
+        torch.set_num_threads(torch_threads)
     else:
         import fashion_flax.train as train
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,20 +88,56 @@ def summary(folder: Path) -> str:
     return "\n".join(rows)
 
 
+def final_table(folder: Path) -> str:
+    """Markdown rows for the final runs: test accuracy from NAME.eval.txt (scripts/evaluate.py's line on the
+    written checkpoint), time to 89 % and total training time from NAME.metrics.json; then mean and spread per twin."""
+    import re
+    import statistics
+
+    rows = ["| run | twin | seed | test acc (evaluate.py, checkpoint) | last-epoch test acc (loop) | time to 89 % (s, epoch) | training time (s) | mean s/epoch |", "|---|---|---|---|---|---|---|---|"]
+    per_twin = {}
+    for path in sorted(folder.glob("*.metrics.json")):
+        name = path.name[: -len(".metrics.json")]
+        m = json.loads(path.read_text())
+        h = m["epochs"]
+        eval_file = folder / f"{name}.eval.txt"
+        found = re.search(r"test_acc ([0-9.]+)%", eval_file.read_text()) if eval_file.is_file() else None
+        acc = float(found.group(1)) if found else None
+        if acc is not None and len(h) == m["config"]["epochs"]:
+            per_twin.setdefault(m["backend"], []).append(acc)
+        t89 = time_to(h, 0.89)
+        e89 = next((r["epoch"] for r in h if r["test_accuracy"] >= 0.89), None)
+        seconds = sum(r["epoch_seconds"] for r in h)
+        done = "" if len(h) == m["config"]["epochs"] else f" ({len(h)}/{m['config']['epochs']} epochs, unfinished)"
+        rows.append(
+            f"| {name}{done} | {m['backend']} | {m['config']['seed']} | {'-' if acc is None else f'{acc:.2f} %'} | {100 * h[-1]['test_accuracy']:.2f} % "
+            f"| {'-' if t89 is None else f'{t89:.0f} ({e89})'} | {seconds:.0f} | {seconds / len(h):.1f} |"
+        )
+    rows += ["", "| twin | seeds | mean test acc | min | max | spread (max - min) |", "|---|---|---|---|---|---|"]
+    for backend, accs in sorted(per_twin.items()):
+        rows.append(f"| {backend} | {len(accs)} | {statistics.mean(accs):.2f} % | {min(accs):.2f} % | {max(accs):.2f} % | {max(accs) - min(accs):.2f} pp |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("torch", "flax"), default="flax", help="twin to train (default flax)")
     parser.add_argument("--name", help="run name: files NAME.safetensors and NAME.metrics.json")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/sweep"), help="folder for the run's files (default runs/sweep)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides (default none)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default 1: see run())")
     parser.add_argument("--summary", type=Path, help="print a markdown table of the runs in this folder and exit")
+    parser.add_argument("--final-table", type=Path, help="print the final-runs table (needs NAME.eval.txt beside each checkpoint) and exit")
     args = parser.parse_args(argv)
+    if args.final_table is not None:
+        print(final_table(args.final_table))
+        return 0
     if args.summary is not None:
         print(summary(args.summary))
         return 0
     if not args.name:
         parser.error("--name is required to train")
-    run(args.backend, args.name, parse_overrides(args.set), args.out_dir)
+    run(args.backend, args.name, parse_overrides(args.set), args.out_dir, args.torch_threads)
     return 0
 
 

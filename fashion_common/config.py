@@ -16,26 +16,28 @@ DEVICES = ("auto", "cpu", "gpu")
 #   compile    the same, with model + loss under torch.compile (Inductor fuses the forward and backward)
 #   cuda_graph CUDA only: model + loss under torch.compile(mode="reduce-overhead"), i.e. replayed CUDA graphs
 #   fused      opt-in, hand-written backward (fashion_torch/fused.py), tested against autograd; never a default
-#   auto       per device, the fastest end to end for the default 20-epoch run, compile time included
+#   auto       per device, the fastest end to end for the default run, compile time included
 ENGINES = ("auto", "eager", "compile", "cuda_graph", "fused")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Defaults are the accuracy recipe: >= 90 % test accuracy in both twins within 20 epochs."""
+    """Defaults are the accuracy recipe, chosen on a validation split (README, Results): about 90.9 % test accuracy in both twins in 50 epochs."""
 
-    epochs: int = 20  # full passes over the 60,000 training images
-    batch_size: int = 256  # the last partial batch is dropped, so every step has this shape
+    epochs: int = 50  # full passes over the 60,000 training images
+    batch_size: int = 64  # the last partial batch is dropped, so every step has this shape
     optimizer: str = "adamw"  # one of sgd, adam, adamw
-    lr: float = 2e-3  # peak learning rate
+    lr: float = 5e-4  # peak learning rate
     momentum: float = 0.0  # sgd only; 0 is the tutorial's plain SGD
     schedule: str = "cosine"  # "constant", or "cosine" decay from lr to 0 over all steps
-    weight_decay: float = 1e-4  # decoupled for adamw, added to the gradient for sgd and adam
+    weight_decay: float = 5e-2  # decoupled for adamw, added to the gradient for sgd and adam (5e-2: +0.3 pp over 1e-4 in the recipe sweep)
     label_smoothing: float = 0.1  # part of the accuracy recipe (+0.4 pp at epoch 20 in a flax sweep); 0 is the tutorial's plain cross-entropy
     seed: int = 0  # drives init and the batch order; same seed, same run
     device: str = "auto"  # "auto" (GPU if present), "cpu" or "gpu"
     engine: str = "auto"  # torch: auto, eager, compile, cuda_graph or fused (see ENGINES); flax: auto only
     eval_batch_size: int = 10_000  # test-set evaluation chunk; no effect on results
+    augment_shift: int = 1  # random translations of up to this many pixels, offsets shared by both twins (0 = off)
+    val_size: int = 0  # hold out this many training images (fashion_common.split) and report accuracy on them each epoch; 0 = no split
     limit_train: Optional[int] = None  # use only the first N training images (tests, dry runs)
     limit_test: Optional[int] = None  # use only the first N test images
 
@@ -61,6 +63,8 @@ class TrainConfig:
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
             (0 <= self.seed <= 2**32 - 1, "seed must be in 0..4294967295 (2**32 - 1)"),
             (self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
+            (0 <= self.augment_shift <= 27, "augment_shift must be in [0, 27]"),
+            (self.val_size >= 0, "val_size must be >= 0"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train must be >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "limit_test must be >= 1"),
         ]
@@ -95,5 +99,5 @@ def _type_name(annotation) -> str:
 
 def tutorial_config(**overrides) -> TrainConfig:
     """The tutorial's own recipe: plain SGD, lr 1e-3, batch 64, constant rate, no weight decay."""
-    base = TrainConfig(epochs=10, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.0, schedule="constant", weight_decay=0.0, label_smoothing=0.0)
+    base = TrainConfig(epochs=10, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.0, schedule="constant", weight_decay=0.0, label_smoothing=0.0, augment_shift=0)
     return base.replace(**overrides)

@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .augment import shift_offsets
 from .checkpoint import atomic_write_bytes, read_train_state, train_state_path
 from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
 from .spec import DEFAULT_SPEC, ModelSpec
+from .split import split_validation
 from .text import format_epoch_line
 
 
@@ -31,7 +33,7 @@ class TwinOps:
     backend: str  # "torch" or "flax"
     init_state: Callable  # (config, spec, device, total_steps) -> state
     put_data: Callable  # (FashionData, device) -> data on the device (twin-specific)
-    train_epoch: Callable  # (state, data, order (steps, B) int32, config, progress) -> (state, {"train_loss", "train_accuracy"})
+    train_epoch: Callable  # (state, data, order (steps, B) int32, config, progress, shifts (steps, B, 2) int8 or None) -> (state, {"train_loss", "train_accuracy"})
     evaluate: Callable  # (state, data, config) -> {"test_loss", "test_accuracy"}
     save: Callable  # (state, path, metadata) -> None: weights + sidecar
     load: Callable  # (state, path) -> state with weights and optimizer restored
@@ -61,7 +63,7 @@ def check_writable(path, flag: str = "output") -> None:
 
 
 # Config keys that change the trajectory: a resumed run must use the same values, or it is another run.
-RESUME_KEYS = ("batch_size", "optimizer", "lr", "momentum", "schedule", "weight_decay", "label_smoothing", "seed", "epochs", "limit_train")
+RESUME_KEYS = ("batch_size", "optimizer", "lr", "momentum", "schedule", "weight_decay", "label_smoothing", "seed", "epochs", "limit_train", "augment_shift", "val_size")
 
 
 def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> None:
@@ -118,12 +120,16 @@ def train_and_evaluate(
     check_writable(out, "--out")
     check_writable(metrics_path, "--metrics")
     data = data.limit(config.limit_train, config.limit_test)
+    val_data = None
+    if config.val_size:  # the held-out images leave the training set; the loop scores them each epoch
+        data, val_data = split_validation(data, config.val_size)
     steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train_labels)} training images")
     total_steps = steps_per_epoch * config.epochs
     state = ops.init_state(config, spec, device, total_steps)
     on_device = ops.put_data(data, device)
+    on_device_val = None if val_data is None else ops.put_data(val_data, device)
 
     history, start_epoch = [], 1
     if resume is not None:
@@ -141,6 +147,7 @@ def train_and_evaluate(
         "spec": spec.to_metadata(),
         "num_train": int(len(data.train_labels)),
         "num_test": int(len(data.test_labels)),
+        "num_val": 0 if val_data is None else int(len(val_data.test_labels)),
         "data_source": data.source,
         "epochs": history,
     }
@@ -148,20 +155,25 @@ def train_and_evaluate(
         order = batch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
         start = time.perf_counter()
         progress = None if quiet else _progress(ops.backend, epoch, config.epochs, steps_per_epoch)
-        state, train_metrics = ops.train_epoch(state, on_device, order, config, progress)
+        shifts = shift_offsets(config.seed, epoch, steps_per_epoch, config.batch_size, config.augment_shift) if config.augment_shift else None
+        state, train_metrics = ops.train_epoch(state, on_device, order, config, progress, shifts)
         seconds = time.perf_counter() - start  # train_epoch returns host floats, so the device is done
         if progress is not None:
             progress.close()
         test_metrics = ops.evaluate(state, on_device, config)
         check_finite_losses(epoch, {**train_metrics, **test_metrics}, out)  # before the save: keep the last good checkpoint
         row = {"epoch": epoch, **train_metrics, **test_metrics, "epoch_seconds": seconds}
+        if on_device_val is not None:  # the twin's own evaluate, pointed at the validation split
+            val = ops.evaluate(state, on_device_val, config)
+            row.update(val_loss=val["test_loss"], val_accuracy=val["test_accuracy"])
         history.append(row)
         counters = {"backend": ops.backend, "epoch": epoch, "step": epoch * steps_per_epoch, "config": config.to_dict(), "history": history}
         if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch
             ops.save(state, out, counters)
         if metrics_path is not None:
             write_json_atomic(metrics_path, metrics)
-        log(format_epoch_line(ops.backend, epoch, config.epochs, row))
+        line = format_epoch_line(ops.backend, epoch, config.epochs, row)
+        log(line if on_device_val is None else f"{line}  val_acc {100 * row['val_accuracy']:.2f}%")
     return state, metrics
 
 

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from fashion_compare import set_matmul_precision
+from fashion_common.augment import shift_offsets
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
@@ -57,6 +58,8 @@ def lockstep(
     order = batch_order(config.seed, 1, len(data.train_labels), config.batch_size)
     order = order[: steps or len(order)]
     total = len(order)
+    # config.augment_shift > 0: both twins shift each batch by the same host-drawn offsets (S, B, 2), as the loop does
+    shifts = shift_offsets(config.seed, 1, total, config.batch_size, config.augment_shift) if config.augment_shift else None
 
     t_dev = fashion_torch.resolve_device(config.device)
     f_dev = fashion_flax.resolve_device(config.device)
@@ -77,9 +80,11 @@ def lockstep(
     start = time.perf_counter()
     t_order = torch.as_tensor(order, dtype=torch.int64, device=t_dev)
     for i in range(total):
-        t_loss, _ = torch_train.train_step(t_state, t_data.train_images[t_order[i]], t_data.train_labels[t_order[i]])
+        t_shift = None if shifts is None else torch.as_tensor(shifts[i], device=t_dev)
+        t_loss, _ = torch_train.train_step(t_state, t_data.train_images[t_order[i]], t_data.train_labels[t_order[i]], t_shift)
         idx = order[i]
-        f_state, (f_loss, _) = flax_train.train_step(f_state, f_data.train_images[idx], f_data.train_labels[idx], config.label_smoothing)
+        f_shift = None if shifts is None else shifts[i]
+        f_state, (f_loss, _) = flax_train.train_step(f_state, f_data.train_images[idx], f_data.train_labels[idx], config.label_smoothing, f_shift)
         loss_torch.append(float(t_loss))
         loss_flax.append(float(f_loss))
         if (i + 1) % weight_every == 0 or i + 1 == total:

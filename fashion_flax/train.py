@@ -25,6 +25,7 @@ from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError, ConfigError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
+from . import augment
 from .checkpoint import from_state_dict, save_checkpoint
 from .model import NeuralNetwork, create_model, resolve_device
 
@@ -114,8 +115,13 @@ def loss_fn(logits, labels, label_smoothing: float = 0.0):
     return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-def _step(state: TrainState, images, labels, label_smoothing: float):
-    """One update on uint8 images (B, 28, 28) -> (state, (loss, number correct)); grad, update and apply in one program."""
+def _step(state: TrainState, images, labels, label_smoothing: float, shifts=None):
+    """One update on uint8 images (B, 28, 28) -> (state, (loss, number correct)); grad, update and apply in one program.
+
+    shifts: optional (B, 2) int offsets from fashion_common.augment, applied here on the device.
+    """
+    if shifts is not None:
+        images = augment.shift_images(images, shifts)  # (B, 28, 28) uint8, zero fill
     x = images.astype(jnp.float32) / 255.0  # (B, 28, 28) in [0, 1], as ToTensor
 
     def compute_loss(params):
@@ -132,25 +138,33 @@ train_step = jax.jit(_step, static_argnames="label_smoothing", donate_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnames="label_smoothing", donate_argnums=0)
-def train_steps(state: TrainState, images, labels, order, label_smoothing: float):
-    """Run one step per row of `order` (S, B) as one compiled lax.scan -> (state, loss sum, correct sum)."""
+def train_steps(state: TrainState, images, labels, order, label_smoothing: float, shifts=None):
+    """Run one step per row of `order` (S, B) as one compiled lax.scan -> (state, loss sum, correct sum).
 
-    def body(carry, idx):
+    shifts: optional (S, B, 2) offsets, scanned alongside `order` (None: no augmentation).
+    """
+
+    def body(carry, xs):
         state, loss_sum, correct_sum = carry
-        state, (loss, correct) = _step(state, images[idx], labels[idx], label_smoothing)
+        idx, shift = xs
+        state, (loss, correct) = _step(state, images[idx], labels[idx], label_smoothing, shift)
         return (state, loss_sum + loss, correct_sum + correct), None
 
-    (state, loss_sum, correct_sum), _ = jax.lax.scan(body, (state, jnp.float32(0), jnp.int32(0)), order)
+    (state, loss_sum, correct_sum), _ = jax.lax.scan(body, (state, jnp.float32(0), jnp.int32(0)), (order, shifts))
     return state, loss_sum, correct_sum
 
 
-def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
-    """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"})."""
+def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
+    """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"}).
+
+    shifts: optional (steps, B, 2) int8 offsets (fashion_common.augment.shift_offsets).
+    """
     device = next(iter(data.train_images.devices()))
     order_d = jax.device_put(order, device)
+    shifts_d = None if shifts is None else jax.device_put(shifts, device)
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
-        state, chunk_loss, chunk_correct = train_steps(state, data.train_images, data.train_labels, order_d[chunk], config.label_smoothing)
+        state, chunk_loss, chunk_correct = train_steps(state, data.train_images, data.train_labels, order_d[chunk], config.label_smoothing, None if shifts_d is None else shifts_d[chunk])
         seen += chunk.stop - chunk.start
         if progress is not None:  # one host sync per slice, not per step
             loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)

@@ -25,7 +25,7 @@ from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError, ConfigError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 
-from . import fused
+from . import augment, fused
 from .checkpoint import from_state_dict, save_checkpoint
 from .model import NeuralNetwork, create_model, resolve_device
 
@@ -144,11 +144,14 @@ def model_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lab
     return loss, correct
 
 
-def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
+def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor, shifts=None):
     """One update on a batch of uint8 images (B, 28, 28) -> (loss, number correct), both 0-d tensors on the device.
 
     The tutorial's train_loop body; nothing here waits for the device (no .item()).
+    shifts: optional (B, 2) int offsets from fashion_common.augment, applied on the device first.
     """
+    if shifts is not None:
+        images = augment.shift_images(images, shifts)  # (B, 28, 28) uint8, zero fill
     if state.engine == "fused":
         return fused.train_step(state, images, labels)  # opt-in, hand-written backward
     loss, correct = state.model_loss(images, labels)  # pred = model(X); loss = loss_fn(pred, y)
@@ -160,16 +163,22 @@ def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor):
     return loss.detach(), correct
 
 
-def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
-    """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"})."""
+def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
+    """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"}).
+
+    shifts: optional (steps, B, 2) int8 offsets (fashion_common.augment.shift_offsets).
+    """
     state.model.train()
     order_t = torch.as_tensor(order, device=data.train_images.device, dtype=torch.int64)
+    shifts_t = None if shifts is None else torch.as_tensor(shifts, device=order_t.device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=order_t.device)
     correct_sum = torch.zeros((), device=order_t.device, dtype=torch.int64)
     seen = 0
     for chunk in loop.progress_chunks(len(order), progress):
-        for idx in order_t[chunk]:
-            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx])
+        for i in range(chunk.start, chunk.stop):
+            idx = order_t[i]
+            shift = None if shifts_t is None else shifts_t[i]
+            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx], shift)
             loss_sum += loss
             correct_sum += correct
         seen += chunk.stop - chunk.start

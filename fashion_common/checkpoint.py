@@ -165,16 +165,18 @@ def _looks_like_torch_pickle(head: bytes, size: int) -> bool:
 
 def _check_file(path: Path, what: str) -> int:
     """os.stat before any open: a folder, FIFO or device gets a precise error at once (open() on a FIFO would block)."""
+    from .paths import file_kind
+
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise CheckpointError(f"{what} not found: {path}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    if stat.S_ISDIR(st.st_mode):
+    kind = file_kind(st.st_mode)
+    if kind == "directory":
         raise CheckpointError(f"{what} {path} is a directory, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device file" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special"
+    if kind != "file":
         raise CheckpointError(f"{what} {path} is not a regular file ({kind})")
     return st.st_size
 

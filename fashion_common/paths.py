@@ -112,16 +112,29 @@ def check_output_dir(path, flag: str) -> None:
     _probe_folder(ancestor, what)
 
 
+def file_kind(mode: int) -> str:
+    """What an os.stat mode is, in words: "file", "directory", "a FIFO", "a device file", "a socket" or "special"."""
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return "a socket" if stat.S_ISSOCK(mode) else "special"
+
+
 def check_input_file(path, flag: str) -> None:
     """Refuse a missing input, a folder, or a FIFO/device (which would hang or mislead), naming the flag."""
     path = Path(path)
     try:
-        st = os.stat(path)
+        kind = file_kind(os.stat(path).st_mode)
     except FileNotFoundError:
         raise PathError(f"{flag} {path}: no such file") from None
     except OSError as e:
         raise PathError(f"{flag} {path}: {e.strerror or e}") from None
-    if stat.S_ISDIR(st.st_mode):
+    if kind == "directory":
         raise PathError(f"{flag} {path} is a folder; give a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise PathError(f"{flag} {path} is not a regular file")
+    if kind != "file":
+        raise PathError(f"{flag} {path} is not a regular file ({kind})")

@@ -256,7 +256,7 @@ def test_twins_refuse_nonfinite_weights_naming_the_tensor(tmp_path, value):
 def _fake_ops(losses, saved):
     """TwinOps whose epochs report the given train losses; save records (epoch, path) and writes a file."""
 
-    def train_epoch(state, data, order, config, progress):
+    def train_epoch(state, data, order, config, progress, shifts=None):
         return state + 1, {"train_loss": losses[state], "train_accuracy": 0.5}
 
     def save(state, path, counters):

@@ -9,14 +9,13 @@ gradients averaged over equal slices, the update equals the single-device one:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import os
 import socket
 
 import numpy as np
 
-from .config import TrainConfig
 from .errors import FashionTwinsError
 
 # How long a rank waits on a peer (a collective, the rendezvous) before it fails with an error.
@@ -97,14 +96,21 @@ def peer_failure_message(rank: int, timeout_s: float, error: BaseException) -> s
     )
 
 
-def config_arguments(parser: argparse.ArgumentParser) -> None:
-    """For the module entry points: --epochs, --batch-size, ... one flag per TrainConfig key; unset flags keep the config's default."""
-    kinds = {"int": int, "float": float, "str": str, "Optional[int]": int}
-    for f in dataclasses.fields(TrainConfig):
-        default = getattr(TrainConfig(), f.name)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kinds[str(f.type)], default=None, help=f"(default: {default})")
+def under_torchrun(environ=None) -> bool:
+    """True in a process that torchrun (or a hand-made launch like it) started: RANK and WORLD_SIZE are set."""
+    env = os.environ if environ is None else environ
+    return "RANK" in env and "WORLD_SIZE" in env
 
 
-def config_from_args(args) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    return TrainConfig().replace(**overrides)
+def with_init(ops, create_train_state, init_from, spec):
+    """A twin's TwinOps whose init_state starts from the weights in `init_from` (a canonical checkpoint) instead of the seed.
+
+    Every run of the data-parallel proofs starts from one file (the torch twin's seeded init), so
+    the two frameworks, whose seeded inits differ, train the same weights. None: `ops` unchanged.
+    """
+    if init_from is None:
+        return ops
+    from .checkpoint import read_state
+
+    weights, _ = read_state(init_from, spec)
+    return dataclasses.replace(ops, init_state=functools.partial(create_train_state, state_dict=weights))

@@ -46,9 +46,10 @@ def check_world(world_size: int, batch_size: int, what: str = "ranks") -> int:
     if not isinstance(world_size, int) or world_size < 1:
         raise DistributedError(f"the number of {what} must be an int >= 1, got {world_size!r}")
     if batch_size % world_size:
+        one = "/".join(word[:-1] for word in what.split("/"))  # "ranks/devices" -> "rank/device"
         raise DistributedError(
             f"global batch_size {batch_size} is not divisible by {world_size} {what}; "
-            f"use a multiple of {world_size} (e.g. {max(world_size, batch_size // world_size * world_size)}) so every {what[:-1]} gets an equal slice"
+            f"use a multiple of {world_size} (e.g. {max(world_size, batch_size // world_size * world_size)}) so every {one} gets an equal slice"
         )
     return batch_size // world_size
 

@@ -384,21 +384,25 @@ def test_distributed_comparison_refuses_an_indivisible_batch_before_any_run():
         distributed_comparison(world_size=3, steps=10, batch_size=64, data=object())
 
 
-def test_distributed_comparison_markdown_labels_simulated_devices_and_gives_both_twins():
-    from fashion_compare.distributed import markdown
+def test_report_section_labels_simulated_devices_and_gives_both_twins_step_times_and_dW():
+    from test_compare import _handmade_report
 
-    twin = {"single_ms_per_step": 7.0, "parallel_ms_per_step": 9.5, "max_abs_dW_parallel_vs_single": 2.0e-7}
+    from fashion_compare.render import render_markdown
+
+    twin = {"single_ms_per_step": 7.0, "parallel_ms_per_step": 9.5, "max_abs_dW_parallel_vs_single": 2.0e-7, "parallel_device": "cpu x 2 ranks (DDP, gloo)"}
     result = {
         "world_size": 2, "steps": 100, "batch_size": 64, "per_rank_batch": 32, "config": "plain SGD", "device": "cpu (x86_64, 2 cores)",
-        "torch_threads_per_process": 1, "simulated": True, "note": "simulated: 2 ranks share 2 cores", "torch": twin, "flax": twin,
+        "torch_threads_per_process": 1, "simulated": True, "note": "simulated: 2 ranks share 2 cores", "torch": twin, "flax": {**twin, "parallel_ms_per_step": 12.25},
         "max_abs_dW_torch_ddp_vs_flax_sharded": 3.0e-7, "max_abs_dW_torch_single_vs_flax_single": 2.5e-7,
     }
-    text = markdown(result)
-    assert text.startswith("## Data parallel: 1 device vs 2 (simulated devices)\n")
-    assert "| torch | DDP, torchrun --nproc-per-node 2 | 7.00 | 9.50 | 2.00e-07 |" in text
-    assert "| flax | jit over Mesh(('data',)), 2 devices | 7.00 | 9.50 | 2.00e-07 |" in text
-    assert "torch DDP vs flax sharded: max abs dW 3.00e-07" in text
-    assert "(simulated" not in markdown({**result, "simulated": False})
+    text = render_markdown({**_handmade_report(), "distributed": result})
+    section = text[text.index("## 8. Data parallel"):]
+    assert section.startswith("## 8. Data parallel: 1 device vs 2 — SIMULATED devices (2 on one CPU's cores)\n")
+    assert "| torch | DDP, torchrun --nproc-per-node 2 | 7.00 | 9.50 | 2.00e-07 | cpu x 2 ranks (DDP, gloo) |" in section
+    assert "| flax | jit over Mesh(('data',)), 2 devices | 7.00 | 12.25 | 2.00e-07 |" in section
+    assert "torch DDP vs flax sharded: max \\|ΔW\\| 3.00e-07" in section and "_simulated: 2 ranks share 2 cores._" in section
+    assert "SIMULATED" not in render_markdown({**_handmade_report(), "distributed": {**result, "simulated": False}})
+    assert "## 8." not in render_markdown(_handmade_report())  # no --distributed, no section
 
 
 # ----------------------------------------------------------------------------- the forced-device worker

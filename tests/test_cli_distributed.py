@@ -101,3 +101,46 @@ def test_torchrun_with_an_indivisible_batch_or_the_fused_engine_fails_before_the
     assert_one_error_line(cli("train", "--backend", "torch", "--batch-size", "65", "--out", out), "global batch_size 65 is not divisible by 2 ranks")
     assert_one_error_line(cli("train", "--backend", "torch", "--engine", "fused", "--out", out), "argument --engine: fused", "single-device only")
     assert not dist.is_initialized() and not out.exists()
+
+
+# ----------------------------------------------------------------------------- compare --distributed N
+
+
+def test_compare_distributed_refuses_a_world_that_does_not_split_the_batch_before_any_work(tmp_path):
+    out_dir = tmp_path / "report"
+    result = cli("compare", "--distributed", "3", "--dry-run", "--out-dir", out_dir)
+    assert_one_error_line(result, "global batch_size 64 is not divisible by 3 ranks/devices", "every rank/device gets an equal slice")
+    assert not out_dir.exists()
+
+
+def test_compare_runs_the_distributed_stage_only_when_asked():
+    from types import SimpleNamespace
+
+    from fashion_compare.report import CompareOptions
+    from fashion_compare.stages import STAGES
+
+    names = lambda n: [s.name for s in STAGES if s.enabled(SimpleNamespace(options=CompareOptions(distributed=n), device="cpu"))]
+    assert names(0) == ["data", "structures", "parity", "activations", "lockstep", "training", "classes"]  # --dry-run as before
+    assert names(2) == names(0) + ["distributed"]
+
+
+@needs_data
+@pytest.mark.slow  # two single-device runs, torchrun with 2 ranks and a 2-device mesh, 100 steps each: ~30 s on 2 cores
+def test_compare_distributed_stage_records_the_figures_and_passes_its_three_checks(tmp_path, monkeypatch):
+    import json
+
+    import fashion_compare.report as report_module
+    from fashion_compare.report import CompareOptions, build_report
+    from fashion_compare.stages import STAGES
+    from twin_data import real_data
+
+    monkeypatch.setattr(report_module, "STAGES", tuple(s for s in STAGES if s.name in ("data", "distributed")))
+    build_report(CompareOptions(out_dir=str(tmp_path), device="cpu", distributed=2, quiet=True), data=real_data(), log=lambda line: None)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == {"state": "complete", "stages_done": ["data", "distributed"]}
+    figures = report["distributed"]
+    assert figures["simulated"] and figures["steps"] >= 100 and figures["per_rank_batch"] == 32
+    assert all(figures[t]["parallel_ms_per_step"] > 0 for t in ("torch", "flax"))
+    checks = [c for c in report["checks"] if c["stage"] == "distributed"]
+    assert len(checks) == 3 and all(c["passed"] and c["tolerance"] == TOL for c in checks), checks
+    assert "SIMULATED devices" in (tmp_path / "report.md").read_text()

@@ -103,6 +103,11 @@ def under_torchrun(environ=None) -> bool:
     return "RANK" in env and "WORLD_SIZE" in env
 
 
+def config_flags(config) -> list:
+    """A TrainConfig as `fashion-twins train` flags, for the launches of another process (torchrun, a JAX process)."""
+    return [arg for key, value in config.to_dict().items() if value is not None for arg in (f"--{key.replace('_', '-')}", str(value))]
+
+
 def with_init(ops, create_train_state, init_from, spec):
     """A twin's TwinOps whose init_state starts from the weights in `init_from` (a canonical checkpoint) instead of the seed.
 

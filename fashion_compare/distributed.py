@@ -38,10 +38,6 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
-def _flags(config) -> list:
-    return [arg for key, value in config.to_dict().items() if value is not None for arg in (f"--{key.replace('_', '-')}", str(value))]
-
-
 def _step_ms(metrics: dict, steps_per_epoch: int) -> float:
     """Per-step time of the LAST epoch (the first includes compilation, DDP's bucket setup, warm caches)."""
     return 1000.0 * metrics["epochs"][-1]["epoch_seconds"] / steps_per_epoch
@@ -98,7 +94,7 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
         init_path = folder / "init.safetensors"
         fashion_torch.save_checkpoint(fashion_torch.create_model(seed=config.seed), init_path)
         init = canonical.read_state(init_path)[0]
-        common_flags = [*_flags(config), "--init", str(init_path), "--quiet", *(["--data-dir", str(data_dir)] if data_dir else [])]
+        common_flags = [*common.config_flags(config), "--init", str(init_path), "--quiet", *(["--data-dir", str(data_dir)] if data_dir else [])]
         train_cli = ["-m", "fashion_twins", "train", "--backend"]
         figures = {}
         # ---- torch: one device here, N ranks under torchrun

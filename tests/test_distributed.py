@@ -53,12 +53,8 @@ TIMEOUT_S = 20  # --timeout of the fault test's ranks
 
 
 def config_flags(config=CONFIG) -> list:
-    """The module entry points' flags for a TrainConfig."""
-    flags = []
-    for key, value in config.to_dict().items():
-        if value is not None:
-            flags += [f"--{key.replace('_', '-')}", str(value)]
-    return flags
+    """The train command's flags for a TrainConfig (CONFIG by default)."""
+    return common.config_flags(config)
 
 
 def child_env(**extra) -> dict:

@@ -58,6 +58,17 @@ def test_flax_cli_with_two_simulated_devices_ends_at_the_one_device_weights(one_
     assert "cpu x 2 devices over 1 process(es) (simulated host devices)" in (tmp_path / "mesh.metrics.json").read_text()
 
 
+@needs_data
+def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_weights(one_device, tmp_path):
+    import fashion_torch
+
+    init, out = tmp_path / "init.safetensors", tmp_path / "flax_from_torch.safetensors"
+    fashion_torch.save_checkpoint(fashion_torch.create_model(seed=0), init)  # the torch twin's seeded init, as the torch run drew it
+    assert_ok(cli("train", "--backend", "flax", *FLAGS, "--init", init, "--out", out))
+    # the cross-framework lockstep bound: fp32 rounding of differently ordered sums over 16 steps
+    assert max_diff(weights(out), one_device["torch"]) <= TOL
+
+
 # ----------------------------------------------------------------------------- misuse: one line, exit 2, before any work
 
 

@@ -9,14 +9,13 @@ gradients averaged over equal slices, the update equals the single-device one:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import os
 import socket
 
 import numpy as np
 
-from .config import TrainConfig
 from .errors import FashionTwinsError
 
 # How long a rank waits on a peer (a collective, the rendezvous) before it fails with an error.
@@ -47,9 +46,10 @@ def check_world(world_size: int, batch_size: int, what: str = "ranks") -> int:
     if not isinstance(world_size, int) or world_size < 1:
         raise DistributedError(f"the number of {what} must be an int >= 1, got {world_size!r}")
     if batch_size % world_size:
+        one = "/".join(word[:-1] for word in what.split("/"))  # "ranks/devices" -> "rank/device"
         raise DistributedError(
             f"global batch_size {batch_size} is not divisible by {world_size} {what}; "
-            f"use a multiple of {world_size} (e.g. {max(world_size, batch_size // world_size * world_size)}) so every {what[:-1]} gets an equal slice"
+            f"use a multiple of {world_size} (e.g. {max(world_size, batch_size // world_size * world_size)}) so every {one} gets an equal slice"
         )
     return batch_size // world_size
 
@@ -97,14 +97,26 @@ def peer_failure_message(rank: int, timeout_s: float, error: BaseException) -> s
     )
 
 
-def config_arguments(parser: argparse.ArgumentParser) -> None:
-    """For the module entry points: --epochs, --batch-size, ... one flag per TrainConfig key; unset flags keep the config's default."""
-    kinds = {"int": int, "float": float, "str": str, "Optional[int]": int}
-    for f in dataclasses.fields(TrainConfig):
-        default = getattr(TrainConfig(), f.name)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kinds[str(f.type)], default=None, help=f"(default: {default})")
+def under_torchrun(environ=None) -> bool:
+    """True in a process that torchrun (or a hand-made launch like it) started: RANK and WORLD_SIZE are set."""
+    env = os.environ if environ is None else environ
+    return "RANK" in env and "WORLD_SIZE" in env
 
 
-def config_from_args(args) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    return TrainConfig().replace(**overrides)
+def config_flags(config) -> list:
+    """A TrainConfig as `fashion-twins train` flags, for the launches of another process (torchrun, a JAX process)."""
+    return [arg for key, value in config.to_dict().items() if value is not None for arg in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def with_init(ops, create_train_state, init_from, spec):
+    """A twin's TwinOps whose init_state starts from the weights in `init_from` (a canonical checkpoint) instead of the seed.
+
+    Every run of the data-parallel proofs starts from one file (the torch twin's seeded init), so
+    the two frameworks, whose seeded inits differ, train the same weights. None: `ops` unchanged.
+    """
+    if init_from is None:
+        return ops
+    from .checkpoint import read_state
+
+    weights, _ = read_state(init_from, spec)
+    return dataclasses.replace(ops, init_state=functools.partial(create_train_state, state_dict=weights))

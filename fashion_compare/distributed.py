@@ -1,14 +1,15 @@
 """Single device vs N-way data parallel, both twins: the max |dW| after the same steps, and the time per step.
 
-torch: the twin's loop in this process vs `torchrun --nproc-per-node N -m fashion_torch.distributed`.
-flax: the twin's loop in this process vs `python -m fashion_flax.distributed --devices N` (one
+torch: the twin's loop in this process vs `torchrun --nproc-per-node N -m fashion_twins train --backend torch`.
+flax: the twin's loop in this process vs `python -m fashion_twins train --backend flax --devices N` (one
 process; on a CPU, N simulated host devices). Every run starts from the torch twin's seed init
 (saved once, passed as --init) and trains on the same global batches with plain SGD, highest
 precision, so all four final weights should agree to float32 rounding.
 
 On a CPU the N ranks or devices share the same cores: the figures show what data parallelism
 costs (collectives, N copies of the step's overhead), not a speed-up. Wired into the report as
-`compare --distributed N`; alone: `python -m fashion_compare.distributed --world-size 2`.
+`compare --distributed N` (fashion_compare/stages.py; render.md_distributed writes its section);
+alone: `python -m fashion_compare.distributed --world-size 2`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _max_diff(a: dict, b: dict) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-
-
-def _flags(config) -> list:
-    return [arg for key, value in config.to_dict().items() if value is not None for arg in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def _step_ms(metrics: dict, steps_per_epoch: int) -> float:
@@ -88,7 +85,8 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
     config = tutorial_config(epochs=2, batch_size=batch_size, limit_train=steps_per_epoch * batch_size, limit_test=1000, device=device)
     data = load_fashion_mnist(data_dir) if data is None else data
     set_matmul_precision("highest")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    # fp32 matmuls in the subprocesses too (torch's default already is; JAX on a GPU would use TF32)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
     env.pop("XLA_FLAGS", None)
     simulated = device == "cpu"
     with tempfile.TemporaryDirectory(prefix="fashion-distributed-") as tmp:
@@ -96,7 +94,8 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
         init_path = folder / "init.safetensors"
         fashion_torch.save_checkpoint(fashion_torch.create_model(seed=config.seed), init_path)
         init = canonical.read_state(init_path)[0]
-        common_flags = [*_flags(config), "--init", str(init_path), "--quiet"]
+        common_flags = [*common.config_flags(config), "--init", str(init_path), "--quiet", *(["--data-dir", str(data_dir)] if data_dir else [])]
+        train_cli = ["-m", "fashion_twins", "train", "--backend"]
         figures = {}
         # ---- torch: one device here, N ranks under torchrun
         log(f"[distributed] torch: 1 device, then torchrun with {world_size} ranks")
@@ -109,13 +108,13 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
         finally:
             torch.set_num_threads(threads)
         ddp_out, ddp_metrics = folder / "torch_ddp.safetensors", folder / "torch_ddp.json"
-        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}", "-m", "fashion_torch.distributed", *common_flags, "--out", str(ddp_out), "--metrics", str(ddp_metrics)], env)
+        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}", *train_cli, "torch", *common_flags, "--out", str(ddp_out), "--metrics", str(ddp_metrics)], env)
         t_ddp, t_ddp_metrics = canonical.read_state(ddp_out)[0], json.loads(ddp_metrics.read_text())
         # ---- flax: one device here, N devices in one process (forced host devices on a CPU)
         log(f"[distributed] flax: 1 device, then a mesh of {world_size} devices")
         f_single, f_single_metrics = _single("flax", config, data, init, folder, jax.devices("gpu" if device == "gpu" else "cpu")[0])
         sharded_out, sharded_metrics = folder / "flax_sharded.safetensors", folder / "flax_sharded.json"
-        _run([sys.executable, "-m", "fashion_flax.distributed", *common_flags, "--devices", str(world_size), "--out", str(sharded_out), "--metrics", str(sharded_metrics)], env)
+        _run([sys.executable, *train_cli, "flax", *common_flags, "--devices", str(world_size), "--out", str(sharded_out), "--metrics", str(sharded_metrics)], env)
         f_sharded, f_sharded_metrics = canonical.read_state(sharded_out)[0], json.loads(sharded_metrics.read_text())
 
         for name, single, parallel, s_metrics, p_metrics in (
@@ -152,32 +151,6 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
     }
 
 
-def markdown(result: dict) -> str:
-    """The report section: one table, both twins, labelled simulated where it is."""
-    n = result["world_size"]
-    title = f"## Data parallel: 1 device vs {n}" + (" (simulated devices)" if result["simulated"] else "")
-    rows = [
-        title,
-        "",
-        f"{result['steps']} steps, global batch {result['batch_size']} ({result['per_rank_batch']} per rank/device), {result['config']}; "
-        f"{result['device']}; torch {result['torch_threads_per_process']} thread per process.",
-        f"_{result['note']}._",
-        "",
-        "| twin | engine | ms/step, 1 device | ms/step, parallel | max abs dW vs 1 device |",
-        "|---|---|---:|---:|---:|",
-    ]
-    engines = {"torch": f"DDP, torchrun --nproc-per-node {n}", "flax": f"jit over Mesh(('data',)), {n} devices"}
-    for twin in ("torch", "flax"):
-        f = result[twin]
-        rows.append(f"| {twin} | {engines[twin]} | {f['single_ms_per_step']:.2f} | {f['parallel_ms_per_step']:.2f} | {f['max_abs_dW_parallel_vs_single']:.2e} |")
-    rows += [
-        "",
-        f"torch DDP vs flax sharded: max abs dW {result['max_abs_dW_torch_ddp_vs_flax_sharded']:.2e} "
-        f"(single-device torch vs flax: {result['max_abs_dW_torch_single_vs_flax_single']:.2e}).",
-    ]
-    return "\n".join(rows) + "\n"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fashion_compare.distributed", description=__doc__.splitlines()[0])
     parser.add_argument("--world-size", type=int, default=2, help="ranks / devices (default: 2)")
@@ -194,7 +167,9 @@ def main(argv=None) -> int:
     except (FashionTwinsError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(markdown(result))
+    from fashion_compare.render import md_distributed
+
+    print("\n".join(md_distributed(result)))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -85,6 +85,8 @@ def render_markdown(report: dict) -> str:
         lines += _md_training(report["training"], have_png)
     if "classes" in report:
         lines += _md_classes(report["classes"], report.get("lockstep") or {}, have_png)
+    if "distributed" in report:
+        lines += md_distributed(report["distributed"])
     if report.get("timings"):
         lines += ["## Timings", "", "| stage | seconds |", "| --- | ---: |"]
         lines += [f"| {k.removesuffix('_seconds')} | {v:.1f} |" for k, v in report["timings"].items()]
@@ -401,6 +403,38 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> List[str]:
         "",
         "Two independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
         "the lockstep twins share their init and every update, so they should disagree on (almost) none.",
+        "",
+    ]
+    return lines
+
+
+def md_distributed(result: dict) -> List[str]:
+    """Section 8 (compare --distributed N): each twin on one device vs N-way data parallel; SIMULATED in the title on a CPU."""
+    n = result["world_size"]
+    simulated = f" — SIMULATED devices ({n} on one CPU's cores)" if result["simulated"] else ""
+    engines = {"torch": f"DDP, torchrun --nproc-per-node {n}", "flax": f"jit over Mesh(('data',)), {n} devices"}
+    lines = [
+        f"## 8. Data parallel: 1 device vs {n}{simulated}",
+        "",
+        f"{result['steps']} steps, global batch {result['batch_size']} ({result['per_rank_batch']} per rank/device), {result['config']}; "
+        f"{result['device']}; torch {result['torch_threads_per_process']} thread per process.",
+        "",
+        f"_{result['note']}._",
+        "",
+        "| twin | engine | ms/step, 1 device | ms/step, parallel | max \\|ΔW\\| vs 1 device | ran on (parallel) |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for twin in BACKENDS:
+        f = result[twin]
+        lines.append(
+            f"| {twin} | {engines[twin]} | {f['single_ms_per_step']:.2f} | {f['parallel_ms_per_step']:.2f} | "
+            f"{_e(f['max_abs_dW_parallel_vs_single'])} | {_cell(f.get('parallel_device', ''))} |"
+        )
+    lines += [
+        "",
+        f"torch DDP vs flax sharded: max \\|ΔW\\| {_e(result['max_abs_dW_torch_ddp_vs_flax_sharded'])} "
+        f"(single-device torch vs flax: {_e(result['max_abs_dW_torch_single_vs_flax_single'])}). "
+        "Per-step times are the second epoch's (the first pays compilation and DDP's setup).",
         "",
     ]
     return lines

@@ -1,6 +1,6 @@
 """The comparison report: both twins built from one seed, put side by side, trained, and written to a folder.
 
-Seven stages (fashion_compare/stages.py); after each one report.json and report.md are rewritten
+Seven stages, and an eighth on request (fashion_compare/stages.py); after each one report.json and report.md are rewritten
 (atomically), so a crash late keeps everything measured before it:
 
   1 data         load Fashion-MNIST
@@ -10,6 +10,7 @@ Seven stages (fashion_compare/stages.py); after each one report.json and report.
   5 lockstep     both twins trained step by step from one init on one batch order (the tutorial's SGD)
   6 training     the accuracy recipe in both twins; with full=True also the tutorial's recipe
   7 classes      confusion matrices, per-class accuracy and the twins' agreement on the test set
+  8 distributed  only with distributed=N: each twin on one device vs N-way data parallel (max |dW|, ms/step)
 
 The stages compute every figure and every pass/fail check (report.json "checks": name, value,
 tolerance, passed, why); fashion_compare/plots.py draws the PNGs and fashion_compare/render.py
@@ -60,6 +61,7 @@ class CompareOptions:
     download: bool = False  # fall back to torchvision's download
     quiet: Optional[bool] = None  # no progress bars; None: bars only when stderr is a terminal
     command: Optional[str] = None  # the command line the header states; None: this library call
+    distributed: int = 0  # N > 0: also each twin on one device vs N-way data parallel (stage 8); 0 skips it
 
     def check(self) -> None:
         """Refuse values that cannot run, before any data is loaded."""
@@ -71,10 +73,17 @@ class CompareOptions:
             (self.parity_images >= 1, "parity_images must be >= 1"),
             (self.limit_train is None or self.limit_train >= 1, "limit_train must be >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "limit_test must be >= 1"),
+            (isinstance(self.distributed, int) and self.distributed >= 0, "distributed must be an int >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.distributed:  # N must split the stage's global batch: refused here, before any data or training
+            from fashion_common.distributed import check_world
+
+            from .stages import DISTRIBUTED_BATCH
+
+            check_world(self.distributed, DISTRIBUTED_BATCH, "ranks/devices")
 
 
 def _stderr(line: str) -> None:
@@ -109,14 +118,15 @@ def build_report(options: Optional[CompareOptions] = None, data: Optional[Fashio
     }
     save = lambda: _save(out_dir, report)
     run = Run(options, out_dir, device, data, log, report, save)
-    for number, stage in enumerate(STAGES, 1):
-        log(f"[compare] {number}/{len(STAGES)} {stage.name} {stage.line(run)} ...")
+    stages = [stage for stage in STAGES if stage.enabled(run)]  # distributed: only with --distributed N
+    for number, stage in enumerate(stages, 1):
+        log(f"[compare] {number}/{len(stages)} {stage.name} {stage.line(run)} ...")
         start = time.perf_counter()
         try:
             stage.run(run)
         except BaseException as e:  # keep what earlier stages measured, and say where it stopped
             reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-            report["status"]["state"] = f"failed in stage {number}/{len(STAGES)} {stage.name} ({reason})"
+            report["status"]["state"] = f"failed in stage {number}/{len(stages)} {stage.name} ({reason})"
             save()
             raise
         report["timings"][stage.name + "_seconds"] = time.perf_counter() - start

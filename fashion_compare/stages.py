@@ -36,6 +36,8 @@ PARITY_TOL = 1e-5  # at "highest": fp32 rounding of differently ordered sums (te
 LOCKSTEP_TOL = 1e-5  # per-step loss and weights, fp32 in both twins (tests/test_train.py; a full epoch measured ~4e-6)
 ACCURACY_TOL_PP = 0.5  # independently seeded twins, full training set: run-to-run noise (README: 0.04 pp at 20 epochs)
 LOCKSTEP_DISAGREE_TOL = 0.1  # percent of test images: weights 1e-5 apart flip only a near-tie of the top two logits
+DISTRIBUTED_TOL = 1e-5  # data parallel vs one device, and torch DDP vs flax sharded (tests/test_distributed.py measures 1e-9..5e-7)
+DISTRIBUTED_STEPS, DISTRIBUTED_BATCH = 100, 64  # compare --distributed N: 100 plain SGD steps, global batch 64 (N must divide it)
 PREDICT_TOL_PP = 0.02  # predict_proba's argmax vs the evaluation's argmax: one batch of the same weights; 2 in 10,000 at most
 WHY = {
     "exact": "both twins build the same layers; a count or shape can only be equal or wrong",
@@ -49,6 +51,8 @@ WHY = {
     "closer than that can change class",
     "accuracy": "each twin draws its own init from the seed (torch's generator vs a JAX key), so the two runs differ by "
     "run-to-run noise; on the full training set the final test accuracies of the recipe stay within this",
+    "distributed": "the same init, global batches and plain SGD at fp32: a data-parallel step sums the same products in another "
+    "order (per-device partial gradients, then an all-reduce), ~1e-7 per step; a wrong batch slice or a missing average moves weights by ~1e-3",
     "predict": "predict_proba and the training loop's evaluation apply the same weights to the same images; "
     "their argmax can differ only at an exact tie of two logits",
 }
@@ -61,6 +65,7 @@ class Stage:
     name: str
     run: Callable[["Run"], None]
     line: Callable[["Run"], str]
+    enabled: Callable[["Run"], bool] = lambda run: True  # False: left out of the run, its log and the report
 
 
 class Run:
@@ -379,6 +384,23 @@ def stage_classes(run: Run) -> None:
     run.write_png("confusion.png", plots.plot_confusion(section["recipe"], CLASS_NAMES, f"accuracy recipe, {len(labels):,} test images"))
 
 
+# ----------------------------------------------------------------------------- 8 distributed (compare --distributed N only)
+
+
+def stage_distributed(run: Run) -> None:
+    """Each twin on one device vs N-way data parallel (torch DDP under torchrun, flax over a mesh); see fashion_compare.distributed."""
+    from .distributed import distributed_comparison
+
+    n = run.options.distributed
+    result = run.report["distributed"] = distributed_comparison(
+        n, DISTRIBUTED_STEPS, DISTRIBUTED_BATCH, run.device, data=run.data, data_dir=run.options.data_dir, log=run.log
+    )
+    why = WHY["distributed"]
+    for twin, engine in (("torch", "DDP"), ("flax", "sharded")):
+        run.check("distributed", f"{twin} {engine} over {n} vs one device ({result['steps']} SGD steps): every weight, max |ΔW|", result[twin]["max_abs_dW_parallel_vs_single"], DISTRIBUTED_TOL, why)
+    run.check("distributed", f"torch DDP vs flax sharded over {n} ({result['steps']} SGD steps): every weight, max |ΔW|", result["max_abs_dW_torch_ddp_vs_flax_sharded"], DISTRIBUTED_TOL, why)
+
+
 # ----------------------------------------------------------------------------- the list
 
 
@@ -401,4 +423,9 @@ STAGES = (  # run in this order; the line is the detail of "[compare] 3/7 parity
     Stage("lockstep", stage_lockstep, _lockstep_line),
     Stage("training", stage_training, _training_line),
     Stage("classes", stage_classes, lambda run: "(confusion matrices, per-class accuracy, agreement of the twins on the test set)"),
+    Stage(
+        "distributed", stage_distributed,
+        lambda run: f"(each twin on 1 device vs {run.options.distributed}-way data parallel, {DISTRIBUTED_STEPS} SGD steps{', simulated devices' if run.device == 'cpu' else ''})",
+        enabled=lambda run: run.options.distributed > 0,
+    ),
 )

@@ -10,16 +10,15 @@ and no hand-written pmean: the sharded program is the single-device program, whi
 
 Every process draws the same epoch order (fashion_common.data.batch_order); across processes
 (`jax.distributed.initialize`) the mesh spans all processes' devices and process 0 writes.
+Launched through the CLI (see README), which calls initialize, make_mesh and train_and_evaluate here:
 
-    python -m fashion_flax.distributed --devices 4 --batch-size 64 --out m.safetensors   # one process
+    fashion-twins train --backend flax --devices 4 --batch-size 64 --out m.safetensors   # one process
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import os
 import sys
 from typing import Dict, Optional
 
@@ -32,11 +31,10 @@ from fashion_common import loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.distributed import DEFAULT_TIMEOUT_S, DistributedError, World
-from fashion_common.errors import FashionTwinsError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import train
-from .model import get_device, set_matmul_precision
+from .model import get_device
 
 BACKEND = "flax"  # checkpoints are the single-device twin's: either resumes the other's
 AXIS = "data"
@@ -202,11 +200,11 @@ def train_and_evaluate(
     Returns (state, metrics); process 0 writes the checkpoint and metrics.
     """
     if mesh is None:
-        mesh = make_mesh(platform=_platform(config))
+        mesh = make_mesh(platform=config_platform(config))
     common.check_world(mesh.size, config.batch_size, "devices")
     writer = jax.process_index() == 0
     try:
-        return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
+        return loop.train_and_evaluate(common.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:  # one process: not a peer's failure, keep XLA's own error
             raise
@@ -214,65 +212,33 @@ def train_and_evaluate(
         raise DistributedError(common.peer_failure_message(jax.process_index(), timeout_s, e)) from e
 
 
-def _platform(config: TrainConfig) -> str:
+def config_platform(config: TrainConfig) -> str:
+    """The platform config.device names: "cpu" or "gpu" ("auto": a GPU if JAX has one)."""
     return get_device() if config.device == "auto" else config.device
-
-
-def _ops(spec: ModelSpec, init_from) -> loop.TwinOps:
-    """OPS, with init_state starting from the weights in `init_from` when given."""
-    if init_from is None:
-        return OPS
-    from fashion_common.checkpoint import read_state
-
-    weights, _ = read_state(init_from, spec)
-    return dataclasses.replace(OPS, init_state=functools.partial(create_train_state, state_dict=weights))
 
 
 def _silent(line: str) -> None:
     """Processes other than 0 log nothing: the metrics are global already."""
 
 
+def is_initialized() -> bool:
+    """True once this process joined a multi-process run: a failure then must leave with os._exit (a peer may never come)."""
+    return jax.distributed.is_initialized()
+
+
+def shutdown() -> None:
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+
+
 # ----------------------------------------------------------------------------- module entry point
 
 
 def main(argv=None) -> int:
-    """python -m fashion_flax.distributed [config flags] [--devices N] [--coordinator H:P --num-processes K --process-id I]."""
-    parser = argparse.ArgumentParser(prog="python -m fashion_flax.distributed", description="Train the flax twin data-parallel over a device mesh.")
-    common.config_arguments(parser)
-    parser.add_argument("--devices", type=int, default=None, help="use the first N devices; on CPU, simulate N host devices (default: all)")
-    parser.add_argument("--coordinator", default=None, help="HOST:PORT of process 0, for a multi-process run (default: none)")
-    parser.add_argument("--num-processes", type=int, default=1, help="processes in the run (default: 1)")
-    parser.add_argument("--process-id", type=int, default=0, help="this process's index (default: 0)")
-    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the search order of fashion_common.data)")
-    parser.add_argument("--out", default=None, help="checkpoint written by process 0 every epoch (default: none)")
-    parser.add_argument("--metrics", default=None, help="METRICS.json written by process 0 (default: none)")
-    parser.add_argument("--init", default=None, help="start from this checkpoint's weights instead of the seeded init (default: none)")
-    parser.add_argument("--resume", default=None, help="continue a checkpoint written by this loop, single-device or sharded (default: none)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=f"initialization and heartbeat timeout in seconds (default: {DEFAULT_TIMEOUT_S})")
-    parser.add_argument("--precision", choices=("highest", "tf32"), default="highest", help="float32 matmuls: highest (the parity mode) or tf32 on GPUs (default: highest)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
-    args = parser.parse_args(argv)
-    set_matmul_precision(args.precision)
-    from fashion_common.data import load_fashion_mnist
+    """`python -m fashion_flax.distributed ARGS` is `fashion-twins train --backend flax ARGS` (--devices N, or --coordinator ...)."""
+    from fashion_twins.cli import main as cli_main
 
-    try:
-        config = common.config_from_args(args)
-        if args.devices is not None and config.device != "gpu" and args.num_processes == 1:
-            # Simulated CPU devices (harmless where a GPU is used): set before the backend starts, the first jax.devices().
-            jax.config.update("jax_num_cpu_devices", args.devices)
-        initialize(args.coordinator, args.num_processes, args.process_id, args.timeout)
-        mesh = make_mesh(args.devices, _platform(config))
-        common.check_world(mesh.size, config.batch_size, "devices")  # before the data is read
-        data = load_fashion_mnist(args.data_dir)
-        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, init_from=args.init, quiet=args.quiet, mesh=mesh, timeout_s=args.timeout)
-    except (FashionTwinsError, OSError) as e:
-        print(f"error: [process {args.process_id}] {e}", file=sys.stderr, flush=True)
-        if jax.distributed.is_initialized():  # skip the shutdown barrier a failed peer would never reach
-            os._exit(2)
-        return 2
-    if jax.distributed.is_initialized():
-        jax.distributed.shutdown()
-    return 0
+    return cli_main(["train", "--backend", "flax", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

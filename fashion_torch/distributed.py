@@ -5,17 +5,15 @@ Mirrors fashion_flax/distributed.py. Every rank draws the same epoch order
 (fashion_common.distributed.rank_slice), never a DistributedSampler's reshuffle; DDP averages the
 gradients of the per-slice mean losses, so each update is the single-device update on the whole
 global batch. The epoch loop, log lines, metrics JSON and checkpoints are fashion_common.loop's;
-only rank 0 writes. Launch (see README):
+only rank 0 writes. Launched through the CLI (see README), which calls train_and_evaluate here:
 
-    torchrun --standalone --nproc-per-node 2 -m fashion_torch.distributed --batch-size 64 --out m.safetensors
+    torchrun --standalone --nproc-per-node 2 -m fashion_twins train --backend torch --batch-size 64 --out m.safetensors
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
-import functools
 import os
 import sys
 from typing import Dict, Optional
@@ -34,7 +32,7 @@ from fashion_common.errors import ConfigError, FashionTwinsError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import train
-from .model import resolve_device, set_matmul_precision
+from .model import resolve_device
 
 BACKEND = "torch"  # checkpoints are the single-device twin's: either resumes the other's
 
@@ -201,7 +199,7 @@ def train_and_evaluate(
     init_process_group(device, timeout_s)
     writer = world.is_writer
     try:
-        return loop.train_and_evaluate(_ops(spec, init_from), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
+        return loop.train_and_evaluate(common.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
     except RuntimeError as e:
         if isinstance(e, FashionTwinsError) or not _is_collective_failure(e):
             raise
@@ -214,18 +212,13 @@ def _is_collective_failure(error: RuntimeError) -> bool:
     return isinstance(error, dist.DistError) or any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout"))
 
 
-def _ops(spec: ModelSpec, init_from) -> loop.TwinOps:
-    """OPS, with init_state starting from the weights in `init_from` when given."""
-    if init_from is None:
-        return OPS
-    from fashion_common.checkpoint import read_state
-
-    weights, _ = read_state(init_from, spec)
-    return dataclasses.replace(OPS, init_state=functools.partial(create_train_state, state_dict=weights))
-
-
 def _silent(line: str) -> None:
     """Ranks other than 0 log nothing: rank 0's lines already hold the reduced metrics."""
+
+
+def is_initialized() -> bool:
+    """True once this process joined the process group: a failure then must leave with os._exit (a peer may never come)."""
+    return dist.is_initialized()
 
 
 def shutdown() -> None:
@@ -237,34 +230,10 @@ def shutdown() -> None:
 
 
 def main(argv=None) -> int:
-    """torchrun ... -m fashion_torch.distributed [config flags] --out CKPT [--resume CKPT]."""
-    parser = argparse.ArgumentParser(prog="python -m fashion_torch.distributed", description="Train the torch twin with DDP under torchrun.")
-    common.config_arguments(parser)
-    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the search order of fashion_common.data)")
-    parser.add_argument("--out", default=None, help="checkpoint written by rank 0 every epoch (default: none)")
-    parser.add_argument("--metrics", default=None, help="METRICS.json written by rank 0 (default: none)")
-    parser.add_argument("--init", default=None, help="start from this checkpoint's weights instead of the seeded init (default: none)")
-    parser.add_argument("--resume", default=None, help="continue a checkpoint written by this loop, single-device or DDP (default: none)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help=f"seconds a rank waits on its peers before failing (default: {DEFAULT_TIMEOUT_S})")
-    parser.add_argument("--precision", choices=("highest", "tf32"), default="highest", help="float32 matmuls: highest (the parity mode) or tf32 on GPUs (default: highest)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
-    args = parser.parse_args(argv)
-    set_matmul_precision(args.precision)
-    from fashion_common.data import load_fashion_mnist
+    """`python -m fashion_torch.distributed ARGS` is `fashion-twins train --backend torch ARGS` (under torchrun: DDP)."""
+    from fashion_twins.cli import main as cli_main
 
-    rank = os.environ.get("RANK", "0")
-    try:
-        config = common.config_from_args(args)
-        common.check_world(common.world_from_env().size, config.batch_size, "ranks")  # before the data is read
-        data = load_fashion_mnist(args.data_dir)
-        train_and_evaluate(config, data, out=args.out, metrics_path=args.metrics, resume=args.resume, init_from=args.init, quiet=args.quiet, timeout_s=args.timeout)
-    except (FashionTwinsError, OSError) as e:
-        print(f"error: [rank {rank}] {e}", file=sys.stderr, flush=True)
-        if dist.is_initialized():  # a dead peer can leave gloo/NCCL threads blocked at exit: leave at once, no teardown
-            os._exit(2)
-        return 2
-    shutdown()
-    return 0
+    return cli_main(["train", "--backend", "torch", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -53,16 +53,15 @@ TIMEOUT_S = 20  # --timeout of the fault test's ranks
 
 
 def config_flags(config=CONFIG) -> list:
-    """The module entry points' flags for a TrainConfig."""
-    flags = []
-    for key, value in config.to_dict().items():
-        if value is not None:
-            flags += [f"--{key.replace('_', '-')}", str(value)]
-    return flags
+    """The train command's flags for a TrainConfig (CONFIG by default)."""
+    return common.config_flags(config)
 
 
 def child_env(**extra) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    # The command keeps each framework's default matmul precision; the proofs pin fp32 as the conftest does in process
+    # (torch's default is already TF32-off; JAX on a GPU would use TF32 without this).
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
     env.pop("XLA_FLAGS", None)
     return {**env, **extra}
 
@@ -130,8 +129,8 @@ def test_torch_ddp_refuses_an_indivisible_batch_before_joining_the_process_group
     monkeypatch.setenv("WORLD_SIZE", "2")  # no peer will ever come: a rendezvous would hang, the check must come first
     out = tmp_path / "m.safetensors"
     assert tdist.main([*config_flags(CONFIG.replace(batch_size=65)), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "error: [rank 0] global batch_size 65 is not divisible by 2 ranks; use a multiple of 2 (e.g. 64) so every rank gets an equal slice"
+    err = capsys.readouterr().err.strip()  # the module entry point is `fashion-twins train --backend torch`: its one error line
+    assert err == "error: global batch_size 65 is not divisible by 2 ranks; use a multiple of 2 (e.g. 64) so every rank gets an equal slice"
     assert not dist.is_initialized() and not out.exists()
 
 
@@ -267,7 +266,7 @@ def test_a_killed_rank_makes_rank_0_fail_with_a_clear_error_within_the_timeout(t
     assert torch_fault["returncode"] == 2
     assert torch_fault["seconds"] < TIMEOUT_S + 30  # gloo sees the closed socket at once; the timeout bounds a silent peer
     last = torch_fault["stderr"].strip().splitlines()[-1]
-    assert last.startswith("error: [rank 0] rank 0: a collective with the other ranks failed") and "--resume" in last
+    assert last.startswith("error: rank 0: a collective with the other ranks failed") and "--resume" in last
 
 
 @pytest.mark.data
@@ -335,7 +334,7 @@ def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_
                 p.wait()
     assert procs[0].returncode == 2 and seconds < TIMEOUT_S + 30
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: [process 0] rank 0: a collective with the other ranks failed"), err[-2000:]
+    assert last.startswith("error: rank 0: a collective with the other ranks failed"), err[-2000:]
     _, counters = canonical.read_train_state(out)
     canonical.check_pair(out, counters)
     assert 1 <= counters["epoch"] < 30
@@ -381,21 +380,25 @@ def test_distributed_comparison_refuses_an_indivisible_batch_before_any_run():
         distributed_comparison(world_size=3, steps=10, batch_size=64, data=object())
 
 
-def test_distributed_comparison_markdown_labels_simulated_devices_and_gives_both_twins():
-    from fashion_compare.distributed import markdown
+def test_report_section_labels_simulated_devices_and_gives_both_twins_step_times_and_dW():
+    from test_compare import _handmade_report
 
-    twin = {"single_ms_per_step": 7.0, "parallel_ms_per_step": 9.5, "max_abs_dW_parallel_vs_single": 2.0e-7}
+    from fashion_compare.render import render_markdown
+
+    twin = {"single_ms_per_step": 7.0, "parallel_ms_per_step": 9.5, "max_abs_dW_parallel_vs_single": 2.0e-7, "parallel_device": "cpu x 2 ranks (DDP, gloo)"}
     result = {
         "world_size": 2, "steps": 100, "batch_size": 64, "per_rank_batch": 32, "config": "plain SGD", "device": "cpu (x86_64, 2 cores)",
-        "torch_threads_per_process": 1, "simulated": True, "note": "simulated: 2 ranks share 2 cores", "torch": twin, "flax": twin,
+        "torch_threads_per_process": 1, "simulated": True, "note": "simulated: 2 ranks share 2 cores", "torch": twin, "flax": {**twin, "parallel_ms_per_step": 12.25},
         "max_abs_dW_torch_ddp_vs_flax_sharded": 3.0e-7, "max_abs_dW_torch_single_vs_flax_single": 2.5e-7,
     }
-    text = markdown(result)
-    assert text.startswith("## Data parallel: 1 device vs 2 (simulated devices)\n")
-    assert "| torch | DDP, torchrun --nproc-per-node 2 | 7.00 | 9.50 | 2.00e-07 |" in text
-    assert "| flax | jit over Mesh(('data',)), 2 devices | 7.00 | 9.50 | 2.00e-07 |" in text
-    assert "torch DDP vs flax sharded: max abs dW 3.00e-07" in text
-    assert "(simulated" not in markdown({**result, "simulated": False})
+    text = render_markdown({**_handmade_report(), "distributed": result})
+    section = text[text.index("## 8. Data parallel"):]
+    assert section.startswith("## 8. Data parallel: 1 device vs 2 — SIMULATED devices (2 on one CPU's cores)\n")
+    assert "| torch | DDP, torchrun --nproc-per-node 2 | 7.00 | 9.50 | 2.00e-07 | cpu x 2 ranks (DDP, gloo) |" in section
+    assert "| flax | jit over Mesh(('data',)), 2 devices | 7.00 | 12.25 | 2.00e-07 |" in section
+    assert "torch DDP vs flax sharded: max \\|ΔW\\| 3.00e-07" in section and "_simulated: 2 ranks share 2 cores._" in section
+    assert "SIMULATED" not in render_markdown({**_handmade_report(), "distributed": {**result, "simulated": False}})
+    assert "## 8." not in render_markdown(_handmade_report())  # no --distributed, no section
 
 
 # ----------------------------------------------------------------------------- the forced-device worker

@@ -3,6 +3,7 @@
     fashion-twins compare                       # quick mode: a few minutes on a 2-core CPU
     fashion-twins compare --full --out-dir report_full
     fashion-twins compare --dry-run --out-dir /tmp/report   # seconds, for CI
+    fashion-twins compare --distributed 2                    # also 1 device vs 2-way data parallel, both twins
 
 Writes OUT_DIR/report.md, report.json and PNG plots; report.json and report.md are rewritten
 after each stage. The work is done by fashion_compare.report.build_report.
@@ -44,6 +45,11 @@ def add_parser(subparsers) -> None:
         "--lockstep-steps", type=common.positive_int, default=None, metavar="N",
         help=f"lockstep SGD steps (default: {QUICK_LOCKSTEP_STEPS} on a CPU in quick mode; one full epoch with --full or on a GPU)",
     )
+    p.add_argument(
+        "--distributed", type=common.int_in(0), default=d.distributed, metavar="N",
+        help="also train each twin on 1 device and N-way data parallel (torch DDP under torchrun, flax over a mesh; "
+        "simulated devices on a CPU) and compare weights and ms/step; N must divide the batch of 64 (default: 0, skipped)",
+    )
     p.add_argument("--dry-run", action="store_true", help=f"a quick end-to-end run for CI: {', '.join(f'{k}={v}' for k, v in DRY_RUN.items())} (default: off)")
     p.set_defaults(run=run)
 
@@ -60,7 +66,7 @@ def make_options(args, command: str):
     values.update({k: v for k, v in (("quick_epochs", args.quick_epochs), ("lockstep_steps", args.lockstep_steps)) if v is not None})
     options = CompareOptions(
         out_dir=args.out_dir, full=args.full, device=args.device, seed=args.seed,
-        data_dir=args.data_dir, download=args.download, command=command, **values,
+        data_dir=args.data_dir, download=args.download, command=command, distributed=args.distributed, **values,
     )
     options.check()
     return options

@@ -3,11 +3,15 @@
     fashion-twins train --backend flax --out runs/flax.safetensors --metrics runs/flax.json
     fashion-twins train --backend torch --tutorial-recipe --out t.safetensors
     fashion-twins train --backend torch --dry-run --out /tmp/c.safetensors   # metrics: /tmp/c.metrics.json
+    torchrun --standalone --nproc-per-node 2 -m fashion_twins train --backend torch --out m.safetensors   # DDP
+    fashion-twins train --backend flax --devices 2 --out m.safetensors          # a 2-device mesh (simulated on a CPU)
 
 Every TrainConfig field is a flag, made from the dataclass itself: its type, its default, its
 choices (the config module's tuple named like the field, OPTIMIZERS for `optimizer`) and its help
 (HELP below, else the field's comment in fashion_common/config.py). A field added there is a flag
-here with no edit. The work is done by <twin>.train.train_and_evaluate.
+here with no edit. The work is done by <twin>.train.train_and_evaluate, or data-parallel by
+<twin>.distributed.train_and_evaluate: torch under torchrun (RANK and WORLD_SIZE set), flax with
+--devices N or --coordinator HOST:PORT --num-processes K --process-id I.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
+import sys
+import traceback
 import typing
 
 from fashion_common import config as config_module
 from fashion_common.config import TrainConfig, tutorial_config
+from fashion_common.distributed import DEFAULT_TIMEOUT_S, check_world, under_torchrun, world_from_env
 from fashion_common.errors import ConfigError
 
 from . import common
@@ -69,7 +77,29 @@ def add_parser(subparsers) -> None:
         "--metrics", metavar="METRICS.json", default=None,
         help="per-epoch metrics, device, versions and config, rewritten after every epoch (default: beside --out, CKPT.metrics.json)",
     )
+    p.add_argument("--init", metavar="CKPT", default=None, help="start from this checkpoint's weights instead of the seeded init, e.g. the other twin's (default: the seeded init)")
+    d = p.add_argument_group(
+        "data parallel",
+        "torch: launch this command with torchrun (one process per rank; DDP, gloo on CPU, NCCL on CUDA). "
+        "flax: --devices N in one process, or one process per host with --coordinator.",
+    )
+    d.add_argument("--devices", type=common.positive_int, default=None, metavar="N", help="flax: shard each batch over the first N devices; on a CPU, N simulated host devices (default: one device, no mesh)")
+    d.add_argument("--coordinator", type=host_port, default=None, metavar="HOST:PORT", help="flax multi-process: process 0's address for jax.distributed.initialize (default: one process)")
+    d.add_argument("--num-processes", type=common.positive_int, default=None, metavar="K", help="flax multi-process: processes in the run, with --coordinator (default: 1)")
+    d.add_argument("--process-id", type=common.int_in(0), default=None, metavar="I", help="flax multi-process: this process's index in 0..K-1, with --coordinator (default: 0)")
+    d.add_argument(
+        "--timeout", type=common.positive_float, default=None, metavar="S",
+        help=f"data-parallel runs: seconds to wait on a silent peer before failing with an error (default: {DEFAULT_TIMEOUT_S})",
+    )
     p.set_defaults(run=run)
+
+
+def host_port(text: str) -> str:
+    """An argparse type: HOST:PORT with a port in 1..65535."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, e.g. 10.0.0.1:1234, got {text!r}")
+    return text
 
 
 def _field_comments() -> dict:
@@ -118,6 +148,51 @@ def make_config(args) -> TrainConfig:
     return base.replace(**given)
 
 
+def data_parallel(args, config: TrainConfig):
+    """None (one device), "torchrun" (torch DDP) or "mesh" (flax sharding); misuse and an indivisible batch fail here, before any work."""
+    torch_hint = "the torch twin runs data-parallel under torchrun: torchrun --nproc-per-node N -m fashion_twins train --backend torch ..."
+    flax_flags = [flag for flag in ("--devices", "--coordinator", "--num-processes", "--process-id") if getattr(args, flag[2:].replace("-", "_")) is not None]
+    mode = None
+    if args.backend == "torch":
+        if flax_flags:
+            raise common.UsageError(f"argument {flax_flags[0]}: {torch_hint} (multi-node: --nnodes, --rdzv-endpoint)")
+        if under_torchrun():
+            if config.engine == "fused":
+                raise common.UsageError("argument --engine: fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile")
+            check_world(world_from_env().size, config.batch_size, "ranks")
+            mode = "torchrun"
+    else:
+        if under_torchrun() and world_from_env().size > 1:
+            raise common.UsageError(
+                f"the flax twin is not launched by torchrun (WORLD_SIZE={world_from_env().size}): "
+                "use --devices N in one process, or --coordinator HOST:PORT --num-processes K --process-id I in each"
+            )
+        if args.coordinator is None and (args.num_processes is not None or args.process_id is not None):
+            flag = "--num-processes" if args.num_processes is not None else "--process-id"
+            raise common.UsageError(f"argument {flag}: needs --coordinator HOST:PORT, process 0's address")
+        if args.coordinator is not None:
+            if args.num_processes is None or args.process_id is None:
+                raise common.UsageError("argument --coordinator: needs --num-processes K and --process-id I")
+            if args.process_id >= args.num_processes:
+                raise common.UsageError(f"argument --process-id: must be in 0..{args.num_processes - 1} for --num-processes {args.num_processes}, got {args.process_id}")
+            if args.devices is not None:
+                raise common.UsageError("argument --devices: a multi-process run shards over every device of its processes; drop --devices")
+            mode = "mesh"
+        elif args.devices is not None:
+            check_world(args.devices, config.batch_size, "devices")
+            mode = "mesh"
+    if mode is None and args.timeout is not None:
+        raise common.UsageError("argument --timeout: applies to data-parallel runs only (torchrun, --devices or --coordinator)")
+    return mode
+
+
+def _is_writer(args, mode) -> bool:
+    """Rank / process 0 writes the checkpoint, metrics and the `wrote` line; the others only train."""
+    if mode == "torchrun":
+        return world_from_env().rank == 0
+    return (args.process_id or 0) == 0
+
+
 def run(args) -> int:
     from fashion_common.checkpoint import metrics_path_for, read_state, read_train_state, train_state_path
     from fashion_common.loop import check_resume
@@ -125,15 +200,22 @@ def run(args) -> int:
 
     # ---- everything cheap that can fail, before the framework import, the data and the training
     config = make_config(args)
+    mode = data_parallel(args, config)
+    if args.init is not None and args.resume is not None:
+        raise common.UsageError("argument --init: contradicts --resume, which continues from its own weights; give one")
     out, sidecar = args.out, str(train_state_path(args.out))
     metrics = args.metrics if args.metrics is not None else str(metrics_path_for(args.out))
     outputs = {"--out": out, "--out's sidecar": sidecar, "--metrics": metrics}
     inputs = {}
     if args.resume is not None:
         inputs = {"--resume": args.resume, "--resume's sidecar": str(train_state_path(args.resume))}
+    if args.init is not None:
+        inputs["--init"] = args.init
     check_no_aliases(outputs, inputs, allowed=[("--out", "--resume"), ("--out's sidecar", "--resume's sidecar")])
     for flag, path in outputs.items():
         check_output_file(path, flag)
+    if args.init is not None:
+        read_state(args.init)  # exists, parses, every key and shape
 
     if args.resume is not None:
         # Weights, then the optimizer sidecar, must exist, parse and belong to this backend and config.
@@ -141,16 +223,80 @@ def run(args) -> int:
         _, counters = read_train_state(args.resume)
         check_resume(args.resume, counters, args.backend, config)
         if int(counters.get("epoch", 0)) >= config.epochs:
-            return _finished(args, config, counters, out, sidecar, metrics)
+            return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 
     twin = common.backend_module(args.backend)
-    twin.resolve_device(config.device)
+    kwargs = dict(out=out, metrics_path=metrics, resume=args.resume, quiet=args.quiet)
+    if mode is None:
+        _train_one_device(args, config, twin, kwargs)
+    else:
+        _train_data_parallel(args, config, mode, dict(kwargs, init_from=args.init, timeout_s=args.timeout or DEFAULT_TIMEOUT_S))
+    if _is_writer(args, mode):
+        print(f"[{args.backend}] wrote {out}, {sidecar} and {metrics}")
+    return 0
+
+
+def _train_one_device(args, config: TrainConfig, twin, kwargs: dict) -> None:
+    """The twin's own loop on one device (from --init's weights through the same loop with the init swapped)."""
+    from fashion_common.data import load_fashion_mnist
+    from fashion_common.distributed import with_init
+    from fashion_common.spec import DEFAULT_SPEC
+
+    device = twin.resolve_device(config.device)
+    data = load_fashion_mnist(args.data_dir, download=args.download)
+    if args.init is None:
+        twin.train.train_and_evaluate(config, data, **kwargs)
+    else:
+        from fashion_common import loop
+
+        ops = with_init(twin.train.OPS, twin.train.create_train_state, args.init, DEFAULT_SPEC)
+        loop.train_and_evaluate(ops, config, data, DEFAULT_SPEC, device=device, **kwargs)
+
+
+def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> None:
+    """torch DDP over the torchrun world, or flax over a mesh; once the ranks are joined, a failure leaves at once.
+
+    The order matters for flax: the simulated CPU device count before JAX's backend starts, then
+    jax.distributed.initialize, then the mesh and its batch check, and only then the data.
+    """
     from fashion_common.data import load_fashion_mnist
 
-    data = load_fashion_mnist(args.data_dir, download=args.download)
-    twin.train.train_and_evaluate(config, data, out=out, metrics_path=metrics, resume=args.resume, quiet=args.quiet)
-    print(f"[{args.backend}] wrote {out}, {sidecar} and {metrics}")
-    return 0
+    if mode == "torchrun":
+        import fashion_torch.distributed as engine
+    else:
+        import jax
+
+        import fashion_flax.distributed as engine
+
+        if args.devices is not None and config.device != "gpu":
+            try:  # N simulated host devices (a no-op where a GPU is used); only before the backend starts
+                jax.config.update("jax_num_cpu_devices", args.devices)
+            except RuntimeError:  # already started (a caller in this process): make_mesh names the devices it sees
+                pass
+    try:
+        if mode == "torchrun":
+            data = load_fashion_mnist(args.data_dir, download=args.download)
+            engine.train_and_evaluate(config, data, **kwargs)  # joins the process group, then trains
+        else:
+            engine.initialize(args.coordinator, args.num_processes or 1, args.process_id or 0, kwargs["timeout_s"])
+            mesh = engine.make_mesh(args.devices, engine.config_platform(config))
+            check_world(mesh.size, config.batch_size, "devices")
+            data = load_fashion_mnist(args.data_dir, download=args.download)
+            engine.train_and_evaluate(config, data, mesh=mesh, **kwargs)
+    except Exception as e:
+        if not engine.is_initialized():
+            raise
+        # A dead peer can leave gloo/NCCL or the coordination service blocked at exit: say why, then leave, no teardown.
+        from fashion_common.errors import FashionTwinsError
+
+        from . import error_line
+
+        expected = isinstance(e, (common.UsageError, FashionTwinsError, OSError, ValueError))
+        if not expected or os.environ.get("FASHION_TWINS_TRACEBACK"):
+            traceback.print_exc()
+        print(error_line(e), file=sys.stderr, flush=True)
+        os._exit(2 if expected else 1)
+    engine.shutdown()
 
 
 def _finished(args, config: TrainConfig, counters: dict, out: str, sidecar: str, metrics: str) -> int:

@@ -123,9 +123,10 @@ def sharded_train_steps(mesh: Mesh):
     return jax.jit(train.train_steps, static_argnames="label_smoothing", donate_argnums=0, out_shardings=replicated(mesh))
 
 
-def train_epoch(state: train.TrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
+def train_epoch(state: train.TrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
     """One pass over the GLOBAL `order` (steps, B), its columns sharded over the mesh -> (state, metrics).
 
+    shifts: optional GLOBAL (steps, B, 2) offsets, sharded on B like `order`.
     The loss and correct count come out of the one program already global (the mean is over the whole batch).
     """
     mesh = data.train_images.sharding.mesh
@@ -134,7 +135,8 @@ def train_epoch(state: train.TrainState, data: train.DeviceData, order: np.ndarr
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
         order_d = put_global(order[chunk], batch_sharded(mesh))  # (S, B), B split over `data`
-        state, chunk_loss, chunk_correct = step_fn(state, data.train_images, data.train_labels, order_d, label_smoothing=config.label_smoothing)
+        shifts_d = None if shifts is None else put_global(shifts[chunk], batch_sharded(mesh))  # (S, B, 2), the same split
+        state, chunk_loss, chunk_correct = step_fn(state, data.train_images, data.train_labels, order_d, label_smoothing=config.label_smoothing, shifts=shifts_d)
         loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)
         seen += chunk.stop - chunk.start
         if progress is not None:

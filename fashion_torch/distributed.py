@@ -101,13 +101,13 @@ def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, devi
 # ----------------------------------------------------------------------------- one step
 
 
-def train_step(state: DDPTrainState, images: torch.Tensor, labels: torch.Tensor):
+def train_step(state: DDPTrainState, images: torch.Tensor, labels: torch.Tensor, shifts=None):
     """One update on this rank's slice (b = B / world, 28, 28) -> (slice loss, slice number correct), 0-d tensors.
 
     The twin's own train_step; the state's model_loss runs the forward through DDP, so the
     gradients are the global-batch mean (mean over ranks of the slice means) at optimizer.step().
     """
-    return train.train_step(state, images, labels)
+    return train.train_step(state, images, labels, shifts)
 
 
 def _all_reduce_sum(values, device) -> list:
@@ -117,18 +117,23 @@ def _all_reduce_sum(values, device) -> list:
     return t.tolist()
 
 
-def train_epoch(state: DDPTrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None):
-    """One pass over the GLOBAL `order` (steps, B), this rank on its columns -> (state, metrics over all ranks)."""
+def train_epoch(state: DDPTrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
+    """One pass over the GLOBAL `order` (steps, B), this rank on its columns -> (state, metrics over all ranks).
+
+    shifts: optional GLOBAL (steps, B, 2) offsets (fashion_common.augment); each rank takes the same columns as of `order`.
+    """
     world = state.world
     local = common.rank_slice(order, world.rank, world.size)  # (steps, B / world)
     state.ddp.train()
     device = data.train_images.device
     order_t = torch.as_tensor(local, device=device, dtype=torch.int64)
+    shifts_t = None if shifts is None else torch.as_tensor(common.rank_slice(shifts, world.rank, world.size), device=device, dtype=torch.int64)
     loss_sum = torch.zeros((), device=device)
     correct_sum = torch.zeros((), device=device, dtype=torch.int64)
     for chunk in loop.progress_chunks(len(order), progress):
-        for idx in order_t[chunk]:
-            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx])
+        for i in range(chunk.start, chunk.stop):
+            idx = order_t[i]
+            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx], None if shifts_t is None else shifts_t[i])
             loss_sum += loss
             correct_sum += correct
         if progress is not None:

@@ -18,8 +18,10 @@ import pytest
 from clitools import assert_ok, assert_one_error_line, cli, needs_data
 from test_distributed import TOL, max_diff, run, weights
 
-# The brief's small slice: 1024 images at batch 64 = 16 steps; plain SGD, constant rate, no smoothing or decay.
+# A small slice: 1024 images at batch 64 = 16 steps; plain SGD, constant rate, no smoothing or decay,
+# and ±1 px shifts on, so each rank (each device) must take its own columns of the global offsets too.
 FLAGS = [
+    "--augment-shift", "1",
     "--limit-train", "1024", "--limit-test", "256", "--epochs", "1", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.01",
     "--schedule", "constant", "--momentum", "0", "--weight-decay", "0", "--label-smoothing", "0", "--device", "cpu", "--seed", "0", "--quiet",
 ]

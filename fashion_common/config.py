@@ -22,9 +22,9 @@ ENGINES = ("auto", "eager", "compile", "cuda_graph", "fused")
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Defaults are the accuracy recipe, chosen on a validation split (README, Results): about 90.9 % test accuracy in both twins in 50 epochs."""
+    """Defaults are the accuracy recipe, chosen on a validation split (README, Results): mean test accuracy over 3 seeds >= 91 % in both twins in 80 epochs."""
 
-    epochs: int = 50  # full passes over the 60,000 training images
+    epochs: int = 80  # full passes over the 60,000 training images (80 beat 50 by 0.24 pp on the validation split)
     batch_size: int = 64  # the last partial batch is dropped, so every step has this shape
     optimizer: str = "adamw"  # one of sgd, adam, adamw
     lr: float = 5e-4  # peak learning rate

@@ -47,7 +47,7 @@ def test_config_rejects_unknown_keys_and_wrong_types():
 
 def test_default_config_is_the_documented_accuracy_recipe():
     c = TrainConfig()
-    assert (c.epochs, c.batch_size, c.optimizer, c.lr, c.schedule, c.label_smoothing) == (50, 64, "adamw", 5e-4, "cosine", 0.1)
+    assert (c.epochs, c.batch_size, c.optimizer, c.lr, c.schedule, c.label_smoothing) == (80, 64, "adamw", 5e-4, "cosine", 0.1)
     assert (c.weight_decay, c.augment_shift, c.val_size) == (5e-2, 1, 0)
     t = tutorial_config()
     assert (t.optimizer, t.lr, t.batch_size, t.momentum, t.schedule, t.label_smoothing) == ("sgd", 1e-3, 64, 0.0, "constant", 0.0)

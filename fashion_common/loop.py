@@ -44,6 +44,13 @@ class TwinOps:
     is_writer: Callable[[], bool] = lambda: True
 
 
+def epoch_shifts(config: TrainConfig, epoch: int, steps: int):
+    """The shared (steps, B, 2) int8 shift offsets of one epoch, or None with augmentation off: what every epoch call passes."""
+    if not config.augment_shift:
+        return None
+    return shift_offsets(config.seed, epoch, steps, config.batch_size, config.augment_shift)
+
+
 def write_json_atomic(path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
@@ -155,7 +162,7 @@ def train_and_evaluate(
         order = batch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
         start = time.perf_counter()
         progress = None if quiet else _progress(ops.backend, epoch, config.epochs, steps_per_epoch)
-        shifts = shift_offsets(config.seed, epoch, steps_per_epoch, config.batch_size, config.augment_shift) if config.augment_shift else None
+        shifts = epoch_shifts(config, epoch, steps_per_epoch)
         state, train_metrics = ops.train_epoch(state, on_device, order, config, progress, shifts)
         seconds = time.perf_counter() - start  # train_epoch returns host floats, so the device is done
         if progress is not None:

@@ -19,6 +19,7 @@ import numpy as np
 from fashion_compare import device_label, set_matmul_precision
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order, prepare_raw
+from fashion_common.loop import epoch_shifts
 from fashion_common.spec import TUTORIAL_PARAMETER_COUNT
 
 # forward (2 FLOPs per weight per example) + backward (4): 6 * params * examples
@@ -142,7 +143,8 @@ def twin_epoch_fn(backend: str, data: FashionData, device: str, config: Optional
 
     def run(epoch):
         order = batch_order(config.seed, epoch + 10, len(data.train_labels), config.batch_size)
-        holder["state"], _ = train.train_epoch(holder["state"], on_device, order, config, None)  # returns host floats: synced
+        shifts = epoch_shifts(config, epoch + 10, steps)  # the recipe's augmentation, as the loop applies it
+        holder["state"], _ = train.train_epoch(holder["state"], on_device, order, config, None, shifts)  # returns host floats: synced
 
     return run
 
@@ -216,14 +218,14 @@ def time_to_accuracy(backend: str, data: FashionData, device: str, target: float
     total = steps * config.epochs
     # Warm-up on a throwaway state with the same shapes, so compilation is not counted.
     warm = train.create_train_state(config, device=dev, total_steps=total)
-    warm, _ = train.train_epoch(warm, on_device, batch_order(config.seed + 1, 0, len(data.train_labels), config.batch_size), config, None)  # flax donates the state it is given
+    warm, _ = train.train_epoch(warm, on_device, batch_order(config.seed + 1, 0, len(data.train_labels), config.batch_size), config, None, epoch_shifts(config, 0, steps))  # flax donates the state it is given
     train.evaluate(warm, on_device, config)
     state = train.create_train_state(config, device=dev, total_steps=total)
     seconds, curve = 0.0, []
     for epoch in range(1, config.epochs + 1):
         order = batch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
         start = time.perf_counter()
-        state, _ = train.train_epoch(state, on_device, order, config, None)
+        state, _ = train.train_epoch(state, on_device, order, config, None, epoch_shifts(config, epoch, steps))  # as the loop trains
         seconds += time.perf_counter() - start
         accuracy = train.evaluate(state, on_device, config)["test_accuracy"]
         curve.append({"epoch": epoch, "train_seconds": seconds, "test_accuracy": accuracy})

@@ -135,7 +135,7 @@ def _sgd_with_shifts(**overrides):
 
     SGD rather than the default AdamW: Adam divides each gradient by its own running RMS, so a weight
     whose true gradient is ~1e-9 (fed by border pixels a shift only sometimes lights) takes a step of
-    up to lr from rounding noise alone; with AdamW the twins stay together only to ~1e-4 (RECIPE_RESULTS.md).
+    up to lr from rounding noise alone; with AdamW the twins stay together only to ~1e-4 (README, Results: Parity).
     With plain SGD every rounding difference stays rounding-sized, so the lockstep isolates the shifts.
     """
     return tutorial_config(augment_shift=1, device="cpu").replace(**overrides)
@@ -188,3 +188,29 @@ def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_w
     f_plain, _ = flax_train.train_epoch(f_plain, flax_train.put_data(data), order, config, None, None)
     p_w = _weights("flax", f_plain)
     assert max(float(np.max(np.abs(p_w[k] - f_w[k]))) for k in p_w) > 2e-5
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax"])
+def test_benchmark_epochs_and_time_to_accuracy_train_with_the_recipes_shifts_as_the_loop_does(backend, monkeypatch):
+    # The benchmark drives train_epoch itself (to time it); it must feed the same offsets the loop feeds,
+    # or it times (and reports the accuracy of) a recipe without its augmentation.
+    from fashion_common.loop import epoch_shifts
+    from fashion_compare import benchmark
+    from twin_data import separable_set
+
+    train = importlib.import_module(f"fashion_{backend}.train")
+    seen = []
+    real_epoch = train.train_epoch
+
+    def recording_epoch(state, data, order, config, progress=None, shifts=None):
+        seen.append(None if shifts is None else np.asarray(shifts).copy())
+        return real_epoch(state, data, order, config, progress, shifts)
+
+    monkeypatch.setattr(train, "train_epoch", recording_epoch)
+    data = separable_set(n_per_class=8)  # 80 images
+    config = TrainConfig(epochs=1, batch_size=16, device="cpu", augment_shift=1)
+    benchmark.twin_epoch_fn(backend, data, "cpu", config)(0)
+    benchmark.time_to_accuracy(backend, data, "cpu", target=0.0, config=config, log=lambda line: None)
+    steps = len(data.train_labels) // 16
+    assert len(seen) == 3 and all(s is not None and s.shape == (steps, 16, 2) for s in seen)
+    np.testing.assert_array_equal(seen[-1], epoch_shifts(config, 1, steps))  # epoch 1 of time-to-accuracy: the loop's epoch-1 offsets

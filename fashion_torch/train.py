@@ -31,10 +31,11 @@ from .model import NeuralNetwork, create_model, resolve_device
 
 BACKEND = "torch"
 
-# engine="auto" per device type. CPU: eager, measured fastest end to end for the default 20-epoch
-# run on the 2-core CPU, compile time included (fashion_compare.benchmark rows torch_<engine>_s
-# and torch_<engine>_compile_s; see README, Benchmarks). CUDA: compile, NOT measured yet (no GPU
-# was lent); the launch-bound small MLP is what Inductor's fused kernels (and cuda_graph) are for.
+# engine="auto" per device type. CPU: eager. On the quiet 2-core CPU compile estimated the default
+# 80-epoch run 7-12 % faster (README, Results: Speed), about eager's run-to-run swing; eager stays
+# because torch.compile needs a C++ toolchain at run time and a ~10 s cold compile every short run
+# pays. CUDA: compile, NOT measured yet (no GPU was lent); the launch-bound small MLP is what
+# Inductor's fused kernels (and cuda_graph) are for.
 AUTO_ENGINE = {"cpu": "eager", "cuda": "compile"}
 
 

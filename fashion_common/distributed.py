@@ -10,7 +10,6 @@ gradients averaged over equal slices, the update equals the single-device one:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import socket
 
@@ -106,17 +105,3 @@ def under_torchrun(environ=None) -> bool:
 def config_flags(config) -> list:
     """A TrainConfig as `fashion-twins train` flags, for the launches of another process (torchrun, a JAX process)."""
     return [arg for key, value in config.to_dict().items() if value is not None for arg in (f"--{key.replace('_', '-')}", str(value))]
-
-
-def with_init(ops, create_train_state, init_from, spec):
-    """A twin's TwinOps whose init_state starts from the weights in `init_from` (a canonical checkpoint) instead of the seed.
-
-    Every run of the data-parallel proofs starts from one file (the torch twin's seeded init), so
-    the two frameworks, whose seeded inits differ, train the same weights. None: `ops` unchanged.
-    """
-    if init_from is None:
-        return ops
-    from .checkpoint import read_state
-
-    weights, _ = read_state(init_from, spec)
-    return dataclasses.replace(ops, init_state=functools.partial(create_train_state, state_dict=weights))

@@ -206,7 +206,7 @@ def train_and_evaluate(
     common.check_world(mesh.size, config.batch_size, "devices")
     writer = jax.process_index() == 0
     try:
-        return loop.train_and_evaluate(common.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
+        return loop.train_and_evaluate(loop.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:  # one process: not a peer's failure, keep XLA's own error
             raise

@@ -274,7 +274,10 @@ OPS = loop.TwinOps(
 )
 
 
-def train_and_evaluate(config: TrainConfig, data: FashionData, spec: ModelSpec = DEFAULT_SPEC, out=None, metrics_path=None, resume=None, quiet=False, log=print):
-    """Train and evaluate the flax twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics)."""
+def train_and_evaluate(config: TrainConfig, data: FashionData, spec: ModelSpec = DEFAULT_SPEC, out=None, metrics_path=None, resume=None, quiet=False, log=print, init_from=None):
+    """Train and evaluate the flax twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics).
+
+    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+    """
     device = resolve_device(config.device)
-    return loop.train_and_evaluate(OPS, config, data, spec, out, metrics_path, resume, quiet, log, device)
+    return loop.train_and_evaluate(loop.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet, log, device)

@@ -98,16 +98,7 @@ def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, devi
     return DDPTrainState(**fields, ddp=ddp, world=_world())
 
 
-# ----------------------------------------------------------------------------- one step
-
-
-def train_step(state: DDPTrainState, images: torch.Tensor, labels: torch.Tensor, shifts=None):
-    """One update on this rank's slice (b = B / world, 28, 28) -> (slice loss, slice number correct), 0-d tensors.
-
-    The twin's own train_step; the state's model_loss runs the forward through DDP, so the
-    gradients are the global-batch mean (mean over ranks of the slice means) at optimizer.step().
-    """
-    return train.train_step(state, images, labels, shifts)
+# ----------------------------------------------------------------------------- one epoch
 
 
 def _all_reduce_sum(values, device) -> list:
@@ -120,28 +111,18 @@ def _all_reduce_sum(values, device) -> list:
 def train_epoch(state: DDPTrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
     """One pass over the GLOBAL `order` (steps, B), this rank on its columns -> (state, metrics over all ranks).
 
-    shifts: optional GLOBAL (steps, B, 2) offsets (fashion_common.augment); each rank takes the same columns as of `order`.
+    The twin's own train_epoch on this rank's slices: the state's model_loss runs through DDP, so
+    each backward() all-reduces the gradients. shifts: optional GLOBAL (steps, B, 2) offsets
+    (fashion_common.augment), sliced by the same columns as `order`.
     """
     world = state.world
     local = common.rank_slice(order, world.rank, world.size)  # (steps, B / world)
-    state.ddp.train()
-    device = data.train_images.device
-    order_t = torch.as_tensor(local, device=device, dtype=torch.int64)
-    shifts_t = None if shifts is None else torch.as_tensor(common.rank_slice(shifts, world.rank, world.size), device=device, dtype=torch.int64)
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device, dtype=torch.int64)
-    for chunk in loop.progress_chunks(len(order), progress):
-        for i in range(chunk.start, chunk.stop):
-            idx = order_t[i]
-            loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx], None if shifts_t is None else shifts_t[i])
-            loss_sum += loss
-            correct_sum += correct
-        if progress is not None:
-            progress.update(chunk.stop - chunk.start)
-    # The global batch's mean loss is the mean of the equal slices' means; correct counts add up.
-    loss_total, correct_total = _all_reduce_sum([loss_sum.item(), correct_sum.item()], device)
-    steps = len(order)
-    return state, {"train_loss": loss_total / (steps * world.size), "train_accuracy": correct_total / (steps * order.shape[1])}
+    local_shifts = None if shifts is None else common.rank_slice(shifts, world.rank, world.size)  # (steps, B / world, 2)
+    state.ddp.train()  # the wrapper's own mode; train_epoch sets the wrapped model's
+    state, metrics = train.train_epoch(state, data, local, config, progress, local_shifts)
+    # Equal slices: the global mean loss and accuracy are the means of the ranks' own.
+    loss_sum, accuracy_sum = _all_reduce_sum([metrics["train_loss"], metrics["train_accuracy"]], data.train_images.device)
+    return state, {"train_loss": loss_sum / world.size, "train_accuracy": accuracy_sum / world.size}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -204,7 +185,7 @@ def train_and_evaluate(
     init_process_group(device, timeout_s)
     writer = world.is_writer
     try:
-        return loop.train_and_evaluate(common.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
+        return loop.train_and_evaluate(loop.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
     except RuntimeError as e:
         if isinstance(e, FashionTwinsError) or not _is_collective_failure(e):
             raise

@@ -237,20 +237,12 @@ def run(args) -> int:
 
 
 def _train_one_device(args, config: TrainConfig, twin, kwargs: dict) -> None:
-    """The twin's own loop on one device (from --init's weights through the same loop with the init swapped)."""
+    """The twin's own train_and_evaluate on one device (from --init's weights when given)."""
     from fashion_common.data import load_fashion_mnist
-    from fashion_common.distributed import with_init
-    from fashion_common.spec import DEFAULT_SPEC
 
-    device = twin.resolve_device(config.device)
+    twin.resolve_device(config.device)  # --device gpu without one fails here, before the data loads
     data = load_fashion_mnist(args.data_dir, download=args.download)
-    if args.init is None:
-        twin.train.train_and_evaluate(config, data, **kwargs)
-    else:
-        from fashion_common import loop
-
-        ops = with_init(twin.train.OPS, twin.train.create_train_state, args.init, DEFAULT_SPEC)
-        loop.train_and_evaluate(ops, config, data, DEFAULT_SPEC, device=device, **kwargs)
+    twin.train.train_and_evaluate(config, data, init_from=args.init, **kwargs)
 
 
 def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> None:

@@ -8,12 +8,11 @@ lines, write the same METRICS.json and resume the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-import os
 import platform
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 from .augment import shift_offsets
@@ -21,6 +20,7 @@ from .checkpoint import atomic_write_bytes, read_train_state, train_state_path
 from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
+from .paths import check_output_file
 from .spec import DEFAULT_SPEC, ModelSpec
 from .split import split_validation
 from .text import format_epoch_line
@@ -51,22 +51,21 @@ def epoch_shifts(config: TrainConfig, epoch: int, steps: int):
     return shift_offsets(config.seed, epoch, steps, config.batch_size, config.augment_shift)
 
 
+def with_init(ops: TwinOps, create_train_state: Callable, init_from, spec: ModelSpec = DEFAULT_SPEC) -> TwinOps:
+    """The twin's ops whose init_state starts from the weights in `init_from` (a canonical checkpoint) instead of the seed.
+
+    The cross-framework proofs start both twins, whose seeded inits differ, from one file. None: `ops` unchanged.
+    """
+    if init_from is None:
+        return ops
+    from .checkpoint import read_state
+
+    weights, _ = read_state(init_from, spec)
+    return dataclasses.replace(ops, init_state=functools.partial(create_train_state, state_dict=weights))
+
+
 def write_json_atomic(path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def check_writable(path, flag: str = "output") -> None:
-    """Fail before training, not after it, when an output path cannot be written (atomic writes need its folder)."""
-    if path is None:
-        return
-    path = Path(path)
-    folder = path.resolve().parent
-    if path.is_dir():
-        raise IsADirectoryError(f"{flag} {path} is a folder; give a file path")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{flag} {path}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag} {path}: output folder {folder} is not writable")
 
 
 # Config keys that change the trajectory: a resumed run must use the same values, or it is another run.
@@ -124,8 +123,9 @@ def train_and_evaluate(
     """
     if not ops.is_writer():  # the other ranks train and reduce metrics, but write nothing
         out = metrics_path = None
-    check_writable(out, "--out")
-    check_writable(metrics_path, "--metrics")
+    # The command line's own checks (aliases too) ran already; these keep library callers from losing an epoch.
+    check_output_file(out, "--out")
+    check_output_file(metrics_path, "--metrics")
     data = data.limit(config.limit_train, config.limit_test)
     val_data = None
     if config.val_size:  # the held-out images leave the training set; the loop scores them each epoch

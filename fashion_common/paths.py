@@ -75,17 +75,16 @@ def check_output_file(path, flag: str) -> None:
     if str(path) == "" or path.name in ("", ".", ".."):
         raise PathError(f"{what}: give a file path")
     try:
-        st = os.stat(path)
+        kind = file_kind(os.stat(path).st_mode)
     except FileNotFoundError:
-        st = None
+        kind = None
     except OSError as e:
         raise PathError(f"{what}: {e.strerror or e}") from None
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise PathError(f"{what} is a folder; give a file path")
-        if not stat.S_ISREG(st.st_mode):
-            # A rename over a FIFO or device node would replace it (as root, /dev/null itself).
-            raise PathError(f"{what} exists and is not a regular file")
+    if kind == "directory":
+        raise PathError(f"{what} is a folder; give a file path")
+    if kind not in (None, "file"):
+        # A rename over a FIFO or device node would replace it (as root, /dev/null itself).
+        raise PathError(f"{what} exists and is not a regular file")
     folder = path.absolute().parent
     if not folder.exists():
         raise PathError(f"{what}: folder {folder} does not exist")

@@ -191,8 +191,8 @@ def benchmark(data: FashionData, device: str = "cpu", precision: str = "fp32", r
 
 
 def default_run_estimate(data: FashionData, device: str, engines: List[str], repeats: int = 1, log=print) -> dict:
-    """What engine="auto" is chosen by: each engine on the default recipe (AdamW, batch 256, cosine),
-    seconds for the whole 20-epoch run = warm-up/compile cost + 20 x the median epoch.
+    """What engine="auto" is chosen by: each engine on the default recipe (TrainConfig()), seconds for
+    the whole run = warm-up/compile cost + config.epochs x the median epoch.
     """
     config = TrainConfig(device=device)
     out = {}

@@ -12,9 +12,9 @@ from typing import Optional
 import numpy as np
 
 from fashion_compare import set_matmul_precision
-from fashion_common.augment import shift_offsets
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order
+from fashion_common.loop import epoch_shifts
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 
@@ -59,7 +59,7 @@ def lockstep(
     order = order[: steps or len(order)]
     total = len(order)
     # config.augment_shift > 0: both twins shift each batch by the same host-drawn offsets (S, B, 2), as the loop does
-    shifts = shift_offsets(config.seed, 1, total, config.batch_size, config.augment_shift) if config.augment_shift else None
+    shifts = epoch_shifts(config, 1, total)
 
     t_dev = fashion_torch.resolve_device(config.device)
     f_dev = fashion_flax.resolve_device(config.device)

@@ -56,3 +56,14 @@ def torch_backend():
 @pytest.fixture(scope="session")
 def flax_backend():
     return get_backend("flax")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """The data cache in tmp_path; the env var and Debian's folder pointed away from the real machine's data."""
+    from fashion_common import data as data_mod
+
+    monkeypatch.setenv(data_mod.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.delenv(data_mod.ENV_DATA, raising=False)
+    monkeypatch.setattr(data_mod, "DEBIAN_DIR", tmp_path / "no-debian")
+    return tmp_path / "cache"

@@ -14,15 +14,6 @@ from fashion_common.errors import DataError
 from twin_data import real_data, write_idx_set
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """Point the cache and the env var away from the real machine's folders."""
-    monkeypatch.setenv(data_mod.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.delenv(data_mod.ENV_DATA, raising=False)
-    monkeypatch.setattr(data_mod, "DEBIAN_DIR", tmp_path / "no-debian")
-    return tmp_path / "cache"
-
-
 def test_loader_returns_the_exact_bytes_of_synthetic_idx_files(tmp_path, cache):
     arrays, checksums = write_idx_set(tmp_path / "gz", n_train=20, n_test=10)
     data = load_fashion_mnist(tmp_path / "gz", checksums=checksums)

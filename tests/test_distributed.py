@@ -185,20 +185,25 @@ def torch_fault(runs):
     cmd = [sys.executable, "-m", "fashion_torch.distributed", *config_flags(), "--init", str(runs / "init.safetensors")]
     cmd += ["--out", str(out), "--quiet", "--timeout", str(TIMEOUT_S)]
     ranks = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    returncode, err, seconds = kill_peer_after_first_checkpoint(ranks, out, wait_s=240)
+    return {"returncode": returncode, "stderr": err, "seconds": seconds, "path": out}
+
+
+def kill_peer_after_first_checkpoint(procs, out, wait_s: float):
+    """SIGKILL procs[1] once process 0 has written `out` -> (process 0's exit code, its stderr, seconds from the kill to its exit)."""
     try:
-        deadline = time.monotonic() + 240
-        while not out.exists() and ranks[0].poll() is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + wait_s
+        while not out.exists() and procs[0].poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        ranks[1].send_signal(signal.SIGKILL)
+        procs[1].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
-        _, err = ranks[0].communicate(timeout=TIMEOUT_S + 60)
-        seconds = time.monotonic() - killed_at
+        _, err = procs[0].communicate(timeout=TIMEOUT_S + 60)
+        return procs[0].returncode, err, time.monotonic() - killed_at
     finally:
-        for p in ranks:
+        for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return {"returncode": ranks[0].returncode, "stderr": err, "seconds": seconds, "path": out}
 
 
 # ----------------------------------------------------------------------------- lockstep against one device
@@ -319,20 +324,8 @@ def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_
     cmd = [sys.executable, "-m", "fashion_flax.distributed", *config_flags(CONFIG.replace(epochs=30)), "--out", str(out), "--quiet"]
     cmd += ["--coordinator", f"127.0.0.1:{common.free_port()}", "--num-processes", "2", "--timeout", str(TIMEOUT_S)]
     procs = [subprocess.Popen([*cmd, "--process-id", str(i)], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    try:
-        deadline = time.monotonic() + 300
-        while not out.exists() and procs[0].poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        procs[1].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        _, err = procs[0].communicate(timeout=TIMEOUT_S + 60)
-        seconds = time.monotonic() - killed_at
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert procs[0].returncode == 2 and seconds < TIMEOUT_S + 30
+    returncode, err, seconds = kill_peer_after_first_checkpoint(procs, out, wait_s=300)
+    assert returncode == 2 and seconds < TIMEOUT_S + 30
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0: a collective with the other ranks failed"), err[-2000:]
     _, counters = canonical.read_train_state(out)

@@ -310,14 +310,6 @@ def test_a_twin_trained_at_an_absurd_learning_rate_stops_with_nonfinite_loss(tmp
 # ----------------------------------------------------------------------------- data: an explicit --data-dir is always verified
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(data_mod.ENV_CACHE, str(tmp_path / "cache"))
-    monkeypatch.delenv(data_mod.ENV_DATA, raising=False)
-    monkeypatch.setattr(data_mod, "DEBIAN_DIR", tmp_path / "no-debian")
-    return tmp_path / "cache"
-
-
 @pytest.mark.parametrize("how", ["--data-dir", "FASHION_TWINS_DATA"])
 def test_a_corrupt_file_in_a_named_data_folder_is_an_error_even_with_a_good_cache(tmp_path, cache, monkeypatch, how):
     arrays, checksums = write_idx_set(tmp_path / "good")

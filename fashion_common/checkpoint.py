@@ -17,7 +17,6 @@ import secrets
 import stat
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -27,15 +26,19 @@ from .spec import ACTIVATIONS, DEFAULT_SPEC, ModelSpec, checkpoint_shapes
 FORMAT_NAME = "fashion-twins/canonical-v1"
 
 
-def validate_state(state: Dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SPEC, source: str = "state_dict") -> None:
+def validate_state(state: dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SPEC, source: str = "state_dict") -> None:
     """Assert the key set and every shape against the spec; the error names the offending key."""
     expected = checkpoint_shapes(spec)
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing:
-        raise CheckpointError(f"{source}: missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise CheckpointError(
+            f"{source}: missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     if extra:
-        raise CheckpointError(f"{source}: unexpected key {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+        raise CheckpointError(
+            f"{source}: unexpected key {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
     for key, shape in expected.items():
         got = tuple(np.shape(state[key]))
         if got != shape:
@@ -143,7 +146,7 @@ def _write_error(path, e: OSError) -> WriteError:
     return error
 
 
-def _serialize(tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> bytes:
+def _serialize(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
     from safetensors.numpy import save
 
     return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
@@ -181,7 +184,7 @@ def _check_file(path: Path, what: str) -> int:
     return st.st_size
 
 
-def _read(path, what: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+def _read(path, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file; any failure becomes one CheckpointError naming the file."""
     from safetensors import safe_open
 
@@ -228,9 +231,13 @@ def _header_int(path, field: str, value, low: int, high: int = MAX_SIZE) -> int:
     return int(value)
 
 
-def _header_ints(path, field: str, value, count: Optional[int], low: int = 1) -> Tuple[int, ...]:
+def _header_ints(path, field: str, value, count: int | None, low: int = 1) -> tuple[int, ...]:
     parts = value.split(",") if isinstance(value, str) else None
-    expected = f"{count} comma-separated integers from {low} to {MAX_SIZE}" if count else f"comma-separated integers from {low} to {MAX_SIZE}"
+    expected = (
+        f"{count} comma-separated integers from {low} to {MAX_SIZE}"
+        if count
+        else f"comma-separated integers from {low} to {MAX_SIZE}"
+    )
     if not parts or (count is not None and len(parts) != count) or len(parts) > 64:
         raise _field_error(path, field, value, expected)
     if not all(_INT.fullmatch(p) and low <= int(p) <= MAX_SIZE for p in parts):
@@ -244,7 +251,7 @@ def _header_choice(path, field: str, value, choices) -> str:
     return value
 
 
-def spec_from_header(metadata: Dict[str, str], path="checkpoint") -> Optional[ModelSpec]:
+def spec_from_header(metadata: dict[str, str], path="checkpoint") -> ModelSpec | None:
     """The spec a header states, every field validated; None when the header states no spec at all.
 
     A header with any spec field must have all but `output_activation` (default "none").
@@ -264,18 +271,20 @@ def spec_from_header(metadata: Dict[str, str], path="checkpoint") -> Optional[Mo
     )
 
 
-def check_header(metadata: Dict[str, str], path="checkpoint", expected_format: str = FORMAT_NAME) -> None:
+def check_header(metadata: dict[str, str], path="checkpoint", expected_format: str = FORMAT_NAME) -> None:
     """Validate the non-spec fields: `format` (ours must be this version; foreign tags like "pt" pass) and `step`."""
     fmt = metadata.get("format")
     if fmt is not None and (not isinstance(fmt, str) or fmt.startswith("fashion-twins/")) and fmt != expected_format:
         if fmt == FORMAT_NAME + "/train-state":
-            raise CheckpointError(f"{path} is a training-state sidecar, not a model checkpoint; give the checkpoint beside it")
+            raise CheckpointError(
+                f"{path} is a training-state sidecar, not a model checkpoint; give the checkpoint beside it"
+            )
         raise _field_error(path, "format", fmt, repr(expected_format))
     if "step" in metadata:
         _header_int(path, "step", metadata["step"], 0, 2**63 - 1)
 
 
-def check_finite(tensors: Dict[str, np.ndarray], path) -> None:
+def check_finite(tensors: dict[str, np.ndarray], path) -> None:
     """Refuse weights holding NaN or Inf: they would predict garbage (10 % accuracy, `nan%` losses) with exit 0."""
     for key, value in tensors.items():
         bad = ~np.isfinite(value)
@@ -286,7 +295,9 @@ def check_finite(tensors: Dict[str, np.ndarray], path) -> None:
             )
 
 
-def write_state(path, state: Dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SPEC, extra_metadata: Optional[dict] = None) -> Path:
+def write_state(
+    path, state: dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SPEC, extra_metadata: dict | None = None
+) -> Path:
     """Validate and atomically write a canonical model checkpoint."""
     validate_state(state, spec)
     metadata = {"format": FORMAT_NAME, **spec.to_metadata(), **(extra_metadata or {})}
@@ -295,7 +306,9 @@ def write_state(path, state: Dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SP
     return Path(path)
 
 
-def read_state(path, spec: Optional[ModelSpec] = None, allow_nonfinite: bool = False) -> Tuple[Dict[str, np.ndarray], ModelSpec]:
+def read_state(
+    path, spec: ModelSpec | None = None, allow_nonfinite: bool = False
+) -> tuple[dict[str, np.ndarray], ModelSpec]:
     """Read and validate a canonical checkpoint; returns (state, spec).
 
     With spec=None the spec comes from the file's header (the default spec if the header has
@@ -333,7 +346,7 @@ def metrics_path_for(path) -> Path:
     return _beside(path, ".metrics.json")
 
 
-def write_train_state(path, slots: Dict[str, np.ndarray], counters: dict) -> Path:
+def write_train_state(path, slots: dict[str, np.ndarray], counters: dict) -> Path:
     """Write optimizer slots (canonical layout, `<slot>/<key>`) and JSON counters beside a checkpoint."""
     metadata = {"format": FORMAT_NAME + "/train-state", "counters": json.dumps(counters, sort_keys=True)}
     side = train_state_path(path)
@@ -341,7 +354,7 @@ def write_train_state(path, slots: Dict[str, np.ndarray], counters: dict) -> Pat
     return side
 
 
-def read_train_state(path) -> Tuple[Dict[str, np.ndarray], dict]:
+def read_train_state(path) -> tuple[dict[str, np.ndarray], dict]:
     """Read the sidecar written by write_train_state; returns (slots, counters)."""
     side = train_state_path(path)
     slots, metadata = _read(side, "training state")
@@ -395,7 +408,9 @@ def check_pair(path, counters: dict) -> None:
     with safe_open(str(path), framework="numpy") as f:
         step = (f.metadata() or {}).get("step")
     if step is not None and int(step) != int(counters["optimizer_step"]):
-        raise CheckpointError(f"{path} (step {step}) and {train_state_path(path)} (step {counters['optimizer_step']}) do not belong together")
+        raise CheckpointError(
+            f"{path} (step {step}) and {train_state_path(path)} (step {counters['optimizer_step']}) do not belong together"
+        )
 
 
 def header_has_spec(path) -> bool:

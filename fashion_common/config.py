@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 from .errors import ConfigError
 
@@ -38,8 +37,8 @@ class TrainConfig:
     eval_batch_size: int = 10_000  # test-set evaluation chunk; no effect on results
     augment_shift: int = 1  # random translations of up to this many pixels, offsets shared by both twins (0 = off)
     val_size: int = 0  # hold out this many training images (fashion_common.split) and report accuracy on them each epoch; 0 = no split
-    limit_train: Optional[int] = None  # use only the first N training images (tests, dry runs)
-    limit_test: Optional[int] = None  # use only the first N test images
+    limit_train: int | None = None  # use only the first N training images (tests, dry runs)
+    limit_test: int | None = None  # use only the first N test images
 
     def __post_init__(self):
         self._check()
@@ -72,7 +71,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
 
-    def replace(self, **overrides) -> "TrainConfig":
+    def replace(self, **overrides) -> TrainConfig:
         """A copy with overrides; unknown keys and wrong types raise ConfigError."""
         names = {f.name for f in dataclasses.fields(self)}
         for key in overrides:
@@ -94,10 +93,22 @@ def _allowed_types(annotation) -> tuple:
 
 
 def _type_name(annotation) -> str:
-    return {"int": "an int", "float": "a number", "str": "a string", "Optional[int]": "an int or None"}.get(str(annotation), str(annotation))
+    return {"int": "an int", "float": "a number", "str": "a string", "Optional[int]": "an int or None"}.get(
+        str(annotation), str(annotation)
+    )
 
 
 def tutorial_config(**overrides) -> TrainConfig:
     """The tutorial's own recipe: plain SGD, lr 1e-3, batch 64, constant rate, no weight decay."""
-    base = TrainConfig(epochs=10, batch_size=64, optimizer="sgd", lr=1e-3, momentum=0.0, schedule="constant", weight_decay=0.0, label_smoothing=0.0, augment_shift=0)
+    base = TrainConfig(
+        epochs=10,
+        batch_size=64,
+        optimizer="sgd",
+        lr=1e-3,
+        momentum=0.0,
+        schedule="constant",
+        weight_decay=0.0,
+        label_smoothing=0.0,
+        augment_shift=0,
+    )
     return base.replace(**overrides)

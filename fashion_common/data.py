@@ -22,7 +22,6 @@ import gzip
 import hashlib
 import os
 from pathlib import Path
-from typing import Dict, Optional
 
 import numpy as np
 
@@ -34,7 +33,7 @@ ENV_CACHE = "FASHION_TWINS_CACHE"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 # sha256 of the decompressed IDX files of the original release.
-SHA256: Dict[str, str] = {
+SHA256: dict[str, str] = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
@@ -58,10 +57,14 @@ class FashionData:
     test_labels: np.ndarray
     source: str = ""
 
-    def limit(self, train: Optional[int] = None, test: Optional[int] = None) -> "FashionData":
+    def limit(self, train: int | None = None, test: int | None = None) -> FashionData:
         """The first `train` / `test` examples (for tests and dry runs)."""
         return FashionData(
-            self.train_images[:train], self.train_labels[:train], self.test_images[:test], self.test_labels[:test], self.source
+            self.train_images[:train],
+            self.train_labels[:train],
+            self.test_images[:test],
+            self.test_labels[:test],
+            self.source,
         )
 
 
@@ -112,7 +115,7 @@ def _verify(path: Path, expected: str) -> None:
         raise DataError(f"{path} is corrupt or partial (sha256 {got[:12]}..., expected {expected[:12]}...); {FIX_HINT}")
 
 
-def prepare_raw(data_dir=None, checksums: Dict[str, str] = SHA256, download: bool = False) -> Path:
+def prepare_raw(data_dir=None, checksums: dict[str, str] = SHA256, download: bool = False) -> Path:
     """Return a torchvision root whose FashionMNIST/raw/ holds the four verified, decompressed files."""
     names = list(checksums)
     for folder, origin in candidate_dirs(data_dir):
@@ -136,7 +139,9 @@ def prepare_raw(data_dir=None, checksums: Dict[str, str] = SHA256, download: boo
                     with gzip.open(folder / f"{name}.gz", "rb") as f:
                         payload = f.read()
                 except (OSError, EOFError) as e:
-                    raise DataError(f"{folder / (name + '.gz')} is not a readable gzip file ({e}); {FIX_HINT}") from None
+                    raise DataError(
+                        f"{folder / (name + '.gz')} is not a readable gzip file ({e}); {FIX_HINT}"
+                    ) from None
                 digest = hashlib.sha256(payload).hexdigest()
                 if digest != checksums[name]:
                     raise DataError(
@@ -173,7 +178,7 @@ def _download(names, checksums) -> Path:
     return root
 
 
-def load_fashion_mnist(data_dir=None, download: bool = False, checksums: Dict[str, str] = SHA256) -> FashionData:
+def load_fashion_mnist(data_dir=None, download: bool = False, checksums: dict[str, str] = SHA256) -> FashionData:
     """Load the whole train and test sets as uint8 numpy arrays, through torchvision.datasets.FashionMNIST.
 
     Args:
@@ -190,7 +195,9 @@ def load_fashion_mnist(data_dir=None, download: bool = False, checksums: Dict[st
         train = datasets.FashionMNIST(str(root), train=True, download=False)
         test = datasets.FashionMNIST(str(root), train=False, download=False)
     except Exception as e:  # torchvision's IDX reader asserts on malformed headers
-        raise DataError(f"torchvision could not read Fashion-MNIST under {root} ({type(e).__name__}: {e}); {FIX_HINT}") from None
+        raise DataError(
+            f"torchvision could not read Fashion-MNIST under {root} ({type(e).__name__}: {e}); {FIX_HINT}"
+        ) from None
     return FashionData(
         train_images=train.data.numpy(),
         train_labels=train.targets.numpy().astype(np.int32),

@@ -104,4 +104,9 @@ def under_torchrun(environ=None) -> bool:
 
 def config_flags(config) -> list:
     """A TrainConfig as `fashion-twins train` flags, for the launches of another process (torchrun, a JAX process)."""
-    return [arg for key, value in config.to_dict().items() if value is not None for arg in (f"--{key.replace('_', '-')}", str(value))]
+    return [
+        arg
+        for key, value in config.to_dict().items()
+        if value is not None
+        for arg in (f"--{key.replace('_', '-')}", str(value))
+    ]

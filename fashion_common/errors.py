@@ -15,7 +15,7 @@ The rules both twins enforce (each by calling the shared check here, before any 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class FashionTwinsError(Exception):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Tuple
 
 import numpy as np
 
@@ -29,12 +28,14 @@ INVERT_CHOICES = ("auto", "yes", "no")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # PNG/TIFF 16-bit gray opens as one of these
 
 
-def load_image(path, size: Tuple[int, int] = DEFAULT_SPEC.image_size, invert: str = "auto") -> np.ndarray:
+def load_image(path, size: tuple[int, int] = DEFAULT_SPEC.image_size, invert: str = "auto") -> np.ndarray:
     """Read an image as the model sees Fashion-MNIST: float32 (H, W) = (28, 28) in [0, 1]; see prepare_image."""
     return prepare_image(path, size, invert)[0]
 
 
-def prepare_image(path, size: Tuple[int, int] = DEFAULT_SPEC.image_size, invert: str = "auto") -> Tuple[np.ndarray, bool]:
+def prepare_image(
+    path, size: tuple[int, int] = DEFAULT_SPEC.image_size, invert: str = "auto"
+) -> tuple[np.ndarray, bool]:
     """Read a PNG or JPEG -> (float32 (H, W) in [0, 1] quantized to 1/255 like the dataset, inverted?).
 
     EXIF orientation is applied; transparent pixels become black (the dataset's background);
@@ -97,9 +98,15 @@ def _read_gray(path: Path) -> np.ndarray:
     except ImageError:
         raise
     except Image.DecompressionBombError:  # PIL's own check at open, for sizes far above ours
-        raise ImageError(f"{path} is too large to decode; the limit is {MAX_PIXELS:,} pixels after padding to a square: downscale it first") from None
+        raise ImageError(
+            f"{path} is too large to decode; the limit is {MAX_PIXELS:,} pixels after padding to a square: downscale it first"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        reason = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else (getattr(e, "strerror", None) or str(e))
+        reason = (
+            "not an image PIL can read"
+            if isinstance(e, UnidentifiedImageError)
+            else (getattr(e, "strerror", None) or str(e))
+        )
         raise ImageError(f"{path} is not a readable image ({reason}); expected a PNG or JPEG file") from None
 
 
@@ -112,7 +119,7 @@ def _to_gray_float(im) -> np.ndarray:
     return np.asarray(_on_black(im).convert("L"), dtype=np.float32) / 255.0
 
 
-def _pad_and_resize(gray: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+def _pad_and_resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) -> black-padded square -> (H, W) with Lanczos, in float so 16-bit detail survives until the final rounding."""
     from PIL import Image
 

@@ -13,7 +13,7 @@ import json
 import math
 import platform
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .augment import shift_offsets
 from .checkpoint import atomic_write_bytes, read_train_state, train_state_path
@@ -69,18 +69,35 @@ def write_json_atomic(path, obj) -> None:
 
 
 # Config keys that change the trajectory: a resumed run must use the same values, or it is another run.
-RESUME_KEYS = ("batch_size", "optimizer", "lr", "momentum", "schedule", "weight_decay", "label_smoothing", "seed", "epochs", "limit_train", "augment_shift", "val_size")
+RESUME_KEYS = (
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "schedule",
+    "weight_decay",
+    "label_smoothing",
+    "seed",
+    "epochs",
+    "limit_train",
+    "augment_shift",
+    "val_size",
+)
 
 
 def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> None:
     """Refuse a resume that would not continue the saved run; the message names what differs."""
     saved_backend = counters.get("backend")
     if saved_backend != backend:
-        raise CheckpointError(f"{train_state_path(path)} holds {saved_backend} optimizer state; resume it with --backend {saved_backend}")
+        raise CheckpointError(
+            f"{train_state_path(path)} holds {saved_backend} optimizer state; resume it with --backend {saved_backend}"
+        )
     saved = counters.get("config", {})
     for key in RESUME_KEYS:
         if saved.get(key) != getattr(config, key):
-            raise CheckpointError(f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(config, key)!r}; resume with the same value")
+            raise CheckpointError(
+                f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(config, key)!r}; resume with the same value"
+            )
 
 
 def check_finite_losses(epoch: int, metrics: dict, out=None) -> None:
@@ -93,7 +110,9 @@ def check_finite_losses(epoch: int, metrics: dict, out=None) -> None:
         value = metrics.get(key)
         if value is not None and not math.isfinite(value):
             kept = f"; {out} was not overwritten, it keeps the last good epoch" if out is not None else ""
-            raise NonFiniteLossError(f"epoch {epoch}: {key} is {value}, training diverged{kept}; lower --lr or check the data")
+            raise NonFiniteLossError(
+                f"epoch {epoch}: {key} is {value}, training diverged{kept}; lower --lr or check the data"
+            )
 
 
 def train_and_evaluate(
@@ -101,9 +120,9 @@ def train_and_evaluate(
     config: TrainConfig,
     data: FashionData,
     spec: ModelSpec = DEFAULT_SPEC,
-    out: Optional[str] = None,
-    metrics_path: Optional[str] = None,
-    resume: Optional[str] = None,
+    out: str | None = None,
+    metrics_path: str | None = None,
+    resume: str | None = None,
     quiet: bool = False,
     log: Callable[[str], None] = print,
     device=None,
@@ -168,13 +187,21 @@ def train_and_evaluate(
         if progress is not None:
             progress.close()
         test_metrics = ops.evaluate(state, on_device, config)
-        check_finite_losses(epoch, {**train_metrics, **test_metrics}, out)  # before the save: keep the last good checkpoint
+        check_finite_losses(
+            epoch, {**train_metrics, **test_metrics}, out
+        )  # before the save: keep the last good checkpoint
         row = {"epoch": epoch, **train_metrics, **test_metrics, "epoch_seconds": seconds}
         if on_device_val is not None:  # the twin's own evaluate, pointed at the validation split
             val = ops.evaluate(state, on_device_val, config)
             row.update(val_loss=val["test_loss"], val_accuracy=val["test_accuracy"])
         history.append(row)
-        counters = {"backend": ops.backend, "epoch": epoch, "step": epoch * steps_per_epoch, "config": config.to_dict(), "history": history}
+        counters = {
+            "backend": ops.backend,
+            "epoch": epoch,
+            "step": epoch * steps_per_epoch,
+            "config": config.to_dict(),
+            "history": history,
+        }
         if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch
             ops.save(state, out, counters)
         if metrics_path is not None:

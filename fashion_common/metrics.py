@@ -21,7 +21,9 @@ def _labels(name: str, values, num_classes: int) -> np.ndarray:
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
     if array.size and (array.min() < 0 or array.max() >= num_classes):
-        raise ValueError(f"{name} holds {int(array.min() if array.min() < 0 else array.max())}, outside the classes 0..{num_classes - 1}")
+        raise ValueError(
+            f"{name} holds {int(array.min() if array.min() < 0 else array.max())}, outside the classes 0..{num_classes - 1}"
+        )
     return array.astype(np.int64)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
 
 from .errors import FashionTwinsError
 
@@ -20,7 +20,7 @@ class PathError(FashionTwinsError, ValueError):
     """An output path that aliases another path, or that cannot be written."""
 
 
-def _identity(path) -> Tuple[str, Optional[Tuple[int, int]]]:
+def _identity(path) -> tuple[str, tuple[int, int] | None]:
     """(realpath, (st_dev, st_ino) or None if the file does not exist yet)."""
     real = os.path.realpath(path)
     try:
@@ -36,7 +36,9 @@ def same_file(a, b) -> bool:
     return real_a == real_b or (ino_a is not None and ino_a == ino_b)
 
 
-def check_no_aliases(outputs: Dict[str, object], inputs: Optional[Dict[str, object]] = None, allowed: Iterable[Tuple[str, str]] = ()) -> None:
+def check_no_aliases(
+    outputs: dict[str, object], inputs: dict[str, object] | None = None, allowed: Iterable[tuple[str, str]] = ()
+) -> None:
     """Refuse any output that is the same file as another output or as an input, naming both flags.
 
     Args:

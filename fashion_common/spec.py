@@ -7,10 +7,9 @@ framework is absent.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
 
 # The ten Fashion-MNIST classes, in label order (label 0 is "T-shirt/top").
-CLASS_NAMES: Tuple[str, ...] = (
+CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top",
     "Trouser",
     "Pullover",
@@ -24,7 +23,7 @@ CLASS_NAMES: Tuple[str, ...] = (
 )
 
 # Hidden and output activations a spec may name; both twins implement each under this name.
-ACTIVATIONS: Tuple[str, ...] = ("relu", "sigmoid", "tanh", "binary_step")
+ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "tanh", "binary_step")
 # How printouts name them: torch's module class names (BinaryStep is this project's module).
 ACTIVATION_DISPLAY = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "binary_step": "BinaryStep"}
 
@@ -33,13 +32,13 @@ ACTIVATION_DISPLAY = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "bin
 class ModelSpec:
     """The MLP both twins build: Flatten -> (Linear -> act) * len(hidden) -> Linear [-> out act]."""
 
-    image_size: Tuple[int, int] = (28, 28)  # (H, W) of one grayscale image
-    hidden_sizes: Tuple[int, ...] = (512, 512)  # the tutorial's two hidden layers
+    image_size: tuple[int, int] = (28, 28)  # (H, W) of one grayscale image
+    hidden_sizes: tuple[int, ...] = (512, 512)  # the tutorial's two hidden layers
     num_classes: int = 10  # Fashion-MNIST has ten classes
     activation: str = "relu"  # hidden activation, one of ACTIVATIONS
     # None returns logits. "relu" reproduces the tutorial's "Define the Class" cell exactly,
     # but clips every negative logit, which hurts softmax and the loss (see README).
-    output_activation: Optional[str] = None
+    output_activation: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
@@ -55,13 +54,13 @@ class ModelSpec:
         return self.image_size[0] * self.image_size[1]  # 784 for 28x28
 
     @property
-    def layer_sizes(self) -> Tuple[Tuple[int, int], ...]:
+    def layer_sizes(self) -> tuple[tuple[int, int], ...]:
         """(fan_in, fan_out) of each Linear, in order: ((784, 512), (512, 512), (512, 10))."""
         sizes = (self.in_features,) + self.hidden_sizes + (self.num_classes,)
         return tuple(zip(sizes[:-1], sizes[1:]))
 
     @property
-    def linear_indices(self) -> Tuple[int, ...]:
+    def linear_indices(self) -> tuple[int, ...]:
         """Position of each Linear inside `linear_relu_stack`: Linear, act, Linear, act, Linear -> (0, 2, 4)."""
         return tuple(2 * i for i in range(len(self.layer_sizes)))
 
@@ -89,7 +88,7 @@ class ModelSpec:
         }
 
     @classmethod
-    def from_metadata(cls, meta: dict) -> "ModelSpec":
+    def from_metadata(cls, meta: dict) -> ModelSpec:
         out = meta.get("output_activation", "none")
         return cls(
             image_size=tuple(int(s) for s in meta["image_size"].split(",")),
@@ -106,7 +105,7 @@ DEFAULT_SPEC = ModelSpec()
 TUTORIAL_PARAMETER_COUNT = 669_706
 
 
-def checkpoint_keys(spec: ModelSpec = DEFAULT_SPEC) -> Tuple[str, ...]:
+def checkpoint_keys(spec: ModelSpec = DEFAULT_SPEC) -> tuple[str, ...]:
     """The canonical keys, i.e. the tutorial class's state_dict keys, in order."""
     return tuple(f"linear_relu_stack.{i}.{kind}" for i in spec.linear_indices for kind in ("weight", "bias"))
 
@@ -120,7 +119,7 @@ def checkpoint_shapes(spec: ModelSpec = DEFAULT_SPEC) -> dict:
     return shapes
 
 
-def flax_param_path(key: str) -> Tuple[str, str, str]:
+def flax_param_path(key: str) -> tuple[str, str, str]:
     """Canonical key -> path in the Flax param tree.
 
     'linear_relu_stack.2.weight' -> ('linear_relu_stack', 'layers_2', 'kernel'); the kernel is the

@@ -24,7 +24,11 @@ def split_validation(data: FashionData, val_size: int, seed: int = SPLIT_SEED):
     The second one's train part is empty: it exists so each twin's own put_data/evaluate run on it unchanged.
     """
     train_idx, val_idx = validation_indices(len(data.train_labels), val_size, seed)
-    train = FashionData(data.train_images[train_idx], data.train_labels[train_idx], data.test_images, data.test_labels, data.source)
+    train = FashionData(
+        data.train_images[train_idx], data.train_labels[train_idx], data.test_images, data.test_labels, data.source
+    )
     empty = data.train_images[:0], data.train_labels[:0]
-    val = FashionData(*empty, data.train_images[val_idx], data.train_labels[val_idx], data.source + " (validation split)")
+    val = FashionData(
+        *empty, data.train_images[val_idx], data.train_labels[val_idx], data.source + " (validation split)"
+    )
     return train, val

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import numpy as np
 
-from fashion_compare import device_label, set_matmul_precision
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order, prepare_raw
 from fashion_common.loop import epoch_shifts
 from fashion_common.spec import TUTORIAL_PARAMETER_COUNT
+from fashion_compare import device_label, set_matmul_precision
 
 # forward (2 FLOPs per weight per example) + backward (4): 6 * params * examples
 EPOCH_FLOPS = 6 * TUTORIAL_PARAMETER_COUNT * 60_000
 
 
-def median_time(run_epoch: Callable[[int], None], repeats: int = 3, warmup: int = 1) -> List[float]:
+def median_time(run_epoch: Callable[[int], None], repeats: int = 3, warmup: int = 1) -> list[float]:
     """Seconds of each timed call of run_epoch(epoch); run_epoch must block until its device is done."""
     return time_epochs(run_epoch, repeats, warmup)[1]
 
@@ -45,7 +45,7 @@ def time_epochs(run_epoch: Callable[[int], None], repeats: int = 3, warmup: int 
     return warmup_s, times
 
 
-def torch_engines(device: str) -> List[str]:
+def torch_engines(device: str) -> list[str]:
     """The torch engines that run on the device: eager, compile, cuda_graph (CUDA only) and the hand-written fused."""
     return ["eager", "compile", "cuda_graph", "fused"] if device == "gpu" else ["eager", "compile", "fused"]
 
@@ -60,7 +60,7 @@ def default_torch_engine(device: str) -> str:
 # ----------------------------------------------------------------------------- the matmul ceiling
 
 
-def matmul_rate(device: str, precision: str, n: Optional[int] = None, repeats: int = 5) -> Dict[str, float]:
+def matmul_rate(device: str, precision: str, n: int | None = None, repeats: int = 5) -> dict[str, float]:
     """Measured fp32 (or tf32) matmul FLOP/s of an n x n x n product, through torch and through JAX; the larger is the ceiling."""
     import jax
     import jax.numpy as jnp
@@ -129,7 +129,9 @@ def tutorial_epoch_fn(device: str, data_dir=None) -> Callable[[int], None]:
     return run
 
 
-def twin_epoch_fn(backend: str, data: FashionData, device: str, config: Optional[TrainConfig] = None) -> Callable[[int], None]:
+def twin_epoch_fn(
+    backend: str, data: FashionData, device: str, config: TrainConfig | None = None
+) -> Callable[[int], None]:
     """One epoch of a twin's own training path (quiet: no progress bar), data already on the device."""
     import importlib
 
@@ -144,12 +146,22 @@ def twin_epoch_fn(backend: str, data: FashionData, device: str, config: Optional
     def run(epoch):
         order = batch_order(config.seed, epoch + 10, len(data.train_labels), config.batch_size)
         shifts = epoch_shifts(config, epoch + 10, steps)  # the recipe's augmentation, as the loop applies it
-        holder["state"], _ = train.train_epoch(holder["state"], on_device, order, config, None, shifts)  # returns host floats: synced
+        holder["state"], _ = train.train_epoch(
+            holder["state"], on_device, order, config, None, shifts
+        )  # returns host floats: synced
 
     return run
 
 
-def benchmark(data: FashionData, device: str = "cpu", precision: str = "fp32", repeats: int = 3, tutorial_repeats: Optional[int] = None, data_dir=None, log=print) -> dict:
+def benchmark(
+    data: FashionData,
+    device: str = "cpu",
+    precision: str = "fp32",
+    repeats: int = 3,
+    tutorial_repeats: int | None = None,
+    data_dir=None,
+    log=print,
+) -> dict:
     """Time every variant for one precision mode; returns the JSON object the README's table is built from.
 
     Keys: <variant>_s (median epoch seconds), <variant>_times, <variant>_step_ms and
@@ -162,13 +174,30 @@ def benchmark(data: FashionData, device: str = "cpu", precision: str = "fp32", r
     steps = 60_000 // 64
     engines = torch_engines(device)
     default = default_torch_engine(device)
-    result = {"device": device_label(device), "precision": precision, "steps_per_epoch": steps, "repeats": repeats, "torch_engines": engines, "torch_default_engine": default}
+    result = {
+        "device": device_label(device),
+        "precision": precision,
+        "steps_per_epoch": steps,
+        "repeats": repeats,
+        "torch_engines": engines,
+        "torch_default_engine": default,
+    }
 
     log(f"[benchmark] {precision}: matmul ceiling")
     rates = matmul_rate(device, mode)
     result["matmul_flops"] = rates
-    variants = [(f"torch_{e}", lambda e=e: twin_epoch_fn("torch", data, device, tutorial_config(epochs=1, device=device, engine=e)), repeats) for e in engines]
-    variants += [("flax", lambda: twin_epoch_fn("flax", data, device), repeats), ("tutorial", lambda: tutorial_epoch_fn(device, data_dir), tutorial_repeats or repeats)]
+    variants = [
+        (
+            f"torch_{e}",
+            lambda e=e: twin_epoch_fn("torch", data, device, tutorial_config(epochs=1, device=device, engine=e)),
+            repeats,
+        )
+        for e in engines
+    ]
+    variants += [
+        ("flax", lambda: twin_epoch_fn("flax", data, device), repeats),
+        ("tutorial", lambda: tutorial_epoch_fn(device, data_dir), tutorial_repeats or repeats),
+    ]
     for name, make, n in variants:
         log(f"[benchmark] {precision}: {name} ({n} timed epochs after 1 warm-up)")
         warmup_s, times = time_epochs(make(), n)
@@ -190,7 +219,7 @@ def benchmark(data: FashionData, device: str = "cpu", precision: str = "fp32", r
     return result
 
 
-def default_run_estimate(data: FashionData, device: str, engines: List[str], repeats: int = 1, log=print) -> dict:
+def default_run_estimate(data: FashionData, device: str, engines: list[str], repeats: int = 1, log=print) -> dict:
     """What engine="auto" is chosen by: each engine on the default recipe (TrainConfig()), seconds for
     the whole run = warm-up/compile cost + config.epochs x the median epoch.
     """
@@ -200,12 +229,18 @@ def default_run_estimate(data: FashionData, device: str, engines: List[str], rep
         log(f"[benchmark] default recipe, torch {e}: {repeats} timed epoch(s) after 1 warm-up")
         warmup_s, times = time_epochs(twin_epoch_fn("torch", data, device, config.replace(engine=e)), repeats)
         epoch_s = statistics.median(times)
-        out[e] = {"epoch_s": epoch_s, "compile_s": max(0.0, warmup_s - epoch_s), "run_s": max(0.0, warmup_s - epoch_s) + config.epochs * epoch_s}
+        out[e] = {
+            "epoch_s": epoch_s,
+            "compile_s": max(0.0, warmup_s - epoch_s),
+            "run_s": max(0.0, warmup_s - epoch_s) + config.epochs * epoch_s,
+        }
     out["fastest"] = min(engines, key=lambda e: out[e]["run_s"])
     return out
 
 
-def time_to_accuracy(backend: str, data: FashionData, device: str, target: float = 0.89, config: Optional[TrainConfig] = None, log=print) -> dict:
+def time_to_accuracy(
+    backend: str, data: FashionData, device: str, target: float = 0.89, config: TrainConfig | None = None, log=print
+) -> dict:
     """Training seconds (compilation and evaluation excluded) until the test accuracy first reaches `target`."""
     import importlib
 
@@ -218,25 +253,50 @@ def time_to_accuracy(backend: str, data: FashionData, device: str, target: float
     total = steps * config.epochs
     # Warm-up on a throwaway state with the same shapes, so compilation is not counted.
     warm = train.create_train_state(config, device=dev, total_steps=total)
-    warm, _ = train.train_epoch(warm, on_device, batch_order(config.seed + 1, 0, len(data.train_labels), config.batch_size), config, None, epoch_shifts(config, 0, steps))  # flax donates the state it is given
+    warm, _ = train.train_epoch(
+        warm,
+        on_device,
+        batch_order(config.seed + 1, 0, len(data.train_labels), config.batch_size),
+        config,
+        None,
+        epoch_shifts(config, 0, steps),
+    )  # flax donates the state it is given
     train.evaluate(warm, on_device, config)
     state = train.create_train_state(config, device=dev, total_steps=total)
     seconds, curve = 0.0, []
     for epoch in range(1, config.epochs + 1):
         order = batch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
         start = time.perf_counter()
-        state, _ = train.train_epoch(state, on_device, order, config, None, epoch_shifts(config, epoch, steps))  # as the loop trains
+        state, _ = train.train_epoch(
+            state, on_device, order, config, None, epoch_shifts(config, epoch, steps)
+        )  # as the loop trains
         seconds += time.perf_counter() - start
         accuracy = train.evaluate(state, on_device, config)["test_accuracy"]
         curve.append({"epoch": epoch, "train_seconds": seconds, "test_accuracy": accuracy})
-        log(f"[{backend}] time-to-{100 * target:.0f}%: epoch {epoch} test_acc {100 * accuracy:.2f}% after {seconds:.2f}s of training")
+        log(
+            f"[{backend}] time-to-{100 * target:.0f}%: epoch {epoch} test_acc {100 * accuracy:.2f}% after {seconds:.2f}s of training"
+        )
         if accuracy >= target:
-            return {"backend": backend, "target": target, "reached": True, "epochs": epoch, "train_seconds": seconds, "curve": curve}
-    return {"backend": backend, "target": target, "reached": False, "epochs": config.epochs, "train_seconds": seconds, "curve": curve}
+            return {
+                "backend": backend,
+                "target": target,
+                "reached": True,
+                "epochs": epoch,
+                "train_seconds": seconds,
+                "curve": curve,
+            }
+    return {
+        "backend": backend,
+        "target": target,
+        "reached": False,
+        "epochs": config.epochs,
+        "train_seconds": seconds,
+        "curve": curve,
+    }
 
 
 def pick_device(name: str = "auto") -> str:
-    """"auto" -> "gpu" when both torch and JAX see one, else "cpu"; "gpu" without one is a DeviceError."""
+    """ "auto" -> "gpu" when both torch and JAX see one, else "cpu"; "gpu" without one is a DeviceError."""
     import fashion_flax
     import fashion_torch
 
@@ -249,19 +309,20 @@ def pick_device(name: str = "auto") -> str:
 
 
 def set_precision(precision: str) -> None:
-    """"fp32" (torch TF32 off, JAX highest) or "tf32" (TF32 in both), the same mode in both twins."""
+    """ "fp32" (torch TF32 off, JAX highest) or "tf32" (TF32 in both), the same mode in both twins."""
     set_matmul_precision({"fp32": "highest", "tf32": "tf32"}[precision])
 
 
-def markdown_time_to_accuracy(rows: List[dict]) -> str:
+def markdown_time_to_accuracy(rows: list[dict]) -> str:
     lines = ["| twin | target | reached | epochs | training seconds |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['backend']} | {100 * r['target']:.0f}% | {'yes' if r['reached'] else 'no'} | {r['epochs']} | {r['train_seconds']:.2f} |")
+        lines.append(
+            f"| {r['backend']} | {100 * r['target']:.0f}% | {'yes' if r['reached'] else 'no'} | {r['epochs']} | {r['train_seconds']:.2f} |"
+        )
     return "\n".join(lines)
 
 
-
-def markdown_table(results: List[dict]) -> str:
+def markdown_table(results: list[dict]) -> str:
     """One table per precision mode: each variant's epoch seconds, ms per step, warm-up cost, and its ratio to flax and to the floor."""
     blocks = []
     for r in results:
@@ -273,12 +334,18 @@ def markdown_table(results: List[dict]) -> str:
         ]
         names = ["tutorial"] + [f"torch_{e}" for e in r["torch_engines"]] + ["flax", "floor"]
         for k in names:
-            label = {"tutorial": "tutorial loop (DataLoader, eager)", "flax": "flax (jit + lax.scan)", "floor": "FLOP floor"}.get(k, k.replace("torch_", "torch "))
+            label = {
+                "tutorial": "tutorial loop (DataLoader, eager)",
+                "flax": "flax (jit + lax.scan)",
+                "floor": "FLOP floor",
+            }.get(k, k.replace("torch_", "torch "))
             if k == f"torch_{r['torch_default_engine']}":
                 label += " (default)"
             if k == "torch_fused":
                 label += " (hand-written backward)"
             compile_s = f"{r[k + '_compile_s']:.2f} s" if k + "_compile_s" in r else "-"
-            lines.append(f"| {label} | {r[k + '_s']:.3f} s | {r[k + '_step_ms']:.2f} ms | {compile_s} | {r[k + '_s'] / r['flax_s']:.2f} | {r[k + '_s'] / r['floor_s']:.2f} |")
+            lines.append(
+                f"| {label} | {r[k + '_s']:.3f} s | {r[k + '_step_ms']:.2f} ms | {compile_s} | {r[k + '_s'] / r['flax_s']:.2f} | {r[k + '_s'] / r['floor_s']:.2f} |"
+            )
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

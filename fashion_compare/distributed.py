@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fashion_compare import device_label, set_matmul_precision
 from fashion_common import checkpoint as canonical
 from fashion_common import distributed as common
 from fashion_common.config import tutorial_config
+from fashion_compare import device_label, set_matmul_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,9 @@ def _step_ms(metrics: dict, steps_per_epoch: int) -> float:
 def _run(cmd, env) -> None:
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({result.returncode}): {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:6])} ... failed ({result.returncode}): {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}"
+        )
 
 
 def _single(backend: str, config, data, init: dict, folder: Path, device) -> tuple:
@@ -58,11 +60,21 @@ def _single(backend: str, config, data, init: dict, folder: Path, device) -> tup
     train = importlib.import_module(f"fashion_{backend}.train")
     ops = dataclasses.replace(train.OPS, init_state=functools.partial(train.create_train_state, state_dict=init))
     out = folder / f"{backend}_single.safetensors"
-    _, metrics = loop.train_and_evaluate(ops, config, data, out=str(out), quiet=True, log=lambda line: None, device=device)
+    _, metrics = loop.train_and_evaluate(
+        ops, config, data, out=str(out), quiet=True, log=lambda line: None, device=device
+    )
     return canonical.read_state(out)[0], metrics
 
 
-def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: int = 64, device: str = "cpu", data=None, data_dir=None, log=print) -> dict:
+def distributed_comparison(
+    world_size: int = 2,
+    steps: int = 100,
+    batch_size: int = 64,
+    device: str = "cpu",
+    data=None,
+    data_dir=None,
+    log=print,
+) -> dict:
     """Train each twin on one device and N-way data-parallel for `steps` steps; compare weights and step times.
 
     Args:
@@ -82,11 +94,17 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
 
     common.check_world(world_size, batch_size, "ranks/devices")
     steps_per_epoch = -(-steps // 2)
-    config = tutorial_config(epochs=2, batch_size=batch_size, limit_train=steps_per_epoch * batch_size, limit_test=1000, device=device)
+    config = tutorial_config(
+        epochs=2, batch_size=batch_size, limit_train=steps_per_epoch * batch_size, limit_test=1000, device=device
+    )
     data = load_fashion_mnist(data_dir) if data is None else data
     set_matmul_precision("highest")
     # fp32 matmuls in the subprocesses too (torch's default already is; JAX on a GPU would use TF32)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "JAX_DEFAULT_MATMUL_PRECISION": "highest"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "JAX_DEFAULT_MATMUL_PRECISION": "highest",
+    }
     env.pop("XLA_FLAGS", None)
     simulated = device == "cpu"
     with tempfile.TemporaryDirectory(prefix="fashion-distributed-") as tmp:
@@ -94,7 +112,13 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
         init_path = folder / "init.safetensors"
         fashion_torch.save_checkpoint(fashion_torch.create_model(seed=config.seed), init_path)
         init = canonical.read_state(init_path)[0]
-        common_flags = [*common.config_flags(config), "--init", str(init_path), "--quiet", *(["--data-dir", str(data_dir)] if data_dir else [])]
+        common_flags = [
+            *common.config_flags(config),
+            "--init",
+            str(init_path),
+            "--quiet",
+            *(["--data-dir", str(data_dir)] if data_dir else []),
+        ]
         train_cli = ["-m", "fashion_twins", "train", "--backend"]
         figures = {}
         # ---- torch: one device here, N ranks under torchrun
@@ -104,17 +128,51 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            t_single, t_single_metrics = _single("torch", config, data, init, folder, torch.device("cuda" if device == "gpu" else "cpu"))
+            t_single, t_single_metrics = _single(
+                "torch", config, data, init, folder, torch.device("cuda" if device == "gpu" else "cpu")
+            )
         finally:
             torch.set_num_threads(threads)
         ddp_out, ddp_metrics = folder / "torch_ddp.safetensors", folder / "torch_ddp.json"
-        _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}", *train_cli, "torch", *common_flags, "--out", str(ddp_out), "--metrics", str(ddp_metrics)], env)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={world_size}",
+                *train_cli,
+                "torch",
+                *common_flags,
+                "--out",
+                str(ddp_out),
+                "--metrics",
+                str(ddp_metrics),
+            ],
+            env,
+        )
         t_ddp, t_ddp_metrics = canonical.read_state(ddp_out)[0], json.loads(ddp_metrics.read_text())
         # ---- flax: one device here, N devices in one process (forced host devices on a CPU)
         log(f"[distributed] flax: 1 device, then a mesh of {world_size} devices")
-        f_single, f_single_metrics = _single("flax", config, data, init, folder, jax.devices("gpu" if device == "gpu" else "cpu")[0])
+        f_single, f_single_metrics = _single(
+            "flax", config, data, init, folder, jax.devices("gpu" if device == "gpu" else "cpu")[0]
+        )
         sharded_out, sharded_metrics = folder / "flax_sharded.safetensors", folder / "flax_sharded.json"
-        _run([sys.executable, *train_cli, "flax", *common_flags, "--devices", str(world_size), "--out", str(sharded_out), "--metrics", str(sharded_metrics)], env)
+        _run(
+            [
+                sys.executable,
+                *train_cli,
+                "flax",
+                *common_flags,
+                "--devices",
+                str(world_size),
+                "--out",
+                str(sharded_out),
+                "--metrics",
+                str(sharded_metrics),
+            ],
+            env,
+        )
         f_sharded, f_sharded_metrics = canonical.read_state(sharded_out)[0], json.loads(sharded_metrics.read_text())
 
         for name, single, parallel, s_metrics, p_metrics in (
@@ -127,7 +185,10 @@ def distributed_comparison(world_size: int = 2, steps: int = 100, batch_size: in
                 "single_ms_per_step": _step_ms(s_metrics, steps_per_epoch),
                 "parallel_ms_per_step": _step_ms(p_metrics, steps_per_epoch),
                 "max_abs_dW_parallel_vs_single": _max_diff(single, parallel),
-                "final_test_accuracy": {"single": s_metrics["epochs"][-1]["test_accuracy"], "parallel": p_metrics["epochs"][-1]["test_accuracy"]},
+                "final_test_accuracy": {
+                    "single": s_metrics["epochs"][-1]["test_accuracy"],
+                    "parallel": p_metrics["epochs"][-1]["test_accuracy"],
+                },
             }
     return {
         "world_size": world_size,
@@ -163,7 +224,14 @@ def main(argv=None) -> int:
     from fashion_common.errors import FashionTwinsError
 
     try:
-        result = distributed_comparison(args.world_size, args.steps, args.batch_size, args.device, data_dir=args.data_dir, log=lambda s: print(s, file=sys.stderr))
+        result = distributed_comparison(
+            args.world_size,
+            args.steps,
+            args.batch_size,
+            args.device,
+            data_dir=args.data_dir,
+            log=lambda s: print(s, file=sys.stderr),
+        )
     except (FashionTwinsError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

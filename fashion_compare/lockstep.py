@@ -7,15 +7,14 @@ themselves never import each other.
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import numpy as np
 
-from fashion_compare import set_matmul_precision
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order
 from fashion_common.loop import epoch_shifts
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+from fashion_compare import set_matmul_precision
 
 
 def max_weight_diff(a: dict, b: dict) -> float:
@@ -25,8 +24,8 @@ def max_weight_diff(a: dict, b: dict) -> float:
 
 def lockstep(
     data: FashionData,
-    config: Optional[TrainConfig] = None,
-    steps: Optional[int] = None,
+    config: TrainConfig | None = None,
+    steps: int | None = None,
     weight_every: int = 25,
     precision: str = "highest",
     spec: ModelSpec = DEFAULT_SPEC,
@@ -81,15 +80,23 @@ def lockstep(
     t_order = torch.as_tensor(order, dtype=torch.int64, device=t_dev)
     for i in range(total):
         t_shift = None if shifts is None else torch.as_tensor(shifts[i], device=t_dev)
-        t_loss, _ = torch_train.train_step(t_state, t_data.train_images[t_order[i]], t_data.train_labels[t_order[i]], t_shift)
+        t_loss, _ = torch_train.train_step(
+            t_state, t_data.train_images[t_order[i]], t_data.train_labels[t_order[i]], t_shift
+        )
         idx = order[i]
         f_shift = None if shifts is None else shifts[i]
-        f_state, (f_loss, _) = flax_train.train_step(f_state, f_data.train_images[idx], f_data.train_labels[idx], config.label_smoothing, f_shift)
+        f_state, (f_loss, _) = flax_train.train_step(
+            f_state, f_data.train_images[idx], f_data.train_labels[idx], config.label_smoothing, f_shift
+        )
         loss_torch.append(float(t_loss))
         loss_flax.append(float(f_loss))
         if (i + 1) % weight_every == 0 or i + 1 == total:
             weight_steps.append(i + 1)
-            weight_diff.append(max_weight_diff(fashion_torch.to_state_dict(t_state.model), fashion_flax.to_state_dict(f_state.params, spec)))
+            weight_diff.append(
+                max_weight_diff(
+                    fashion_torch.to_state_dict(t_state.model), fashion_flax.to_state_dict(f_state.params, spec)
+                )
+            )
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -6,15 +6,15 @@ every parameter, in the canonical torch layout), plus the activation grid.
 
 from __future__ import annotations
 
-from typing import Dict
-
 import numpy as np
 
-from fashion_compare import set_matmul_precision
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
+from fashion_compare import set_matmul_precision
 
 # Points where activations misbehave if written naively: signed zero, saturation, overflow, inf, NaN.
-ACTIVATION_GRID = np.array([-np.inf, -1e4, -20.0, -1.0, -1e-7, -0.0, 0.0, 1e-7, 1.0, 20.0, 1e4, np.inf, np.nan], dtype=np.float32)
+ACTIVATION_GRID = np.array(
+    [-np.inf, -1e4, -20.0, -1.0, -1e-7, -0.0, 0.0, 1e-7, 1.0, 20.0, 1e4, np.inf, np.nan], dtype=np.float32
+)
 ACTIVATION_NAMES = ("binary_step", "sigmoid", "tanh", "relu", "softmax")
 
 
@@ -49,7 +49,10 @@ def torch_figures(model, x: np.ndarray, y: np.ndarray) -> dict:
         "layers": {k: v.detach().cpu().numpy() for k, v in outputs.items()},
         "logits": outputs[last].detach().cpu().numpy(),
         "loss": loss.item(),
-        "grads": {"input": xt.grad.cpu().numpy(), **{k: named[k].grad.cpu().numpy() for k in checkpoint_keys(model.spec)}},
+        "grads": {
+            "input": xt.grad.cpu().numpy(),
+            **{k: named[k].grad.cpu().numpy() for k in checkpoint_keys(model.spec)},
+        },
     }
 
 
@@ -103,7 +106,14 @@ def kink_examples(t: dict, f: dict, spec: ModelSpec = DEFAULT_SPEC) -> list:
     return np.flatnonzero(flipped).tolist()
 
 
-def parity(state_dict: Dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, precision: str = "highest", device: str = "cpu", spec: ModelSpec = DEFAULT_SPEC) -> dict:
+def parity(
+    state_dict: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    precision: str = "highest",
+    device: str = "cpu",
+    spec: ModelSpec = DEFAULT_SPEC,
+) -> dict:
     """Load one canonical state_dict into both twins and compare forward and backward at `precision`."""
     import fashion_flax
     import fashion_torch

@@ -47,14 +47,33 @@ def plot_lockstep(result: dict) -> bytes:
     fig = _figure(9, 6.5)
     ax_loss, ax_w = fig.subplots(2, 1, sharex=True)
     zeros = int((loss_diff == 0).sum())
-    ax_loss.plot(steps, np.maximum(loss_diff, LOG_FLOOR), color="tab:purple", linewidth=0.9, marker="." if len(steps) <= 100 else None, label="|loss torch - loss flax|")
-    ax_loss.set_title(f"per-step |loss diff| ({zeros} of {len(steps)} steps exactly 0, drawn at {LOG_FLOOR:g})", fontsize=10)
+    ax_loss.plot(
+        steps,
+        np.maximum(loss_diff, LOG_FLOOR),
+        color="tab:purple",
+        linewidth=0.9,
+        marker="." if len(steps) <= 100 else None,
+        label="|loss torch - loss flax|",
+    )
+    ax_loss.set_title(
+        f"per-step |loss diff| ({zeros} of {len(steps)} steps exactly 0, drawn at {LOG_FLOOR:g})", fontsize=10
+    )
     ax_loss.set_ylabel("|loss diff|")
     w_zeros = int((w_diff == 0).sum())
     every = result.get("weight_every", 1)
-    ax_w.plot(w_steps, np.maximum(w_diff, LOG_FLOOR), color="tab:green", marker="o", markersize=4, label="max |W torch - W flax|, all tensors")
+    ax_w.plot(
+        w_steps,
+        np.maximum(w_diff, LOG_FLOOR),
+        color="tab:green",
+        marker="o",
+        markersize=4,
+        label="max |W torch - W flax|, all tensors",
+    )
     when = "after every step" if every == 1 else f"every {every} steps"
-    ax_w.set_title(f"max weight diff {when} (step 0 is the shared init; {_count(w_zeros, 'exact zero')} drawn at {LOG_FLOOR:g})", fontsize=10)
+    ax_w.set_title(
+        f"max weight diff {when} (step 0 is the shared init; {_count(w_zeros, 'exact zero')} drawn at {LOG_FLOOR:g})",
+        fontsize=10,
+    )
     ax_w.set_ylabel("max |weight diff|")
     ax_w.set_xlabel("SGD step")
     ax_w.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -68,7 +87,9 @@ def plot_lockstep(result: dict) -> bytes:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
     cfg = result["config"]
-    fig.suptitle(f"Lockstep: torch vs flax, tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), {result['steps']} steps, {result['precision']} precision")
+    fig.suptitle(
+        f"Lockstep: torch vs flax, tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), {result['steps']} steps, {result['precision']} precision"
+    )
     return _png(fig)
 
 
@@ -133,7 +154,11 @@ def plot_curves(training: dict) -> bytes:
     _min_span(ax_acc, 2.0)  # percentage points
     recipe = training["recipe"]
     cfg = recipe["config"]
-    shortened = f", shortened from {recipe['default_epochs']} (cosine over {_epochs(cfg['epochs'])})" if recipe["shortened"] else ""
+    shortened = (
+        f", shortened from {recipe['default_epochs']} (cosine over {_epochs(cfg['epochs'])})"
+        if recipe["shortened"]
+        else ""
+    )
     title = f"Accuracy recipe ({cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, batch {cfg['batch_size']}): {_epochs(cfg['epochs'])}{shortened}"
     if len(_runs(training)) > 1:
         tut = training["tutorial"]["config"]
@@ -151,7 +176,13 @@ def plot_epoch_times(training: dict) -> bytes:
     width = 0.38
     for offset, backend in zip((-width / 2, width / 2), BACKENDS):
         seconds = [r["epoch_seconds"] for r in hist[backend]]
-        bars = ax.bar(epochs + offset, seconds, width, color=TWIN_STYLE[backend]["color"], label=f"{backend} (median {np.median(seconds):.2f} s)")
+        bars = ax.bar(
+            epochs + offset,
+            seconds,
+            width,
+            color=TWIN_STYLE[backend]["color"],
+            label=f"{backend} (median {np.median(seconds):.2f} s)",
+        )
         if len(epochs) <= 6:
             ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
     _epoch_axis(ax, epochs.tolist())
@@ -160,7 +191,10 @@ def plot_epoch_times(training: dict) -> bytes:
     ax.grid(True, axis="y", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=2, fontsize=9)  # below the axes: never over a bar or its label
     cfg = training["recipe"]["config"]
-    ax.set_title(f"Accuracy recipe: seconds per epoch (batch {cfg['batch_size']}, {_epochs(len(epochs))})\nepoch 1 includes warm-up and flax's JIT compilation", fontsize=10)
+    ax.set_title(
+        f"Accuracy recipe: seconds per epoch (batch {cfg['batch_size']}, {_epochs(len(epochs))})\nepoch 1 includes warm-up and flax's JIT compilation",
+        fontsize=10,
+    )
     return _png(fig)
 
 
@@ -185,7 +219,15 @@ def plot_confusion(entry: dict, class_names, subtitle: str) -> bytes:
             for j in range(n):
                 if counts[i, j] or i == j:  # an empty cell is 0; on the diagonal the 0 is written out
                     dark = share[i, j] > 45  # white text where the cell is dark
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if dark else "black",
+                    )
         ax.set_xticks(range(n), class_names, rotation=40, ha="right", fontsize=9)
         ax.set_yticks(range(n), class_names, fontsize=9)
         ax.set_xlabel("predicted class")
@@ -193,5 +235,7 @@ def plot_confusion(entry: dict, class_names, subtitle: str) -> bytes:
     axes[0].set_ylabel("true class")
     bar = fig.colorbar(image, ax=axes, shrink=0.8, ticks=[0, 1, 5, 10, 25, 50, 75, 100])
     bar.set_label("share of the true class (%), cells show image counts")
-    fig.suptitle(f"Confusion matrices, {subtitle}; the twins predict the same class on {100 * entry['agreement']:.2f}% of the images")
+    fig.suptitle(
+        f"Confusion matrices, {subtitle}; the twins predict the same class on {100 * entry['agreement']:.2f}% of the images"
+    )
     return _png(fig)

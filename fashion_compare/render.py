@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import List
 
 from .plots import LOG_FLOOR, PLOTS
 
 BACKENDS = ("torch", "flax")
+
 
 def _e(x) -> str:
     """A max |diff| for a table: 0 stays 0, anything else in 2-digit scientific notation."""
@@ -57,9 +57,13 @@ def render_markdown(report: dict) -> str:
     """report.md from the report dict; sections of stages not yet run are left out, PNGs linked only once written."""
     meta = report["meta"]
     have_png = lambda name: name in report.get("plots", ())
-    lines: List[str] = ["# fashion-twins: the torch twin and the flax twin, side by side", ""]
+    lines: list[str] = ["# fashion-twins: the torch twin and the flax twin, side by side", ""]
     mode = meta["mode"]
-    mode_text = "quick (recipe shortened; tutorial recipe only with --full)" if mode == "quick" else "full (20-epoch recipe and the tutorial recipe)"
+    mode_text = (
+        "quick (recipe shortened; tutorial recipe only with --full)"
+        if mode == "quick"
+        else "full (20-epoch recipe and the tutorial recipe)"
+    )
     lines += [
         f"- **date**: {meta['date']}",
         f"- **mode**: {mode_text}",
@@ -68,7 +72,12 @@ def render_markdown(report: dict) -> str:
         f"- **platform**: {meta['platform']}",
         f"- **command**: `{meta['command']}`",
         f"- **seed**: {meta['options']['seed']}",
-        f"- **status**: {report['status']['state']}" + ("" if report["status"]["state"] == "complete" else f" (stages done: {', '.join(report['status']['stages_done']) or 'none'})"),
+        f"- **status**: {report['status']['state']}"
+        + (
+            ""
+            if report["status"]["state"] == "complete"
+            else f" (stages done: {', '.join(report['status']['stages_done']) or 'none'})"
+        ),
         "",
     ]
     lines += _md_checks(report)
@@ -94,7 +103,7 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _md_checks(report: dict) -> List[str]:
+def _md_checks(report: dict) -> list[str]:
     """Every pass/fail check the run made, with its value, its tolerance and why the tolerance has that size."""
     checks = report.get("checks") or []
     if not checks:
@@ -103,18 +112,21 @@ def _md_checks(report: dict) -> List[str]:
     lines = [
         "## Checks",
         "",
-        f"{passed} of {len(checks)} checks passed" + ("." if passed == len(checks) else "; the failures are marked **NO**.")
+        f"{passed} of {len(checks)} checks passed"
+        + ("." if passed == len(checks) else "; the failures are marked **NO**.")
         + " Each check passes when its value is at most its tolerance (NaN fails).",
         "",
         "| # | check | value | tolerance | passed | why this tolerance |",
         "| ---: | --- | ---: | ---: | --- | --- |",
     ]
     for i, c in enumerate(checks, 1):
-        lines.append(f"| {i} | {_cell(c['name'])} | {_v(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | {_cell(c['why'])} |")
+        lines.append(
+            f"| {i} | {_cell(c['name'])} | {_v(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | {_cell(c['why'])} |"
+        )
     return lines + [""]
 
 
-def _md_figures(report: dict) -> List[str]:
+def _md_figures(report: dict) -> list[str]:
     """The headline figures that have no pass/fail: accuracies and the twins' agreement."""
     rows = []
     training = report.get("training") or {}
@@ -122,21 +134,31 @@ def _md_figures(report: dict) -> List[str]:
         entry = training.get(name) or {}
         if "final_test_accuracy" in entry:
             acc = entry["final_test_accuracy"]
-            note = f", {_epochs(entry['config']['epochs'])} of {entry['default_epochs']}" if entry["shortened"] else f", {_epochs(entry['config']['epochs'])}"
-            rows.append(f"| {label}{note}: final test accuracy torch / flax | {_pct(acc['torch'])} / {_pct(acc['flax'])} (\\|Δ\\| {entry['accuracy_diff_pp']:.2f} pp) |")
+            note = (
+                f", {_epochs(entry['config']['epochs'])} of {entry['default_epochs']}"
+                if entry["shortened"]
+                else f", {_epochs(entry['config']['epochs'])}"
+            )
+            rows.append(
+                f"| {label}{note}: final test accuracy torch / flax | {_pct(acc['torch'])} / {_pct(acc['flax'])} (\\|Δ\\| {entry['accuracy_diff_pp']:.2f} pp) |"
+            )
     classes = report.get("classes") or {}
     if "recipe" in classes:
         r = classes["recipe"]
-        rows.append(f"| independently trained twins (accuracy recipe) predict the same class | {_pct(r['agreement'])} of {classes['num_test']:,} test images |")
+        rows.append(
+            f"| independently trained twins (accuracy recipe) predict the same class | {_pct(r['agreement'])} of {classes['num_test']:,} test images |"
+        )
     if "lockstep" in classes:
         r = classes["lockstep"]
-        rows.append(f"| lockstep twins (one init, one batch order) predict the same class | {_pct(r['agreement'])} of {classes['num_test']:,} test images ({_count(r['disagreements'], 'image')} differ) |")
+        rows.append(
+            f"| lockstep twins (one init, one batch order) predict the same class | {_pct(r['agreement'])} of {classes['num_test']:,} test images ({_count(r['disagreements'], 'image')} differ) |"
+        )
     if not rows:
         return []
     return ["## Headline figures", "", "| figure | value |", "| --- | --- |", *rows, ""]
 
 
-def _md_structures(report: dict) -> List[str]:
+def _md_structures(report: dict) -> list[str]:
     s, p = report["structures"], report["parameters"]
     lines = [
         "## 1. Structures",
@@ -163,7 +185,9 @@ def _md_structures(report: dict) -> List[str]:
     ]
     for r in p["rows"]:
         flag = "" if r["shapes_match"] else " **(shape mismatch)**"
-        lines.append(f"| `{r['name']}` | {tuple(r['torch_shape'])} | `{r['flax_path']}` | {tuple(r['flax_shape'])}{flag} | {r['count']:,} |")
+        lines.append(
+            f"| `{r['name']}` | {tuple(r['torch_shape'])} | `{r['flax_path']}` | {tuple(r['flax_shape'])}{flag} | {r['count']:,} |"
+        )
     lines += [
         f"| **total** | | | | **{p['total']:,}** |",
         "",
@@ -174,7 +198,7 @@ def _md_structures(report: dict) -> List[str]:
     return lines
 
 
-def _md_parity(report: dict) -> List[str]:
+def _md_parity(report: dict) -> list[str]:
     par = report["parity"]
     names = report.get("structures", {}).get("layer_names", {})
     columns = [("highest", par["highest"]), ("tf32", par["tf32"])]
@@ -202,7 +226,11 @@ def _md_parity(report: dict) -> List[str]:
         row(f"layer `{k}` ({names[k]})" if k in names else f"layer `{k}`", lambda r, k=k: r["layers"][k])
     for k in par["highest"]["grads"]:
         row("grad w.r.t. input" if k == "input" else f"grad `{k}`", lambda r, k=k: r["grads"][k])
-    lines.append("| **max over layers / grads** | " + " | ".join(f"{_e(r['max_layer'])} / {_e(r['max_grad'])}" for _, r in columns) + " |")
+    lines.append(
+        "| **max over layers / grads** | "
+        + " | ".join(f"{_e(r['max_layer'])} / {_e(r['max_grad'])}" for _, r in columns)
+        + " |"
+    )
     lines.append("")
     kinked = [p for p in ("highest", "tf32") if par[p].get("off_kink")]
     if kinked:
@@ -218,7 +246,7 @@ def _md_parity(report: dict) -> List[str]:
     return lines
 
 
-def _md_activations(grid: dict) -> List[str]:
+def _md_activations(grid: dict) -> list[str]:
     fns = grid["functions"]
     inputs = grid["inputs"]
     header = "| x | " + " | ".join(f"{name} torch | {name} flax" for name in fns) + " |"
@@ -266,14 +294,15 @@ def _md_activations(grid: dict) -> List[str]:
     return lines
 
 
-def _md_lockstep(ls: dict, have_png) -> List[str]:
+def _md_lockstep(ls: dict, have_png) -> list[str]:
     cfg = ls["config"]
     lines = [
         "## 5. Lockstep",
         "",
         f"Both twins start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps on the same batches "
         f"(the tutorial's plain SGD, lr {cfg['lr']:g}, batch {cfg['batch_size']}), at {ls['precision']} precision. "
-        "The loss is compared at every step, every weight " + ("at every step." if ls["weight_every"] == 1 else f"every {ls['weight_every']} steps and at the last."),
+        "The loss is compared at every step, every weight "
+        + ("at every step." if ls["weight_every"] == 1 else f"every {ls['weight_every']} steps and at the last."),
         "",
         "| figure | value |",
         "| --- | ---: |",
@@ -293,7 +322,7 @@ def _md_lockstep(ls: dict, have_png) -> List[str]:
     return lines
 
 
-def _md_history(entry: dict) -> List[str]:
+def _md_history(entry: dict) -> list[str]:
     t, f = entry["torch"]["epochs"], entry["flax"]["epochs"]
     lines = [
         "| epoch | train loss torch | train loss flax | test loss torch | test loss flax | test acc torch | test acc flax | Δ pp | s torch | s flax |",
@@ -308,7 +337,7 @@ def _md_history(entry: dict) -> List[str]:
     return lines + [""]
 
 
-def _md_training(training: dict, have_png) -> List[str]:
+def _md_training(training: dict, have_png) -> list[str]:
     lines = ["## 6. Training", ""]
     recipe = training.get("recipe") or {}
     if "config" in recipe:
@@ -351,7 +380,10 @@ def _md_training(training: dict, have_png) -> List[str]:
     tutorial = training.get("tutorial")
     lines += ["### Tutorial recipe", ""]
     if tutorial is None:
-        lines += ["Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 epochs) in both twins for comparison.", ""]
+        lines += [
+            "Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 epochs) in both twins for comparison.",
+            "",
+        ]
     elif "final_test_accuracy" in tutorial:
         cfg, acc = tutorial["config"], tutorial["final_test_accuracy"]
         lines += [
@@ -366,7 +398,7 @@ def _md_training(training: dict, have_png) -> List[str]:
     return lines
 
 
-def _md_classes(classes: dict, lockstep: dict, have_png) -> List[str]:
+def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
     names, recipe = classes["class_names"], classes["recipe"]
     lines = [
         "## 7. Classes and agreement",
@@ -378,11 +410,25 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> List[str]:
         "| --- | ---: | ---: | ---: |",
     ]
     for i, name in enumerate(names):
-        t, f, diff = recipe["torch"]["per_class_accuracy"][i], recipe["flax"]["per_class_accuracy"][i], recipe["per_class_diff_pp"][i]
-        cells = [_pct(t), _pct(f), f"{float(diff):.2f}"] if _finite(diff) else ["—"] * 3  # —: no test image of this class
+        t, f, diff = (
+            recipe["torch"]["per_class_accuracy"][i],
+            recipe["flax"]["per_class_accuracy"][i],
+            recipe["per_class_diff_pp"][i],
+        )
+        cells = (
+            [_pct(t), _pct(f), f"{float(diff):.2f}"] if _finite(diff) else ["—"] * 3
+        )  # —: no test image of this class
         lines.append(f"| {i} {name} | " + " | ".join(cells) + " |")
-    lines.append(f"| **all** | **{_pct(recipe['torch']['accuracy'])}** | **{_pct(recipe['flax']['accuracy'])}** | {float(recipe['accuracy_diff_pp']):.2f} |")
-    lines += ["", "The most frequent confusions (true → predicted, images):", "", "| true → predicted | torch | flax |", "| --- | ---: | ---: |"]
+    lines.append(
+        f"| **all** | **{_pct(recipe['torch']['accuracy'])}** | **{_pct(recipe['flax']['accuracy'])}** | {float(recipe['accuracy_diff_pp']):.2f} |"
+    )
+    lines += [
+        "",
+        "The most frequent confusions (true → predicted, images):",
+        "",
+        "| true → predicted | torch | flax |",
+        "| --- | ---: | ---: |",
+    ]
     for c in recipe["top_confusions"]:
         lines.append(f"| {names[c['true']]} → {names[c['predicted']]} | {c['torch']} | {c['flax']} |")
     lines.append("")
@@ -398,7 +444,9 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> List[str]:
     ]
     if ls:
         steps = f"{lockstep['steps']} SGD steps" if "steps" in lockstep else "lockstep"
-        lines.append(f"| lockstep (one init, one batch order, {steps}) | {_pct(ls['agreement'])} | {ls['disagreements']:,} | {_pct(ls['both_right'])} |")
+        lines.append(
+            f"| lockstep (one init, one batch order, {steps}) | {_pct(ls['agreement'])} | {ls['disagreements']:,} | {_pct(ls['both_right'])} |"
+        )
     lines += [
         "",
         "Two independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
@@ -408,7 +456,7 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> List[str]:
     return lines
 
 
-def md_distributed(result: dict) -> List[str]:
+def md_distributed(result: dict) -> list[str]:
     """Section 8 (compare --distributed N): each twin on one device vs N-way data parallel; SIMULATED in the title on a CPU."""
     n = result["world_size"]
     simulated = f" — SIMULATED devices ({n} on one CPU's cores)" if result["simulated"] else ""

@@ -27,8 +27,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -53,14 +53,14 @@ class CompareOptions:
     seed: int = 0  # one seed for the init, the batch order and both trainings
     quick_epochs: int = 3  # recipe epochs in quick mode; the cosine schedule then spans these epochs
     tutorial_epochs: int = 10  # tutorial-recipe epochs with full=True, as in the tutorial
-    lockstep_steps: Optional[int] = None  # None: 300 in quick mode on a CPU, one full epoch with full=True or on a GPU
+    lockstep_steps: int | None = None  # None: 300 in quick mode on a CPU, one full epoch with full=True or on a GPU
     parity_images: int = 64  # real test images in the parity batch
-    limit_train: Optional[int] = None  # use only the first N training images (tests, dry runs)
-    limit_test: Optional[int] = None  # use only the first N test images
-    data_dir: Optional[str] = None  # see fashion_common.data for where the data is looked for
+    limit_train: int | None = None  # use only the first N training images (tests, dry runs)
+    limit_test: int | None = None  # use only the first N test images
+    data_dir: str | None = None  # see fashion_common.data for where the data is looked for
     download: bool = False  # fall back to torchvision's download
-    quiet: Optional[bool] = None  # no progress bars; None: bars only when stderr is a terminal
-    command: Optional[str] = None  # the command line the header states; None: this library call
+    quiet: bool | None = None  # no progress bars; None: bars only when stderr is a terminal
+    command: str | None = None  # the command line the header states; None: this library call
     distributed: int = 0  # N > 0: also each twin on one device vs N-way data parallel (stage 8); 0 skips it
 
     def check(self) -> None:
@@ -93,7 +93,9 @@ def _stderr(line: str) -> None:
 # ----------------------------------------------------------------------------- the run
 
 
-def build_report(options: Optional[CompareOptions] = None, data: Optional[FashionData] = None, log: Callable[[str], None] = _stderr) -> dict:
+def build_report(
+    options: CompareOptions | None = None, data: FashionData | None = None, log: Callable[[str], None] = _stderr
+) -> dict:
     """Run the stages and write the report folder; report.json and report.md are rewritten after each stage.
 
     Args:
@@ -172,7 +174,7 @@ def _meta(options: CompareOptions, device: str) -> dict:
     }
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}

@@ -13,8 +13,8 @@ import dataclasses
 import importlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -36,12 +36,19 @@ PARITY_TOL = 1e-5  # at "highest": fp32 rounding of differently ordered sums (te
 LOCKSTEP_TOL = 1e-5  # per-step loss and weights, fp32 in both twins (tests/test_train.py; a full epoch measured ~4e-6)
 ACCURACY_TOL_PP = 0.5  # independently seeded twins, full training set: run-to-run noise (README: 0.04 pp at 20 epochs)
 LOCKSTEP_DISAGREE_TOL = 0.1  # percent of test images: weights 1e-5 apart flip only a near-tie of the top two logits
-DISTRIBUTED_TOL = 1e-5  # data parallel vs one device, and torch DDP vs flax sharded (tests/test_distributed.py measures 1e-9..5e-7)
-DISTRIBUTED_STEPS, DISTRIBUTED_BATCH = 100, 64  # compare --distributed N: 100 plain SGD steps, global batch 64 (N must divide it)
-PREDICT_TOL_PP = 0.02  # predict_proba's argmax vs the evaluation's argmax: one batch of the same weights; 2 in 10,000 at most
+DISTRIBUTED_TOL = (
+    1e-5  # data parallel vs one device, and torch DDP vs flax sharded (tests/test_distributed.py measures 1e-9..5e-7)
+)
+DISTRIBUTED_STEPS, DISTRIBUTED_BATCH = (
+    100,
+    64,
+)  # compare --distributed N: 100 plain SGD steps, global batch 64 (N must divide it)
+PREDICT_TOL_PP = (
+    0.02  # predict_proba's argmax vs the evaluation's argmax: one batch of the same weights; 2 in 10,000 at most
+)
 WHY = {
     "exact": "both twins build the same layers; a count or shape can only be equal or wrong",
-    "parity": "the same weights and images in both twins at fp32 (\"highest\"): only the rounding of differently "
+    "parity": 'the same weights and images in both twins at fp32 ("highest"): only the rounding of differently '
     "ordered sums (~1e-7 relative per op) may separate them; a layout or transpose bug moves values by ~1e-2",
     "activations": "the same inputs in both twins at fp32: an elementwise function may differ by its last bit (~1e-7 "
     "relative); NaN must sit in the same places (a NaN in one twin only counts as inf)",
@@ -63,21 +70,30 @@ class Stage:
     """One stage: its name, the function that runs it, and the detail of its progress line."""
 
     name: str
-    run: Callable[["Run"], None]
-    line: Callable[["Run"], str]
-    enabled: Callable[["Run"], bool] = lambda run: True  # False: left out of the run, its log and the report
+    run: Callable[[Run], None]
+    line: Callable[[Run], str]
+    enabled: Callable[[Run], bool] = lambda run: True  # False: left out of the run, its log and the report
 
 
 class Run:
     """What the stages share: options, device, data, the torch init, final train states and the report dict."""
 
-    def __init__(self, options, out_dir: Path, device: str, data: Optional[FashionData], log, report: dict, save: Callable[[], None]):
+    def __init__(
+        self,
+        options,
+        out_dir: Path,
+        device: str,
+        data: FashionData | None,
+        log,
+        report: dict,
+        save: Callable[[], None],
+    ):
         self.options, self.out_dir, self.device, self.data, self.log = options, out_dir, device, data, log
         self.report, self.save = report, save  # save() rewrites report.json and report.md
         self.quiet = (not sys.stderr.isatty()) if options.quiet is None else options.quiet
         self.spec = DEFAULT_SPEC
         self.init_state_dict = None  # the torch twin's seeded init, canonical layout; both twins load it for parity
-        self.final_states: Dict[str, Dict[str, object]] = {}  # "lockstep"/"recipe" -> {"torch": state, "flax": state}
+        self.final_states: dict[str, dict[str, object]] = {}  # "lockstep"/"recipe" -> {"torch": state, "flax": state}
         self.report.setdefault("checks", [])
 
     @property
@@ -88,7 +104,14 @@ class Run:
     def check(self, stage: str, name: str, value: float, tolerance: float, why: str) -> None:
         """Record a pass/fail check `value <= tolerance` (NaN fails); a check of the same name is replaced."""
         value = float(value)
-        entry = {"stage": stage, "name": name, "value": value, "tolerance": float(tolerance), "passed": bool(value <= tolerance), "why": why}
+        entry = {
+            "stage": stage,
+            "name": name,
+            "value": value,
+            "tolerance": float(tolerance),
+            "passed": bool(value <= tolerance),
+            "why": why,
+        }
         checks = self.report["checks"]
         checks[:] = [c for c in checks if c["name"] != name] + [entry]
 
@@ -110,7 +133,9 @@ def stage_data(run: Run) -> None:
         run.data = load_fashion_mnist(run.options.data_dir, download=run.options.download)
     limited = run.limited
     if run.options.parity_images > len(limited.test_labels):
-        raise ValueError(f"parity_images {run.options.parity_images} is more than the {len(limited.test_labels)} test images")
+        raise ValueError(
+            f"parity_images {run.options.parity_images} is more than the {len(limited.test_labels)} test images"
+        )
     run.report["data"] = {
         "source": run.data.source,
         "num_train": int(len(limited.train_labels)),
@@ -123,12 +148,14 @@ def stage_data(run: Run) -> None:
 # ----------------------------------------------------------------------------- 2 structures
 
 
-def layer_names(spec) -> Dict[str, str]:
+def layer_names(spec) -> dict[str, str]:
     """Stack position -> what sits there: {"flatten": "Flatten", "0": "Linear(784, 512)", "1": "ReLU", ...}."""
     names = {"flatten": "Flatten"}
     sizes = dict(zip(spec.linear_indices, spec.layer_sizes))
     for i in range(spec.stack_length):
-        names[str(i)] = f"Linear({sizes[i][0]}, {sizes[i][1]})" if i in sizes else ACTIVATION_DISPLAY[spec.activation_at(i)]
+        names[str(i)] = (
+            f"Linear({sizes[i][0]}, {sizes[i][1]})" if i in sizes else ACTIVATION_DISPLAY[spec.activation_at(i)]
+        )
     return names
 
 
@@ -149,14 +176,16 @@ def stage_structures(run: Run) -> None:
             leaf = leaf[part]
         f_shape = tuple(leaf.shape)
         expected_flax = t_shapes[key][::-1]  # kernel is the transposed weight; a bias reverses to itself
-        rows.append({
-            "name": key,
-            "torch_shape": list(t_shapes[key]),
-            "flax_path": "/".join(path),
-            "flax_shape": list(f_shape),
-            "count": int(np.prod(t_shapes[key])),
-            "shapes_match": f_shape == expected_flax,
-        })
+        rows.append(
+            {
+                "name": key,
+                "torch_shape": list(t_shapes[key]),
+                "flax_path": "/".join(path),
+                "flax_shape": list(f_shape),
+                "count": int(np.prod(t_shapes[key])),
+                "shapes_match": f_shape == expected_flax,
+            }
+        )
     run.report["structures"] = {
         "seed": seed,
         "torch_summary": fashion_torch.summary(t_model),
@@ -171,8 +200,20 @@ def stage_structures(run: Run) -> None:
         "spec_total": spec.num_parameters(),
     }
     counts = (params["torch_total"], params["flax_total"], params["spec_total"])
-    run.check("structures", "parameter count, largest difference between torch, flax and the spec's formula", max(counts) - min(counts), 0, WHY["exact"])
-    run.check("structures", "parameter tensors whose flax shape is not the transposed torch shape", sum(not r["shapes_match"] for r in rows), 0, WHY["exact"])
+    run.check(
+        "structures",
+        "parameter count, largest difference between torch, flax and the spec's formula",
+        max(counts) - min(counts),
+        0,
+        WHY["exact"],
+    )
+    run.check(
+        "structures",
+        "parameter tensors whose flax shape is not the transposed torch shape",
+        sum(not r["shapes_match"] for r in rows),
+        0,
+        WHY["exact"],
+    )
 
 
 # ----------------------------------------------------------------------------- 3 parity
@@ -187,18 +228,33 @@ def stage_parity(run: Run) -> None:
     run.report["parity"] = {
         "images": n,
         "weights": f"the torch twin's seeded init (seed {run.options.seed}), loaded into both twins",
-        "note": "CPU has only fp32: tf32 runs the same fp32 matmuls as highest" if run.device == "cpu" else "tf32: TensorFloat-32 matmuls in both twins",
+        "note": "CPU has only fp32: tf32 runs the same fp32 matmuls as highest"
+        if run.device == "cpu"
+        else "tf32: TensorFloat-32 matmuls in both twins",
         "tolerance_highest": PARITY_TOL,
         **results,
     }
     h = results["highest"]
-    run.check("parity", "parity at highest: logits, every layer's output and the loss, max |torch − flax|", max(h["logits"], h["loss"], h["max_layer"]), PARITY_TOL, WHY["parity"])
+    run.check(
+        "parity",
+        "parity at highest: logits, every layer's output and the loss, max |torch − flax|",
+        max(h["logits"], h["loss"], h["max_layer"]),
+        PARITY_TOL,
+        WHY["parity"],
+    )
     off = h.get("off_kink")
     kink = (
         f"; {len(off['dropped'])} of {n} images left out, where a ReLU input is exactly 0 in one twin only and the derivative (0 or 1) differs by definition"
-        if off else ""
+        if off
+        else ""
     )
-    run.check("parity", "parity at highest: every parameter and input gradient, max |torch − flax|", h["max_grad_checked"], PARITY_TOL, WHY["parity"] + kink)
+    run.check(
+        "parity",
+        "parity at highest: every parameter and input gradient, max |torch − flax|",
+        h["max_grad_checked"],
+        PARITY_TOL,
+        WHY["parity"] + kink,
+    )
 
 
 def parity_off_kink(run: Run, x: np.ndarray, y: np.ndarray, precision: str) -> dict:
@@ -234,8 +290,16 @@ def stage_activations(run: Run) -> None:
     grid = run.report["activations"] = activation_grid()
     fns = grid["functions"].values()
     why = WHY["activations"]
-    run.check("activations", "activation grid: values, max |torch − flax|", max(f["value_diff"] for f in fns), PARITY_TOL, why)
-    run.check("activations", "activation grid: gradients, max |torch − flax|", max(f["grad_diff"] for f in fns), PARITY_TOL, why)
+    run.check(
+        "activations", "activation grid: values, max |torch − flax|", max(f["value_diff"] for f in fns), PARITY_TOL, why
+    )
+    run.check(
+        "activations",
+        "activation grid: gradients, max |torch − flax|",
+        max(f["grad_diff"] for f in fns),
+        PARITY_TOL,
+        why,
+    )
 
 
 # ----------------------------------------------------------------------------- 5 lockstep
@@ -258,15 +322,34 @@ def stage_lockstep(run: Run) -> None:
 
     config, steps, weight_every = lockstep_plan(run)
     result = lockstep(
-        run.limited, config, steps=steps, weight_every=weight_every, precision="highest", spec=run.spec, progress=not run.quiet, keep_states=True
+        run.limited,
+        config,
+        steps=steps,
+        weight_every=weight_every,
+        precision="highest",
+        spec=run.spec,
+        progress=not run.quiet,
+        keep_states=True,
     )
     run.final_states["lockstep"] = result.pop("states")  # the classes stage predicts with both final models
     result["requested_steps"] = run.options.lockstep_steps
     result["weight_every"] = weight_every
     result["tolerance"] = LOCKSTEP_TOL
     run.report["lockstep"] = result
-    run.check("lockstep", f"lockstep ({result['steps']} SGD steps): loss at every step, max |torch − flax|", result["max_loss_diff"], LOCKSTEP_TOL, WHY["lockstep"])
-    run.check("lockstep", f"lockstep ({result['steps']} SGD steps): every weight after the last step, max |torch − flax|", result["final_weight_diff"], LOCKSTEP_TOL, WHY["lockstep"])
+    run.check(
+        "lockstep",
+        f"lockstep ({result['steps']} SGD steps): loss at every step, max |torch − flax|",
+        result["max_loss_diff"],
+        LOCKSTEP_TOL,
+        WHY["lockstep"],
+    )
+    run.check(
+        "lockstep",
+        f"lockstep ({result['steps']} SGD steps): every weight after the last step, max |torch − flax|",
+        result["final_weight_diff"],
+        LOCKSTEP_TOL,
+        WHY["lockstep"],
+    )
     run.write_png("lockstep.png", plots.plot_lockstep(result))
 
 
@@ -282,7 +365,13 @@ def stage_training(run: Run) -> None:
     run.final_states["recipe"] = train_both(run, "recipe", recipe, training)
     entry = training["recipe"]
     if opts.limit_train is None:  # the tolerance is for the full training set; a cut-down set is noisier
-        run.check("training", f"accuracy recipe ({_epochs(recipe.epochs)}): final test accuracy, |torch − flax| in percentage points", entry["accuracy_diff_pp"], ACCURACY_TOL_PP, WHY["accuracy"])
+        run.check(
+            "training",
+            f"accuracy recipe ({_epochs(recipe.epochs)}): final test accuracy, |torch − flax| in percentage points",
+            entry["accuracy_diff_pp"],
+            ACCURACY_TOL_PP,
+            WHY["accuracy"],
+        )
     run.write_png("curves.png", plots.plot_curves(training))
     run.write_png("epoch_times.png", plots.plot_epoch_times(training))
     if opts.full:
@@ -327,7 +416,9 @@ def predict_classes(backend: str, state, images: np.ndarray, batch_size: int = 1
         from fashion_flax.train import predict_proba
 
         proba = lambda x: predict_proba(state.apply_fn.__self__, state.params, x)  # apply_fn is the bound model.apply
-    chunks = [proba(scale_images(images[i : i + batch_size])).argmax(axis=1) for i in range(0, len(images), batch_size)]  # (b, 10) -> (b,)
+    chunks = [
+        proba(scale_images(images[i : i + batch_size])).argmax(axis=1) for i in range(0, len(images), batch_size)
+    ]  # (b, 10) -> (b,)
     return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
 
 
@@ -338,7 +429,11 @@ def top_confusions(torch_confusion, flax_confusion, k: int = 5) -> list:
     np.fill_diagonal(both, 0)
     order = np.argsort(-both, axis=None, kind="stable")[:k]  # flat indices, largest first, ties in row-major order
     cells = [np.unravel_index(i, both.shape) for i in order]
-    return [{"true": int(i), "predicted": int(j), "torch": int(t[i, j]), "flax": int(f[i, j])} for i, j in cells if both[i, j] > 0]
+    return [
+        {"true": int(i), "predicted": int(j), "torch": int(t[i, j]), "flax": int(f[i, j])}
+        for i, j in cells
+        if both[i, j] > 0
+    ]
 
 
 def stage_classes(run: Run) -> None:
@@ -381,7 +476,10 @@ def stage_classes(run: Run) -> None:
         LOCKSTEP_DISAGREE_TOL,
         WHY["lockstep_agree"],
     )
-    run.write_png("confusion.png", plots.plot_confusion(section["recipe"], CLASS_NAMES, f"accuracy recipe, {len(labels):,} test images"))
+    run.write_png(
+        "confusion.png",
+        plots.plot_confusion(section["recipe"], CLASS_NAMES, f"accuracy recipe, {len(labels):,} test images"),
+    )
 
 
 # ----------------------------------------------------------------------------- 8 distributed (compare --distributed N only)
@@ -397,8 +495,20 @@ def stage_distributed(run: Run) -> None:
     )
     why = WHY["distributed"]
     for twin, engine in (("torch", "DDP"), ("flax", "sharded")):
-        run.check("distributed", f"{twin} {engine} over {n} vs one device ({result['steps']} SGD steps): every weight, max |ΔW|", result[twin]["max_abs_dW_parallel_vs_single"], DISTRIBUTED_TOL, why)
-    run.check("distributed", f"torch DDP vs flax sharded over {n} ({result['steps']} SGD steps): every weight, max |ΔW|", result["max_abs_dW_torch_ddp_vs_flax_sharded"], DISTRIBUTED_TOL, why)
+        run.check(
+            "distributed",
+            f"{twin} {engine} over {n} vs one device ({result['steps']} SGD steps): every weight, max |ΔW|",
+            result[twin]["max_abs_dW_parallel_vs_single"],
+            DISTRIBUTED_TOL,
+            why,
+        )
+    run.check(
+        "distributed",
+        f"torch DDP vs flax sharded over {n} ({result['steps']} SGD steps): every weight, max |ΔW|",
+        result["max_abs_dW_torch_ddp_vs_flax_sharded"],
+        DISTRIBUTED_TOL,
+        why,
+    )
 
 
 # ----------------------------------------------------------------------------- the list
@@ -422,10 +532,17 @@ STAGES = (  # run in this order; the line is the detail of "[compare] 3/7 parity
     Stage("activations", stage_activations, lambda run: "(binary_step, sigmoid, tanh, relu, softmax on the grid)"),
     Stage("lockstep", stage_lockstep, _lockstep_line),
     Stage("training", stage_training, _training_line),
-    Stage("classes", stage_classes, lambda run: "(confusion matrices, per-class accuracy, agreement of the twins on the test set)"),
     Stage(
-        "distributed", stage_distributed,
-        lambda run: f"(each twin on 1 device vs {run.options.distributed}-way data parallel, {DISTRIBUTED_STEPS} SGD steps{', simulated devices' if run.device == 'cpu' else ''})",
+        "classes",
+        stage_classes,
+        lambda run: "(confusion matrices, per-class accuracy, agreement of the twins on the test set)",
+    ),
+    Stage(
+        "distributed",
+        stage_distributed,
+        lambda run: (
+            f"(each twin on 1 device vs {run.options.distributed}-way data parallel, {DISTRIBUTED_STEPS} SGD steps{', simulated devices' if run.device == 'cpu' else ''})"
+        ),
         enabled=lambda run: run.options.distributed > 0,
     ),
 )

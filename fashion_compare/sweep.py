@@ -50,7 +50,12 @@ def run(backend: str, name: str, overrides: dict, out_dir: Path, torch_threads: 
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_fashion_mnist()
     _, metrics = train.train_and_evaluate(
-        config, data, out=str(out_dir / f"{name}.safetensors"), metrics_path=str(out_dir / f"{name}.metrics.json"), quiet=True, log=lambda line: print(line, flush=True)
+        config,
+        data,
+        out=str(out_dir / f"{name}.safetensors"),
+        metrics_path=str(out_dir / f"{name}.metrics.json"),
+        quiet=True,
+        log=lambda line: print(line, flush=True),
     )
     return metrics
 
@@ -67,7 +72,10 @@ def time_to(history, accuracy: float, key: str = "test_accuracy"):
 
 def summary(folder: Path) -> str:
     """One markdown row per NAME.metrics.json: the recipe's knobs, best and last validation accuracy, time."""
-    rows = ["| run | twin | shift | batch | lr | wd | ls | epochs | val acc (last) | val acc (best, epoch) | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| run | twin | shift | batch | lr | wd | ls | epochs | val acc (last) | val acc (best, epoch) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for path in sorted(folder.glob("*.metrics.json")):
         m = json.loads(path.read_text())
         c, h = m["config"], m["epochs"]
@@ -81,7 +89,7 @@ def summary(folder: Path) -> str:
             val = "- | -"
         done = "" if len(h) == c["epochs"] else f" ({len(h)}/{c['epochs']} done)"
         rows.append(
-            f"| {path.name[:-len('.metrics.json')]}{done} | {m['backend']} | {c.get('augment_shift', 0)} | {c['batch_size']} | {c['lr']:g} | {c['weight_decay']:g} "
+            f"| {path.name[: -len('.metrics.json')]}{done} | {m['backend']} | {c.get('augment_shift', 0)} | {c['batch_size']} | {c['lr']:g} | {c['weight_decay']:g} "
             f"| {c['label_smoothing']:g} | {c['epochs']} | {val} | {seconds:.0f} |"
         )
     return "\n".join(rows)
@@ -93,7 +101,10 @@ def final_table(folder: Path) -> str:
     import re
     import statistics
 
-    rows = ["| run | twin | seed | test acc (evaluate.py, checkpoint) | last-epoch test acc (loop) | time to 89 % (s, epoch) | training time (s) | mean s/epoch |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| run | twin | seed | test acc (evaluate.py, checkpoint) | last-epoch test acc (loop) | time to 89 % (s, epoch) | training time (s) | mean s/epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     per_twin = {}
     for path in sorted(folder.glob("*.metrics.json")):
         name = path.name[: -len(".metrics.json")]
@@ -114,7 +125,9 @@ def final_table(folder: Path) -> str:
         )
     rows += ["", "| twin | seeds | mean test acc | min | max | spread (max - min) |", "|---|---|---|---|---|---|"]
     for backend, accs in sorted(per_twin.items()):
-        rows.append(f"| {backend} | {len(accs)} | {statistics.mean(accs):.2f} % | {min(accs):.2f} % | {max(accs):.2f} % | {max(accs) - min(accs):.2f} pp |")
+        rows.append(
+            f"| {backend} | {len(accs)} | {statistics.mean(accs):.2f} % | {min(accs):.2f} % | {max(accs):.2f} % | {max(accs) - min(accs):.2f} pp |"
+        )
     return "\n".join(rows)
 
 
@@ -122,11 +135,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("torch", "flax"), default="flax", help="twin to train (default flax)")
     parser.add_argument("--name", help="run name: files NAME.safetensors and NAME.metrics.json")
-    parser.add_argument("--out-dir", type=Path, default=Path("runs/sweep"), help="folder for the run's files (default runs/sweep)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides (default none)")
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("runs/sweep"), help="folder for the run's files (default runs/sweep)"
+    )
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides (default none)"
+    )
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default 1: see run())")
     parser.add_argument("--summary", type=Path, help="print a markdown table of the runs in this folder and exit")
-    parser.add_argument("--final-table", type=Path, help="print the final-runs table (needs NAME.eval.txt beside each checkpoint) and exit")
+    parser.add_argument(
+        "--final-table",
+        type=Path,
+        help="print the final-runs table (needs NAME.eval.txt beside each checkpoint) and exit",
+    )
     args = parser.parse_args(argv)
     if args.final_table is not None:
         print(final_table(args.final_table))

@@ -16,5 +16,7 @@ def shift_images(images, offsets):
     cols = jnp.arange(width) - offsets[:, 1:]  # (B, W) source column
     inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]  # (B, H, W)
     b = jnp.arange(batch)[:, None, None]
-    gathered = images[b, jnp.clip(rows, 0, height - 1)[:, :, None], jnp.clip(cols, 0, width - 1)[:, None, :]]  # (B, H, W)
+    gathered = images[
+        b, jnp.clip(rows, 0, height - 1)[:, :, None], jnp.clip(cols, 0, width - 1)[:, None, :]
+    ]  # (B, H, W)
     return jnp.where(inside, gathered, jnp.zeros((), images.dtype))

@@ -6,8 +6,6 @@ transposed on the way out and back in: Dense kernel [in, out] <-> Linear weight 
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import jax
 import numpy as np
 from flax.core import unfreeze
@@ -19,11 +17,14 @@ from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys, flax_p
 from .model import _shared_model
 
 
-def to_state_dict(params, spec: ModelSpec = DEFAULT_SPEC) -> Dict[str, np.ndarray]:
+def to_state_dict(params, spec: ModelSpec = DEFAULT_SPEC) -> dict[str, np.ndarray]:
     """Flax params -> canonical numpy state_dict (float32, weight [out, in]); asserts keys and shapes."""
     tree = unfreeze(params)
     tree = tree.get("params", tree)
-    flat = {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    flat = {
+        "/".join(str(getattr(k, "key", k)) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
     state = {}
     for key in checkpoint_keys(spec):
         path = "/".join(flax_param_path(key))
@@ -50,12 +51,12 @@ def from_state_dict(state_dict, spec: ModelSpec = DEFAULT_SPEC, device=None):
     return jax.device_put(params, device) if device is not None else jax.device_put(params)
 
 
-def save_checkpoint(params, path, spec: ModelSpec = DEFAULT_SPEC, metadata: Optional[dict] = None):
+def save_checkpoint(params, path, spec: ModelSpec = DEFAULT_SPEC, metadata: dict | None = None):
     """Write the params to `path` in the canonical layout (safetensors, atomically). Returns the path."""
     return canonical.write_state(path, to_state_dict(params, spec), spec, metadata)
 
 
-def load_checkpoint(path, device=None, spec: Optional[ModelSpec] = None):
+def load_checkpoint(path, device=None, spec: ModelSpec | None = None):
     """Read a canonical checkpoint written by either twin -> (model, params); bad files raise CheckpointError."""
     state, spec = canonical.read_state(path, spec)
     return _shared_model(spec, "torch"), from_state_dict(state, spec, device)

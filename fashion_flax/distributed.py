@@ -20,11 +20,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from typing import Dict, Optional
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fashion_common import distributed as common
 from fashion_common import loop
@@ -43,7 +43,12 @@ AXIS = "data"
 # ----------------------------------------------------------------------------- processes and the mesh
 
 
-def initialize(coordinator_address: Optional[str] = None, num_processes: int = 1, process_id: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int = 1,
+    process_id: int = 0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> World:
     """Join a multi-process run (no-op for one process); CPU collectives go through gloo.
 
     `timeout_s` is both the initialization timeout (a process that never arrives) and the
@@ -62,12 +67,14 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: int = 1
     return World(jax.process_index(), jax.process_count(), 0)
 
 
-def make_mesh(num_devices: Optional[int] = None, platform: Optional[str] = None) -> Mesh:
+def make_mesh(num_devices: int | None = None, platform: str | None = None) -> Mesh:
     """A 1-D mesh ('data',) over the first `num_devices` devices of the platform (default: all, every process)."""
     devices = jax.devices(platform)
     if num_devices is not None:
         if jax.process_count() > 1 and num_devices != len(devices):
-            raise DistributedError(f"--devices {num_devices}: a multi-process run uses all {len(devices)} devices of its processes")
+            raise DistributedError(
+                f"--devices {num_devices}: a multi-process run uses all {len(devices)} devices of its processes"
+            )
         if not 1 <= num_devices <= len(devices):
             raise DistributedError(f"--devices {num_devices}: JAX sees {len(devices)} {devices[0].platform} device(s)")
         devices = devices[:num_devices]
@@ -98,16 +105,25 @@ def replicate(tree, mesh: Mesh):
 # ----------------------------------------------------------------------------- state
 
 
-def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, mesh: Mesh = None, total_steps: int = 1, state_dict=None) -> train.TrainState:
+def create_train_state(
+    config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, mesh: Mesh = None, total_steps: int = 1, state_dict=None
+) -> train.TrainState:
     """The twin's fresh state (same seed on every process, so the same init), replicated on the mesh."""
-    local = mesh.devices.flat[0] if mesh.devices.flat[0].process_index == jax.process_index() else jax.local_devices()[0]
+    local = (
+        mesh.devices.flat[0] if mesh.devices.flat[0].process_index == jax.process_index() else jax.local_devices()[0]
+    )
     return replicate(train.create_train_state(config, spec, local, total_steps, state_dict), mesh)
 
 
 def put_data(data: FashionData, mesh: Mesh) -> train.DeviceData:
     """The whole uint8 set replicated on every device (47 MB): a step gathers its rows by sharded index."""
     put = lambda a, dtype: put_global(np.ascontiguousarray(a, dtype=dtype), replicated(mesh))
-    return train.DeviceData(put(data.train_images, np.uint8), put(data.train_labels, np.int32), put(data.test_images, np.uint8), put(data.test_labels, np.int32))
+    return train.DeviceData(
+        put(data.train_images, np.uint8),
+        put(data.train_labels, np.int32),
+        put(data.test_images, np.uint8),
+        put(data.test_labels, np.int32),
+    )
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -120,10 +136,14 @@ def sharded_train_steps(mesh: Mesh):
     Inputs carry their shardings (state, images, labels replicated; order sharded on `data`);
     pinning the outputs keeps params and optimizer state replicated from one slice to the next.
     """
-    return jax.jit(train.train_steps, static_argnames="label_smoothing", donate_argnums=0, out_shardings=replicated(mesh))
+    return jax.jit(
+        train.train_steps, static_argnames="label_smoothing", donate_argnums=0, out_shardings=replicated(mesh)
+    )
 
 
-def train_epoch(state: train.TrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
+def train_epoch(
+    state: train.TrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None
+):
     """One pass over the GLOBAL `order` (steps, B), its columns sharded over the mesh -> (state, metrics).
 
     shifts: optional GLOBAL (steps, B, 2) offsets, sharded on B like `order`.
@@ -135,8 +155,17 @@ def train_epoch(state: train.TrainState, data: train.DeviceData, order: np.ndarr
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
         order_d = put_global(order[chunk], batch_sharded(mesh))  # (S, B), B split over `data`
-        shifts_d = None if shifts is None else put_global(shifts[chunk], batch_sharded(mesh))  # (S, B, 2), the same split
-        state, chunk_loss, chunk_correct = step_fn(state, data.train_images, data.train_labels, order_d, label_smoothing=config.label_smoothing, shifts=shifts_d)
+        shifts_d = (
+            None if shifts is None else put_global(shifts[chunk], batch_sharded(mesh))
+        )  # (S, B, 2), the same split
+        state, chunk_loss, chunk_correct = step_fn(
+            state,
+            data.train_images,
+            data.train_labels,
+            order_d,
+            label_smoothing=config.label_smoothing,
+            shifts=shifts_d,
+        )
         loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)
         seen += chunk.stop - chunk.start
         if progress is not None:
@@ -145,7 +174,7 @@ def train_epoch(state: train.TrainState, data: train.DeviceData, order: np.ndarr
     return state, {"train_loss": loss_sum / steps, "train_accuracy": correct_sum / (steps * order.shape[1])}
 
 
-def evaluate(state: train.TrainState, data: train.DeviceData, config: TrainConfig) -> Dict[str, float]:
+def evaluate(state: train.TrainState, data: train.DeviceData, config: TrainConfig) -> dict[str, float]:
     """The twin's evaluation on the replicated test set (every device computes it; the test set is small)."""
     return train.evaluate(state, data, config)
 
@@ -165,7 +194,11 @@ def load_train_state(state: train.TrainState, path) -> train.TrainState:
 
 def _device_name(mesh: Mesh) -> str:
     kinds = sorted({d.device_kind if d.platform != "cpu" else "cpu" for d in mesh.devices.flat})
-    simulated = " (simulated host devices)" if mesh.devices.flat[0].platform == "cpu" and mesh.size > jax.process_count() else ""
+    simulated = (
+        " (simulated host devices)"
+        if mesh.devices.flat[0].platform == "cpu" and mesh.size > jax.process_count()
+        else ""
+    )
     return f"{'/'.join(kinds)} x {mesh.size} devices over {jax.process_count()} process(es){simulated}"
 
 
@@ -190,7 +223,7 @@ def train_and_evaluate(
     resume=None,
     quiet=False,
     log=print,
-    mesh: Optional[Mesh] = None,
+    mesh: Mesh | None = None,
     init_from=None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ):
@@ -206,7 +239,18 @@ def train_and_evaluate(
     common.check_world(mesh.size, config.batch_size, "devices")
     writer = jax.process_index() == 0
     try:
-        return loop.train_and_evaluate(loop.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, mesh)
+        return loop.train_and_evaluate(
+            loop.with_init(OPS, create_train_state, init_from, spec),
+            config,
+            data,
+            spec,
+            out,
+            metrics_path,
+            resume,
+            quiet or not writer,
+            log if writer else _silent,
+            mesh,
+        )
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:  # one process: not a peer's failure, keep XLA's own error
             raise

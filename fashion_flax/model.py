@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,6 @@ from flax import linen as nn
 from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input
 from fashion_common.spec import ACTIVATION_DISPLAY, DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
-
 
 # ----------------------------------------------------------------------------- activations
 # The tutorial's tour: binary step, sigmoid, tanh, ReLU and softmax, as plain functions.
@@ -114,7 +112,7 @@ def resolve_device(name: str = "auto") -> jax.Device:
 
 
 def set_matmul_precision(precision: str) -> None:
-    """"highest" (fp32: the parity mode) or "tf32" (JAX's GPU default, TensorFloat-32 matmuls)."""
+    """ "highest" (fp32: the parity mode) or "tf32" (JAX's GPU default, TensorFloat-32 matmuls)."""
     jax.config.update("jax_default_matmul_precision", {"highest": "highest", "tf32": "default"}[precision])
 
 
@@ -176,11 +174,13 @@ class NeuralNetwork(nn.Module):
 
     def __call__(self, x):
         x = self._as_input(x)
-        x = self.flatten(x.astype(jnp.float32))  # (N, 784); float64/16 inputs are cast, as in the torch twin; (N, 1, 28, 28) flattens the same way
+        x = self.flatten(
+            x.astype(jnp.float32)
+        )  # (N, 784); float64/16 inputs are cast, as in the torch twin; (N, 1, 28, 28) flattens the same way
         logits = self.linear_relu_stack(x)  # (N, 10)
         return logits
 
-    def layer_outputs(self, x) -> Dict[str, jax.Array]:
+    def layer_outputs(self, x) -> dict[str, jax.Array]:
         """Every intermediate, keyed by stack position: {"flatten": (N, 784), "0": (N, 512), ..., "4": (N, 10)}."""
         x = self._as_input(x)
         outputs = {"flatten": self.flatten(x.astype(jnp.float32))}
@@ -191,7 +191,7 @@ class NeuralNetwork(nn.Module):
         return outputs
 
 
-def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: Optional[int] = 0, device=None, init_scheme: str = "torch"):
+def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: int | None = 0, device=None, init_scheme: str = "torch"):
     """A fresh NeuralNetwork and its params; the seed names the init key, so init is repeatable.
 
     Flax keeps params apart from the module, so this returns (model, params) where torch returns
@@ -206,13 +206,13 @@ def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: Optional[int] = 0, device
     return model, params
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_model(spec: ModelSpec, init_scheme: str) -> NeuralNetwork:
     """One module per spec: modules are immutable, and jit caches compare `model.apply` by the module's identity."""
     return NeuralNetwork(spec, init_scheme=init_scheme)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_init(spec: ModelSpec, init_scheme: str):
     """model.init compiled once per spec, not once per call."""
     return jax.jit(_shared_model(spec, init_scheme).init)
@@ -240,4 +240,3 @@ def summary(model: NeuralNetwork, params, batch_size: int = 1) -> str:
             rows.append((f"linear_relu_stack.layers_{i}", name, outputs[str(i)].shape, 0))
     lines += ["  )", ")"]
     return "\n".join(lines) + "\n" + format_summary_rows(rows)
-

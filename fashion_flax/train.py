@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Dict
 
 import jax
 import jax.numpy as jnp
@@ -51,13 +50,17 @@ class DeviceData:
 
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as torch.optim builds them."""
-    return _make_optimizer(config.optimizer, config.lr, config.momentum, config.schedule, config.weight_decay, total_steps)
+    return _make_optimizer(
+        config.optimizer, config.lr, config.momentum, config.schedule, config.weight_decay, total_steps
+    )
 
 
 @functools.lru_cache(maxsize=32)
 def _make_optimizer(optimizer, lr, momentum, schedule_name, weight_decay, total_steps):
     """Cached, so an equal config gives the same optax object and the jitted step is not compiled again."""
-    config = TrainConfig(optimizer=optimizer, lr=lr, momentum=momentum, schedule=schedule_name, weight_decay=weight_decay)
+    config = TrainConfig(
+        optimizer=optimizer, lr=lr, momentum=momentum, schedule=schedule_name, weight_decay=weight_decay
+    )
     schedule = make_schedule(config, total_steps)
     if config.optimizer == "sgd":
         sgd = optax.sgd(schedule, momentum=config.momentum or None)
@@ -78,11 +81,15 @@ def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
 def resolve_engine(config: TrainConfig, device, spec: ModelSpec = DEFAULT_SPEC) -> str:
     """The flax twin has one engine, jit + lax.scan: only engine "auto" is accepted; torch's engines raise ConfigError."""
     if config.engine != "auto":
-        raise ConfigError(f"engine {config.engine} is a torch engine; the flax twin always runs jit + lax.scan (engine auto)")
+        raise ConfigError(
+            f"engine {config.engine} is a torch engine; the flax twin always runs jit + lax.scan (engine auto)"
+        )
     return "jit_scan"
 
 
-def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> TrainState:
+def create_train_state(
+    config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None
+) -> TrainState:
     """Fresh params (seeded from config.seed, or the given canonical state_dict) and their optimizer."""
     device = resolve_device(config.device) if device is None else device
     resolve_engine(config, device, spec)
@@ -154,7 +161,9 @@ def train_steps(state: TrainState, images, labels, order, label_smoothing: float
     return state, loss_sum, correct_sum
 
 
-def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
+def train_epoch(
+    state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None
+):
     """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"}).
 
     shifts: optional (steps, B, 2) int8 offsets (fashion_common.augment.shift_offsets).
@@ -164,7 +173,14 @@ def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: 
     shifts_d = None if shifts is None else jax.device_put(shifts, device)
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
-        state, chunk_loss, chunk_correct = train_steps(state, data.train_images, data.train_labels, order_d[chunk], config.label_smoothing, None if shifts_d is None else shifts_d[chunk])
+        state, chunk_loss, chunk_correct = train_steps(
+            state,
+            data.train_images,
+            data.train_labels,
+            order_d[chunk],
+            config.label_smoothing,
+            None if shifts_d is None else shifts_d[chunk],
+        )
         seen += chunk.stop - chunk.start
         if progress is not None:  # one host sync per slice, not per step
             loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)
@@ -179,7 +195,7 @@ def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> Dict[str, float]:
+def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> dict[str, float]:
     """The tutorial's test_loop over the whole test set -> {"test_loss", "test_accuracy"} (plain cross-entropy)."""
     return evaluate_model(state.apply_fn, state.params, data.test_images, data.test_labels, config.eval_batch_size)
 
@@ -191,7 +207,7 @@ def _eval_batch(apply_fn, params, images, labels):
     return loss, (logits.argmax(1) == labels).sum()
 
 
-def evaluate_model(apply_fn, params, images, labels, batch_size: int = 10_000) -> Dict[str, float]:
+def evaluate_model(apply_fn, params, images, labels, batch_size: int = 10_000) -> dict[str, float]:
     """Mean test loss and accuracy of `params` on uint8 images (N, 28, 28) and labels (N,)."""
     loss_sum, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
@@ -222,7 +238,10 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
     the two renames is detected on resume.
     """
     leaves = jax.tree_util.tree_leaves_with_path(state.opt_state)
-    slots = {jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf)).reshape(np.shape(leaf) or (1,)) for path, leaf in leaves}
+    slots = {
+        jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf)).reshape(np.shape(leaf) or (1,))
+        for path, leaf in leaves
+    }
     step = int(state.step)
     canonical.write_train_state(path, slots, {**counters, "optimizer_step": step})
     spec = state.apply_fn.__self__.spec
@@ -251,7 +270,7 @@ def load_train_state(state: TrainState, path) -> TrainState:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     import flax
 
     return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__}
@@ -274,10 +293,31 @@ OPS = loop.TwinOps(
 )
 
 
-def train_and_evaluate(config: TrainConfig, data: FashionData, spec: ModelSpec = DEFAULT_SPEC, out=None, metrics_path=None, resume=None, quiet=False, log=print, init_from=None):
+def train_and_evaluate(
+    config: TrainConfig,
+    data: FashionData,
+    spec: ModelSpec = DEFAULT_SPEC,
+    out=None,
+    metrics_path=None,
+    resume=None,
+    quiet=False,
+    log=print,
+    init_from=None,
+):
     """Train and evaluate the flax twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics).
 
     init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
     """
     device = resolve_device(config.device)
-    return loop.train_and_evaluate(loop.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet, log, device)
+    return loop.train_and_evaluate(
+        loop.with_init(OPS, create_train_state, init_from, spec),
+        config,
+        data,
+        spec,
+        out,
+        metrics_path,
+        resume,
+        quiet,
+        log,
+        device,
+    )

@@ -5,8 +5,6 @@ Mirrors fashion_flax/checkpoint.py. The torch layout *is* the canonical layout, 
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import numpy as np
 import torch
 
@@ -16,7 +14,7 @@ from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from .model import NeuralNetwork
 
 
-def to_state_dict(model: NeuralNetwork) -> Dict[str, np.ndarray]:
+def to_state_dict(model: NeuralNetwork) -> dict[str, np.ndarray]:
     """Model -> canonical numpy state_dict (float32, weight [out, in]); asserts keys and shapes."""
     state = {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in model.state_dict().items()}
     canonical.validate_state(state, model.spec)
@@ -25,21 +23,26 @@ def to_state_dict(model: NeuralNetwork) -> Dict[str, np.ndarray]:
 
 def from_state_dict(state_dict, spec: ModelSpec = DEFAULT_SPEC, device="cpu") -> NeuralNetwork:
     """Canonical state_dict (numpy arrays or tensors) -> a new model; asserts keys and shapes first."""
-    state = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in state_dict.items()}
+    state = {
+        k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in state_dict.items()
+    }
     canonical.validate_state(state, spec)
     model = NeuralNetwork(spec)
     model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
     return model.to(device)
 
 
-def save_checkpoint(model: NeuralNetwork, path, metadata: Optional[dict] = None):
+def save_checkpoint(model: NeuralNetwork, path, metadata: dict | None = None):
     """Write the model's weights to `path` (safetensors, atomically). Returns the path."""
     return canonical.write_state(path, to_state_dict(model), model.spec, metadata)
 
 
-def load_checkpoint(path, device="cpu", spec: Optional[ModelSpec] = None) -> NeuralNetwork:
+def load_checkpoint(path, device="cpu", spec: ModelSpec | None = None) -> NeuralNetwork:
     """Read a canonical checkpoint written by either twin; bad files raise CheckpointError and build nothing."""
-    from .pth import is_torch_pickle, read_pth  # the tutorial's torch.save(state_dict) file, read with weights_only=True
+    from .pth import (
+        is_torch_pickle,
+        read_pth,
+    )  # the tutorial's torch.save(state_dict) file, read with weights_only=True
 
     if is_torch_pickle(path):
         state, spec = read_pth(path), spec or DEFAULT_SPEC

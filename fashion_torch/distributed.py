@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import os
 import sys
-from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ BACKEND = "torch"  # checkpoints are the single-device twin's: either resumes th
 class DDPTrainState(train.TrainState):
     """The twin's TrainState (plain model: what is saved) plus its DDP wrapper (what trains) and the world."""
 
-    ddp: Optional[DistributedDataParallel] = None
+    ddp: DistributedDataParallel | None = None
     world: World = World()
 
 
@@ -60,7 +59,9 @@ def init_process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_
         if "MASTER_ADDR" not in os.environ and world.size == 1:
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(common.free_port()))
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend, rank=world.rank, world_size=world.size, timeout=datetime.timedelta(seconds=timeout_s)
+        )
     return world
 
 
@@ -82,11 +83,15 @@ def _world() -> World:
 # ----------------------------------------------------------------------------- state
 
 
-def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> DDPTrainState:
+def create_train_state(
+    config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None
+) -> DDPTrainState:
     """The twin's fresh state (same seed on every rank, so the same init), with the model wrapped in DDP."""
     base = train.create_train_state(config, spec, device, total_steps, state_dict)
     if base.engine == "fused":
-        raise ConfigError("engine fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile")
+        raise ConfigError(
+            "engine fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile"
+        )
     # device_ids: the one GPU of this rank; None on CPU. DDP also broadcasts rank 0's weights here.
     param_device = next(base.model.parameters()).device
     device_ids = [param_device.index] if param_device.type == "cuda" else None
@@ -108,7 +113,9 @@ def _all_reduce_sum(values, device) -> list:
     return t.tolist()
 
 
-def train_epoch(state: DDPTrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
+def train_epoch(
+    state: DDPTrainState, data: train.DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None
+):
     """One pass over the GLOBAL `order` (steps, B), this rank on its columns -> (state, metrics over all ranks).
 
     The twin's own train_epoch on this rank's slices: the state's model_loss runs through DDP, so
@@ -117,11 +124,15 @@ def train_epoch(state: DDPTrainState, data: train.DeviceData, order: np.ndarray,
     """
     world = state.world
     local = common.rank_slice(order, world.rank, world.size)  # (steps, B / world)
-    local_shifts = None if shifts is None else common.rank_slice(shifts, world.rank, world.size)  # (steps, B / world, 2)
+    local_shifts = (
+        None if shifts is None else common.rank_slice(shifts, world.rank, world.size)
+    )  # (steps, B / world, 2)
     state.ddp.train()  # the wrapper's own mode; train_epoch sets the wrapped model's
     state, metrics = train.train_epoch(state, data, local, config, progress, local_shifts)
     # Equal slices: the global mean loss and accuracy are the means of the ranks' own.
-    loss_sum, accuracy_sum = _all_reduce_sum([metrics["train_loss"], metrics["train_accuracy"]], data.train_images.device)
+    loss_sum, accuracy_sum = _all_reduce_sum(
+        [metrics["train_loss"], metrics["train_accuracy"]], data.train_images.device
+    )
     return state, {"train_loss": loss_sum / world.size, "train_accuracy": accuracy_sum / world.size}
 
 
@@ -129,13 +140,15 @@ def train_epoch(state: DDPTrainState, data: train.DeviceData, order: np.ndarray,
 
 
 @torch.no_grad()
-def evaluate(state: DDPTrainState, data: train.DeviceData, config: TrainConfig) -> Dict[str, float]:
+def evaluate(state: DDPTrainState, data: train.DeviceData, config: TrainConfig) -> dict[str, float]:
     """The test set split in contiguous shards, one per rank; loss and correct sums all-reduced."""
     world, n = state.world, len(data.test_labels)
     start, stop = common.shard_bounds(n, world.rank, world.size)
     sums = [0.0, 0.0]
     if stop > start:
-        m = train.evaluate_model(state.model, data.test_images[start:stop], data.test_labels[start:stop], config.eval_batch_size)
+        m = train.evaluate_model(
+            state.model, data.test_images[start:stop], data.test_labels[start:stop], config.eval_batch_size
+        )
         sums = [m["test_loss"] * (stop - start), m["test_accuracy"] * (stop - start)]
     loss_sum, correct = _all_reduce_sum(sums, data.test_images.device)
     return {"test_loss": loss_sum / n, "test_accuracy": round(correct) / n}
@@ -185,7 +198,18 @@ def train_and_evaluate(
     init_process_group(device, timeout_s)
     writer = world.is_writer
     try:
-        return loop.train_and_evaluate(loop.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet or not writer, log if writer else _silent, device)
+        return loop.train_and_evaluate(
+            loop.with_init(OPS, create_train_state, init_from, spec),
+            config,
+            data,
+            spec,
+            out,
+            metrics_path,
+            resume,
+            quiet or not writer,
+            log if writer else _silent,
+            device,
+        )
     except RuntimeError as e:
         if isinstance(e, FashionTwinsError) or not _is_collective_failure(e):
             raise
@@ -195,7 +219,9 @@ def train_and_evaluate(
 def _is_collective_failure(error: RuntimeError) -> bool:
     """torch's DistError family, or a RuntimeError that gloo/NCCL raised (their older messages are plain RuntimeErrors)."""
     text = str(error).lower()
-    return isinstance(error, dist.DistError) or any(word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout"))
+    return isinstance(error, dist.DistError) or any(
+        word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout")
+    )
 
 
 def _silent(line: str) -> None:

@@ -9,7 +9,6 @@ tests/test_train.py checks it against the autograd step (gradients and weights).
 from __future__ import annotations
 
 import warnings
-from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +46,7 @@ def _activation_(name: str, h: torch.Tensor) -> torch.Tensor:
     return h.copy_(ACTIVATION_FUNCTIONS[name](h))
 
 
-def _workspace(state, batch: int, device) -> Dict[str, torch.Tensor]:
+def _workspace(state, batch: int, device) -> dict[str, torch.Tensor]:
     """Persistent activation buffers for one batch size, so the step allocates nothing large.
 
     Freeing and re-allocating these (>= 128 KiB each) every step sends glibc's malloc to mmap and

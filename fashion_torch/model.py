@@ -5,8 +5,6 @@ Mirrors fashion_flax/model.py name for name; a difference between the two is com
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
-
 import numpy as np
 import torch
 from torch import nn
@@ -14,7 +12,6 @@ from torch import nn
 from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
-
 
 # ----------------------------------------------------------------------------- activations
 # The tutorial's tour: binary step, sigmoid, tanh, ReLU and softmax, as plain functions.
@@ -107,7 +104,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def set_matmul_precision(precision: str) -> None:
-    """"highest" (fp32, TF32 off: the parity mode) or "tf32" (TensorFloat-32 matmuls on CUDA)."""
+    """ "highest" (fp32, TF32 off: the parity mode) or "tf32" (TensorFloat-32 matmuls on CUDA)."""
     tf32 = {"highest": False, "tf32": True}[precision]
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -127,7 +124,7 @@ class NeuralNetwork(nn.Module):
         super().__init__()
         self.spec = spec
         self.flatten = nn.Flatten()
-        layers: List[nn.Module] = []
+        layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(spec.layer_sizes):
             if i:
                 layers.append(ACTIVATION_MODULES[spec.activation]())
@@ -151,11 +148,13 @@ class NeuralNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._as_input(x)
-        x = self.flatten(x.to(torch.float32))  # (N, 784); float64/16 inputs are cast (a no-op for float32), as in the flax twin
+        x = self.flatten(
+            x.to(torch.float32)
+        )  # (N, 784); float64/16 inputs are cast (a no-op for float32), as in the flax twin
         logits = self.linear_relu_stack(x)  # (N, 10)
         return logits
 
-    def layer_outputs(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def layer_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every intermediate, keyed by stack position: {"flatten": (N, 784), "0": (N, 512), ..., "4": (N, 10)}."""
         x = self._as_input(x)
         outputs = {"flatten": self.flatten(x.to(torch.float32))}
@@ -166,7 +165,7 @@ class NeuralNetwork(nn.Module):
         return outputs
 
 
-def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: Optional[int] = 0, device="cpu") -> NeuralNetwork:
+def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: int | None = 0, device="cpu") -> NeuralNetwork:
     """A fresh NeuralNetwork on `device`; the seed makes torch's default init repeatable."""
     if seed is not None:
         torch.manual_seed(seed)
@@ -187,4 +186,3 @@ def summary(model: NeuralNetwork, batch_size: int = 1) -> str:
         n = sum(p.numel() for p in layer.parameters())
         rows.append((f"linear_relu_stack.{i}", type(layer).__name__, tuple(outputs[str(i)].shape), n))
     return str(model) + "\n" + format_summary_rows(rows)
-

@@ -14,7 +14,6 @@ import re
 import stat
 import warnings
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ def is_torch_pickle(path) -> bool:
     return head == ZIP_MAGIC or (len(head) >= 1 and head[0] == PICKLE_PROTO)
 
 
-def read_pth(path) -> Dict[str, np.ndarray]:
+def read_pth(path) -> dict[str, np.ndarray]:
     """Read a torch.save'd state_dict with the restricted unpickler -> {key: float32 numpy array}.
 
     Raises CheckpointError for a missing file, a file the restricted unpickler refuses (a whole
@@ -57,7 +56,9 @@ def read_pth(path) -> Dict[str, np.ndarray]:
             "save model.state_dict(), not the model"
         ) from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict (a dict of tensors); save model.state_dict()")
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a state_dict (a dict of tensors); save model.state_dict()"
+        )
     state = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):

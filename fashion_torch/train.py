@@ -11,7 +11,7 @@ eager, torch.compile or CUDA graphs, or the opt-in hand-written step in fused.py
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -72,13 +72,17 @@ def make_optimizer(model: NeuralNetwork, config: TrainConfig) -> torch.optim.Opt
     # fused=True: torch.optim's own single-pass kernels (CPU and CUDA), one read and write of each
     # tensor per update instead of the ~10 elementwise ops of the for-loop/foreach implementations.
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, fused=True
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """The lr schedule, stepped once per update: cosine from lr to 0 over total_steps, or constant (optax's twins)."""
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.0)
@@ -95,7 +99,9 @@ def resolve_engine(config: TrainConfig, device: torch.device, spec: ModelSpec = 
     return engine
 
 
-def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None) -> TrainState:
+def create_train_state(
+    config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None
+) -> TrainState:
     """A fresh model (seeded from config.seed, or the given canonical state_dict), its optimizer and lr scheduler."""
     device = resolve_device(config.device) if device is None else torch.device(device)
     engine = resolve_engine(config, device, spec)
@@ -103,7 +109,9 @@ def create_train_state(config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, devi
     model = create_model(spec, config.seed, device) if state_dict is None else from_state_dict(state_dict, spec, device)
     optimizer = make_optimizer(model, config)
     step_fn = make_model_loss(model, config, engine)
-    return TrainState(model, optimizer, make_schedule(optimizer, config, total_steps), config, total_steps, engine, step_fn)
+    return TrainState(
+        model, optimizer, make_schedule(optimizer, config, total_steps), config, total_steps, engine, step_fn
+    )
 
 
 def make_model_loss(model: nn.Module, config: TrainConfig, engine: str) -> Callable:
@@ -164,7 +172,9 @@ def train_step(state: TrainState, images: torch.Tensor, labels: torch.Tensor, sh
     return loss.detach(), correct
 
 
-def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None):
+def train_epoch(
+    state: TrainState, data: DeviceData, order: np.ndarray, config: TrainConfig, progress=None, shifts=None
+):
     """One pass over `order` (steps, B) of training indices -> (state, {"train_loss", "train_accuracy"}).
 
     shifts: optional (steps, B, 2) int8 offsets (fashion_common.augment.shift_offsets).
@@ -185,22 +195,29 @@ def train_epoch(state: TrainState, data: DeviceData, order: np.ndarray, config: 
         seen += chunk.stop - chunk.start
         if progress is not None:  # one host sync per slice, not per step
             progress.update(chunk.stop - chunk.start)
-            progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct_sum.item() / (seen * order.shape[1]):.3f}")
+            progress.set_postfix(
+                loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct_sum.item() / (seen * order.shape[1]):.3f}"
+            )
     steps = len(order)
-    return state, {"train_loss": loss_sum.item() / steps, "train_accuracy": correct_sum.item() / (steps * order.shape[1])}
+    return state, {
+        "train_loss": loss_sum.item() / steps,
+        "train_accuracy": correct_sum.item() / (steps * order.shape[1]),
+    }
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> Dict[str, float]:
+def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> dict[str, float]:
     """The tutorial's test_loop over the whole test set -> {"test_loss", "test_accuracy"} (plain cross-entropy)."""
     return evaluate_model(state.model, data.test_images, data.test_labels, config.eval_batch_size)
 
 
 @torch.no_grad()
-def evaluate_model(model: NeuralNetwork, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 10_000) -> Dict[str, float]:
+def evaluate_model(
+    model: NeuralNetwork, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 10_000
+) -> dict[str, float]:
     """Mean test loss and accuracy of `model` on uint8 images (N, 28, 28) and labels (N,)."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
@@ -246,7 +263,9 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
             if torch.is_tensor(value):
                 slots[f"{_SLOTS[name]}/{key}"] = value.detach().cpu().reshape(value.shape or (1,)).numpy().copy()
     # The scheduler's position and its last rates ride in the JSON counters (floats round-trip exactly).
-    canonical.write_train_state(path, slots, {**counters, "optimizer_step": state.step, "scheduler": state.scheduler.state_dict()})
+    canonical.write_train_state(
+        path, slots, {**counters, "optimizer_step": state.step, "scheduler": state.scheduler.state_dict()}
+    )
     save_checkpoint(state.model, path, {"step": str(state.step)})
 
 
@@ -266,7 +285,9 @@ def load_train_state(state: TrainState, path) -> TrainState:
             slot, _, name = slot_key.partition("/")
             if name == key:
                 if slot not in inverse or (slot != "step" and tuple(value.shape) != tuple(param.shape)):
-                    raise CheckpointError(f"{canonical.train_state_path(path)}: optimizer slot {slot_key!r} has shape {value.shape}, expected {tuple(param.shape)}")
+                    raise CheckpointError(
+                        f"{canonical.train_state_path(path)}: optimizer slot {slot_key!r} has shape {value.shape}, expected {tuple(param.shape)}"
+                    )
                 t = torch.from_numpy(value.copy())
                 restored[inverse[slot]] = t.reshape(()) if slot == "step" else t.to(device)
         if restored:
@@ -286,7 +307,7 @@ def load_train_state(state: TrainState, path) -> TrainState:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _versions() -> Dict[str, str]:
+def _versions() -> dict[str, str]:
     import torchvision
 
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__}
@@ -310,10 +331,31 @@ OPS = loop.TwinOps(
 )
 
 
-def train_and_evaluate(config: TrainConfig, data: FashionData, spec: ModelSpec = DEFAULT_SPEC, out=None, metrics_path=None, resume=None, quiet=False, log=print, init_from=None):
+def train_and_evaluate(
+    config: TrainConfig,
+    data: FashionData,
+    spec: ModelSpec = DEFAULT_SPEC,
+    out=None,
+    metrics_path=None,
+    resume=None,
+    quiet=False,
+    log=print,
+    init_from=None,
+):
     """Train and evaluate the torch twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics).
 
     init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
     """
     device = resolve_device(config.device)
-    return loop.train_and_evaluate(loop.with_init(OPS, create_train_state, init_from, spec), config, data, spec, out, metrics_path, resume, quiet, log, device)
+    return loop.train_and_evaluate(
+        loop.with_init(OPS, create_train_state, init_from, spec),
+        config,
+        data,
+        spec,
+        out,
+        metrics_path,
+        resume,
+        quiet,
+        log,
+        device,
+    )

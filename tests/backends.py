@@ -12,7 +12,7 @@ flax, because Flax keeps the params apart from the module.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class TorchBackend:
     def from_state_dict(self, state, spec: ModelSpec = DEFAULT_SPEC):
         return self.module.from_state_dict(state, spec, device=self.device)
 
-    def to_state_dict(self, net) -> Dict[str, np.ndarray]:
+    def to_state_dict(self, net) -> dict[str, np.ndarray]:
         return self.module.to_state_dict(net)
 
     def spec_of(self, net) -> ModelSpec:
@@ -65,7 +65,7 @@ class TorchBackend:
     def count_parameters(self, net) -> int:
         return self.module.count_parameters(net)
 
-    def native_parameters(self, net) -> Dict[str, Tuple[int, ...]]:
+    def native_parameters(self, net) -> dict[str, tuple[int, ...]]:
         """named_parameters() as name -> shape."""
         return {name: tuple(p.shape) for name, p in net.named_parameters()}
 
@@ -84,12 +84,12 @@ class TorchBackend:
     def logits(self, net, x) -> np.ndarray:
         return self.forward(net, x).cpu().numpy()
 
-    def layer_outputs(self, net, x) -> Dict[str, np.ndarray]:
+    def layer_outputs(self, net, x) -> dict[str, np.ndarray]:
         with self.torch.no_grad():
             outputs = net.layer_outputs(self._tensor(x))
         return {k: v.cpu().numpy() for k, v in outputs.items()}
 
-    def loss_and_grads(self, net, x, labels) -> Tuple[float, np.ndarray, Dict[str, np.ndarray]]:
+    def loss_and_grads(self, net, x, labels) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         """Mean cross-entropy, its gradient w.r.t. the input, and w.r.t. every parameter (canonical keys)."""
         F = self.torch.nn.functional
         net.zero_grad(set_to_none=True)
@@ -109,10 +109,10 @@ class TorchBackend:
         return x.grad.cpu().numpy()
 
     # ------------------------------------------------------------------ checkpoints and precision
-    def save(self, net, path, metadata: Optional[dict] = None):
+    def save(self, net, path, metadata: dict | None = None):
         return self.module.save_checkpoint(net, path, metadata)
 
-    def load(self, path, spec: Optional[ModelSpec] = None):
+    def load(self, path, spec: ModelSpec | None = None):
         return self.module.load_checkpoint(path, device=self.device, spec=spec)
 
     def set_matmul_precision(self, precision: str) -> None:
@@ -142,11 +142,13 @@ class FlaxBackend:
         self.jax, self.jnp, self.optax = jax, jnp, optax
         self.module = fashion_flax
         self.device = device  # None: JAX's default device
-        self._jitted: Dict[Tuple[Any, str], Any] = {}
-        self._inits: Dict[Tuple[Any, ...], FlaxNet] = {}
+        self._jitted: dict[tuple[Any, str], Any] = {}
+        self._inits: dict[tuple[Any, ...], FlaxNet] = {}
 
     # ------------------------------------------------------------------ nets and weights
-    def init(self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC, init_scheme: str = "torch", cached: bool = True) -> FlaxNet:
+    def init(
+        self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC, init_scheme: str = "torch", cached: bool = True
+    ) -> FlaxNet:
         """create_model's (module, params); cached per arguments unless cached=False.
 
         create_model jits model.init afresh on each call, which costs ~2 s of compiling on two CPU
@@ -154,13 +156,15 @@ class FlaxBackend:
         """
         key = (seed, spec, init_scheme)
         if not cached or key not in self._inits:
-            self._inits[key] = FlaxNet(*self.module.create_model(spec, seed=seed, device=self.device, init_scheme=init_scheme))
+            self._inits[key] = FlaxNet(
+                *self.module.create_model(spec, seed=seed, device=self.device, init_scheme=init_scheme)
+            )
         return self._inits[key]
 
     def from_state_dict(self, state, spec: ModelSpec = DEFAULT_SPEC) -> FlaxNet:
         return FlaxNet(self.module.NeuralNetwork(spec), self.module.from_state_dict(state, spec, device=self.device))
 
-    def to_state_dict(self, net: FlaxNet) -> Dict[str, np.ndarray]:
+    def to_state_dict(self, net: FlaxNet) -> dict[str, np.ndarray]:
         return self.module.to_state_dict(net.params, net.model.spec)
 
     def spec_of(self, net: FlaxNet) -> ModelSpec:
@@ -169,7 +173,7 @@ class FlaxBackend:
     def count_parameters(self, net: FlaxNet) -> int:
         return self.module.count_parameters(net.params)
 
-    def native_parameters(self, net: FlaxNet) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+    def native_parameters(self, net: FlaxNet) -> dict[tuple[str, ...], tuple[int, ...]]:
         """Param tree paths under 'params' -> shape, e.g. ('linear_relu_stack', 'layers_0', 'kernel')."""
         leaves = self.jax.tree_util.tree_leaves_with_path(net.params["params"])
         return {tuple(str(k.key) for k in path): tuple(leaf.shape) for path, leaf in leaves}
@@ -210,12 +214,14 @@ class FlaxBackend:
     def logits(self, net: FlaxNet, x) -> np.ndarray:
         return np.asarray(self._jit(net.model, "logits")(net.params, self._array(x)))
 
-    def layer_outputs(self, net: FlaxNet, x) -> Dict[str, np.ndarray]:
+    def layer_outputs(self, net: FlaxNet, x) -> dict[str, np.ndarray]:
         outputs = self._jit(net.model, "layer_outputs")(net.params, self._array(x))
-        order = ["flatten"] + sorted((k for k in outputs if k != "flatten"), key=int)  # jit returns dict keys sorted as strings
+        order = ["flatten"] + sorted(
+            (k for k in outputs if k != "flatten"), key=int
+        )  # jit returns dict keys sorted as strings
         return {k: np.asarray(outputs[k]) for k in order}
 
-    def loss_and_grads(self, net: FlaxNet, x, labels) -> Tuple[float, np.ndarray, Dict[str, np.ndarray]]:
+    def loss_and_grads(self, net: FlaxNet, x, labels) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
         """Mean cross-entropy, its gradient w.r.t. the input, and w.r.t. every parameter (canonical keys)."""
         fn = self._jit(net.model, "loss_and_grads")
         loss, (param_grads, dx) = fn(net.params, self._array(x), self._array(labels.astype(np.int32)))
@@ -233,17 +239,17 @@ class FlaxBackend:
         return np.asarray(dx)
 
     # ------------------------------------------------------------------ checkpoints and precision
-    def save(self, net: FlaxNet, path, metadata: Optional[dict] = None):
+    def save(self, net: FlaxNet, path, metadata: dict | None = None):
         return self.module.save_checkpoint(net.params, path, net.model.spec, metadata)
 
-    def load(self, path, spec: Optional[ModelSpec] = None) -> FlaxNet:
+    def load(self, path, spec: ModelSpec | None = None) -> FlaxNet:
         return FlaxNet(*self.module.load_checkpoint(path, device=self.device, spec=spec))
 
     def set_matmul_precision(self, precision: str) -> None:
         self.module.set_matmul_precision(precision)
 
 
-_CPU_BACKENDS: Dict[str, Any] = {}
+_CPU_BACKENDS: dict[str, Any] = {}
 
 
 def get_backend(name: str):

@@ -24,10 +24,18 @@ from backends import BACKEND_NAMES, get_backend  # noqa: E402
 # hunt: `python3 -m pytest tests/test_properties.py --hypothesis-profile=deep` or
 # FASHION_TWINS_HYPOTHESIS=deep. No deadline: the first example of a test pays JAX's compile time.
 settings.register_profile(
-    "fashion-twins", max_examples=15, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    "fashion-twins",
+    max_examples=15,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile("deep", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile(os.environ.get("FASHION_TWINS_HYPOTHESIS", "fashion-twins"))  # --hypothesis-profile, if given, wins
+settings.register_profile(
+    "deep", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile(
+    os.environ.get("FASHION_TWINS_HYPOTHESIS", "fashion-twins")
+)  # --hypothesis-profile, if given, wins
 
 
 @pytest.fixture(scope="session", autouse=True)

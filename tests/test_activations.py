@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from backends import max_abs_diff
 
 # The grid from the issue: zeros of both signs, +-1, +-1e4 (where naive sigmoid/softmax overflow),
@@ -93,7 +92,9 @@ def assert_within_ulps(got, want, ulps: float = ULPS, floor: float = FLOOR, atol
     error = np.abs(got - want)
     bound = ulps * ulp32(want) + max(floor, atol)
     worst = int(np.argmax(error - bound)) if error.size else 0
-    assert (error <= bound).all(), f"|diff| {error[worst]:.3g} at true value {want[worst]:.9g} (got {got[worst]:.9g}) exceeds {bound[worst]:.3g}"
+    assert (error <= bound).all(), (
+        f"|diff| {error[worst]:.3g} at true value {want[worst]:.9g} (got {got[worst]:.9g}) exceeds {bound[worst]:.3g}"
+    )
     return float((error / ulp32(want)).max()) if error.size else 0.0
 
 
@@ -222,7 +223,9 @@ def test_softmax_dim_picks_the_axis(backend):
 
 def test_twins_give_the_same_softmax_on_the_grid_rows(torch_backend, flax_backend):
     assert_same_values(
-        torch_backend.activation("softmax", SOFTMAX_ROWS, dim=1), flax_backend.activation("softmax", SOFTMAX_ROWS, dim=1), TOL
+        torch_backend.activation("softmax", SOFTMAX_ROWS, dim=1),
+        flax_backend.activation("softmax", SOFTMAX_ROWS, dim=1),
+        TOL,
     )
 
 
@@ -235,7 +238,9 @@ GRAD_GRID = GRID[~np.isnan(GRID)]
 
 
 def test_relu_gradient_at_nan_follows_torchs_rule_in_both_twins(backend):
-    grad = backend.activation_vjp("relu", np.array([np.nan, 2.0, -2.0], np.float32), np.array([3.0, 3.0, 3.0], np.float32))
+    grad = backend.activation_vjp(
+        "relu", np.array([np.nan, 2.0, -2.0], np.float32), np.array([3.0, 3.0, 3.0], np.float32)
+    )
     np.testing.assert_array_equal(grad, [3.0, 3.0, 0.0])
 
 
@@ -259,7 +264,10 @@ def test_activation_gradient_matches_the_float64_oracle(backend, name):
 def test_twins_give_the_same_activation_gradients(torch_backend, flax_backend, name):
     x = np.concatenate([GRID, DENSE])
     cotangent = np.linspace(-2, 2, x.size).astype(np.float32)  # not all ones, so scaling is checked too
-    torch_grad, flax_grad = torch_backend.activation_vjp(name, x, cotangent), flax_backend.activation_vjp(name, x, cotangent)
+    torch_grad, flax_grad = (
+        torch_backend.activation_vjp(name, x, cotangent),
+        flax_backend.activation_vjp(name, x, cotangent),
+    )
     # each within ULPS + GRAD_ATOL of the truth (times |cotangent| <= 2), so within twice that of each other
     assert_within_ulps(flax_grad, torch_grad, ulps=2 * ULPS, atol=2 * 2 * GRAD_ATOL)
 

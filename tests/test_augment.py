@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twin_data import real_data
 
 from fashion_common.augment import shift_images, shift_offsets
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData
 from fashion_common.split import SPLIT_SEED, split_validation, validation_indices
-
-from twin_data import real_data
 
 BACKENDS = ["torch", "flax"]
 
@@ -103,7 +102,13 @@ def test_validation_split_is_fixed_disjoint_and_covers_the_training_set():
 
 
 def test_split_validation_moves_held_out_images_to_the_validation_set_and_keeps_the_test_set():
-    data = FashionData(np.arange(50, dtype=np.uint8)[:, None, None].repeat(28, 1).repeat(28, 2), np.arange(50) % 10, np.zeros((7, 28, 28), np.uint8), np.zeros(7, np.int64), "fake")
+    data = FashionData(
+        np.arange(50, dtype=np.uint8)[:, None, None].repeat(28, 1).repeat(28, 2),
+        np.arange(50) % 10,
+        np.zeros((7, 28, 28), np.uint8),
+        np.zeros(7, np.int64),
+        "fake",
+    )
     train, val = split_validation(data, 10)
     assert len(train.train_labels) == 40 and len(val.test_labels) == 10 and len(val.train_labels) == 0
     assert np.array_equal(train.test_images, data.test_images)  # the test set is untouched
@@ -177,14 +182,20 @@ def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_w
     order = batch_order(config.seed, 1, 1280, 64)  # (20, 64)
     shifts = shift_offsets(config.seed, 1, 20, 64, config.augment_shift)  # (20, 64, 2)
     t_state = torch_train.create_train_state(config, total_steps=20)
-    f_state = flax_train.create_train_state(config, total_steps=20, state_dict=fashion_torch.to_state_dict(t_state.model))
+    f_state = flax_train.create_train_state(
+        config, total_steps=20, state_dict=fashion_torch.to_state_dict(t_state.model)
+    )
     t_state, t_metrics = torch_train.train_epoch(t_state, torch_train.put_data(data), order, config, None, shifts)
     f_state, f_metrics = flax_train.train_epoch(f_state, flax_train.put_data(data), order, config, None, shifts)
     t_w, f_w = _weights("torch", t_state), _weights("flax", f_state)
     assert max(float(np.max(np.abs(t_w[k] - f_w[k]))) for k in t_w) <= 1e-5  # same bound as the lockstep
     assert abs(t_metrics["train_loss"] - f_metrics["train_loss"]) <= 1e-5
     # and the shifts mattered: without them the weights end farther apart than the twins' bound (measured ~9e-5 after 20 steps)
-    f_plain = flax_train.create_train_state(config, total_steps=20, state_dict=fashion_torch.to_state_dict(torch_train.create_train_state(config, total_steps=20).model))
+    f_plain = flax_train.create_train_state(
+        config,
+        total_steps=20,
+        state_dict=fashion_torch.to_state_dict(torch_train.create_train_state(config, total_steps=20).model),
+    )
     f_plain, _ = flax_train.train_epoch(f_plain, flax_train.put_data(data), order, config, None, None)
     p_w = _weights("flax", f_plain)
     assert max(float(np.max(np.abs(p_w[k] - f_w[k]))) for k in p_w) > 2e-5
@@ -194,9 +205,10 @@ def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_w
 def test_benchmark_epochs_and_time_to_accuracy_train_with_the_recipes_shifts_as_the_loop_does(backend, monkeypatch):
     # The benchmark drives train_epoch itself (to time it); it must feed the same offsets the loop feeds,
     # or it times (and reports the accuracy of) a recipe without its augmentation.
+    from twin_data import separable_set
+
     from fashion_common.loop import epoch_shifts
     from fashion_compare import benchmark
-    from twin_data import separable_set
 
     train = importlib.import_module(f"fashion_{backend}.train")
     seen = []
@@ -213,4 +225,6 @@ def test_benchmark_epochs_and_time_to_accuracy_train_with_the_recipes_shifts_as_
     benchmark.time_to_accuracy(backend, data, "cpu", target=0.0, config=config, log=lambda line: None)
     steps = len(data.train_labels) // 16
     assert len(seen) == 3 and all(s is not None and s.shape == (steps, 16, 2) for s in seen)
-    np.testing.assert_array_equal(seen[-1], epoch_shifts(config, 1, steps))  # epoch 1 of time-to-accuracy: the loop's epoch-1 offsets
+    np.testing.assert_array_equal(
+        seen[-1], epoch_shifts(config, 1, steps)
+    )  # epoch 1 of time-to-accuracy: the loop's epoch-1 offsets

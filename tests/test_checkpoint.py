@@ -15,9 +15,9 @@ import pytest
 import safetensors.numpy
 import safetensors.torch
 import torch
+from backends import BACKEND_NAMES, get_backend, image_batch, max_abs_diff
 from torch import nn
 
-from backends import BACKEND_NAMES, get_backend, image_batch, max_abs_diff
 from fashion_common.errors import CheckpointError, WriteError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
@@ -114,7 +114,9 @@ def test_checkpoint_written_by_either_twin_loads_into_either_twin(tmp_path, x, w
 
 
 @pytest.mark.parametrize("output_activation", [None, "relu"], ids=["tutorial", "define-the-class"])
-def test_checkpoint_written_by_either_twin_loads_strictly_into_the_tutorial_class(tmp_path, x, backend, output_activation):
+def test_checkpoint_written_by_either_twin_loads_strictly_into_the_tutorial_class(
+    tmp_path, x, backend, output_activation
+):
     spec = ModelSpec(output_activation=output_activation)
     net = net_for(backend, spec)
     path = backend.save(net, tmp_path / "model.safetensors")
@@ -181,7 +183,11 @@ def _truncated():
 
 
 BAD_FILES = [
-    ("missing key", lambda p: _write_tensors(p, lambda s: s.pop("linear_relu_stack.4.bias")), "missing key 'linear_relu_stack.4.bias'"),
+    (
+        "missing key",
+        lambda p: _write_tensors(p, lambda s: s.pop("linear_relu_stack.4.bias")),
+        "missing key 'linear_relu_stack.4.bias'",
+    ),
     (
         "extra key",
         lambda p: _write_tensors(p, lambda s: s.update({"linear_relu_stack.6.weight": np.zeros((10, 10), np.float32)})),
@@ -189,89 +195,103 @@ BAD_FILES = [
     ),
     (
         "wrong shape",
-        lambda p: _write_tensors(p, lambda s: s.update({"linear_relu_stack.2.weight": np.zeros((512, 511), np.float32)})),
+        lambda p: _write_tensors(
+            p, lambda s: s.update({"linear_relu_stack.2.weight": np.zeros((512, 511), np.float32)})
+        ),
         "key 'linear_relu_stack.2.weight' has shape (512, 511), expected (512, 512)",
     ),
     (
         "float64 tensor",
-        lambda p: _write_tensors(p, lambda s: s.update({"linear_relu_stack.0.bias": s["linear_relu_stack.0.bias"].astype(np.float64)})),
+        lambda p: _write_tensors(
+            p, lambda s: s.update({"linear_relu_stack.0.bias": s["linear_relu_stack.0.bias"].astype(np.float64)})
+        ),
         "key 'linear_relu_stack.0.bias' has dtype float64",
     ),
     ("truncated file", lambda p: _write_bytes(p, _truncated), "is not a readable safetensors checkpoint"),
-    ("random bytes", lambda p: _write_bytes(p, lambda: np.random.default_rng(0).bytes(4096)), "is not a readable safetensors checkpoint"),
+    (
+        "random bytes",
+        lambda p: _write_bytes(p, lambda: np.random.default_rng(0).bytes(4096)),
+        "is not a readable safetensors checkpoint",
+    ),
     ("empty file", lambda p: _write_bytes(p, lambda: b""), "is not a readable safetensors checkpoint"),
     (
-        'hidden_sizes not numbers',
+        "hidden_sizes not numbers",
         lambda p: _write_header(p, {"hidden_sizes": "wide"}),
         "header field 'hidden_sizes' is 'wide'; expected comma-separated integers from 1 to 2147483647",
     ),
     (
-        'image_size with one value',
+        "image_size with one value",
         lambda p: _write_header(p, {"image_size": "28"}),
         "header field 'image_size' is '28'; expected 2 comma-separated integers",
     ),
     (
-        'image_size zero',
+        "image_size zero",
         lambda p: _write_header(p, {"image_size": "0,28"}),
         "header field 'image_size' is '0,28'",
     ),
     (
-        'num_classes negative',
+        "num_classes negative",
         lambda p: _write_header(p, {"num_classes": "-10"}),
         "header field 'num_classes' is '-10'; expected an integer from 1 to 2147483647",
     ),
     (
-        'num_classes float',
+        "num_classes float",
         lambda p: _write_header(p, {"num_classes": "10.0"}),
         "header field 'num_classes' is '10.0'",
     ),
     (
-        'num_classes 5000 digits',
+        "num_classes 5000 digits",
         lambda p: _write_header(p, {"num_classes": "9" * 5000}),
         "header field 'num_classes' is '99999",
     ),
     (
-        'unknown activation',
+        "unknown activation",
         lambda p: _write_header(p, {"activation": "gelu"}),
         "header field 'activation' is 'gelu'; expected one of relu, sigmoid, tanh, binary_step",
     ),
     (
-        'unknown output activation',
+        "unknown output activation",
         lambda p: _write_header(p, {"output_activation": "softmax"}),
         "header field 'output_activation' is 'softmax'; expected one of none, relu",
     ),
     (
-        'spec field missing',
+        "spec field missing",
         lambda p: _write_header(p, {"num_classes": None}),
         "header field 'num_classes' is missing",
     ),
     (
-        'format of another version',
+        "format of another version",
         lambda p: _write_header(p, {"format": "fashion-twins/canonical-v9"}),
         "header field 'format' is 'fashion-twins/canonical-v9'; expected 'fashion-twins/canonical-v1'",
     ),
     (
-        'step negative',
+        "step negative",
         lambda p: _write_header(p, {"step": "-1"}),
         "header field 'step' is '-1'",
     ),
     (
-        'step not a number',
+        "step not a number",
         lambda p: _write_header(p, {"step": "ten"}),
         "header field 'step' is 'ten'",
     ),
     (
-        'spec disagrees with the tensors',
+        "spec disagrees with the tensors",
         lambda p: _write_header(p, {"hidden_sizes": "256,256"}),
         "key 'linear_relu_stack.0.weight' has shape (512, 784), expected (256, 784)",
     ),
     ("missing file", lambda p: None, "checkpoint not found"),
-    ("nan weight", lambda p: _write_tensors(p, lambda s: s["linear_relu_stack.4.bias"].__setitem__(3, np.nan)), "tensor 'linear_relu_stack.4.bias' holds 1 non-finite values"),
+    (
+        "nan weight",
+        lambda p: _write_tensors(p, lambda s: s["linear_relu_stack.4.bias"].__setitem__(3, np.nan)),
+        "tensor 'linear_relu_stack.4.bias' holds 1 non-finite values",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, write, phrase", BAD_FILES, ids=[c[0] for c in BAD_FILES])
-def test_twins_refuse_a_bad_checkpoint_with_the_same_error_before_building_a_model(tmp_path, monkeypatch, case, write, phrase):
+def test_twins_refuse_a_bad_checkpoint_with_the_same_error_before_building_a_model(
+    tmp_path, monkeypatch, case, write, phrase
+):
     path = tmp_path / "bad.safetensors"
     write(path)
     messages = {}
@@ -296,7 +316,9 @@ def test_twins_refuse_a_bad_checkpoint_with_the_same_error_before_building_a_mod
     assert len(set(messages.values())) == 1
     assert phrase in messages["flax"]
     assert str(path) in messages["flax"]  # the error names the file
-    assert sorted(os.listdir(tmp_path)) == ([] if case == "missing file" else ["bad.safetensors"])  # loading wrote nothing
+    assert sorted(os.listdir(tmp_path)) == (
+        [] if case == "missing file" else ["bad.safetensors"]
+    )  # loading wrote nothing
 
 
 def test_a_pickle_is_never_unpickled_and_the_canonical_reader_names_the_convert_command(tmp_path, monkeypatch):
@@ -320,8 +342,16 @@ def test_a_good_checkpoint_does_go_through_the_spied_builder(tmp_path, monkeypat
 
 
 BAD_STATES = [
-    ("missing key", lambda s: s.pop("linear_relu_stack.0.weight"), "state_dict: missing key 'linear_relu_stack.0.weight'"),
-    ("extra key", lambda s: s.update({"flatten.weight": np.zeros(1, np.float32)}), "state_dict: unexpected key 'flatten.weight'"),
+    (
+        "missing key",
+        lambda s: s.pop("linear_relu_stack.0.weight"),
+        "state_dict: missing key 'linear_relu_stack.0.weight'",
+    ),
+    (
+        "extra key",
+        lambda s: s.update({"flatten.weight": np.zeros(1, np.float32)}),
+        "state_dict: unexpected key 'flatten.weight'",
+    ),
     (
         "transposed weight",  # the classic conversion bug: a Dense kernel passed as a Linear weight
         lambda s: s.update({"linear_relu_stack.0.weight": s["linear_relu_stack.0.weight"].T}),
@@ -346,7 +376,9 @@ def test_flax_to_state_dict_names_a_missing_param_leaf(flax_backend):
     params = flax_backend.init(seed=0).params
     stack = dict(params["params"]["linear_relu_stack"])
     stack["layers_4"] = {"kernel": stack["layers_4"]["kernel"]}  # bias dropped
-    with pytest.raises(CheckpointError, match=r"missing 'linear_relu_stack/layers_4/bias' \(canonical key 'linear_relu_stack.4.bias'\)"):
+    with pytest.raises(
+        CheckpointError, match=r"missing 'linear_relu_stack/layers_4/bias' \(canonical key 'linear_relu_stack.4.bias'\)"
+    ):
         flax_backend.module.to_state_dict({"params": {"linear_relu_stack": stack}})
 
 
@@ -397,7 +429,18 @@ FORBIDDEN = "torch" + ".load("
 
 
 def test_no_python_file_calls_torch_load_without_weights_only():
-    folders = [ROOT / name for name in ("fashion_common", "fashion_torch", "fashion_flax", "fashion_compare", "fashion_twins", "scripts", "tests")]
+    folders = [
+        ROOT / name
+        for name in (
+            "fashion_common",
+            "fashion_torch",
+            "fashion_flax",
+            "fashion_compare",
+            "fashion_twins",
+            "scripts",
+            "tests",
+        )
+    ]
     files = [f for folder in folders if folder.is_dir() for f in sorted(folder.rglob("*.py"))]
     assert any(f.name == "checkpoint.py" for f in files)  # the search really covers the packages
     # A call is allowed only with weights_only=True on the same line: torch's restricted unpickler,

@@ -14,13 +14,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
+from clitools import assert_ok, assert_one_error_line, cli, needs_data
 from PIL import Image
 
-from clitools import assert_ok, assert_one_error_line, cli, needs_data
 from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig
 from fashion_common.errors import ImageError
@@ -115,7 +114,12 @@ def _parse_prediction(line):
 
 def test_python_m_fashion_twins_lists_every_subcommand_from_any_folder(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fashion_twins", "--help"], cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fashion_twins", "--help"],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert_ok(result)
     for name in SUBCOMMANDS:
@@ -131,7 +135,9 @@ def test_every_help_string_of_every_subcommand_states_its_default(name, capsys):
     for action in sub._actions:
         if action.dest == "help" or not action.option_strings:
             continue
-        assert re.search(r"\((?:[^()]|\([^()]*\))*(default|required)\b", action.help or ""), f"{name} {action.option_strings}: {action.help!r}"
+        assert re.search(r"\((?:[^()]|\([^()]*\))*(default|required)\b", action.help or ""), (
+            f"{name} {action.option_strings}: {action.help!r}"
+        )
 
 
 def test_train_help_states_every_config_default(capsys):
@@ -153,7 +159,7 @@ def test_a_field_added_to_train_config_becomes_a_train_flag_with_no_cli_edit(mon
     @dataclasses.dataclass
     class Extended(TrainConfig):
         mixup: bool = False  # blend pairs of training images
-        ema_decay: Optional[float] = None  # weight averaging; None is off
+        ema_decay: float | None = None  # weight averaging; None is off
 
         def _check(self):  # the stand-in fields need no range checks
             pass
@@ -167,9 +173,14 @@ def test_a_field_added_to_train_config_becomes_a_train_flag_with_no_cli_edit(mon
     assert f"--engine {{{engines}}}" in text  # a real field, with its choices from config.ENGINES
     assert "--mixup, --no-mixup blend pairs of training images (default: False)" in text
     assert "--ema-decay X weight averaging; None is off (default: None)" in text
-    args = sub.parse_args(["--backend", "torch", "--out", str(tmp_path / "m"), "--engine", "compile", "--mixup", "--ema-decay", "0.999"])
+    args = sub.parse_args(
+        ["--backend", "torch", "--out", str(tmp_path / "m"), "--engine", "compile", "--mixup", "--ema-decay", "0.999"]
+    )
     assert (args.engine, args.mixup, args.ema_decay) == ("compile", True, 0.999)
-    assert_one_error_line(cli("train", "--backend", "torch", "--out", tmp_path / "m", "--engine", "jit"), "argument --engine: invalid choice")
+    assert_one_error_line(
+        cli("train", "--backend", "torch", "--out", tmp_path / "m", "--engine", "jit"),
+        "argument --engine: invalid choice",
+    )
 
 
 def test_backend_device_and_precision_have_one_vocabulary_in_every_subcommand():
@@ -288,7 +299,9 @@ def test_bad_config_value_gives_one_error_line_naming_the_flag(tmp_path, args, f
 
 def test_missing_output_folder_fails_before_training_with_one_error_line(tmp_path):
     missing = tmp_path / "no_such_folder"
-    result = cli("train", "--backend", "flax", "--dry-run", "--out", missing / "m.safetensors", "--metrics", tmp_path / "m.json")
+    result = cli(
+        "train", "--backend", "flax", "--dry-run", "--out", missing / "m.safetensors", "--metrics", tmp_path / "m.json"
+    )
     assert_one_error_line(result, "--out", "does not exist")
     assert not missing.exists() and not (tmp_path / "m.json").exists()
 
@@ -310,7 +323,14 @@ def test_backend_module_for_flax_imports_its_train_module_but_not_torch(tmp_path
         "import sys; from fashion_twins.cli import common; twin = common.backend_module('flax'); "
         "assert twin.train.BACKEND == 'flax'; print('torch' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_ok(result)
     assert result.stdout.strip() == "False"
 
@@ -358,7 +378,9 @@ def test_format_prediction_lists_the_top_k_classes_in_descending_order():
     probs = np.full(10, 0.01, np.float32)
     probs[7], probs[5] = 0.80, 0.12  # Sneaker, then Sandal
     line = format_prediction("flax", "shoe.png", probs, top=3, true_label=7)
-    assert line == "[flax] shoe.png  pred Sneaker  true Sneaker  top-3: Sneaker 80.00%, Sandal 12.00%, T-shirt/top 1.00%"
+    assert (
+        line == "[flax] shoe.png  pred Sneaker  true Sneaker  top-3: Sneaker 80.00%, Sandal 12.00%, T-shirt/top 1.00%"
+    )
 
 
 # ----------------------------------------------------------------------------- lockstep

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from clitools import assert_one_error_line, cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clitools import assert_one_error_line, cli
 from fashion_common.config import TrainConfig
 from fashion_common.errors import ConfigError
 from fashion_twins.cli import build_parser
@@ -58,19 +58,40 @@ def test_train_config_itself_refuses_a_seed_numpy_and_jax_cannot_take():
 @pytest.mark.parametrize("flag", ["--lr", "--momentum", "--weight-decay", "--label-smoothing"])
 def test_non_finite_or_non_numeric_floats_are_refused_at_parse_time(flag, value):
     # --flag=value: argparse would read a bare "-inf" as an option, not a value.
-    assert_one_error_line(cli("train", "--backend", "flax", "--out", "/tmp/x.safetensors", f"{flag}={value}"), f"argument {flag}: must be a finite number")
+    assert_one_error_line(
+        cli("train", "--backend", "flax", "--out", "/tmp/x.safetensors", f"{flag}={value}"),
+        f"argument {flag}: must be a finite number",
+    )
 
 
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (("predict", "--backend", "torch", "c.safetensors", "--test-index", "0", "--top", "0"), "argument --top: must be an integer in 1..10"),
-        (("predict", "--backend", "torch", "c.safetensors", "--test-index", "0", "--top", "11"), "argument --top: must be an integer in 1..10"),
-        (("predict", "--backend", "torch", "c.safetensors", "--test-index", "-3"), "argument --test-index: must be an integer >= 0"),
+        (
+            ("predict", "--backend", "torch", "c.safetensors", "--test-index", "0", "--top", "0"),
+            "argument --top: must be an integer in 1..10",
+        ),
+        (
+            ("predict", "--backend", "torch", "c.safetensors", "--test-index", "0", "--top", "11"),
+            "argument --top: must be an integer in 1..10",
+        ),
+        (
+            ("predict", "--backend", "torch", "c.safetensors", "--test-index", "-3"),
+            "argument --test-index: must be an integer >= 0",
+        ),
         (("predict", "--backend", "torch", "c.safetensors"), "give at least one IMAGE or --test-index"),
-        (("predict", "--backend", "torch", "c.safetensors", "x.png", "--invert", "maybe"), "argument --invert: invalid choice"),
-        (("evaluate", "--backend", "torch", "c.safetensors", "--limit-test", "0"), "argument --limit-test: must be an integer >= 1"),
-        (("evaluate", "--backend", "torch", "c.safetensors", "--output-activation", "tanh"), "argument --output-activation: invalid choice"),
+        (
+            ("predict", "--backend", "torch", "c.safetensors", "x.png", "--invert", "maybe"),
+            "argument --invert: invalid choice",
+        ),
+        (
+            ("evaluate", "--backend", "torch", "c.safetensors", "--limit-test", "0"),
+            "argument --limit-test: must be an integer >= 1",
+        ),
+        (
+            ("evaluate", "--backend", "torch", "c.safetensors", "--output-activation", "tanh"),
+            "argument --output-activation: invalid choice",
+        ),
         (("benchmark", "--repeats", "0"), "argument --repeats: must be an integer >= 1"),
         (("benchmark", "--precision", "fp32"), "argument --precision: invalid choice: 'fp32'"),
         (("lockstep", "--weight-every", "0"), "argument --weight-every: must be an integer >= 1"),
@@ -78,8 +99,14 @@ def test_non_finite_or_non_numeric_floats_are_refused_at_parse_time(flag, value)
         (("compare", "--quick-epochs", "0"), "argument --quick-epochs: must be an integer >= 1"),
         (("compare", "--full", "--dry-run"), "argument --dry-run: contradicts --full"),
         (("train", "--backend", "torch"), "the following arguments are required: --out"),
-        (("train", "--backend", "torch", "--out", "m.safetensors", "--batch-size", "0"), "argument --batch-size: batch_size must be >= 1"),
-        (("train", "--backend", "torch", "--out", "m.safetensors", "--limit-train", "-5"), "argument --limit-train: limit_train must be >= 1"),
+        (
+            ("train", "--backend", "torch", "--out", "m.safetensors", "--batch-size", "0"),
+            "argument --batch-size: batch_size must be >= 1",
+        ),
+        (
+            ("train", "--backend", "torch", "--out", "m.safetensors", "--limit-train", "-5"),
+            "argument --limit-train: limit_train must be >= 1",
+        ),
         (("convert", "only_one_path.pth"), "the following arguments are required: OUT.safetensors"),
         (("--no-such-flag",), "COMMAND"),
     ],
@@ -91,12 +118,17 @@ def test_every_bad_flag_gives_one_error_line_naming_it(argv, fragment):
 def test_predict_checks_the_test_index_range_before_building_a_model(monkeypatch):
     import fashion_twins.cli.common as common
 
-    monkeypatch.setattr(common, "backend_module", lambda name: pytest.fail("a twin was imported before --test-index was checked"))
+    monkeypatch.setattr(
+        common, "backend_module", lambda name: pytest.fail("a twin was imported before --test-index was checked")
+    )
     from clitools import HAVE_DATA
 
     if not HAVE_DATA:
         pytest.skip("needs the real Fashion-MNIST for the range")
-    assert_one_error_line(cli("predict", "--backend", "torch", "c.safetensors", "--test-index", "10000"), "argument --test-index: 10000 is out of range")
+    assert_one_error_line(
+        cli("predict", "--backend", "torch", "c.safetensors", "--test-index", "10000"),
+        "argument --test-index: 10000 is out of range",
+    )
 
 
 # ----------------------------------------------------------------------------- properties
@@ -147,6 +179,14 @@ def test_any_value_of_a_numeric_train_flag_gives_a_valid_config_or_a_usage_error
 @given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10), max_size=4))
 def test_arbitrary_argv_after_a_subcommand_never_raises_past_the_one_error_path(words):
     """Random words after `predict --backend torch` (no image exists): exit 2 with one line, or a help text."""
-    result = cli("predict", "--backend", "torch", "/nonexistent/c.safetensors", "--invert", "no", *[w for w in words if w not in ("-h", "--help")])
+    result = cli(
+        "predict",
+        "--backend",
+        "torch",
+        "/nonexistent/c.safetensors",
+        "--invert",
+        "no",
+        *[w for w in words if w not in ("-h", "--help")],
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -13,11 +13,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from clitools import assert_ok, assert_one_error_line, cli, needs_data
 from safetensors.torch import save_file
 from torch import nn
 
 import fashion_torch
-from clitools import assert_ok, assert_one_error_line, cli, needs_data
 from fashion_common import checkpoint as canonical
 from fashion_common.errors import CheckpointError
 from fashion_torch.pth import is_torch_pickle, read_pth
@@ -84,7 +84,10 @@ def test_a_crafted_pickle_is_refused_and_never_executed(tmp_path, protocol):
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"linear_relu_stack.0.weight": Exploit(marker)}, protocol=protocol))
     # Protocol 2 names the blocked global (posix.system); protocol 5 stops earlier, at an opcode it does not allow.
-    with pytest.raises(CheckpointError, match=r"evil\.pth is not a state_dict torch can load safely .*(posix\.system|Unsupported operand)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"evil\.pth is not a state_dict torch can load safely .*(posix\.system|Unsupported operand)",
+    ):
         read_pth(path)
     with pytest.raises(CheckpointError):
         fashion_torch.load_checkpoint(path)
@@ -95,7 +98,9 @@ def test_a_crafted_pickle_is_refused_and_never_executed(tmp_path, protocol):
 
 def test_a_whole_pickled_model_is_refused_with_the_fix(tmp_path):
     torch.save(TutorialNetwork(), tmp_path / "whole.pth")
-    with pytest.raises(CheckpointError, match=r"Unsupported global.*TutorialNetwork.*save model\.state_dict\(\), not the model"):
+    with pytest.raises(
+        CheckpointError, match=r"Unsupported global.*TutorialNetwork.*save model\.state_dict\(\), not the model"
+    ):
         read_pth(tmp_path / "whole.pth")
 
 
@@ -115,7 +120,9 @@ def test_anything_but_a_dict_of_float_tensors_is_refused_naming_what_it_is(tmp_p
 
 def test_a_state_dict_of_another_network_names_the_first_wrong_key(tmp_path):
     torch.save(nn.Sequential(nn.Linear(4, 2)).state_dict(), tmp_path / "other.pth")
-    assert_one_error_line(cli("convert", tmp_path / "other.pth", tmp_path / "o.safetensors"), "missing key 'linear_relu_stack.0.bias'")
+    assert_one_error_line(
+        cli("convert", tmp_path / "other.pth", tmp_path / "o.safetensors"), "missing key 'linear_relu_stack.0.bias'"
+    )
 
 
 # ----------------------------------------------------------------------------- convert and --output-activation
@@ -125,7 +132,10 @@ def test_convert_writes_the_canonical_checkpoint_with_the_spec_in_its_header(tut
     model, path = tutorial
     result = cli("convert", path, tmp_path / "m.safetensors")
     assert_ok(result)
-    assert result.stdout.strip() == f"[convert] wrote {tmp_path / 'm.safetensors'} (669,706 parameters, output activation none) from {path}"
+    assert (
+        result.stdout.strip()
+        == f"[convert] wrote {tmp_path / 'm.safetensors'} (669,706 parameters, output activation none) from {path}"
+    )
     assert canonical.header_has_spec(tmp_path / "m.safetensors")
     state, spec = canonical.read_state(tmp_path / "m.safetensors")
     assert spec.output_activation is None
@@ -163,7 +173,16 @@ def test_evaluate_says_which_spec_it_assumed_for_a_spec_less_file_and_obeys_the_
     assert plain.stderr.strip() == (
         f"note: {tmp_path / 'own.safetensors'} has no model spec in its header; assumed output activation none (--output-activation relu for the other)"
     )
-    relu = cli("evaluate", "--backend", backend, tmp_path / "own.safetensors", "--limit-test", 64, "--output-activation", "relu")
+    relu = cli(
+        "evaluate",
+        "--backend",
+        backend,
+        tmp_path / "own.safetensors",
+        "--limit-test",
+        64,
+        "--output-activation",
+        "relu",
+    )
     assert_ok(relu)
     assert "assumed output activation relu" in relu.stderr
     # A final ReLU clips negative logits to 0, so the loss of the same weights differs.

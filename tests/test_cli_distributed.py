@@ -21,9 +21,33 @@ from test_distributed import TOL, max_diff, run, weights
 # A small slice: 1024 images at batch 64 = 16 steps; plain SGD, constant rate, no smoothing or decay,
 # and ±1 px shifts on, so each rank (each device) must take its own columns of the global offsets too.
 FLAGS = [
-    "--augment-shift", "1",
-    "--limit-train", "1024", "--limit-test", "256", "--epochs", "1", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.01",
-    "--schedule", "constant", "--momentum", "0", "--weight-decay", "0", "--label-smoothing", "0", "--device", "cpu", "--seed", "0", "--quiet",
+    "--augment-shift",
+    "1",
+    "--limit-train",
+    "1024",
+    "--limit-test",
+    "256",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.01",
+    "--schedule",
+    "constant",
+    "--momentum",
+    "0",
+    "--weight-decay",
+    "0",
+    "--label-smoothing",
+    "0",
+    "--device",
+    "cpu",
+    "--seed",
+    "0",
+    "--quiet",
 ]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 CLI = ["-m", "fashion_twins", "train"]
@@ -65,7 +89,9 @@ def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_w
     import fashion_torch
 
     init, out = tmp_path / "init.safetensors", tmp_path / "flax_from_torch.safetensors"
-    fashion_torch.save_checkpoint(fashion_torch.create_model(seed=0), init)  # the torch twin's seeded init, as the torch run drew it
+    fashion_torch.save_checkpoint(
+        fashion_torch.create_model(seed=0), init
+    )  # the torch twin's seeded init, as the torch run drew it
     assert_ok(cli("train", "--backend", "flax", *FLAGS, "--init", init, "--out", out))
     # the cross-framework lockstep bound: fp32 rounding of differently ordered sums over 16 steps
     assert max_diff(weights(out), one_device["torch"]) <= TOL
@@ -77,19 +103,51 @@ def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_w
 @pytest.mark.parametrize(
     "argv, fragments",
     [
-        (["--backend", "torch", "--devices", "2"], ["argument --devices: the torch twin runs data-parallel under torchrun", "torchrun --nproc-per-node N"]),
-        (["--backend", "torch", "--coordinator", "h:1234"], ["argument --coordinator: the torch twin runs data-parallel under torchrun", "--rdzv-endpoint"]),
+        (
+            ["--backend", "torch", "--devices", "2"],
+            ["argument --devices: the torch twin runs data-parallel under torchrun", "torchrun --nproc-per-node N"],
+        ),
+        (
+            ["--backend", "torch", "--coordinator", "h:1234"],
+            ["argument --coordinator: the torch twin runs data-parallel under torchrun", "--rdzv-endpoint"],
+        ),
         (["--backend", "flax", "--num-processes", "2"], ["argument --num-processes: needs --coordinator HOST:PORT"]),
         (["--backend", "flax", "--process-id", "1"], ["argument --process-id: needs --coordinator HOST:PORT"]),
-        (["--backend", "flax", "--coordinator", "h:1234", "--num-processes", "2"], ["argument --coordinator: needs --num-processes K and --process-id I"]),
-        (["--backend", "flax", "--coordinator", "h:1234", "--num-processes", "2", "--process-id", "2"], ["argument --process-id: must be in 0..1"]),
-        (["--backend", "flax", "--coordinator", "h:1234", "--num-processes", "2", "--process-id", "0", "--devices", "2"], ["argument --devices: a multi-process run"]),
+        (
+            ["--backend", "flax", "--coordinator", "h:1234", "--num-processes", "2"],
+            ["argument --coordinator: needs --num-processes K and --process-id I"],
+        ),
+        (
+            ["--backend", "flax", "--coordinator", "h:1234", "--num-processes", "2", "--process-id", "2"],
+            ["argument --process-id: must be in 0..1"],
+        ),
+        (
+            [
+                "--backend",
+                "flax",
+                "--coordinator",
+                "h:1234",
+                "--num-processes",
+                "2",
+                "--process-id",
+                "0",
+                "--devices",
+                "2",
+            ],
+            ["argument --devices: a multi-process run"],
+        ),
         (["--backend", "flax", "--coordinator", "h:99999"], ["argument --coordinator: must be HOST:PORT"]),
         (["--backend", "flax", "--devices", "0"], ["argument --devices: must be an integer >= 1, got '0'"]),
-        (["--backend", "flax", "--devices", "3", "--batch-size", "64"], ["global batch_size 64 is not divisible by 3 devices; use a multiple of 3 (e.g. 63)"]),
+        (
+            ["--backend", "flax", "--devices", "3", "--batch-size", "64"],
+            ["global batch_size 64 is not divisible by 3 devices; use a multiple of 3 (e.g. 63)"],
+        ),
         (["--backend", "torch", "--timeout", "5"], ["argument --timeout: applies to data-parallel runs only"]),
         (["--backend", "flax", "--timeout", "-1", "--devices", "2"], ["argument --timeout: must be a positive number"]),
-        (["--backend", "torch", "--init", "a.safetensors", "--resume", "b.safetensors"], ["argument --init: contradicts --resume"]),
+        (
+            ["--backend", "torch", "--init", "a.safetensors", "--resume", "b.safetensors"],
+            ["argument --init: contradicts --resume"],
+        ),
     ],
 )
 def test_data_parallel_misuse_is_one_clear_line_before_any_work(argv, fragments, tmp_path):
@@ -109,10 +167,19 @@ def test_torchrun_with_an_indivisible_batch_or_the_fused_engine_fails_before_the
     import torch.distributed as dist
 
     monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")  # no peer will ever come: a rendezvous would hang, so the checks must come first
+    monkeypatch.setenv(
+        "WORLD_SIZE", "2"
+    )  # no peer will ever come: a rendezvous would hang, so the checks must come first
     out = tmp_path / "m.safetensors"
-    assert_one_error_line(cli("train", "--backend", "torch", "--batch-size", "65", "--out", out), "global batch_size 65 is not divisible by 2 ranks")
-    assert_one_error_line(cli("train", "--backend", "torch", "--engine", "fused", "--out", out), "argument --engine: fused", "single-device only")
+    assert_one_error_line(
+        cli("train", "--backend", "torch", "--batch-size", "65", "--out", out),
+        "global batch_size 65 is not divisible by 2 ranks",
+    )
+    assert_one_error_line(
+        cli("train", "--backend", "torch", "--engine", "fused", "--out", out),
+        "argument --engine: fused",
+        "single-device only",
+    )
     assert not dist.is_initialized() and not out.exists()
 
 
@@ -122,7 +189,9 @@ def test_torchrun_with_an_indivisible_batch_or_the_fused_engine_fails_before_the
 def test_compare_distributed_refuses_a_world_that_does_not_split_the_batch_before_any_work(tmp_path):
     out_dir = tmp_path / "report"
     result = cli("compare", "--distributed", "3", "--dry-run", "--out-dir", out_dir)
-    assert_one_error_line(result, "global batch_size 64 is not divisible by 3 ranks/devices", "every rank/device gets an equal slice")
+    assert_one_error_line(
+        result, "global batch_size 64 is not divisible by 3 ranks/devices", "every rank/device gets an equal slice"
+    )
     assert not out_dir.exists()
 
 
@@ -132,8 +201,18 @@ def test_compare_runs_the_distributed_stage_only_when_asked():
     from fashion_compare.report import CompareOptions
     from fashion_compare.stages import STAGES
 
-    names = lambda n: [s.name for s in STAGES if s.enabled(SimpleNamespace(options=CompareOptions(distributed=n), device="cpu"))]
-    assert names(0) == ["data", "structures", "parity", "activations", "lockstep", "training", "classes"]  # --dry-run as before
+    names = lambda n: [
+        s.name for s in STAGES if s.enabled(SimpleNamespace(options=CompareOptions(distributed=n), device="cpu"))
+    ]
+    assert names(0) == [
+        "data",
+        "structures",
+        "parity",
+        "activations",
+        "lockstep",
+        "training",
+        "classes",
+    ]  # --dry-run as before
     assert names(2) == names(0) + ["distributed"]
 
 
@@ -142,13 +221,18 @@ def test_compare_runs_the_distributed_stage_only_when_asked():
 def test_compare_distributed_stage_records_the_figures_and_passes_its_three_checks(tmp_path, monkeypatch):
     import json
 
+    from twin_data import real_data
+
     import fashion_compare.report as report_module
     from fashion_compare.report import CompareOptions, build_report
     from fashion_compare.stages import STAGES
-    from twin_data import real_data
 
     monkeypatch.setattr(report_module, "STAGES", tuple(s for s in STAGES if s.name in ("data", "distributed")))
-    build_report(CompareOptions(out_dir=str(tmp_path), device="cpu", distributed=2, quiet=True), data=real_data(), log=lambda line: None)
+    build_report(
+        CompareOptions(out_dir=str(tmp_path), device="cpu", distributed=2, quiet=True),
+        data=real_data(),
+        log=lambda line: None,
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["status"] == {"state": "complete", "stages_done": ["data", "distributed"]}
     figures = report["distributed"]

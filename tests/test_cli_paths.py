@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from clitools import assert_ok, assert_one_error_line, cli, needs_data
+
 from fashion_common import checkpoint as canonical
 from fashion_common.paths import PathError, check_no_aliases, check_output_dir, check_output_file, same_file
 
@@ -55,7 +55,10 @@ def test_check_no_aliases_names_both_flags_and_allows_listed_pairs_and_two_input
     [
         (lambda d: d, "is a folder"),  # an existing directory given as a file
         (lambda d: d / "missing" / "m.safetensors", "does not exist"),
-        (lambda d: (d / "f").write_text("x") and d / "f" / "m.safetensors", "Not a directory"),  # a file where a folder is needed
+        (
+            lambda d: (d / "f").write_text("x") and d / "f" / "m.safetensors",
+            "Not a directory",
+        ),  # a file where a folder is needed
         (lambda d: Path("/proc/m.safetensors"), "cannot create files in /proc"),  # os.access says yes here
         (lambda d: Path("/dev/null"), "is not a regular file"),  # a rename would replace the device node
     ],
@@ -73,7 +76,9 @@ def test_check_output_file_refuses_a_fifo_without_opening_it(tmp_path):
         check_output_file(tmp_path / "pipe", "--metrics")  # opening it would block forever
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the /proc case covers a folder that refuses writes")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders; the /proc case covers a folder that refuses writes"
+)
 def test_check_output_file_refuses_a_read_only_folder(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir(mode=0o555)
@@ -127,7 +132,10 @@ def test_train_refuses_metrics_that_is_out_through_a_link_and_writes_nothing(tmp
         (("--metrics", "{d}/m.state.safetensors"), ("--out's sidecar", "--metrics")),
         (("--resume", "{d}/old.safetensors", "--metrics", "{d}/old.safetensors"), ("--metrics", "--resume")),
         (("--resume", "{d}/m.state.safetensors"), ("--out's sidecar", "--resume")),
-        (("--resume", "{d}/old.safetensors", "--metrics", "{d}/old.state.safetensors"), ("--metrics", "--resume's sidecar")),
+        (
+            ("--resume", "{d}/old.safetensors", "--metrics", "{d}/old.state.safetensors"),
+            ("--metrics", "--resume's sidecar"),
+        ),
     ],
     ids=["metrics-is-sidecar", "metrics-is-resume", "resume-is-sidecar", "metrics-is-resume-sidecar"],
 )
@@ -144,7 +152,12 @@ def test_train_refuses_an_unwritable_metrics_path_before_loading_data(tmp_path, 
 
 
 def test_compare_refuses_an_out_dir_that_is_the_data_dir_or_a_file(tmp_path, no_data):
-    assert_one_error_line(cli("compare", "--dry-run", "--out-dir", tmp_path, "--data-dir", tmp_path), "--out-dir", "--data-dir", "same file")
+    assert_one_error_line(
+        cli("compare", "--dry-run", "--out-dir", tmp_path, "--data-dir", tmp_path),
+        "--out-dir",
+        "--data-dir",
+        "same file",
+    )
     (tmp_path / "f").write_text("x")
     assert_one_error_line(cli("compare", "--dry-run", "--out-dir", tmp_path / "f"), "--out-dir", "is a file")
 
@@ -164,7 +177,9 @@ def test_resuming_a_finished_run_into_a_new_out_writes_all_three_files_and_into_
     assert_ok(cli("train", "--backend", "torch", "--dry-run", "--quiet", "--out", first))
     weights, sidecar = first.read_bytes(), canonical.train_state_path(first).read_bytes()
 
-    result = cli("train", "--backend", "torch", "--dry-run", "--quiet", "--resume", first, "--out", tmp_path / "b.safetensors")
+    result = cli(
+        "train", "--backend", "torch", "--dry-run", "--quiet", "--resume", first, "--out", tmp_path / "b.safetensors"
+    )
     assert_ok(result)
     assert "already holds all 1 epochs" in result.stdout and "wrote" in result.stdout
     assert (tmp_path / "b.safetensors").read_bytes() == weights

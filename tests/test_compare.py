@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from twin_data import real_data, separable_set
 
 import fashion_compare.report as report_module
 from fashion_common.config import tutorial_config
@@ -14,7 +15,6 @@ from fashion_common.spec import CLASS_NAMES
 from fashion_compare.render import render_markdown
 from fashion_compare.report import PLOTS, CompareOptions, build_report
 from fashion_compare.stages import STAGES, Stage, predict_classes, stage_data, top_confusions
-from twin_data import real_data, separable_set
 
 # 1e-5 at "highest", for the forward figures, the off-kink gradients and the lockstep: fp32 rounding
 # of differently ordered sums (tests/test_parity.py measures <= 6e-7 forward; tests/test_train.py
@@ -26,14 +26,22 @@ CHECK_KEYS = {"stage", "name", "value", "tolerance", "passed", "why"}
 @pytest.mark.data
 def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(tmp_path):
     options = CompareOptions(
-        out_dir=str(tmp_path), device="cpu", quick_epochs=1, limit_train=2048, limit_test=500, lockstep_steps=20, quiet=True
+        out_dir=str(tmp_path),
+        device="cpu",
+        quick_epochs=1,
+        limit_train=2048,
+        limit_test=500,
+        lockstep_steps=20,
+        quiet=True,
     )
     build_report(options, data=real_data(), log=lambda line: None)
 
     assert {"report.md", "report.json", *PLOTS} <= {p.name for p in tmp_path.iterdir()}
     report = json.loads((tmp_path / "report.json").read_text())  # strict JSON: non-finite numbers are strings
     assert report["status"]["state"] == "complete"
-    assert report["status"]["stages_done"] == [s.name for s in STAGES if s.name != "distributed"]  # that one: only with --distributed N
+    assert report["status"]["stages_done"] == [
+        s.name for s in STAGES if s.name != "distributed"
+    ]  # that one: only with --distributed N
     assert report["parameters"]["total"] == (784 + 1) * 512 + (512 + 1) * 512 + (512 + 1) * 10
 
     highest = report["parity"]["highest"]
@@ -66,7 +74,9 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
         confusion = np.array(classes["recipe"][twin]["confusion"])
         assert confusion.shape == (10, 10) and confusion.sum() == 500
         # the confusion matrix of the twin's own predictions gives the accuracy its training loop evaluated
-        assert np.trace(confusion) / 500 == pytest.approx(report["training"]["recipe"]["final_test_accuracy"][twin], abs=2e-4)
+        assert np.trace(confusion) / 500 == pytest.approx(
+            report["training"]["recipe"]["final_test_accuracy"][twin], abs=2e-4
+        )
         rows = confusion.sum(axis=1)
         per_class = np.array(classes["recipe"][twin]["per_class_accuracy"], dtype=float)
         np.testing.assert_allclose(per_class[rows > 0], (np.diag(confusion) / np.maximum(rows, 1))[rows > 0])
@@ -92,31 +102,66 @@ def _handmade_report() -> dict:
     flax_confusion[3, 3] = 0  # a test set without Dress images in flax's column: per-class accuracy "nan"
     return {
         "meta": {
-            "date": "2026-01-01T00:00:00+00:00", "mode": "quick", "device": "cpu", "device_name": "cpu (test)",
-            "platform": "test", "versions": {"python": "3.11"}, "command": "handmade", "options": {"seed": 7},
+            "date": "2026-01-01T00:00:00+00:00",
+            "mode": "quick",
+            "device": "cpu",
+            "device_name": "cpu (test)",
+            "platform": "test",
+            "versions": {"python": "3.11"},
+            "command": "handmade",
+            "options": {"seed": 7},
         },
         "status": {"state": "complete", "stages_done": ["classes"]},
         "timings": {"classes_seconds": 1.25},
         "checks": [
-            {"stage": "parity", "name": "parity at highest: logits, max |torch − flax|", "value": 3e-7, "tolerance": 1e-5, "passed": True, "why": "fp32 rounding"},
-            {"stage": "lockstep", "name": "lockstep: loss", "value": "nan", "tolerance": 1e-5, "passed": False, "why": "NaN fails"},
+            {
+                "stage": "parity",
+                "name": "parity at highest: logits, max |torch − flax|",
+                "value": 3e-7,
+                "tolerance": 1e-5,
+                "passed": True,
+                "why": "fp32 rounding",
+            },
+            {
+                "stage": "lockstep",
+                "name": "lockstep: loss",
+                "value": "nan",
+                "tolerance": 1e-5,
+                "passed": False,
+                "why": "NaN fails",
+            },
         ],
         "plots": ["confusion.png"],
         "classes": {
             "class_names": list(CLASS_NAMES),
             "num_test": 91,
             "recipe": {
-                "torch": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 6 + [0.9] + [1.0] * 3, "accuracy": 90 / 91},
-                "flax": {"confusion": flax_confusion.tolist(), "per_class_accuracy": [1.0] * 3 + ["nan"] + [1.0] * 6, "accuracy": 1.0},
-                "agreement": 0.875, "disagreements": 11, "both_right": 0.8, "accuracy_diff_pp": 1.1,
+                "torch": {
+                    "confusion": confusion.tolist(),
+                    "per_class_accuracy": [1.0] * 6 + [0.9] + [1.0] * 3,
+                    "accuracy": 90 / 91,
+                },
+                "flax": {
+                    "confusion": flax_confusion.tolist(),
+                    "per_class_accuracy": [1.0] * 3 + ["nan"] + [1.0] * 6,
+                    "accuracy": 1.0,
+                },
+                "agreement": 0.875,
+                "disagreements": 11,
+                "both_right": 0.8,
+                "accuracy_diff_pp": 1.1,
                 "per_class_diff_pp": [0.0] * 3 + ["nan", 0.0, 0.0, 10.0] + [0.0] * 3,
                 "top_confusions": [{"true": 6, "predicted": 0, "torch": 1, "flax": 0}],
             },
             "lockstep": {
                 "torch": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
                 "flax": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
-                "agreement": 1.0, "disagreements": 0, "both_right": 0.5, "accuracy_diff_pp": 0.0,
-                "per_class_diff_pp": [0.0] * 10, "top_confusions": [],
+                "agreement": 1.0,
+                "disagreements": 0,
+                "both_right": 0.5,
+                "accuracy_diff_pp": 0.0,
+                "per_class_diff_pp": [0.0] * 10,
+                "top_confusions": [],
             },
         },
     }
@@ -126,7 +171,10 @@ def test_markdown_rendered_from_a_handmade_json_states_each_check_its_tolerance_
     markdown = render_markdown(_handmade_report())
 
     assert "1 of 2 checks passed" in markdown
-    assert "| 1 | parity at highest: logits, max \\|torch − flax\\| | 3.00e-07 | ≤ 1e-05 | yes | fp32 rounding |" in markdown
+    assert (
+        "| 1 | parity at highest: logits, max \\|torch − flax\\| | 3.00e-07 | ≤ 1e-05 | yes | fp32 rounding |"
+        in markdown
+    )
     assert "| 2 | lockstep: loss | nan | ≤ 1e-05 | **NO** | NaN fails |" in markdown
     assert "| 6 Shirt | 90.00% | 100.00% | 10.00 |" in markdown
     assert "| 3 Dress | — | — | — |" in markdown  # a class without test images has no accuracy, not 0%
@@ -156,23 +204,29 @@ def test_a_stage_that_fails_leaves_report_json_with_earlier_stages_and_where_it_
     def boom(run):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(report_module, "STAGES", (Stage("data", stage_data, lambda run: ""), Stage("boom", boom, lambda run: "")))
+    monkeypatch.setattr(
+        report_module, "STAGES", (Stage("data", stage_data, lambda run: ""), Stage("boom", boom, lambda run: ""))
+    )
     options = CompareOptions(out_dir=str(tmp_path), device="cpu", parity_images=4, quiet=True)
 
     with pytest.raises(RuntimeError, match="disk on fire"):
         build_report(options, data=separable_set(), log=lambda line: None)
 
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["status"] == {"state": "failed in stage 2/2 boom (RuntimeError: disk on fire)", "stages_done": ["data"]}
+    assert report["status"] == {
+        "state": "failed in stage 2/2 boom (RuntimeError: disk on fire)",
+        "stages_done": ["data"],
+    }
     assert report["data"]["num_train"] == 200 and report["data"]["source"] == "synthetic"
     assert "failed in stage 2/2 boom" in (tmp_path / "report.md").read_text()
 
 
 def test_each_twin_predicts_the_same_classes_with_its_own_code_from_the_same_weights():
+    import torch
+
     import fashion_flax.train as flax_train
     import fashion_torch
     import fashion_torch.train as torch_train
-    import torch
 
     data = separable_set(n_per_class=4)  # 20 test images, (20, 28, 28) uint8
     config = tutorial_config(epochs=1, device="cpu", seed=3)
@@ -210,7 +264,14 @@ def test_check_values_print_small_differences_in_scientific_notation_and_others_
     report = _handmade_report()
     report["checks"] = [
         {"stage": "training", "name": "accuracy", "value": 0.15, "tolerance": 0.5, "passed": True, "why": "noise"},
-        {"stage": "lockstep", "name": "weights", "value": 5.27e-7, "tolerance": 1e-5, "passed": True, "why": "rounding"},
+        {
+            "stage": "lockstep",
+            "name": "weights",
+            "value": 5.27e-7,
+            "tolerance": 1e-5,
+            "passed": True,
+            "why": "rounding",
+        },
     ]
     markdown = render_markdown(report)
     assert "| 1 | accuracy | 0.15 | ≤ 0.5 | yes | noise |" in markdown

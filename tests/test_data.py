@@ -6,12 +6,11 @@ import gzip
 
 import numpy as np
 import pytest
+from twin_data import real_data, write_idx_set
 
 from fashion_common import data as data_mod
 from fashion_common.data import batch_order, load_fashion_mnist, scale_images
 from fashion_common.errors import DataError
-
-from twin_data import real_data, write_idx_set
 
 
 def test_loader_returns_the_exact_bytes_of_synthetic_idx_files(tmp_path, cache):
@@ -39,7 +38,10 @@ def test_loader_refuses_corrupted_bytes_and_names_the_fix(tmp_path, cache):
     payload = bytearray(gzip.decompress(path.read_bytes()))
     payload[-1] ^= 0xFF  # one flipped label byte
     path.write_bytes(gzip.compress(bytes(payload)))
-    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz decompresses to the wrong bytes.*apt-get install -y dataset-fashion-mnist"):
+    with pytest.raises(
+        DataError,
+        match=r"train-labels-idx1-ubyte\.gz decompresses to the wrong bytes.*apt-get install -y dataset-fashion-mnist",
+    ):
         load_fashion_mnist(tmp_path / "gz", checksums=checksums)
 
 
@@ -110,7 +112,6 @@ def test_real_fashion_mnist_has_60000_train_and_10000_test_images_with_6000_and_
     assert np.bincount(data.train_labels).tolist() == [6000] * 10
     assert np.bincount(data.test_labels).tolist() == [1000] * 10
     assert data.train_images.dtype == np.uint8 and data.train_images.max() == 255
-
 
 
 def test_an_environment_variable_naming_an_empty_folder_is_an_error_not_a_silent_fallback(tmp_path, cache, monkeypatch):

@@ -58,7 +58,11 @@ def config_flags(config=CONFIG) -> list:
 
 
 def child_env(**extra) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     # The command keeps each framework's default matmul precision; the proofs pin fp32 as the conftest does in process
     # (torch's default is already TF32-off; JAX on a GPU would use TF32 without this).
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
@@ -73,7 +77,16 @@ def run(cmd, timeout=300, **env) -> subprocess.CompletedProcess:
 
 
 def torchrun(*args, nproc=2) -> list:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "fashion_torch.distributed", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "fashion_torch.distributed",
+        *args,
+    ]
 
 
 def weights(path) -> dict:
@@ -103,7 +116,9 @@ def test_rank_slices_are_contiguous_and_put_together_give_the_global_batch(world
 
 
 def test_batch_not_divisible_by_the_world_is_a_clear_error():
-    with pytest.raises(DistributedError, match=r"global batch_size 66 is not divisible by 4 devices; use a multiple of 4 \(e.g. 64\)"):
+    with pytest.raises(
+        DistributedError, match=r"global batch_size 66 is not divisible by 4 devices; use a multiple of 4 \(e.g. 64\)"
+    ):
         common.check_world(4, 66, "devices")
     assert common.check_world(4, 64, "devices") == 16
 
@@ -129,8 +144,13 @@ def test_torch_ddp_refuses_an_indivisible_batch_before_joining_the_process_group
     monkeypatch.setenv("WORLD_SIZE", "2")  # no peer will ever come: a rendezvous would hang, the check must come first
     out = tmp_path / "m.safetensors"
     assert tdist.main([*config_flags(CONFIG.replace(batch_size=65)), "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()  # the module entry point is `fashion-twins train --backend torch`: its one error line
-    assert err == "error: global batch_size 65 is not divisible by 2 ranks; use a multiple of 2 (e.g. 64) so every rank gets an equal slice"
+    err = (
+        capsys.readouterr().err.strip()
+    )  # the module entry point is `fashion-twins train --backend torch`: its one error line
+    assert (
+        err
+        == "error: global batch_size 65 is not divisible by 2 ranks; use a multiple of 2 (e.g. 64) so every rank gets an equal slice"
+    )
     assert not dist.is_initialized() and not out.exists()
 
 
@@ -151,13 +171,16 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def torch_single(runs):
     """The torch twin's own single-device loop, in this process."""
+    import fashion_torch.train as train
     from fashion_common import loop
 
-    import fashion_torch.train as train
-
     data = require_real_data()
-    ops = dataclasses.replace(train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(runs / "init.safetensors")))
-    _, metrics = loop.train_and_evaluate(ops, CONFIG, data, out=str(runs / "torch_single.safetensors"), quiet=True, log=lambda line: None, device="cpu")
+    ops = dataclasses.replace(
+        train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(runs / "init.safetensors"))
+    )
+    _, metrics = loop.train_and_evaluate(
+        ops, CONFIG, data, out=str(runs / "torch_single.safetensors"), quiet=True, log=lambda line: None, device="cpu"
+    )
     return weights(runs / "torch_single.safetensors"), metrics
 
 
@@ -165,14 +188,28 @@ def torch_single(runs):
 def torch_ddp(runs):
     """Two gloo ranks under torchrun, uninterrupted."""
     out, metrics = runs / "torch_ddp.safetensors", runs / "torch_ddp.json"
-    result = run(torchrun(*config_flags(), "--init", str(runs / "init.safetensors"), "--out", str(out), "--metrics", str(metrics), "--quiet"))
+    result = run(
+        torchrun(
+            *config_flags(),
+            "--init",
+            str(runs / "init.safetensors"),
+            "--out",
+            str(out),
+            "--metrics",
+            str(metrics),
+            "--quiet",
+        )
+    )
     return weights(out), json.loads(metrics.read_text()), result.stdout
 
 
 @pytest.fixture(scope="module")
 def flax_runs(runs):
     """One JAX process with 4 forced host devices: the twin's single-device loop, then the sharded run."""
-    run([sys.executable, str(Path(__file__).resolve()), "flax-worker", str(runs)], XLA_FLAGS=f"--xla_force_host_platform_device_count={FLAX_DEVICES}")
+    run(
+        [sys.executable, str(Path(__file__).resolve()), "flax-worker", str(runs)],
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={FLAX_DEVICES}",
+    )
     report = json.loads((runs / "flax_worker.json").read_text())
     return weights(runs / "flax_single.safetensors"), weights(runs / "flax_sharded.safetensors"), report
 
@@ -184,7 +221,17 @@ def torch_fault(runs):
     env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(common.free_port()), WORLD_SIZE="2")
     cmd = [sys.executable, "-m", "fashion_torch.distributed", *config_flags(), "--init", str(runs / "init.safetensors")]
     cmd += ["--out", str(out), "--quiet", "--timeout", str(TIMEOUT_S)]
-    ranks = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    ranks = [
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     returncode, err, seconds = kill_peer_after_first_checkpoint(ranks, out, wait_s=240)
     return {"returncode": returncode, "stderr": err, "seconds": seconds, "path": out}
 
@@ -250,7 +297,11 @@ def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(t
     assert [r["epoch"] for r in ddp] == list(range(1, CONFIG.epochs + 1))
     for a, b in zip(single, ddp):
         for key in ("train_loss", "test_loss"):
-            assert abs(a[key] - b[key]) <= 1e-5, (key, a, b)  # a mean of ~2.3 in float32: 1e-5 is a few ulps summed over 20 steps
+            assert abs(a[key] - b[key]) <= 1e-5, (
+                key,
+                a,
+                b,
+            )  # a mean of ~2.3 in float32: 1e-5 is a few ulps summed over 20 steps
         for key in ("train_accuracy", "test_accuracy"):
             assert abs(a[key] - b[key]) <= 1 / 500, (key, a, b)  # at most one prediction flips on weights 1e-7 apart
     assert torch_ddp[1]["device"] == "cpu x 2 ranks (DDP, gloo)"
@@ -269,7 +320,9 @@ def test_torch_ddp_matches_flax_sharded_within_tolerance(torch_ddp, flax_runs):
 @pytest.mark.slow  # the fault run (two hand-started ranks) and the torchrun resume: ~25 CPU-seconds together
 def test_a_killed_rank_makes_rank_0_fail_with_a_clear_error_within_the_timeout(torch_fault):
     assert torch_fault["returncode"] == 2
-    assert torch_fault["seconds"] < TIMEOUT_S + 30  # gloo sees the closed socket at once; the timeout bounds a silent peer
+    assert (
+        torch_fault["seconds"] < TIMEOUT_S + 30
+    )  # gloo sees the closed socket at once; the timeout bounds a silent peer
     last = torch_fault["stderr"].strip().splitlines()[-1]
     assert last.startswith("error: rank 0: a collective with the other ranks failed") and "--resume" in last
 
@@ -303,9 +356,29 @@ def test_resume_under_torchrun_after_the_fault_reaches_the_uninterrupted_weights
 def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax_runs):
     port = common.free_port()
     out = runs / "flax_two_processes.safetensors"
-    cmd = [sys.executable, "-m", "fashion_flax.distributed", *config_flags(), "--init", str(runs / "init.safetensors"), "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fashion_flax.distributed",
+        *config_flags(),
+        "--init",
+        str(runs / "init.safetensors"),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--timeout", "60"]
-    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--process-id", str(i)],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     try:
         outputs = [p.communicate(timeout=400) for p in procs]
     finally:
@@ -313,7 +386,9 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
             if p.poll() is None:
                 p.kill()
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    assert outputs[0][0].count("[flax] epoch") == CONFIG.epochs and outputs[1][0].count("[flax] epoch") == 0  # process 0 logs
+    assert (
+        outputs[0][0].count("[flax] epoch") == CONFIG.epochs and outputs[1][0].count("[flax] epoch") == 0
+    )  # process 0 logs
     assert max_diff(weights(out), flax_runs[0]) <= TOL
 
 
@@ -321,9 +396,27 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
 @pytest.mark.slow
 def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_the_checkpoint(runs):
     out = runs / "flax_fault.safetensors"
-    cmd = [sys.executable, "-m", "fashion_flax.distributed", *config_flags(CONFIG.replace(epochs=30)), "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fashion_flax.distributed",
+        *config_flags(CONFIG.replace(epochs=30)),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     cmd += ["--coordinator", f"127.0.0.1:{common.free_port()}", "--num-processes", "2", "--timeout", str(TIMEOUT_S)]
-    procs = [subprocess.Popen([*cmd, "--process-id", str(i)], cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--process-id", str(i)],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     returncode, err, seconds = kill_peer_after_first_checkpoint(procs, out, wait_s=300)
     assert returncode == 2 and seconds < TIMEOUT_S + 30
     last = err.strip().splitlines()[-1]
@@ -342,22 +435,64 @@ def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_
 def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device_run(runs):
     init = runs / "init.safetensors"
     gpu = CONFIG.replace(device="gpu")
-    t_out, f_out, f_ref = runs / "gpu_torch_ddp.safetensors", runs / "gpu_flax_sharded.safetensors", runs / "gpu_flax_single.safetensors"
-    result = run(torchrun(*config_flags(gpu), "--init", str(init), "--out", str(t_out), "--metrics", str(runs / "gpu_torch.json"), "--quiet", nproc=1))
+    t_out, f_out, f_ref = (
+        runs / "gpu_torch_ddp.safetensors",
+        runs / "gpu_flax_sharded.safetensors",
+        runs / "gpu_flax_single.safetensors",
+    )
+    result = run(
+        torchrun(
+            *config_flags(gpu),
+            "--init",
+            str(init),
+            "--out",
+            str(t_out),
+            "--metrics",
+            str(runs / "gpu_torch.json"),
+            "--quiet",
+            nproc=1,
+        )
+    )
     assert "(DDP, nccl)" in json.loads((runs / "gpu_torch.json").read_text())["device"], result.stdout
-    run([sys.executable, "-m", "fashion_flax.distributed", *config_flags(gpu), "--devices", "1", "--init", str(init), "--out", str(f_out), "--quiet"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "fashion_flax.distributed",
+            *config_flags(gpu),
+            "--devices",
+            "1",
+            "--init",
+            str(init),
+            "--out",
+            str(f_out),
+            "--quiet",
+        ]
+    )
     # the twins' single-device loops on the GPU, from the same init
     import torch
 
-    from fashion_common import loop
-
     import fashion_flax.train as flax_train
     import fashion_torch.train as torch_train
+    from fashion_common import loop
 
     data = require_real_data()
-    for train, device, out in ((torch_train, torch.device("cuda"), runs / "gpu_torch_single.safetensors"), (flax_train, None, f_ref)):
-        ops = dataclasses.replace(train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(init)))
-        loop.train_and_evaluate(ops, gpu, data, out=str(out), quiet=True, log=lambda line: None, device=device or __import__("jax").devices("gpu")[0])
+    for train, device, out in (
+        (torch_train, torch.device("cuda"), runs / "gpu_torch_single.safetensors"),
+        (flax_train, None, f_ref),
+    ):
+        ops = dataclasses.replace(
+            train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(init))
+        )
+        loop.train_and_evaluate(
+            ops,
+            gpu,
+            data,
+            out=str(out),
+            quiet=True,
+            log=lambda line: None,
+            device=device or __import__("jax").devices("gpu")[0],
+        )
     assert max_diff(weights(t_out), weights(runs / "gpu_torch_single.safetensors")) <= TOL
     assert max_diff(weights(f_out), weights(f_ref)) <= TOL
     assert max_diff(weights(t_out), weights(f_out)) <= TOL
@@ -378,18 +513,38 @@ def test_report_section_labels_simulated_devices_and_gives_both_twins_step_times
 
     from fashion_compare.render import render_markdown
 
-    twin = {"single_ms_per_step": 7.0, "parallel_ms_per_step": 9.5, "max_abs_dW_parallel_vs_single": 2.0e-7, "parallel_device": "cpu x 2 ranks (DDP, gloo)"}
+    twin = {
+        "single_ms_per_step": 7.0,
+        "parallel_ms_per_step": 9.5,
+        "max_abs_dW_parallel_vs_single": 2.0e-7,
+        "parallel_device": "cpu x 2 ranks (DDP, gloo)",
+    }
     result = {
-        "world_size": 2, "steps": 100, "batch_size": 64, "per_rank_batch": 32, "config": "plain SGD", "device": "cpu (x86_64, 2 cores)",
-        "torch_threads_per_process": 1, "simulated": True, "note": "simulated: 2 ranks share 2 cores", "torch": twin, "flax": {**twin, "parallel_ms_per_step": 12.25},
-        "max_abs_dW_torch_ddp_vs_flax_sharded": 3.0e-7, "max_abs_dW_torch_single_vs_flax_single": 2.5e-7,
+        "world_size": 2,
+        "steps": 100,
+        "batch_size": 64,
+        "per_rank_batch": 32,
+        "config": "plain SGD",
+        "device": "cpu (x86_64, 2 cores)",
+        "torch_threads_per_process": 1,
+        "simulated": True,
+        "note": "simulated: 2 ranks share 2 cores",
+        "torch": twin,
+        "flax": {**twin, "parallel_ms_per_step": 12.25},
+        "max_abs_dW_torch_ddp_vs_flax_sharded": 3.0e-7,
+        "max_abs_dW_torch_single_vs_flax_single": 2.5e-7,
     }
     text = render_markdown({**_handmade_report(), "distributed": result})
-    section = text[text.index("## 8. Data parallel"):]
+    section = text[text.index("## 8. Data parallel") :]
     assert section.startswith("## 8. Data parallel: 1 device vs 2 — SIMULATED devices (2 on one CPU's cores)\n")
-    assert "| torch | DDP, torchrun --nproc-per-node 2 | 7.00 | 9.50 | 2.00e-07 | cpu x 2 ranks (DDP, gloo) |" in section
+    assert (
+        "| torch | DDP, torchrun --nproc-per-node 2 | 7.00 | 9.50 | 2.00e-07 | cpu x 2 ranks (DDP, gloo) |" in section
+    )
     assert "| flax | jit over Mesh(('data',)), 2 devices | 7.00 | 12.25 | 2.00e-07 |" in section
-    assert "torch DDP vs flax sharded: max \\|ΔW\\| 3.00e-07" in section and "_simulated: 2 ranks share 2 cores._" in section
+    assert (
+        "torch DDP vs flax sharded: max \\|ΔW\\| 3.00e-07" in section
+        and "_simulated: 2 ranks share 2 cores._" in section
+    )
     assert "SIMULATED" not in render_markdown({**_handmade_report(), "distributed": {**result, "simulated": False}})
     assert "## 8." not in render_markdown(_handmade_report())  # no --distributed, no section
 
@@ -415,10 +570,20 @@ def flax_worker(folder: Path) -> None:
     quiet = dict(quiet=True, log=lambda line: None)
     # the twin's own single-device loop on device 0
     ops = dataclasses.replace(train.OPS, init_state=functools.partial(train.create_train_state, state_dict=init))
-    loop.train_and_evaluate(ops, CONFIG, data, out=str(folder / "flax_single.safetensors"), device=jax.devices()[0], **quiet)
+    loop.train_and_evaluate(
+        ops, CONFIG, data, out=str(folder / "flax_single.safetensors"), device=jax.devices()[0], **quiet
+    )
     # the sharded run over every device
     mesh = fdist.make_mesh()
-    state, _ = fdist.train_and_evaluate(CONFIG, data, out=str(folder / "flax_sharded.safetensors"), init_from=folder / "init.safetensors", mesh=mesh, **quiet)
+    state, _ = fdist.train_and_evaluate(
+        CONFIG,
+        data,
+        out=str(folder / "flax_sharded.safetensors"),
+        init_from=folder / "init.safetensors",
+        mesh=mesh,
+        **quiet,
+    )
+
     # a sharded run that crashes right after epoch 3's checkpoint (log runs after the save), resumed over the mesh
     class Crash(Exception):
         pass
@@ -432,12 +597,27 @@ def flax_worker(folder: Path) -> None:
 
     interrupted = folder / "flax_interrupted.safetensors"
     with contextlib.suppress(Crash):
-        fdist.train_and_evaluate(CONFIG, data, out=str(interrupted), init_from=folder / "init.safetensors", mesh=mesh, quiet=True, log=crash_after_epoch_3)
-    fdist.train_and_evaluate(CONFIG, data, out=str(folder / "flax_resumed.safetensors"), resume=str(interrupted), mesh=mesh, **quiet)
+        fdist.train_and_evaluate(
+            CONFIG,
+            data,
+            out=str(interrupted),
+            init_from=folder / "init.safetensors",
+            mesh=mesh,
+            quiet=True,
+            log=crash_after_epoch_3,
+        )
+    fdist.train_and_evaluate(
+        CONFIG, data, out=str(folder / "flax_resumed.safetensors"), resume=str(interrupted), mesh=mesh, **quiet
+    )
     # what the compiler made of the sharded step
     d = fdist.put_data(data.limit(256, 10), mesh)
     order = fdist.put_global(np.zeros((2, CONFIG.batch_size), np.int32), fdist.batch_sharded(mesh))
-    hlo = fdist.sharded_train_steps(mesh).lower(state, d.train_images, d.train_labels, order, label_smoothing=0.0).compile().as_text()
+    hlo = (
+        fdist.sharded_train_steps(mesh)
+        .lower(state, d.train_images, d.train_labels, order, label_smoothing=0.0)
+        .compile()
+        .as_text()
+    )
     per_device = CONFIG.batch_size // mesh.size
     # a bad batch, refused before anything is written
     bad_out = folder / "flax_indivisible.safetensors"
@@ -446,7 +626,9 @@ def flax_worker(folder: Path) -> None:
         error = ""
     except DistributedError as e:
         error = str(e)
-    specs = lambda tree: sorted({str(tuple(x.sharding.spec)) for x in jax.tree_util.tree_leaves(tree)})  # "()" = replicated
+    specs = lambda tree: sorted(
+        {str(tuple(x.sharding.spec)) for x in jax.tree_util.tree_leaves(tree)}
+    )  # "()" = replicated
     report = {
         "devices": mesh.size,
         "collectives": sorted(set(re.findall(r"\b(all-reduce|all-gather|reduce-scatter|all-to-all)\(", hlo))),

@@ -12,7 +12,6 @@ import math
 import os
 
 import pytest
-
 from backends import FlaxBackend, TorchBackend, image_batch, label_batch, max_abs_diff
 
 REPORT_ENV = "FASHION_TWINS_GPU_REPORT"

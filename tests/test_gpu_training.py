@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from fashion_common.config import TrainConfig, tutorial_config
-
 from test_gpu_parity import SKIP_REASON
 from twin_data import real_data, separable_set
+
+from fashion_common.config import TrainConfig, tutorial_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(SKIP_REASON), reason=SKIP_REASON or "both GPUs present")]
 
@@ -19,7 +18,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(SKIP_REASON), reason=SKIP
 def cuda_batch(n: int = 256):
     import torch
 
-    images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    images = torch.randint(
+        0, 256, (n, 28, 28), dtype=torch.uint8, device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+    )
     return images, torch.arange(n, device="cuda") % 10
 
 
@@ -33,7 +34,10 @@ def test_hand_written_torch_step_on_cuda_matches_autograd_on_cuda():
     set_matmul_precision("highest")
     config = TrainConfig(device="gpu", optimizer="adamw")
     images, labels = cuda_batch()
-    ref, fused = create_train_state(config.replace(engine="eager"), total_steps=4), create_train_state(config.replace(engine="fused"), total_steps=4)
+    ref, fused = (
+        create_train_state(config.replace(engine="eager"), total_steps=4),
+        create_train_state(config.replace(engine="fused"), total_steps=4),
+    )
     loss, _ = ref.model_loss(images, labels)
     loss.backward()
     hand_written.train_step(fused, images, labels)
@@ -52,7 +56,10 @@ def test_compiled_torch_engines_on_cuda_take_the_same_steps_as_eager_autograd(en
     set_matmul_precision("highest")
     config = tutorial_config(device="gpu", momentum=0.9)
     images, labels = cuda_batch(64)
-    eager, compiled = create_train_state(config.replace(engine="eager"), total_steps=50), create_train_state(config.replace(engine=engine), total_steps=50)
+    eager, compiled = (
+        create_train_state(config.replace(engine="eager"), total_steps=50),
+        create_train_state(config.replace(engine=engine), total_steps=50),
+    )
     assert compiled.engine == engine
     for _ in range(50):
         eager_loss, _ = train_step(eager, images, labels)
@@ -77,10 +84,14 @@ def test_flax_scanned_slices_on_the_gpu_match_per_step_updates():
     device = jax.devices("gpu")[0]
     on_device = put_data(data, device)
     order = batch_order(0, 1, len(data.train_labels), config.batch_size)
-    scanned, _ = train_epoch(create_train_state(config, device=device, total_steps=len(order)), on_device, order, config, None)
+    scanned, _ = train_epoch(
+        create_train_state(config, device=device, total_steps=len(order)), on_device, order, config, None
+    )
     stepped = create_train_state(config, device=device, total_steps=len(order))
     for idx in order:
-        stepped, _ = train_step(stepped, on_device.train_images[idx], on_device.train_labels[idx], config.label_smoothing)
+        stepped, _ = train_step(
+            stepped, on_device.train_images[idx], on_device.train_labels[idx], config.label_smoothing
+        )
     a, b = fashion_flax.to_state_dict(scanned.params), fashion_flax.to_state_dict(stepped.params)
     # the same ops in one program or in many: XLA may fuse differently, so allow fp32 rounding (1e-6)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6
@@ -119,6 +130,12 @@ def test_resuming_on_cuda_restores_optimizer_and_scheduler_to_the_same_final_wei
 def test_torch_autograd_on_cuda_and_flax_on_the_gpu_trained_in_lockstep_stay_within_1e_5(engine):
     from fashion_compare.lockstep import lockstep
 
-    result = lockstep(real_data(), tutorial_config(epochs=1, device="gpu", engine=engine), steps=200, weight_every=50, precision="highest")
+    result = lockstep(
+        real_data(),
+        tutorial_config(epochs=1, device="gpu", engine=engine),
+        steps=200,
+        weight_every=50,
+        precision="highest",
+    )
     assert result["engine"] == engine
     assert result["max_loss_diff"] <= 1e-5 and result["final_weight_diff"] <= 1e-5

@@ -18,16 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
-
 from backends import BACKEND_NAMES, get_backend, image_batch
+from twin_data import write_idx_set
+
 from fashion_common import checkpoint as canonical
 from fashion_common import data as data_mod
 from fashion_common import loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData, load_fashion_mnist
 from fashion_common.errors import CheckpointError, DataError, DimError, InputDtypeError, NonFiniteLossError, WriteError
-
-from twin_data import write_idx_set
 
 
 def _good_state():
@@ -133,7 +132,9 @@ def test_a_writer_killed_mid_write_leaves_a_temp_that_the_next_write_removes(tmp
 # ----------------------------------------------------------------------------- the atomic writer: failures
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")])
+@pytest.mark.parametrize(
+    "code, words", [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")]
+)
 def test_a_failed_write_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch, backend, code, words):
     path = tmp_path / "model.safetensors"
     backend.save(backend.init(seed=0), path)
@@ -287,8 +288,13 @@ def test_a_nonfinite_train_loss_stops_training_and_keeps_the_last_good_checkpoin
     out, saved = tmp_path / "m.safetensors", []
     config = TrainConfig(epochs=3, batch_size=4, device="cpu")
     with pytest.raises(NonFiniteLossError) as info:
-        loop.train_and_evaluate(_fake_ops([0.5, bad, 0.1], saved), config, _tiny_data(), out=str(out), quiet=True, log=lambda s: None)
-    assert str(info.value) == f"epoch 2: train_loss is {bad}, training diverged; {out} was not overwritten, it keeps the last good epoch; lower --lr or check the data"
+        loop.train_and_evaluate(
+            _fake_ops([0.5, bad, 0.1], saved), config, _tiny_data(), out=str(out), quiet=True, log=lambda s: None
+        )
+    assert (
+        str(info.value)
+        == f"epoch 2: train_loss is {bad}, training diverged; {out} was not overwritten, it keeps the last good epoch; lower --lr or check the data"
+    )
     assert saved == [1] and out.read_text() == "1"  # epoch 1's file, untouched by epoch 2
 
 
@@ -301,7 +307,16 @@ def test_a_twin_trained_at_an_absurd_learning_rate_stops_with_nonfinite_loss(tmp
     train = importlib.import_module(f"fashion_{backend_name}.train")
     out = tmp_path / "m.safetensors"
     # SGD at lr 1e30: the first steps overflow float32 (weights ~1e30, logits ~1e60 = inf), so loss is NaN in epoch 1.
-    config = TrainConfig(epochs=2, batch_size=32, optimizer="sgd", lr=1e30, schedule="constant", limit_train=64, limit_test=20, device="cpu")
+    config = TrainConfig(
+        epochs=2,
+        batch_size=32,
+        optimizer="sgd",
+        lr=1e30,
+        schedule="constant",
+        limit_train=64,
+        limit_test=20,
+        device="cpu",
+    )
     with pytest.raises(NonFiniteLossError, match=r"^epoch 1: (train|test)_loss is (nan|inf)"):
         train.train_and_evaluate(config, separable_set(), out=str(out), quiet=True, log=lambda s: None)
     assert not out.exists()
@@ -381,7 +396,11 @@ def test_both_twins_accept_a_numpy_batch_and_a_nested_list_alike(nets):
 
 @pytest.mark.parametrize(
     "x, phrase",
-    [([[1, 2]], "got (1, 2)"), (np.zeros((2, 28, 28), np.int64).tolist(), "got int64"), (np.zeros((1, 28, 28), np.uint8), "got uint8")],
+    [
+        ([[1, 2]], "got (1, 2)"),
+        (np.zeros((2, 28, 28), np.int64).tolist(), "got int64"),
+        (np.zeros((1, 28, 28), np.uint8), "got uint8"),
+    ],
     ids=["short list", "int list", "uint8 numpy"],
 )
 def test_both_twins_refuse_a_bad_numpy_or_list_input_with_the_same_error(nets, x, phrase):
@@ -399,7 +418,9 @@ def test_softmax_with_a_bad_dim_raises_the_same_dim_error_in_both_twins(dim):
         with pytest.raises(DimError) as info:
             get_backend(name).activation("softmax", x, dim=dim)
         outcomes[name] = str(info.value)
-        assert isinstance(info.value, (IndexError, TypeError))  # what torch's own softmax raises, so old handlers still catch it
+        assert isinstance(
+            info.value, (IndexError, TypeError)
+        )  # what torch's own softmax raises, so old handlers still catch it
     assert outcomes["torch"] == outcomes["flax"]
 
 
@@ -407,7 +428,9 @@ def test_softmax_accepts_numpy_integer_dims_and_treats_a_0d_input_as_one_value()
     x = np.array([[1.0, 2.0, 3.0]], np.float32)
     for name in BACKEND_NAMES:
         b = get_backend(name)
-        np.testing.assert_allclose(b.activation("softmax", x, dim=np.int64(1)), b.activation("softmax", x, dim=1), rtol=0, atol=0)
+        np.testing.assert_allclose(
+            b.activation("softmax", x, dim=np.int64(1)), b.activation("softmax", x, dim=1), rtol=0, atol=0
+        )
         assert b.activation("softmax", np.float32(5.0), dim=0) == 1.0
         assert b.activation("softmax", np.float32(5.0), dim=-1) == 1.0
 
@@ -425,7 +448,11 @@ def test_activations_refuse_integer_bool_and_complex_inputs_alike(name, dtype):
         with pytest.raises(InputDtypeError) as info:
             getattr(twin, name)(arg)
         messages[backend_name] = str(info.value)
-    assert messages["torch"] == messages["flax"] == f"{name} expects a floating-point input, got {np.dtype(dtype)}; cast it to float32 first"
+    assert (
+        messages["torch"]
+        == messages["flax"]
+        == f"{name} expects a floating-point input, got {np.dtype(dtype)}; cast it to float32 first"
+    )
 
 
 def test_model_forward_on_nan_inf_and_huge_inputs_gives_the_same_pattern_in_both_twins(nets):
@@ -435,7 +462,10 @@ def test_model_forward_on_nan_inf_and_huge_inputs_gives_the_same_pattern_in_both
     x[2, 3, 3] = -np.inf
     x[3] = np.inf  # every unit sums inf * w over weights of both signs: NaN
     x[4, 10, 10] = 1e30  # huge but finite products: logits ~1e28, finite
-    same = {"torch": nets["torch"], "flax": get_backend("flax").from_state_dict(get_backend("torch").to_state_dict(nets["torch"]))}
+    same = {
+        "torch": nets["torch"],
+        "flax": get_backend("flax").from_state_dict(get_backend("torch").to_state_dict(nets["torch"])),
+    }
     outs = {name: get_backend(name).logits(same[name], x) for name in BACKEND_NAMES}
     np.testing.assert_array_equal(np.isnan(outs["torch"]), np.isnan(outs["flax"]))
     np.testing.assert_array_equal(np.isinf(outs["torch"]), np.isinf(outs["flax"]))

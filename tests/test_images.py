@@ -8,9 +8,9 @@ import zlib
 
 import numpy as np
 import pytest
+from clitools import assert_one_error_line, cli, needs_data
 from PIL import Image
 
-from clitools import assert_one_error_line, cli, needs_data
 from fashion_common.errors import ImageError
 from fashion_common.images import MAX_PIXELS, border_is_lighter, load_image, prepare_image
 
@@ -106,7 +106,9 @@ def test_padding_to_a_square_counts_against_the_budget(tmp_path):
 def test_predict_refuses_a_bomb_with_one_error_line_and_no_pil_warning(tmp_path, recwarn):
     path = tmp_path / "bomb.png"
     path.write_bytes(png_bytes(100_000, 100_000, 8, 0, b"\x00" * 100))  # above PIL's own DecompressionBombError
-    assert_one_error_line(cli("predict", "--backend", "torch", tmp_path / "c.safetensors", path), "bomb.png is too large")
+    assert_one_error_line(
+        cli("predict", "--backend", "torch", tmp_path / "c.safetensors", path), "bomb.png is too large"
+    )
     assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
 
 
@@ -115,8 +117,12 @@ def test_predict_refuses_a_bomb_with_one_error_line_and_no_pil_warning(tmp_path,
 
 def test_mid_grey_16_bit_gray_and_rgb_give_the_same_input_as_mid_grey_8_bit(tmp_path):
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(tmp_path / "grey8.png")
-    Image.fromarray(np.full((32, 32), 128 * 257, np.uint16)).save(tmp_path / "grey16.png")  # I;16: 32896 / 65535 == 128 / 255
-    rows = b"".join(b"\x00" + np.full((32, 3), 32768, ">u2").tobytes() for _ in range(32))  # plain 2**15: rounds to 128 too
+    Image.fromarray(np.full((32, 32), 128 * 257, np.uint16)).save(
+        tmp_path / "grey16.png"
+    )  # I;16: 32896 / 65535 == 128 / 255
+    rows = b"".join(
+        b"\x00" + np.full((32, 3), 32768, ">u2").tobytes() for _ in range(32)
+    )  # plain 2**15: rounds to 128 too
     (tmp_path / "rgb16.png").write_bytes(png_bytes(32, 32, 16, 2, rows))
     assert Image.open(tmp_path / "grey16.png").mode == "I;16"  # the mode that convert("L") would clip to 255
     reference = load_image(tmp_path / "grey8.png", invert="no")

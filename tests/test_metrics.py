@@ -16,11 +16,13 @@ PREDICTED = np.array([0, 1, 1, 1, 0, 2])
 
 
 def test_confusion_matrix_counts_true_class_by_row_and_predicted_class_by_column():
-    expected = np.array([
-        [1, 1, 0],  # class 0: one right, one taken for class 1
-        [0, 2, 0],  # class 1: both right
-        [1, 0, 1],  # class 2: one taken for class 0, one right
-    ])
+    expected = np.array(
+        [
+            [1, 1, 0],  # class 0: one right, one taken for class 1
+            [0, 2, 0],  # class 1: both right
+            [1, 0, 1],  # class 2: one taken for class 0, one right
+        ]
+    )
     got = confusion_matrix(LABELS, PREDICTED, num_classes=3)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.int64 and got.sum() == len(LABELS)

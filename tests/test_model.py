@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from backends import image_batch
+
 from fashion_common.errors import InputDtypeError, InputShapeError
 from fashion_common.spec import DEFAULT_SPEC, TUTORIAL_PARAMETER_COUNT, ModelSpec, checkpoint_keys, flax_param_path
 
@@ -117,7 +117,9 @@ def test_flax_param_paths_are_torch_parameter_names_mapped_with_kernels_transpos
     mapped = {}
     for name, shape in torch_params.items():
         path = flax_param_path(name)
-        mapped[path] = shape[::-1] if path[-1] == "kernel" else shape  # Linear weight [out, in] -> Dense kernel [in, out]
+        mapped[path] = (
+            shape[::-1] if path[-1] == "kernel" else shape
+        )  # Linear weight [out, in] -> Dense kernel [in, out]
     assert mapped == flax_params
     assert flax_params[("linear_relu_stack", "layers_0", "kernel")] == (784, 512)
     assert len(torch_params) == len(flax_params) == 6
@@ -201,7 +203,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("case, x, error, phrase", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_twins_refuse_bad_input_with_the_same_error_and_message(torch_backend, flax_backend, nets, case, x, error, phrase):
+def test_twins_refuse_bad_input_with_the_same_error_and_message(
+    torch_backend, flax_backend, nets, case, x, error, phrase
+):
     raised = {}
     for backend in (torch_backend, flax_backend):
         with pytest.raises(error) as info:
@@ -218,12 +222,20 @@ def test_twins_cast_float64_and_float16_inputs_to_float32_alike(torch_backend, f
     same = {"torch": nets["torch"], "flax": flax_backend.from_state_dict(torch_backend.to_state_dict(nets["torch"]))}
     outs = {}
     for backend in (torch_backend, flax_backend):
-        run = lambda x: np.asarray(backend.forward(same[backend.name], x).cpu() if backend.name == "torch" else backend.forward(same[backend.name], x))
+        run = lambda x: np.asarray(
+            backend.forward(same[backend.name], x).cpu()
+            if backend.name == "torch"
+            else backend.forward(same[backend.name], x)
+        )
         outs[backend.name] = {dtype: run(x32.astype(dtype)) for dtype in (np.float32, np.float64, np.float16)}
         want = outs[backend.name][np.float32]
         assert all(out.dtype == np.float32 for out in outs[backend.name].values())
-        np.testing.assert_array_equal(outs[backend.name][np.float64], want)  # exact: float32 values survive the round trip
-        assert np.abs(outs[backend.name][np.float16] - want).max() < 1e-2  # only the float16 rounding of the pixels differs
+        np.testing.assert_array_equal(
+            outs[backend.name][np.float64], want
+        )  # exact: float32 values survive the round trip
+        assert (
+            np.abs(outs[backend.name][np.float16] - want).max() < 1e-2
+        )  # only the float16 rounding of the pixels differs
     for dtype in (np.float32, np.float64, np.float16):
         assert np.abs(outs["torch"][dtype] - outs["flax"][dtype]).max() <= 1e-6, dtype
 
@@ -231,7 +243,11 @@ def test_twins_cast_float64_and_float16_inputs_to_float32_alike(torch_backend, f
 def test_twins_give_0_by_10_logits_for_an_empty_batch(torch_backend, flax_backend, nets):
     empty = np.zeros((0, 28, 28), np.float32)
     for backend in (torch_backend, flax_backend):
-        out = np.asarray(backend.forward(nets[backend.name], empty).cpu() if backend.name == "torch" else backend.forward(nets[backend.name], empty))
+        out = np.asarray(
+            backend.forward(nets[backend.name], empty).cpu()
+            if backend.name == "torch"
+            else backend.forward(nets[backend.name], empty)
+        )
         assert out.shape == (0, 10) and out.dtype == np.float32, backend.name
 
 

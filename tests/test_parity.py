@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
 from backends import image_batch, label_batch, max_abs_diff
+
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 # TOL = 1e-6 on the max |diff| of logits and hidden activations. Two correct float32 dot products
@@ -45,7 +45,6 @@ CASES = [
     ("torch", ModelSpec(activation="sigmoid"), DENSE_TOL),
 ]
 CASE_IDS = ["torch-init", "flax-init", "output-relu", "tanh", "sigmoid"]
-
 
 
 def test_matmul_precision_is_pinned_to_full_float32_in_both_twins_while_they_are_compared(highest_matmul_precision):
@@ -98,7 +97,9 @@ def test_flax_layer_outputs_match_torch_layer_outputs_for_same_weights(torch_bac
     assert max(diffs.values()) <= tol, diffs
 
 
-def test_flax_gradients_match_torch_gradients_for_the_input_and_every_parameter(torch_backend, flax_backend, twin_nets, batch):
+def test_flax_gradients_match_torch_gradients_for_the_input_and_every_parameter(
+    torch_backend, flax_backend, twin_nets, batch
+):
     torch_net, flax_net, tol = twin_nets
     x, labels = batch
     torch_loss, torch_dx, torch_grads = torch_backend.loss_and_grads(torch_net, x, labels)
@@ -132,7 +133,9 @@ def test_torch_to_flax_to_torch_round_trip_is_exact(torch_backend, flax_backend,
         assert np.array_equal(flax_state[key], state[key]), key
         assert np.array_equal(back[key], state[key]), key
     x, _ = batch
-    np.testing.assert_array_equal(torch_backend.logits(torch_backend.from_state_dict(back), x), torch_backend.logits(torch_net, x))
+    np.testing.assert_array_equal(
+        torch_backend.logits(torch_backend.from_state_dict(back), x), torch_backend.logits(torch_net, x)
+    )
 
 
 def test_flax_to_torch_to_flax_round_trip_is_exact(torch_backend, flax_backend):

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
+from backends import BACKEND_NAMES, get_backend
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fashion_flax
 import fashion_torch
-from backends import BACKEND_NAMES, get_backend
 from fashion_common import checkpoint as canonical
 from fashion_common.errors import CheckpointError, FashionTwinsError
 from fashion_common.spec import DEFAULT_SPEC
@@ -37,7 +37,26 @@ TWINS = {"torch": fashion_torch, "flax": fashion_flax}
 # in float32 and rounded by both, so 8 of its much larger ulps is loose there, never tight).
 ULPS = 8
 
-SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-39, -1e-39, 1e-7, -1e-7, 3.4e38, -3.4e38, 1e4, -1e4, 88.7, -88.7, -103.0]
+SPECIALS = [
+    0.0,
+    -0.0,
+    np.inf,
+    -np.inf,
+    np.nan,
+    1e-45,
+    -1e-45,
+    1e-39,
+    -1e-39,
+    1e-7,
+    -1e-7,
+    3.4e38,
+    -3.4e38,
+    1e4,
+    -1e4,
+    88.7,
+    -88.7,
+    -103.0,
+]
 FLOAT_DTYPES = [np.float16, np.float32]
 NON_FLOAT_DTYPES = [np.int8, np.uint8, np.int32, np.int64, np.bool_]
 
@@ -47,11 +66,17 @@ def values(dtype):
     width = np.dtype(dtype).itemsize * 8
     with np.errstate(over="ignore"):
         specials = sorted({float(np.asarray(v, dtype)) for v in SPECIALS if not np.isnan(v)}) + [float("nan")]
-    return st.one_of(st.sampled_from(specials), st.floats(width=width, allow_nan=True, allow_infinity=True, allow_subnormal=True))
+    return st.one_of(
+        st.sampled_from(specials), st.floats(width=width, allow_nan=True, allow_infinity=True, allow_subnormal=True)
+    )
 
 
 def arrays(dtype, min_dims=0, max_dims=3, max_side=5, min_side=0):
-    return hnp.arrays(dtype, hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side), elements=values(dtype))
+    return hnp.arrays(
+        dtype,
+        hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side),
+        elements=values(dtype),
+    )
 
 
 def flush(x: np.ndarray) -> np.ndarray:
@@ -165,7 +190,9 @@ def _forward(twin, nets, x):
 
 @given(data=st.data())
 def test_model_forward_agrees_or_fails_alike_for_any_batch_dtype_and_values(same_nets, data):
-    dtype = data.draw(st.sampled_from([np.float32, np.float64, np.float16, np.uint8, np.int64, np.bool_]), label="dtype")
+    dtype = data.draw(
+        st.sampled_from([np.float32, np.float64, np.float16, np.uint8, np.int64, np.bool_]), label="dtype"
+    )
     shape = data.draw(
         st.one_of(
             st.tuples(st.integers(0, 3), st.just(28), st.just(28)),
@@ -178,9 +205,20 @@ def test_model_forward_agrees_or_fails_alike_for_any_batch_dtype_and_values(same
     # Huge but bounded magnitudes plus the specials: |x| <= 1e30 keeps every sum of products far from
     # float32's 3.4e38, so overflow cannot depend on a library's summation order.
     big = float(np.float32(1e30))
-    fill = st.one_of(st.sampled_from([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-39, big, -big]), st.floats(-big, big, width=32))
+    fill = st.one_of(
+        st.sampled_from([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-39, big, -big]), st.floats(-big, big, width=32)
+    )
     if np.issubdtype(dtype, np.floating):
-        x = data.draw(hnp.arrays(dtype, shape, elements=fill.map(lambda v: float(np.asarray(v, dtype))) if dtype != np.float16 else st.floats(width=16)), label="x")
+        x = data.draw(
+            hnp.arrays(
+                dtype,
+                shape,
+                elements=fill.map(lambda v: float(np.asarray(v, dtype)))
+                if dtype != np.float16
+                else st.floats(width=16),
+            ),
+            label="x",
+        )
     else:
         x = data.draw(hnp.arrays(dtype, shape), label="x")
     torch_kind, torch_out = _forward("torch", same_nets, flush(x.astype(np.float32)) if dtype == np.float32 else x)
@@ -208,9 +246,42 @@ HEADER_FIELDS = ("format", "image_size", "hidden_sizes", "num_classes", "activat
 
 # Plausible near-misses for each field, then anything at all.
 NEAR_MISSES = st.sampled_from(
-    ["", " ", "28", "28,28", "28,28,1", "0,28", "-28,28", "512,512", "512", "512,", ",512", "512;512", "1e3", "10.0", "+10", " 10", "10 ",
-     "0", "-1", "9" * 30, "relu", "ReLU", "gelu", "none", "None", "null", "fashion-twins/canonical-v1", "fashion-twins/canonical-v2",
-     "fashion-twins/canonical-v1/train-state", "pt", "np", "\x00", "٣", "１０"]
+    [
+        "",
+        " ",
+        "28",
+        "28,28",
+        "28,28,1",
+        "0,28",
+        "-28,28",
+        "512,512",
+        "512",
+        "512,",
+        ",512",
+        "512;512",
+        "1e3",
+        "10.0",
+        "+10",
+        " 10",
+        "10 ",
+        "0",
+        "-1",
+        "9" * 30,
+        "relu",
+        "ReLU",
+        "gelu",
+        "none",
+        "None",
+        "null",
+        "fashion-twins/canonical-v1",
+        "fashion-twins/canonical-v2",
+        "fashion-twins/canonical-v1/train-state",
+        "pt",
+        "np",
+        "\x00",
+        "٣",
+        "１０",
+    ]
 )
 
 
@@ -218,7 +289,11 @@ def _good_state():
     return get_backend("torch").to_state_dict(get_backend("torch").init(seed=0))
 
 
-@given(changes=st.dictionaries(st.sampled_from(HEADER_FIELDS), st.one_of(st.none(), NEAR_MISSES, st.text(max_size=40)), min_size=1, max_size=4))
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(HEADER_FIELDS), st.one_of(st.none(), NEAR_MISSES, st.text(max_size=40)), min_size=1, max_size=4
+    )
+)
 def test_any_header_field_value_reads_fine_or_gives_checkpoint_error_in_both_twins(tmp_path_factory, changes):
     metadata = {"format": canonical.FORMAT_NAME, **DEFAULT_SPEC.to_metadata(), "step": "3"}
     for field, value in changes.items():
@@ -246,19 +321,34 @@ def test_any_header_field_value_reads_fine_or_gives_checkpoint_error_in_both_twi
 
 
 COUNTER_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=10),
-    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=10),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 
 
 @given(
     changes=st.dictionaries(
-        st.sampled_from(["backend", "epoch", "step", "optimizer_step", "config", "history", "extra"]), st.one_of(st.just("<drop>"), COUNTER_VALUES), min_size=1, max_size=3
+        st.sampled_from(["backend", "epoch", "step", "optimizer_step", "config", "history", "extra"]),
+        st.one_of(st.just("<drop>"), COUNTER_VALUES),
+        min_size=1,
+        max_size=3,
     ),
     raw=st.one_of(st.none(), st.text(max_size=30)),
 )
 def test_any_sidecar_counters_read_fine_or_give_checkpoint_error(tmp_path_factory, changes, raw):
-    counters = {"backend": "torch", "epoch": 1, "step": 10, "optimizer_step": 10, "config": {}, "history": [{"epoch": 1}]}
+    counters = {
+        "backend": "torch",
+        "epoch": 1,
+        "step": 10,
+        "optimizer_step": 10,
+        "config": {},
+        "history": [{"epoch": 1}],
+    }
     for key, value in changes.items():
         if value == "<drop>":
             counters.pop(key, None)
@@ -267,7 +357,11 @@ def test_any_sidecar_counters_read_fine_or_give_checkpoint_error(tmp_path_factor
     path = tmp_path_factory.mktemp("side") / "m.safetensors"
     text = raw if raw is not None else json.dumps(counters)
     side = canonical.train_state_path(path)
-    safetensors.numpy.save_file({"momentum/x": np.zeros(2, np.float32)}, str(side), metadata={"format": canonical.FORMAT_NAME + "/train-state", "counters": text})
+    safetensors.numpy.save_file(
+        {"momentum/x": np.zeros(2, np.float32)},
+        str(side),
+        metadata={"format": canonical.FORMAT_NAME + "/train-state", "counters": text},
+    )
     try:
         _, got = canonical.read_train_state(path)
     except CheckpointError as e:

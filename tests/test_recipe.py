@@ -16,12 +16,12 @@ import warnings
 
 import numpy as np
 import pytest
-
 from backends import max_abs_diff
+from twin_data import real_data, separable_set
+
 from fashion_common.config import OPTIMIZERS, SCHEDULES, TrainConfig, tutorial_config
 from fashion_common.data import batch_order
 from fashion_common.spec import DEFAULT_SPEC, checkpoint_keys
-from twin_data import real_data, separable_set
 
 
 def twin(backend):
@@ -62,7 +62,9 @@ def test_flax_loss_and_its_gradient_match_torch_on_the_same_logits(label_smoothi
     t_logits = torch.tensor(logits, requires_grad=True)
     t_loss = torch_train.loss_fn(t_logits, torch.as_tensor(labels), label_smoothing)
     t_loss.backward()
-    f_loss, f_grad = jax.value_and_grad(flax_train.loss_fn)(jnp.asarray(logits), jnp.asarray(labels, jnp.int32), label_smoothing)
+    f_loss, f_grad = jax.value_and_grad(flax_train.loss_fn)(
+        jnp.asarray(logits), jnp.asarray(labels, jnp.int32), label_smoothing
+    )
     # The loss is ~3 (a float32 mean of 256 terms summed in different orders): 2e-6 is ~8 ulps.
     # Gradients are (softmax - target) / 256, |g| <= 4e-3: 1e-8 is ~20 ulps of the largest.
     # A smoothing port bug (eps/K vs eps/(K-1), or smoothing ignored) moves the loss by >= 1e-2.
@@ -79,7 +81,9 @@ def torch_rates(config, total_steps):
     _, train = twin("torch")
     state = train.create_train_state(config, total_steps=total_steps)
     rates = []
-    with warnings.catch_warnings():  # scheduler.step() without optimizer.step(): torch warns, the rates are the point here
+    with (
+        warnings.catch_warnings()
+    ):  # scheduler.step() without optimizer.step(): torch warns, the rates are the point here
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(total_steps):
             rates.append(state.optimizer.param_groups[0]["lr"])
@@ -122,7 +126,9 @@ def test_each_twins_train_epoch_applies_the_schedule_once_per_update_from_step_0
     total = len(order)  # 20 updates: the cosine moves by up to 8% of lr per step, so an off-by-one shows
     t_state = torch_train.create_train_state(config, total_steps=total)
     used = []  # the rate torch.optim holds as each update starts: what the update uses
-    t_state.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"]))
+    t_state.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"])
+    )
     t_state, _ = torch_train.train_epoch(t_state, torch_train.put_data(data), order, config)
     f_state = flax_train.create_train_state(config, total_steps=total)
     f_state, _ = flax_train.train_epoch(f_state, flax_train.put_data(data), order, config)
@@ -152,9 +158,14 @@ def gradient_sequence(steps: int, seed: int = 0):
     dominate SGD and the moments.
     """
     rng = np.random.default_rng(seed)
-    shapes = {k: s for k, s in zip(checkpoint_keys(DEFAULT_SPEC), [(512, 784), (512,), (512, 512), (512,), (10, 512), (10,)])}
+    shapes = {
+        k: s for k, s in zip(checkpoint_keys(DEFAULT_SPEC), [(512, 784), (512,), (512, 512), (512,), (10, 512), (10,)])
+    }
     for _ in range(steps):
-        yield {k: (rng.choice([-1.0, 1.0], s) * 10.0 ** rng.uniform(-9, -1, s)).astype(np.float32) for k, s in shapes.items()}
+        yield {
+            k: (rng.choice([-1.0, 1.0], s) * 10.0 ** rng.uniform(-9, -1, s)).astype(np.float32)
+            for k, s in shapes.items()
+        }
 
 
 @pytest.mark.parametrize("case", list(OPTIMIZER_CASES))
@@ -250,7 +261,10 @@ def shared_defaults(torch_obj, flax_obj):
     out = {}
     for name in sorted(n for n in dir(torch_obj) if not n.startswith("_")):
         t_fn, f_fn = getattr(torch_obj, name), getattr(flax_obj, name, None)
-        if not (inspect.isfunction(t_fn) and inspect.isfunction(f_fn)) or t_fn.__module__.split(".")[0] != "fashion_torch":
+        if (
+            not (inspect.isfunction(t_fn) and inspect.isfunction(f_fn))
+            or t_fn.__module__.split(".")[0] != "fashion_torch"
+        ):
             continue
         t_params, f_params = inspect.signature(t_fn).parameters, inspect.signature(f_fn).parameters
         out[name] = {p: (t_params[p].default, f_params[p].default) for p in t_params if p in f_params}
@@ -300,7 +314,10 @@ def test_both_twins_expose_the_same_public_names():
 
     assert public(fashion_torch) == public(fashion_flax)
     # the train modules: the same functions; torch adds its engines' pieces, flax its scanned epoch
-    torch_only, flax_only = public(fashion_torch.train) - public(fashion_flax.train), public(fashion_flax.train) - public(fashion_torch.train)
+    torch_only, flax_only = (
+        public(fashion_torch.train) - public(fashion_flax.train),
+        public(fashion_flax.train) - public(fashion_torch.train),
+    )
     assert torch_only <= {"AUTO_ENGINE", "model_loss", "make_model_loss"}, torch_only
     assert flax_only <= {"train_steps"}, flax_only
 
@@ -320,7 +337,9 @@ def test_each_twins_default_init_is_torchs_uniform_law_for_weights_and_biases(ba
         assert np.abs(value).max() <= bound * (1 + 1e-6), key
         assert np.abs(value).max() >= bound * (0.98 if value.size >= 512 else 0.7), key
         assert value.std() == pytest.approx(bound / math.sqrt(3), rel=0.05 if value.size >= 512 else 0.3), key
-    assert backend != "flax" or inspect.signature(fashion_flax.create_model).parameters["init_scheme"].default == "torch"
+    assert (
+        backend != "flax" or inspect.signature(fashion_flax.create_model).parameters["init_scheme"].default == "torch"
+    )
 
 
 def test_both_twins_read_the_one_config_and_its_defaults():
@@ -332,7 +351,10 @@ def test_both_twins_read_the_one_config_and_its_defaults():
     config = TrainConfig(device="cpu")
     t_state = fashion_torch.train.create_train_state(config, total_steps=10)
     assert type(t_state.optimizer).__name__.lower() == config.optimizer
-    assert t_state.optimizer.defaults["weight_decay"] == config.weight_decay and t_state.optimizer.defaults["lr"] == config.lr
+    assert (
+        t_state.optimizer.defaults["weight_decay"] == config.weight_decay
+        and t_state.optimizer.defaults["lr"] == config.lr
+    )
     assert float(fashion_flax.train.make_schedule(config, 10)(0)) == pytest.approx(config.lr, rel=1e-7)
 
 
@@ -344,7 +366,9 @@ def check_lockstep(config, steps):
     from fashion_compare.lockstep import lockstep
 
     result = lockstep(real_data(), config, steps=steps, weight_every=100)
-    print(f"{result['engine']} {config.optimizer} momentum {config.momentum}: max |loss diff| {result['max_loss_diff']:.3g}, final weights {result['final_weight_diff']:.3g}")
+    print(
+        f"{result['engine']} {config.optimizer} momentum {config.momentum}: max |loss diff| {result['max_loss_diff']:.3g}, final weights {result['final_weight_diff']:.3g}"
+    )
     # fp32 rounding of differently ordered sums, ~1e-7 relative per op, is all that may separate
     # the twins (a full epoch measured ~4e-6 / ~2e-6); a wrong gradient or update is >= 1e-4.
     assert result["steps"] == steps and len(result["loss_diff"]) == steps

@@ -9,12 +9,11 @@ import warnings
 
 import numpy as np
 import pytest
+from twin_data import real_data, separable_set
 
 from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.errors import CheckpointError, ConfigError
-
-from twin_data import real_data, separable_set
 
 BACKENDS = ["torch", "flax"]
 
@@ -47,10 +46,24 @@ def test_config_rejects_unknown_keys_and_wrong_types():
 
 def test_default_config_is_the_documented_accuracy_recipe():
     c = TrainConfig()
-    assert (c.epochs, c.batch_size, c.optimizer, c.lr, c.schedule, c.label_smoothing) == (80, 64, "adamw", 5e-4, "cosine", 0.1)
+    assert (c.epochs, c.batch_size, c.optimizer, c.lr, c.schedule, c.label_smoothing) == (
+        80,
+        64,
+        "adamw",
+        5e-4,
+        "cosine",
+        0.1,
+    )
     assert (c.weight_decay, c.augment_shift, c.val_size) == (5e-2, 1, 0)
     t = tutorial_config()
-    assert (t.optimizer, t.lr, t.batch_size, t.momentum, t.schedule, t.label_smoothing) == ("sgd", 1e-3, 64, 0.0, "constant", 0.0)
+    assert (t.optimizer, t.lr, t.batch_size, t.momentum, t.schedule, t.label_smoothing) == (
+        "sgd",
+        1e-3,
+        64,
+        0.0,
+        "constant",
+        0.0,
+    )
     assert t.augment_shift == 0  # the tutorial's recipe has no augmentation
 
 
@@ -61,7 +74,10 @@ def test_cosine_schedule_starts_at_lr_passes_half_at_midpoint_and_ends_at_zero(b
     assert rates[0] == pytest.approx(0.1, rel=1e-7)
     assert rates[50] == pytest.approx(0.05, rel=1e-7)
     assert rates[100] == pytest.approx(0.0, abs=1e-9)
-    assert schedule_rates(backend, TrainConfig(lr=0.1, schedule="constant", device="cpu"), 100) == [pytest.approx(0.1, rel=1e-7)] * 101
+    assert (
+        schedule_rates(backend, TrainConfig(lr=0.1, schedule="constant", device="cpu"), 100)
+        == [pytest.approx(0.1, rel=1e-7)] * 101
+    )
 
 
 def schedule_rates(backend, config, total_steps):
@@ -139,7 +155,9 @@ def test_one_epoch_on_a_slice_of_the_real_data_learns_and_logs_one_line(backend)
 
 
 def _small_config(**overrides):
-    base = TrainConfig(epochs=2, batch_size=32, optimizer="adamw", lr=2e-3, limit_train=320, limit_test=100, device="cpu")
+    base = TrainConfig(
+        epochs=2, batch_size=32, optimizer="adamw", lr=2e-3, limit_train=320, limit_test=100, device="cpu"
+    )
     return base.replace(**overrides)
 
 
@@ -178,7 +196,9 @@ def test_resuming_mid_run_gives_the_same_final_weights_as_an_uninterrupted_run(b
 def test_the_same_seed_gives_the_same_weights_and_another_seed_does_not(backend):
     _, train = twin(backend)
     data = separable_set()
-    run = lambda seed: final_weights(backend, train.train_and_evaluate(_small_config(seed=seed, epochs=1), data, quiet=True, log=lambda s: None)[0])
+    run = lambda seed: final_weights(
+        backend, train.train_and_evaluate(_small_config(seed=seed, epochs=1), data, quiet=True, log=lambda s: None)[0]
+    )
     a, b, c = run(0), run(0), run(1)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["linear_relu_stack.0.weight"], c["linear_relu_stack.0.weight"])
@@ -193,7 +213,9 @@ def test_every_epoch_rewrites_the_checkpoint_and_metrics_so_a_crash_loses_at_mos
     def log(line):  # by the time an epoch's line is logged, both files already hold that epoch
         seen.append((canonical.read_train_state(ckpt)[1]["epoch"], len(json.loads(metrics_path.read_text())["epochs"])))
 
-    train.train_and_evaluate(_small_config(epochs=2), separable_set(), out=ckpt, metrics_path=metrics_path, quiet=True, log=log)
+    train.train_and_evaluate(
+        _small_config(epochs=2), separable_set(), out=ckpt, metrics_path=metrics_path, quiet=True, log=log
+    )
     assert seen == [(1, 1), (2, 2)]
     metrics = json.loads(metrics_path.read_text())
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
@@ -201,7 +223,11 @@ def test_every_epoch_rewrites_the_checkpoint_and_metrics_so_a_crash_loses_at_mos
         assert all(isinstance(r[key], float) for r in metrics["epochs"])
     assert metrics["backend"] == backend and metrics["device"] == "cpu" and metrics["config"]["epochs"] == 2
     assert set(metrics["versions"]) >= ({"torch"} if backend == "torch" else {"jax", "flax", "optax"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.state.safetensors", "metrics.json"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.safetensors",
+        "m.state.safetensors",
+        "metrics.json",
+    ]  # no temp files left
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -224,9 +250,13 @@ def test_resume_with_the_other_backend_names_the_right_one(tmp_path):
     _, flax_train = twin("flax")
     ckpt = tmp_path / "m.safetensors"
     with pytest.raises(Crash):
-        torch_train.train_and_evaluate(_small_config(epochs=2), separable_set(), out=ckpt, quiet=True, log=_crash_after(1))
+        torch_train.train_and_evaluate(
+            _small_config(epochs=2), separable_set(), out=ckpt, quiet=True, log=_crash_after(1)
+        )
     with pytest.raises(CheckpointError, match="resume it with --backend torch"):
-        flax_train.train_and_evaluate(_small_config(epochs=2), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
+        flax_train.train_and_evaluate(
+            _small_config(epochs=2), separable_set(), resume=ckpt, quiet=True, log=lambda s: None
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -239,7 +269,9 @@ def test_a_checkpoint_trained_by_one_twin_evaluates_the_same_in_the_other(backen
     _, metrics = train.train_and_evaluate(_small_config(epochs=1), data, out=ckpt, quiet=True, log=lambda s: None)
     on_device = other_train.put_data(data, None)
     if other == "torch":
-        result = other_train.evaluate_model(other_pkg.load_checkpoint(ckpt), on_device.test_images, on_device.test_labels)
+        result = other_train.evaluate_model(
+            other_pkg.load_checkpoint(ckpt), on_device.test_images, on_device.test_labels
+        )
     else:
         model, params = other_pkg.load_checkpoint(ckpt)
         result = other_train.evaluate_model(model.apply, params, on_device.test_images, on_device.test_labels)
@@ -255,7 +287,9 @@ def test_resume_with_a_changed_recipe_names_the_key_that_differs(backend, tmp_pa
     with pytest.raises(Crash):
         train.train_and_evaluate(_small_config(epochs=2), separable_set(), out=ckpt, quiet=True, log=_crash_after(1))
     with pytest.raises(CheckpointError, match=r"trained with optimizer='adamw', not 'sgd'"):
-        train.train_and_evaluate(_small_config(epochs=2, optimizer="sgd"), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
+        train.train_and_evaluate(
+            _small_config(epochs=2, optimizer="sgd"), separable_set(), resume=ckpt, quiet=True, log=lambda s: None
+        )
     with pytest.raises(CheckpointError, match=r"trained with epochs=2, not 5"):
         train.train_and_evaluate(_small_config(epochs=5), separable_set(), resume=ckpt, quiet=True, log=lambda s: None)
 
@@ -277,7 +311,11 @@ def autograd_step_keeping_grads(state, images, labels):
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"optimizer": "sgd", "weight_decay": 0.0, "schedule": "constant"},  # plain SGD: the update is folded into the GEMM
+        {
+            "optimizer": "sgd",
+            "weight_decay": 0.0,
+            "schedule": "constant",
+        },  # plain SGD: the update is folded into the GEMM
         {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-3},
         {"optimizer": "adamw", "label_smoothing": 0.1},
         {"optimizer": "adam"},
@@ -294,7 +332,10 @@ def test_hand_written_torch_step_matches_autograd_and_torch_optim(overrides):
     images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (64,), generator=generator)
     config = TrainConfig(device="cpu", lr=0.05 if overrides["optimizer"] == "sgd" else 1e-3).replace(**overrides)
-    ref, fused = create_train_state(config.replace(engine="eager"), total_steps=10), create_train_state(config.replace(engine="fused"), total_steps=10)
+    ref, fused = (
+        create_train_state(config.replace(engine="eager"), total_steps=10),
+        create_train_state(config.replace(engine="fused"), total_steps=10),
+    )
     assert fused.engine == "fused"
     for step in range(3):
         ref_loss, ref_correct, ref_grads = autograd_step_keeping_grads(ref, images, labels)
@@ -332,9 +373,13 @@ def test_torch_train_step_is_autograd_and_torch_optim_for_an_output_activation()
     assert not hand_written.supported(spec) and hand_written.supported(ModelSpec(activation="tanh"))
     state = create_train_state(TrainConfig(device="cpu"), spec, total_steps=2)
     before = state.model.linear_relu_stack[0].weight.detach().clone()
-    loss, _ = train_step(state, torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8), torch.zeros(8, dtype=torch.int64))
+    loss, _ = train_step(
+        state, torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8), torch.zeros(8, dtype=torch.int64)
+    )
     assert state.step == 1 and loss.requires_grad is False
-    assert state.model.linear_relu_stack[0].weight.grad is None  # optimizer.zero_grad() after optimizer.step(), as the tutorial
+    assert (
+        state.model.linear_relu_stack[0].weight.grad is None
+    )  # optimizer.zero_grad() after optimizer.step(), as the tutorial
     assert not torch.equal(before, state.model.linear_relu_stack[0].weight)  # and the step moved the weights
 
 
@@ -350,7 +395,10 @@ def test_hand_written_torch_step_matches_autograd_for_other_hidden_activations(a
     config = TrainConfig(device="cpu", optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
     images = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(32) % 10
-    ref, fused = create_train_state(config, spec, total_steps=4), create_train_state(config.replace(engine="fused"), spec, total_steps=4)
+    ref, fused = (
+        create_train_state(config, spec, total_steps=4),
+        create_train_state(config.replace(engine="fused"), spec, total_steps=4),
+    )
     for _ in range(2):
         _, _, ref_grads = autograd_step_keeping_grads(ref, images, labels)
         hand_written.train_step(fused, images, labels)

@@ -20,7 +20,9 @@ SUBCOMMANDS = (train, evaluate, predict, compare, benchmark, lockstep, convert)
 
 
 def build_parser() -> common.Parser:
-    parser = common.Parser(prog="fashion-twins", description="The PyTorch tutorial's Fashion-MNIST MLP, twinned in PyTorch and Flax.")
+    parser = common.Parser(
+        prog="fashion-twins", description="The PyTorch tutorial's Fashion-MNIST MLP, twinned in PyTorch and Flax."
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True, parser_class=common.Parser)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
@@ -36,7 +38,7 @@ def error_line(e: BaseException) -> str:
     return "error: " + " ".join(message.split())  # one line, even if the message had several
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Parse and run one subcommand; returns the exit code (0, 2 for any expected error, 130 on Ctrl-C)."""
     from fashion_common.errors import FashionTwinsError
     from fashion_common.runtime import tune_allocator

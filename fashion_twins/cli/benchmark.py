@@ -18,13 +18,34 @@ BENCHMARK_MODE = {"highest": "fp32", "tf32": "tf32"}
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "benchmark", help="seconds per training epoch: the tutorial loop, both twins, the FLOP floor",
+        "benchmark",
+        help="seconds per training epoch: the tutorial loop, both twins, the FLOP floor",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        parents=[common.data_parent(), common.device_parent(), common.precision_parent(None, "highest on a CPU, both on a GPU")],
+        parents=[
+            common.data_parent(),
+            common.device_parent(),
+            common.precision_parent(None, "highest on a CPU, both on a GPU"),
+        ],
     )
-    p.add_argument("--repeats", type=common.positive_int, metavar="N", default=3, help="timed epochs per variant, median reported (default: 3)")
-    p.add_argument("--tutorial-repeats", type=common.positive_int, metavar="N", default=None, help="timed epochs for the slow tutorial loop (default: same as --repeats)")
-    p.add_argument("--time-to-accuracy", action="store_true", help="also time each twin to 89%% test accuracy with the default recipe (default: off)")
+    p.add_argument(
+        "--repeats",
+        type=common.positive_int,
+        metavar="N",
+        default=3,
+        help="timed epochs per variant, median reported (default: 3)",
+    )
+    p.add_argument(
+        "--tutorial-repeats",
+        type=common.positive_int,
+        metavar="N",
+        default=None,
+        help="timed epochs for the slow tutorial loop (default: same as --repeats)",
+    )
+    p.add_argument(
+        "--time-to-accuracy",
+        action="store_true",
+        help="also time each twin to 89%% test accuracy with the default recipe (default: off)",
+    )
     p.add_argument("--out", metavar="JSON", default=None, help="also write the results here (default: none)")
     p.set_defaults(run=run)
 
@@ -40,18 +61,32 @@ def run(args) -> int:
     device = benchmark.pick_device(args.device)
     modes = common.precisions(args.precision or ("both" if device == "gpu" else "highest"))
     if device == "cpu" and modes != ["highest"]:
-        raise common.UsageError("argument --precision: the CPU has only highest (fp32) matmuls; use --precision highest")
+        raise common.UsageError(
+            "argument --precision: the CPU has only highest (fp32) matmuls; use --precision highest"
+        )
     data = load_fashion_mnist(args.data_dir, download=args.download)
-    results = [benchmark.benchmark(data, device, BENCHMARK_MODE[m], args.repeats, args.tutorial_repeats, args.data_dir, log=common.note) for m in modes]
+    results = [
+        benchmark.benchmark(
+            data, device, BENCHMARK_MODE[m], args.repeats, args.tutorial_repeats, args.data_dir, log=common.note
+        )
+        for m in modes
+    ]
     report = {"results": results}
     if args.time_to_accuracy:
         benchmark.set_precision(BENCHMARK_MODE["highest"])
-        report["time_to_accuracy"] = [benchmark.time_to_accuracy(b, data, device, log=common.note) for b in common.BACKENDS]
+        report["time_to_accuracy"] = [
+            benchmark.time_to_accuracy(b, data, device, log=common.note) for b in common.BACKENDS
+        ]
     print(benchmark.markdown_table(results))
     if args.time_to_accuracy:
         print()
         print(benchmark.markdown_time_to_accuracy(report["time_to_accuracy"]))
-    print(json.dumps([{k: v for k, v in r.items() if not k.endswith("_times") and k != "matmul_flops"} for r in results], indent=2))
+    print(
+        json.dumps(
+            [{k: v for k, v in r.items() if not k.endswith("_times") and k != "matmul_flops"} for r in results],
+            indent=2,
+        )
+    )
     if args.out:
         from fashion_common.loop import write_json_atomic
 

@@ -13,7 +13,7 @@ import dataclasses
 import importlib
 import math
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from fashion_common.config import DEVICES
 
@@ -37,7 +37,7 @@ class Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- value checks (argparse type=)
 
 
-def int_in(low: int, high: Optional[int] = None, what: str = "an integer") -> Callable[[str], int]:
+def int_in(low: int, high: int | None = None, what: str = "an integer") -> Callable[[str], int]:
     """An argparse type: an integer in [low, high] (high None: no upper bound)."""
 
     def parse(text: str) -> int:
@@ -90,20 +90,32 @@ def positive_float(text: str) -> float:
 
 def backend_parent() -> argparse.ArgumentParser:
     p = Parser(add_help=False)
-    p.add_argument("--backend", required=True, choices=BACKENDS, help="which twin runs: torch (PyTorch) or flax (Flax linen) (required, no default)")
+    p.add_argument(
+        "--backend",
+        required=True,
+        choices=BACKENDS,
+        help="which twin runs: torch (PyTorch) or flax (Flax linen) (required, no default)",
+    )
     return p
 
 
 def device_parent(default: str = "auto") -> argparse.ArgumentParser:
     p = Parser(add_help=False)
-    p.add_argument("--device", choices=DEVICES, default=default, help=f"auto: a GPU if the framework(s) see one, else cpu (default: {default})")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=default,
+        help=f"auto: a GPU if the framework(s) see one, else cpu (default: {default})",
+    )
     return p
 
 
-def precision_parent(default: Optional[str] = "highest", default_text: Optional[str] = None) -> argparse.ArgumentParser:
+def precision_parent(default: str | None = "highest", default_text: str | None = None) -> argparse.ArgumentParser:
     p = Parser(add_help=False)
     p.add_argument(
-        "--precision", choices=PRECISIONS, default=default,
+        "--precision",
+        choices=PRECISIONS,
+        default=default,
         help=f"float32 matmuls in both twins: highest (TF32 off in torch, JAX 'highest'), tf32, or both in turn (default: {default_text or default})",
     )
     return p
@@ -112,19 +124,29 @@ def precision_parent(default: Optional[str] = "highest", default_text: Optional[
 def data_parent() -> argparse.ArgumentParser:
     p = Parser(add_help=False)
     p.add_argument(
-        "--data-dir", metavar="DIR", default=None,
+        "--data-dir",
+        metavar="DIR",
+        default=None,
         help="folder with the four Fashion-MNIST .gz files (default: $FASHION_TWINS_DATA, then /usr/share/datasets/fashion-mnist, then the cache)",
     )
-    p.add_argument("--download", action="store_true", help="download with torchvision if no folder holds the data (default: off)")
+    p.add_argument(
+        "--download", action="store_true", help="download with torchvision if no folder holds the data (default: off)"
+    )
     return p
 
 
 def checkpoint_parent() -> argparse.ArgumentParser:
     """CKPT and --output-activation, for every subcommand that loads a checkpoint."""
     p = Parser(add_help=False)
-    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors checkpoint written by either twin (or the tutorial's torch.save'd .pth, torch only)")
     p.add_argument(
-        "--output-activation", choices=OUTPUT_ACTIVATIONS, default=None,
+        "checkpoint",
+        metavar="CKPT",
+        help="a .safetensors checkpoint written by either twin (or the tutorial's torch.save'd .pth, torch only)",
+    )
+    p.add_argument(
+        "--output-activation",
+        choices=OUTPUT_ACTIVATIONS,
+        default=None,
         help="the spec to assume for a file whose header has none (a user's own save_file): relu is the 'Define the Class' cell's final ReLU "
         "(default: the header's spec; none if the header has no spec)",
     )
@@ -153,7 +175,7 @@ def note(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def checkpoint_spec(path, output_activation: Optional[str]):
+def checkpoint_spec(path, output_activation: str | None):
     """(spec to load `path` with, or None for the header's; a note to print once it has loaded, or None).
 
     A file whose header holds a spec is loaded with it; --output-activation then must agree.
@@ -173,7 +195,9 @@ def checkpoint_spec(path, output_activation: Optional[str]):
             with safe_open(str(path), framework="numpy") as f:
                 stored = ModelSpec.from_metadata(dict(f.metadata() or {})).output_activation or "none"
             if stored != output_activation:
-                raise UsageError(f"argument --output-activation: {output_activation} contradicts {path}'s header, which says {stored}")
+                raise UsageError(
+                    f"argument --output-activation: {output_activation} contradicts {path}'s header, which says {stored}"
+                )
         return None, None
     chosen = output_activation or "none"
     spec = dataclasses.replace(DEFAULT_SPEC, output_activation=None if chosen == "none" else chosen)

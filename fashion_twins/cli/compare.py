@@ -27,30 +27,53 @@ def add_parser(subparsers) -> None:
 
     d = CompareOptions()
     p = subparsers.add_parser(
-        "compare", help="both twins side by side: parity, lockstep, training; writes a report folder",
+        "compare",
+        help="both twins side by side: parity, lockstep, training; writes a report folder",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         parents=[common.data_parent(), common.device_parent(d.device)],
     )
-    p.add_argument("--out-dir", metavar="DIR", default=d.out_dir, help=f"report folder, created if missing (default: {d.out_dir})")
     p.add_argument(
-        "--full", action="store_true",
+        "--out-dir", metavar="DIR", default=d.out_dir, help=f"report folder, created if missing (default: {d.out_dir})"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
         help=f"the real recipe ({TrainConfig.epochs} epochs), the tutorial recipe ({d.tutorial_epochs} epochs) and a full lockstep epoch (default: off, quick mode)",
     )
-    p.add_argument("--seed", type=common.seed_int, default=d.seed, metavar="N", help=f"one seed for the init, the batch order and both trainings (default: {d.seed})")
     p.add_argument(
-        "--quick-epochs", type=common.positive_int, default=None, metavar="N",
+        "--seed",
+        type=common.seed_int,
+        default=d.seed,
+        metavar="N",
+        help=f"one seed for the init, the batch order and both trainings (default: {d.seed})",
+    )
+    p.add_argument(
+        "--quick-epochs",
+        type=common.positive_int,
+        default=None,
+        metavar="N",
         help=f"recipe epochs in quick mode; the cosine schedule then spans these (default: {d.quick_epochs}; not with --full)",
     )
     p.add_argument(
-        "--lockstep-steps", type=common.positive_int, default=None, metavar="N",
+        "--lockstep-steps",
+        type=common.positive_int,
+        default=None,
+        metavar="N",
         help=f"lockstep SGD steps (default: {QUICK_LOCKSTEP_STEPS} on a CPU in quick mode; one full epoch with --full or on a GPU)",
     )
     p.add_argument(
-        "--distributed", type=common.int_in(0), default=d.distributed, metavar="N",
+        "--distributed",
+        type=common.int_in(0),
+        default=d.distributed,
+        metavar="N",
         help="also train each twin on 1 device and N-way data parallel (torch DDP under torchrun, flax over a mesh; "
         "simulated devices on a CPU) and compare weights and ms/step; N must divide the batch of 64 (default: 0, skipped)",
     )
-    p.add_argument("--dry-run", action="store_true", help=f"a quick end-to-end run for CI: {', '.join(f'{k}={v}' for k, v in DRY_RUN.items())} (default: off)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"a quick end-to-end run for CI: {', '.join(f'{k}={v}' for k, v in DRY_RUN.items())} (default: off)",
+    )
     p.set_defaults(run=run)
 
 
@@ -59,14 +82,29 @@ def make_options(args, command: str):
     from fashion_compare.report import CompareOptions
 
     if args.full and args.quick_epochs is not None:
-        raise common.UsageError(f"argument --quick-epochs: applies to quick mode only; --full trains the recipe's {TrainConfig.epochs} epochs")
+        raise common.UsageError(
+            f"argument --quick-epochs: applies to quick mode only; --full trains the recipe's {TrainConfig.epochs} epochs"
+        )
     if args.full and args.dry_run:
         raise common.UsageError("argument --dry-run: contradicts --full; give one")
     values = dict(DRY_RUN) if args.dry_run else {}
-    values.update({k: v for k, v in (("quick_epochs", args.quick_epochs), ("lockstep_steps", args.lockstep_steps)) if v is not None})
+    values.update(
+        {
+            k: v
+            for k, v in (("quick_epochs", args.quick_epochs), ("lockstep_steps", args.lockstep_steps))
+            if v is not None
+        }
+    )
     options = CompareOptions(
-        out_dir=args.out_dir, full=args.full, device=args.device, seed=args.seed,
-        data_dir=args.data_dir, download=args.download, command=command, distributed=args.distributed, **values,
+        out_dir=args.out_dir,
+        full=args.full,
+        device=args.device,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        download=args.download,
+        command=command,
+        distributed=args.distributed,
+        **values,
     )
     options.check()
     return options

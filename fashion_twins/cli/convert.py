@@ -14,13 +14,18 @@ from . import common
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "convert", help="the tutorial's model_weights.pth -> the canonical .safetensors checkpoint",
+        "convert",
+        help="the tutorial's model_weights.pth -> the canonical .safetensors checkpoint",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
     )
-    p.add_argument("source", metavar="IN", help="a torch.save'd state_dict (.pth/.pt), or a safetensors file without a spec")
+    p.add_argument(
+        "source", metavar="IN", help="a torch.save'd state_dict (.pth/.pt), or a safetensors file without a spec"
+    )
     p.add_argument("dest", metavar="OUT.safetensors", help="the canonical checkpoint to write (required)")
     p.add_argument(
-        "--output-activation", choices=common.OUTPUT_ACTIVATIONS, default="none",
+        "--output-activation",
+        choices=common.OUTPUT_ACTIVATIONS,
+        default="none",
         help="whether the saved model ends with the 'Define the Class' cell's ReLU; written into OUT's header (default: none)",
     )
     p.set_defaults(run=run)
@@ -36,7 +41,9 @@ def run(args) -> int:
     check_input_file(args.source, "IN")
     check_no_aliases({"OUT": args.dest}, {"IN": args.source})
     check_output_file(args.dest, "OUT")
-    spec = dataclasses.replace(DEFAULT_SPEC, output_activation=None if args.output_activation == "none" else args.output_activation)
+    spec = dataclasses.replace(
+        DEFAULT_SPEC, output_activation=None if args.output_activation == "none" else args.output_activation
+    )
 
     from fashion_torch.pth import is_torch_pickle, read_pth
 
@@ -46,5 +53,7 @@ def run(args) -> int:
     else:
         state, _ = canonical.read_state(args.source, spec)
     canonical.write_state(args.dest, state, spec)
-    print(f"[convert] wrote {args.dest} ({spec.num_parameters():,} parameters, output activation {args.output_activation}) from {args.source}")
+    print(
+        f"[convert] wrote {args.dest} ({spec.num_parameters():,} parameters, output activation {args.output_activation}) from {args.source}"
+    )
     return 0

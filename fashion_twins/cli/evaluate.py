@@ -1,7 +1,7 @@
 """fashion-twins evaluate: test loss and accuracy of a checkpoint, run by either twin (a checkpoint from either twin works).
 
-    fashion-twins evaluate --backend flax runs/torch.safetensors
-    [flax] test_loss 0.3012  test_acc 89.74%  (10000 images, checkpoint runs/torch.safetensors)
+fashion-twins evaluate --backend flax runs/torch.safetensors
+[flax] test_loss 0.3012  test_acc 89.74%  (10000 images, checkpoint runs/torch.safetensors)
 """
 
 from __future__ import annotations
@@ -11,11 +11,18 @@ from . import common
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "evaluate", help="test loss and accuracy of a checkpoint, with either twin",
+        "evaluate",
+        help="test loss and accuracy of a checkpoint, with either twin",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         parents=[common.backend_parent(), common.checkpoint_parent(), common.data_parent(), common.device_parent()],
     )
-    p.add_argument("--limit-test", metavar="N", type=common.positive_int, default=None, help="use only the first N test images, as train's --limit-test (default: all)")
+    p.add_argument(
+        "--limit-test",
+        metavar="N",
+        type=common.positive_int,
+        default=None,
+        help="use only the first N test images, as train's --limit-test (default: all)",
+    )
     p.set_defaults(run=run)
 
 

@@ -16,17 +16,54 @@ from . import common
 def add_parser(subparsers) -> None:
     base = tutorial_config()
     p = subparsers.add_parser(
-        "lockstep", help="both twins trained step by step from one init; prints max |loss diff| and |weight diff|",
+        "lockstep",
+        help="both twins trained step by step from one init; prints max |loss diff| and |weight diff|",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         parents=[common.data_parent(), common.device_parent("cpu"), common.precision_parent("highest")],
     )
-    p.add_argument("--steps", type=common.positive_int, metavar="N", default=None, help="stop after N steps (default: one full epoch)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=base.optimizer, help=f"the optimizer in both twins (default: {base.optimizer}, the tutorial's)")
-    p.add_argument("--lr", type=common.positive_float, metavar="X", default=base.lr, help=f"learning rate (default: {base.lr})")
-    p.add_argument("--batch-size", type=common.positive_int, metavar="N", default=base.batch_size, help=f"batch size (default: {base.batch_size})")
-    p.add_argument("--seed", type=common.seed_int, metavar="N", default=base.seed, help=f"init and batch order (default: {base.seed})")
-    p.add_argument("--weight-every", type=common.positive_int, metavar="N", default=25, help="compare every weight each N steps (default: 25)")
-    p.add_argument("--out", metavar="JSON", default=None, help="also write every per-step figure here; with --precision both, one object per mode (default: none)")
+    p.add_argument(
+        "--steps",
+        type=common.positive_int,
+        metavar="N",
+        default=None,
+        help="stop after N steps (default: one full epoch)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=base.optimizer,
+        help=f"the optimizer in both twins (default: {base.optimizer}, the tutorial's)",
+    )
+    p.add_argument(
+        "--lr", type=common.positive_float, metavar="X", default=base.lr, help=f"learning rate (default: {base.lr})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=common.positive_int,
+        metavar="N",
+        default=base.batch_size,
+        help=f"batch size (default: {base.batch_size})",
+    )
+    p.add_argument(
+        "--seed",
+        type=common.seed_int,
+        metavar="N",
+        default=base.seed,
+        help=f"init and batch order (default: {base.seed})",
+    )
+    p.add_argument(
+        "--weight-every",
+        type=common.positive_int,
+        metavar="N",
+        default=25,
+        help="compare every weight each N steps (default: 25)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="JSON",
+        default=None,
+        help="also write every per-step figure here; with --precision both, one object per mode (default: none)",
+    )
     p.set_defaults(run=run)
 
 
@@ -40,7 +77,9 @@ def run(args) -> int:
     from fashion_compare.lockstep import lockstep
 
     device = pick_device(args.device)
-    config = tutorial_config(epochs=1, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=device)
+    config = tutorial_config(
+        epochs=1, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=device
+    )
     data = load_fashion_mnist(args.data_dir, download=args.download)
     results = {}
     for mode in common.precisions(args.precision):

@@ -1,9 +1,9 @@
 """fashion-twins predict: the class of image files, or of stored test images, with either twin.
 
-    fashion-twins predict --backend torch runs/flax.safetensors shoe.png bag.jpg --top 3
-    [torch] shoe.png  inverted no  pred Sneaker  top-3: Sneaker 91.20%, Sandal 6.02%, Ankle boot 2.11%
-    fashion-twins predict --backend flax runs/flax.safetensors --test-index 0 1
-    [flax] test[0]  pred Ankle boot  true Ankle boot  top-3: Ankle boot 97.51%, Sneaker 1.90%, Sandal 0.41%
+fashion-twins predict --backend torch runs/flax.safetensors shoe.png bag.jpg --top 3
+[torch] shoe.png  inverted no  pred Sneaker  top-3: Sneaker 91.20%, Sandal 6.02%, Ankle boot 2.11%
+fashion-twins predict --backend flax runs/flax.safetensors --test-index 0 1
+[flax] test[0]  pred Ankle boot  true Ankle boot  top-3: Ankle boot 97.51%, Sneaker 1.90%, Sandal 0.41%
 """
 
 from __future__ import annotations
@@ -26,14 +26,34 @@ IMAGE_HELP = (
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify image files or stored test images, with either twin",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1], epilog=IMAGE_HELP,
+        "predict",
+        help="classify image files or stored test images, with either twin",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        epilog=IMAGE_HELP,
         parents=[common.backend_parent(), common.checkpoint_parent(), common.data_parent(), common.device_parent()],
     )
     p.add_argument("images", metavar="IMAGE", nargs="*", help="PNG or JPEG files to classify (default: none)")
-    p.add_argument("--test-index", metavar="I", type=common.int_in(0), nargs="+", default=[], help="predict these Fashion-MNIST test images instead (or as well), and print their true labels (default: none)")
-    p.add_argument("--top", metavar="K", type=common.int_in(1, len(CLASS_NAMES)), default=3, help=f"how many classes to list, 1 to {len(CLASS_NAMES)} (default: 3)")
-    p.add_argument("--invert", choices=INVERT_CHOICES, default="auto", help="invert image files (light <-> dark): auto when the border is lighter than the centre (default: auto)")
+    p.add_argument(
+        "--test-index",
+        metavar="I",
+        type=common.int_in(0),
+        nargs="+",
+        default=[],
+        help="predict these Fashion-MNIST test images instead (or as well), and print their true labels (default: none)",
+    )
+    p.add_argument(
+        "--top",
+        metavar="K",
+        type=common.int_in(1, len(CLASS_NAMES)),
+        default=3,
+        help=f"how many classes to list, 1 to {len(CLASS_NAMES)} (default: 3)",
+    )
+    p.add_argument(
+        "--invert",
+        choices=INVERT_CHOICES,
+        default="auto",
+        help="invert image files (light <-> dark): auto when the border is lighter than the centre (default: auto)",
+    )
     p.set_defaults(run=run)
 
 
@@ -65,7 +85,9 @@ def run(args) -> int:
         n = len(test.test_labels)
         for i in args.test_index:  # checked before the model is built
             if i >= n:
-                raise common.UsageError(f"argument --test-index: {i} is out of range; the test set has {n} images (0 to {n - 1})")
+                raise common.UsageError(
+                    f"argument --test-index: {i} is out of range; the test set has {n} images (0 to {n - 1})"
+                )
         names += [f"test[{i}]" for i in args.test_index]
         images += list(scale_images(test.test_images[args.test_index]))  # /255 as in training
         labels += [int(test.test_labels[i]) for i in args.test_index]

@@ -55,8 +55,10 @@ DRY_RUN = {"epochs": 1, "limit_train": 2048, "limit_test": 512}
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train one twin; writes a checkpoint, its optimizer sidecar and METRICS.json",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1], parents=[common.backend_parent(), common.data_parent()],
+        "train",
+        help="train one twin; writes a checkpoint, its optimizer sidecar and METRICS.json",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        parents=[common.backend_parent(), common.data_parent()],
     )
     defaults, tutorial = TrainConfig(), tutorial_config()
     comments = _field_comments()
@@ -67,28 +69,87 @@ def add_parser(subparsers) -> None:
         if recipe != default:
             stated += f"; {recipe} with --tutorial-recipe"
         text = HELP.get(field.name) or comments.get(field.name) or field.name.replace("_", " ")
-        p.add_argument("--" + field.name.replace("_", "-"), default=None, help=f"{text} ({stated})".replace("%", "%%"), **_flag_kind(field))
-    p.add_argument("--tutorial-recipe", action="store_true", help="start from the tutorial's recipe, the values marked 'with --tutorial-recipe' above, instead of the defaults (default: off)")
-    p.add_argument("--dry-run", action="store_true", help=f"a quick end-to-end run for CI: {', '.join(f'{k}={v}' for k, v in DRY_RUN.items())} (default: off)")
-    p.add_argument("--resume", metavar="CKPT", default=None, help="continue a run from a checkpoint this command wrote; same backend and config (default: start fresh)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars; the per-epoch lines are still printed (default: off)")
-    p.add_argument("--out", metavar="CKPT.safetensors", required=True, help="checkpoint to write after every epoch; optimizer state goes beside it in CKPT.state.safetensors (required)")
+        p.add_argument(
+            "--" + field.name.replace("_", "-"),
+            default=None,
+            help=f"{text} ({stated})".replace("%", "%%"),
+            **_flag_kind(field),
+        )
     p.add_argument(
-        "--metrics", metavar="METRICS.json", default=None,
+        "--tutorial-recipe",
+        action="store_true",
+        help="start from the tutorial's recipe, the values marked 'with --tutorial-recipe' above, instead of the defaults (default: off)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"a quick end-to-end run for CI: {', '.join(f'{k}={v}' for k, v in DRY_RUN.items())} (default: off)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="CKPT",
+        default=None,
+        help="continue a run from a checkpoint this command wrote; same backend and config (default: start fresh)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars; the per-epoch lines are still printed (default: off)"
+    )
+    p.add_argument(
+        "--out",
+        metavar="CKPT.safetensors",
+        required=True,
+        help="checkpoint to write after every epoch; optimizer state goes beside it in CKPT.state.safetensors (required)",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="METRICS.json",
+        default=None,
         help="per-epoch metrics, device, versions and config, rewritten after every epoch (default: beside --out, CKPT.metrics.json)",
     )
-    p.add_argument("--init", metavar="CKPT", default=None, help="start from this checkpoint's weights instead of the seeded init, e.g. the other twin's (default: the seeded init)")
+    p.add_argument(
+        "--init",
+        metavar="CKPT",
+        default=None,
+        help="start from this checkpoint's weights instead of the seeded init, e.g. the other twin's (default: the seeded init)",
+    )
     d = p.add_argument_group(
         "data parallel",
         "torch: launch this command with torchrun (one process per rank; DDP, gloo on CPU, NCCL on CUDA). "
         "flax: --devices N in one process, or one process per host with --coordinator.",
     )
-    d.add_argument("--devices", type=common.positive_int, default=None, metavar="N", help="flax: shard each batch over the first N devices; on a CPU, N simulated host devices (default: one device, no mesh)")
-    d.add_argument("--coordinator", type=host_port, default=None, metavar="HOST:PORT", help="flax multi-process: process 0's address for jax.distributed.initialize (default: one process)")
-    d.add_argument("--num-processes", type=common.positive_int, default=None, metavar="K", help="flax multi-process: processes in the run, with --coordinator (default: 1)")
-    d.add_argument("--process-id", type=common.int_in(0), default=None, metavar="I", help="flax multi-process: this process's index in 0..K-1, with --coordinator (default: 0)")
     d.add_argument(
-        "--timeout", type=common.positive_float, default=None, metavar="S",
+        "--devices",
+        type=common.positive_int,
+        default=None,
+        metavar="N",
+        help="flax: shard each batch over the first N devices; on a CPU, N simulated host devices (default: one device, no mesh)",
+    )
+    d.add_argument(
+        "--coordinator",
+        type=host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="flax multi-process: process 0's address for jax.distributed.initialize (default: one process)",
+    )
+    d.add_argument(
+        "--num-processes",
+        type=common.positive_int,
+        default=None,
+        metavar="K",
+        help="flax multi-process: processes in the run, with --coordinator (default: 1)",
+    )
+    d.add_argument(
+        "--process-id",
+        type=common.int_in(0),
+        default=None,
+        metavar="I",
+        help="flax multi-process: this process's index in 0..K-1, with --coordinator (default: 0)",
+    )
+    d.add_argument(
+        "--timeout",
+        type=common.positive_float,
+        default=None,
+        metavar="S",
         help=f"data-parallel runs: seconds to wait on a silent peer before failing with an error (default: {DEFAULT_TIMEOUT_S})",
     )
     p.set_defaults(run=run)
@@ -139,7 +200,9 @@ def make_config(args) -> TrainConfig:
     base = tutorial_config() if args.tutorial_recipe else TrainConfig()
     if args.dry_run:
         base = base.replace(**DRY_RUN)
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None
+    }
     for key, value in given.items():  # one at a time first, so the error names the flag at fault
         try:
             base.replace(**{key: value})
@@ -151,14 +214,20 @@ def make_config(args) -> TrainConfig:
 def data_parallel(args, config: TrainConfig):
     """None (one device), "torchrun" (torch DDP) or "mesh" (flax sharding); misuse and an indivisible batch fail here, before any work."""
     torch_hint = "the torch twin runs data-parallel under torchrun: torchrun --nproc-per-node N -m fashion_twins train --backend torch ..."
-    flax_flags = [flag for flag in ("--devices", "--coordinator", "--num-processes", "--process-id") if getattr(args, flag[2:].replace("-", "_")) is not None]
+    flax_flags = [
+        flag
+        for flag in ("--devices", "--coordinator", "--num-processes", "--process-id")
+        if getattr(args, flag[2:].replace("-", "_")) is not None
+    ]
     mode = None
     if args.backend == "torch":
         if flax_flags:
             raise common.UsageError(f"argument {flax_flags[0]}: {torch_hint} (multi-node: --nnodes, --rdzv-endpoint)")
         if under_torchrun():
             if config.engine == "fused":
-                raise common.UsageError("argument --engine: fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile")
+                raise common.UsageError(
+                    "argument --engine: fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile"
+                )
             check_world(world_from_env().size, config.batch_size, "ranks")
             mode = "torchrun"
     else:
@@ -174,15 +243,21 @@ def data_parallel(args, config: TrainConfig):
             if args.num_processes is None or args.process_id is None:
                 raise common.UsageError("argument --coordinator: needs --num-processes K and --process-id I")
             if args.process_id >= args.num_processes:
-                raise common.UsageError(f"argument --process-id: must be in 0..{args.num_processes - 1} for --num-processes {args.num_processes}, got {args.process_id}")
+                raise common.UsageError(
+                    f"argument --process-id: must be in 0..{args.num_processes - 1} for --num-processes {args.num_processes}, got {args.process_id}"
+                )
             if args.devices is not None:
-                raise common.UsageError("argument --devices: a multi-process run shards over every device of its processes; drop --devices")
+                raise common.UsageError(
+                    "argument --devices: a multi-process run shards over every device of its processes; drop --devices"
+                )
             mode = "mesh"
         elif args.devices is not None:
             check_world(args.devices, config.batch_size, "devices")
             mode = "mesh"
     if mode is None and args.timeout is not None:
-        raise common.UsageError("argument --timeout: applies to data-parallel runs only (torchrun, --devices or --coordinator)")
+        raise common.UsageError(
+            "argument --timeout: applies to data-parallel runs only (torchrun, --devices or --coordinator)"
+        )
     return mode
 
 
@@ -230,7 +305,9 @@ def run(args) -> int:
     if mode is None:
         _train_one_device(args, config, twin, kwargs)
     else:
-        _train_data_parallel(args, config, mode, dict(kwargs, init_from=args.init, timeout_s=args.timeout or DEFAULT_TIMEOUT_S))
+        _train_data_parallel(
+            args, config, mode, dict(kwargs, init_from=args.init, timeout_s=args.timeout or DEFAULT_TIMEOUT_S)
+        )
     if _is_writer(args, mode):
         print(f"[{args.backend}] wrote {out}, {sidecar} and {metrics}")
     return 0
@@ -308,6 +385,14 @@ def _finished(args, config: TrainConfig, counters: dict, out: str, sidecar: str,
         return 0
     atomic_write_bytes(out, Path(args.resume).read_bytes())
     atomic_write_bytes(sidecar, train_state_path(args.resume).read_bytes())
-    write_json_atomic(metrics, {"backend": args.backend, "copied_from": str(args.resume), "config": config.to_dict(), "epochs": counters.get("history", [])})
+    write_json_atomic(
+        metrics,
+        {
+            "backend": args.backend,
+            "copied_from": str(args.resume),
+            "config": config.to_dict(),
+            "epochs": counters.get("history", []),
+        },
+    )
     print(f"[{args.backend}] {done}; nothing to train. Copied: wrote {out}, {sidecar} and {metrics}")
     return 0

@@ -82,7 +82,10 @@ def torchrun(*args, nproc=2) -> list:
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
-        "fashion_torch.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "torch",
         *args,
     ]
 
@@ -136,12 +139,13 @@ def test_world_comes_from_torchrun_variables_and_rejects_a_rank_outside_it():
 def test_torch_ddp_refuses_an_indivisible_batch_before_joining_the_process_group(monkeypatch, capsys, tmp_path):
     import torch.distributed as dist
 
-    import fashion_torch.distributed as tdist
+    from fashion_twins.cli import main
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")  # no peer will ever come: a rendezvous would hang, the check must come first
     out = tmp_path / "m.safetensors"
-    assert tdist.main([*config_flags(CONFIG.replace(batch_size=65)), "--out", str(out)]) == 2
+    flags = [*config_flags(CONFIG.replace(batch_size=65)), "--out", str(out)]
+    assert main(["train", "--backend", "torch", *flags]) == 2
     err = (
         capsys.readouterr().err.strip()
     )  # the module entry point is `fashion-twins train --backend torch`: its one error line
@@ -218,7 +222,17 @@ def torch_fault(runs):
     """Two ranks started by hand (no torchrun agent to tear them down); rank 1 is killed after the first checkpoint."""
     out = runs / "torch_fault.safetensors"
     env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(common.free_port()), WORLD_SIZE="2")
-    cmd = [sys.executable, "-m", "fashion_torch.distributed", *config_flags(), "--init", str(runs / "init.safetensors")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "torch",
+        *config_flags(),
+        "--init",
+        str(runs / "init.safetensors"),
+    ]
     cmd += ["--out", str(out), "--quiet", "--timeout", str(TIMEOUT_S)]
     ranks = [
         subprocess.Popen(
@@ -358,7 +372,10 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
     cmd = [
         sys.executable,
         "-m",
-        "fashion_flax.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "flax",
         *config_flags(),
         "--init",
         str(runs / "init.safetensors"),
@@ -398,7 +415,10 @@ def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_
     cmd = [
         sys.executable,
         "-m",
-        "fashion_flax.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "flax",
         *config_flags(CONFIG.replace(epochs=30)),
         "--out",
         str(out),
@@ -457,7 +477,10 @@ def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device
         [
             sys.executable,
             "-m",
-            "fashion_flax.distributed",
+            "fashion_twins",
+            "train",
+            "--backend",
+            "flax",
             *config_flags(gpu),
             "--devices",
             "1",

@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 # The ten Fashion-MNIST classes, in label order (label 0 is "T-shirt/top").
+# The twins, by their --backend name; twin NAME is the package fashion_NAME. The one list: the CLI's
+# choices, the report's columns and the tests' parametrization all read it.
+BACKENDS: tuple[str, ...] = ("torch", "flax")
+
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top",
     "Trouser",

@@ -6,7 +6,8 @@ import io
 
 import numpy as np
 
-BACKENDS = ("torch", "flax")
+from fashion_common.spec import BACKENDS
+
 PLOTS = {  # file -> what it shows, also the alt text in report.md
     "lockstep.png": "lockstep: |loss diff| per step and max weight diff",
     "curves.png": "train loss and test accuracy per epoch, both twins",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from .plots import LOG_FLOOR, PLOTS
+from fashion_common.config import TrainConfig
+from fashion_common.spec import BACKENDS
 
-BACKENDS = ("torch", "flax")
+from .plots import LOG_FLOOR, PLOTS
 
 
 def _e(x) -> str:
@@ -62,7 +63,7 @@ def render_markdown(report: dict) -> str:
     mode_text = (
         "quick (recipe shortened; tutorial recipe only with --full)"
         if mode == "quick"
-        else "full (20-epoch recipe and the tutorial recipe)"
+        else f"full (the default {TrainConfig().epochs}-epoch recipe and the tutorial recipe)"
     )
     lines += [
         f"- **date**: {meta['date']}",

@@ -48,7 +48,7 @@ class CompareOptions:
     """What the report runs. The defaults are quick mode: a few minutes on a 2-core CPU."""
 
     out_dir: str = "report"  # folder for report.md, report.json and the PNGs; created if missing
-    full: bool = False  # the 20-epoch recipe, the tutorial's recipe too, and a full lockstep epoch
+    full: bool = False  # the default recipe's full epochs, the tutorial's recipe too, and a full lockstep epoch
     device: str = "auto"  # "auto" (a GPU if torch and JAX both see one), "cpu" or "gpu"
     seed: int = 0  # one seed for the init, the batch order and both trainings
     quick_epochs: int = 3  # recipe epochs in quick mode; the cosine schedule then spans these epochs

@@ -198,8 +198,7 @@ def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: int | None = 0, device=No
     one module holding its parameters.
     """
     model = _shared_model(spec, init_scheme)
-    rng = jax.random.PRNGKey(0 if seed is None else seed)
-    rng, init_rng = jax.random.split(rng)
+    init_rng = jax.random.PRNGKey(0 if seed is None else seed)  # the one key init needs: nothing else draws
     params = _jitted_init(spec, init_scheme)(init_rng, jnp.zeros((1, *spec.image_size), jnp.float32))
     if device is not None:
         params = jax.device_put(params, device)

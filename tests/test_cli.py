@@ -24,11 +24,10 @@ from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig
 from fashion_common.errors import ImageError
 from fashion_common.images import load_image
-from fashion_common.spec import CLASS_NAMES, checkpoint_keys
+from fashion_common.spec import BACKENDS, CLASS_NAMES, checkpoint_keys
 from fashion_common.text import format_prediction
 
 REPO = Path(__file__).resolve().parent.parent
-BACKENDS = ("torch", "flax")
 OTHER = {"torch": "flax", "flax": "torch"}
 SUBCOMMANDS = ("train", "evaluate", "predict", "compare", "benchmark", "lockstep", "convert")
 

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 
 from fashion_common.config import DEVICES
+from fashion_common.spec import BACKENDS
 
-BACKENDS = ("torch", "flax")
 PRECISIONS = ("highest", "tf32", "both")  # highest: TF32 off in torch, JAX "highest" (the parity mode)
 OUTPUT_ACTIVATIONS = ("none", "relu")
 SEED_MAX = 2**32 - 1
@@ -185,15 +185,12 @@ def checkpoint_spec(path, output_activation: str | None):
     """
     from pathlib import Path
 
-    from fashion_common.checkpoint import header_has_spec
-    from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+    from fashion_common.checkpoint import header_has_spec, read_metadata, spec_from_header
+    from fashion_common.spec import DEFAULT_SPEC
 
     if header_has_spec(path):
         if output_activation is not None:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                stored = ModelSpec.from_metadata(dict(f.metadata() or {})).output_activation or "none"
+            stored = spec_from_header(read_metadata(path), path).output_activation or "none"  # validated
             if stored != output_activation:
                 raise UsageError(
                     f"argument --output-activation: {output_activation} contradicts {path}'s header, which says {stored}"

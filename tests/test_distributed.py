@@ -643,3 +643,37 @@ def flax_worker(folder: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["flax-worker"]:
         flax_worker(Path(sys.argv[2]))
+
+
+@pytest.mark.parametrize("world_size, n", [(3, 10), (2, 7), (4, 5)])
+def test_ddp_evaluation_weights_each_ranks_unequal_shard_by_its_images(monkeypatch, world_size, n):
+    """The DDP evaluate on every rank of a simulated world, its all-reduce replaced by the sum over the ranks.
+
+    10 test images over 3 ranks are shards of 4, 3 and 3: the mean over all images is not the mean of the
+    ranks' means. The single-device evaluation of the same weights is the oracle.
+    """
+    import types
+
+    from twin_data import separable_set
+
+    import fashion_torch.distributed as tdist
+    import fashion_torch.train as train
+    from fashion_common.config import TrainConfig
+    from fashion_common.distributed import World
+
+    config = TrainConfig(device="cpu", epochs=1, batch_size=32, lr=2e-4, eval_batch_size=3, limit_test=n)
+    state, _ = train.train_and_evaluate(config, separable_set(), quiet=True, log=lambda s: None)  # part-trained
+    data = train.put_data(separable_set().limit(test=n))
+    expected = train.evaluate(state, data, config)
+
+    sent = []
+    monkeypatch.setattr(tdist, "_all_reduce_sum", lambda values, device: sent.append(list(values)) or list(values))
+    ranks = [types.SimpleNamespace(world=World(r, world_size), model=state.model) for r in range(world_size)]
+    for rank in ranks:  # pass 1: what each rank contributes
+        tdist.evaluate(rank, data, config)
+    totals = [sum(column) for column in zip(*sent, strict=True)]
+    monkeypatch.setattr(tdist, "_all_reduce_sum", lambda values, device: list(totals))
+    for rank in ranks:  # pass 2: every rank sees the reduced sums, as after a real all-reduce
+        got = tdist.evaluate(rank, data, config)
+        assert got["test_accuracy"] == expected["test_accuracy"]
+        assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-6)

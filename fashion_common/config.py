@@ -87,13 +87,21 @@ class TrainConfig:
 
 
 def _allowed_types(annotation) -> tuple:
-    hints = {"int": (int,), "float": (float, int), "str": (str,), "Optional[int]": (int, type(None))}
+    # The annotations are strings (from __future__ import annotations); "int | None" is the PEP 604 spelling.
+    hints = {
+        "int": (int,),
+        "float": (float, int),
+        "str": (str,),
+        "Optional[int]": (int, type(None)),
+        "int | None": (int, type(None)),
+    }
     name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     return hints.get(name, (object,))
 
 
 def _type_name(annotation) -> str:
-    return {"int": "an int", "float": "a number", "str": "a string", "Optional[int]": "an int or None"}.get(
+    names = {"int": "an int", "float": "a number", "str": "a string"}
+    return {**names, "Optional[int]": "an int or None", "int | None": "an int or None"}.get(
         str(annotation), str(annotation)
     )
 

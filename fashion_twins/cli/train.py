@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import traceback
+import types
 import typing
 
 from fashion_common import config as config_module
@@ -181,7 +182,8 @@ def _flag_kind(field) -> dict:
     """argparse keywords for one TrainConfig field: type with a parse-time range check, choices, metavar."""
     hint = typing.get_type_hints(TrainConfig)[field.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    kind = args[0] if typing.get_origin(hint) is typing.Union and args else hint
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)  # Optional[int] and int | None alike
+    kind = args[0] if union and args else hint
     choices = field.metadata.get("choices") or getattr(config_module, field.name.upper() + "S", None)
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}

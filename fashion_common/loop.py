@@ -23,6 +23,7 @@ from .errors import CheckpointError, NonFiniteLossError
 from .paths import check_output_file
 from .spec import DEFAULT_SPEC, ModelSpec
 from .split import split_validation
+from .terminal import progress_bars_wanted
 from .text import format_epoch_line
 
 
@@ -136,7 +137,7 @@ def train_and_evaluate(
       out: checkpoint path (weights; optimizer state goes beside it); None writes none.
       metrics_path: METRICS.json path; None writes none.
       resume: a checkpoint written by this loop; training continues after its last epoch.
-      quiet: no progress bars (the per-epoch lines are still logged).
+      quiet: no progress bars (the per-epoch lines are still logged); without it, bars only where stderr is a terminal.
     Returns:
       (state, metrics dict as written to METRICS.json).
     """
@@ -170,7 +171,7 @@ def train_and_evaluate(
         "platform": platform.platform(),
         "versions": ops.versions(),
         "config": config.to_dict(),
-        "spec": spec.to_metadata(),
+        "spec": spec.to_dict(),
         "num_train": int(len(data.train_labels)),
         "num_test": int(len(data.test_labels)),
         "num_val": 0 if val_data is None else int(len(val_data.test_labels)),
@@ -212,6 +213,9 @@ def train_and_evaluate(
 
 
 def _progress(backend: str, epoch: int, epochs: int, steps: int):
+    """A tqdm bar for one epoch, or None (no bar) where stderr is no terminal: a log gets the per-epoch lines only."""
+    if not progress_bars_wanted():
+        return None
     from tqdm.auto import tqdm
 
     return tqdm(total=steps, desc=f"[{backend}] epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True)

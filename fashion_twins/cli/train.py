@@ -44,7 +44,11 @@ HELP = {
     "weight_decay": "decoupled for adamw; added to the gradient for sgd and adam",
     "label_smoothing": "cross-entropy label smoothing; 0 is plain cross-entropy",
     "seed": "drives init and batch order; the same seed gives the same run",
-    "device": "auto: a GPU if the framework sees one, else cpu",
+    "device": "where to train: cpu, gpu, or auto (a GPU if the framework sees one, else the cpu)",
+    "engine": "how the torch step runs: eager (autograd, op by op); compile (model and loss under torch.compile); "
+    "cuda_graph (CUDA only: torch.compile's reduce-overhead mode, replayed CUDA graphs); fused (opt-in hand-written "
+    "backward, tested against autograd); auto (eager on a CPU, compile on CUDA). The flax twin has one engine "
+    "(jit + lax.scan) and takes only auto",
     "eval_batch_size": "test-set evaluation chunk; does not change results",
     "limit_train": "use only the first N training images",
     "limit_test": "use only the first N test images",
@@ -92,9 +96,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="continue a run from a checkpoint this command wrote; same backend and config (default: start fresh)",
     )
-    p.add_argument(
-        "--quiet", action="store_true", help="no progress bars; the per-epoch lines are still printed (default: off)"
-    )
+    common.add_quiet(p, "no progress bar, even on a terminal; the per-epoch lines still go to stdout")
     p.add_argument(
         "--out",
         metavar="CKPT.safetensors",

@@ -127,6 +127,7 @@ def train_and_evaluate(
     quiet: bool = False,
     log: Callable[[str], None] = print,
     device=None,
+    on_epoch: Callable[[dict], None] | None = None,
 ):
     """Train for config.epochs, evaluating after each; checkpoint and metrics are rewritten atomically every epoch.
 
@@ -138,6 +139,7 @@ def train_and_evaluate(
       metrics_path: METRICS.json path; None writes none.
       resume: a checkpoint written by this loop; training continues after its last epoch.
       quiet: no progress bars (the per-epoch lines are still logged); without it, bars only where stderr is a terminal.
+      on_epoch: called with each finished epoch's counters (its row is history[-1]), e.g. a TensorBoard writer.
     Returns:
       (state, metrics dict as written to METRICS.json).
     """
@@ -209,6 +211,8 @@ def train_and_evaluate(
             write_json_atomic(metrics_path, metrics)
         line = format_epoch_line(ops.backend, epoch, config.epochs, row)
         log(line if on_device_val is None else f"{line}  val_acc {100 * row['val_accuracy']:.2f}%")
+        if on_epoch is not None:  # e.g. fashion_common.tensorboard.EpochWriter
+            on_epoch(counters)
     return state, metrics
 
 

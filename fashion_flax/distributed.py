@@ -226,6 +226,7 @@ def train_and_evaluate(
     mesh: Mesh | None = None,
     init_from=None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    on_epoch=None,
 ):
     """Train and evaluate the flax twin data-parallel over `mesh` (default: every device of config.device's platform).
 
@@ -250,6 +251,7 @@ def train_and_evaluate(
             quiet or not writer,
             log if writer else _silent,
             mesh,
+            on_epoch=on_epoch if writer else None,
         )
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:  # one process: not a peer's failure, keep XLA's own error

@@ -303,10 +303,12 @@ def train_and_evaluate(
     quiet=False,
     log=print,
     init_from=None,
+    on_epoch=None,
 ):
     """Train and evaluate the flax twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics).
 
     init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+    on_epoch: called with each finished epoch's counters, e.g. fashion_common.tensorboard.EpochWriter.
     """
     device = resolve_device(config.device)
     return loop.train_and_evaluate(
@@ -320,4 +322,5 @@ def train_and_evaluate(
         quiet,
         log,
         device,
+        on_epoch=on_epoch,
     )

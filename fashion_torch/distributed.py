@@ -184,6 +184,7 @@ def train_and_evaluate(
     log=print,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     init_from=None,
+    on_epoch=None,
 ):
     """Train and evaluate the torch twin data-parallel over the torchrun world; see fashion_common.loop.train_and_evaluate.
 
@@ -209,6 +210,7 @@ def train_and_evaluate(
             quiet or not writer,
             log if writer else _silent,
             device,
+            on_epoch=on_epoch if writer else None,
         )
     except RuntimeError as e:
         if isinstance(e, FashionTwinsError) or not _is_collective_failure(e):

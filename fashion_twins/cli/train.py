@@ -110,6 +110,14 @@ def add_parser(subparsers) -> None:
         help="per-epoch metrics, device, versions and config, rewritten after every epoch (default: beside --out, CKPT.metrics.json)",
     )
     p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
+        help="also write per-epoch scalars for TensorBoard into DIR/<backend>/ (losses, accuracies, learning rate, "
+        "epoch seconds); view with tensorboard --logdir DIR; needs pip install 'fashion-twins[tensorboard]' "
+        "(default: none)",
+    )
+    p.add_argument(
         "--init",
         metavar="CKPT",
         default=None,
@@ -156,6 +164,18 @@ def add_parser(subparsers) -> None:
         help=f"data-parallel runs: seconds to wait on a silent peer before failing with an error (default: {DEFAULT_TIMEOUT_S})",
     )
     p.set_defaults(run=run)
+
+
+def check_tensorboard(folder) -> None:
+    """--tensorboard: the optional extra must be installed and DIR a folder that can be made or written."""
+    from fashion_common import tensorboard
+    from fashion_common.paths import check_output_dir
+
+    if not tensorboard.available():
+        raise common.UsageError(
+            f"argument --tensorboard: needs the tensorboard package, an optional extra: {tensorboard.INSTALL_HINT}"
+        )
+    check_output_dir(folder, "--tensorboard")
 
 
 def host_port(text: str) -> str:
@@ -293,6 +313,8 @@ def run(args) -> int:
     check_no_aliases(outputs, inputs, allowed=[("--out", "--resume"), ("--out's sidecar", "--resume's sidecar")])
     for flag, path in outputs.items():
         check_output_file(path, flag)
+    if args.tensorboard is not None:
+        check_tensorboard(args.tensorboard)
     if args.init is not None:
         read_state(args.init)  # exists, parses, every key and shape
 
@@ -305,13 +327,22 @@ def run(args) -> int:
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 
     twin = common.backend_module(args.backend)
-    kwargs = dict(out=out, metrics_path=metrics, resume=args.resume, quiet=args.quiet)
-    if mode is None:
-        _train_one_device(args, config, twin, kwargs)
-    else:
-        _train_data_parallel(
-            args, config, mode, dict(kwargs, init_from=args.init, timeout_s=args.timeout or DEFAULT_TIMEOUT_S)
-        )
+    writer = None
+    if args.tensorboard is not None and _is_writer(args, mode):  # rank / process 0 only, as the checkpoint
+        from fashion_common.tensorboard import EpochWriter
+
+        writer = EpochWriter(args.tensorboard, args.backend)
+    kwargs = dict(out=out, metrics_path=metrics, resume=args.resume, quiet=args.quiet, on_epoch=writer)
+    try:
+        if mode is None:
+            _train_one_device(args, config, twin, kwargs)
+        else:
+            _train_data_parallel(
+                args, config, mode, dict(kwargs, init_from=args.init, timeout_s=args.timeout or DEFAULT_TIMEOUT_S)
+            )
+    finally:
+        if writer is not None:
+            writer.close()
     if _is_writer(args, mode):
         print(f"[{args.backend}] wrote {out}, {sidecar} and {metrics}")
     return 0

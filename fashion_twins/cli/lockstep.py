@@ -74,8 +74,8 @@ def run(args) -> int:
     check_no_aliases({"--out": args.out}, {"--data-dir": args.data_dir})
     check_output_file(args.out, "--out")
     from fashion_common.data import load_fashion_mnist
-    from fashion_compare.benchmark import pick_device
     from fashion_common.terminal import progress_bars_wanted
+    from fashion_compare.benchmark import pick_device
     from fashion_compare.lockstep import lockstep
 
     device = pick_device(args.device)

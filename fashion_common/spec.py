@@ -91,6 +91,16 @@ class ModelSpec:
             "output_activation": self.output_activation or "none",
         }
 
+    def to_dict(self) -> dict:
+        """The spec for JSON (METRICS.json): numbers as numbers, sizes as lists, no output activation as null."""
+        return {
+            "image_size": list(self.image_size),
+            "hidden_sizes": list(self.hidden_sizes),
+            "num_classes": self.num_classes,
+            "activation": self.activation,
+            "output_activation": self.output_activation,
+        }
+
     @classmethod
     def from_metadata(cls, meta: dict) -> ModelSpec:
         out = meta.get("output_activation", "none")

@@ -40,7 +40,9 @@ QUICK_LOCKSTEP_STEPS = 300  # quick mode on a CPU: ~1/3 of an epoch, the steps t
 # Tolerances of the checks, each with the reason the report states beside it.
 PARITY_TOL = 1e-5  # at "highest": fp32 rounding of differently ordered sums (tests/test_parity.py measures <= 6e-7)
 LOCKSTEP_TOL = 1e-5  # per-step loss and weights, fp32 in both twins (tests/test_train.py; a full epoch measured ~4e-6)
-ACCURACY_TOL_PP = 0.5  # independently seeded twins, full training set: run-to-run noise (README: 0.01 pp apart over 3 seeds)
+ACCURACY_TOL_PP = (
+    0.5  # independently seeded twins, full training set: run-to-run noise (README: 0.01 pp apart over 3 seeds)
+)
 LOCKSTEP_DISAGREE_TOL = 0.1  # percent of test images: weights 1e-5 apart flip only a near-tie of the top two logits
 DISTRIBUTED_TOL = (
     1e-5  # data parallel vs one device, and torch DDP vs flax sharded (tests/test_distributed.py measures 1e-9..5e-7)

@@ -12,7 +12,14 @@ import pytest
 from backends import image_batch
 
 from fashion_common.errors import InputDtypeError, InputShapeError
-from fashion_common.spec import BACKENDS, DEFAULT_SPEC, TUTORIAL_PARAMETER_COUNT, ModelSpec, checkpoint_keys, flax_param_path
+from fashion_common.spec import (
+    BACKENDS,
+    DEFAULT_SPEC,
+    TUTORIAL_PARAMETER_COUNT,
+    ModelSpec,
+    checkpoint_keys,
+    flax_param_path,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

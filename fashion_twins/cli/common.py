@@ -33,6 +33,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, but an unknown flag's error names the help of the subcommand it was given to."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            # argparse collects a subcommand's unknown words and reports them from the top-level parser;
+            # the subcommand's own prog (set by build_parser) is the help that lists what it accepts.
+            prog = getattr(parsed, "command_prog", self.prog)
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see {prog} --help)")
+        return parsed
+
 
 # ----------------------------------------------------------------------------- value checks (argparse type=)
 
@@ -105,7 +115,7 @@ def device_parent(default: str = "auto") -> argparse.ArgumentParser:
         "--device",
         choices=DEVICES,
         default=default,
-        help=f"auto: a GPU if the framework(s) see one, else cpu (default: {default})",
+        help=f"where to run: cpu, gpu, or auto (a GPU if the framework(s) see one, else the cpu) (default: {default})",
     )
     return p
 
@@ -151,6 +161,16 @@ def checkpoint_parent() -> argparse.ArgumentParser:
         "(default: the header's spec; none if the header has no spec)",
     )
     return p
+
+
+def add_quiet(p: argparse.ArgumentParser, what: str) -> None:
+    """-q/--quiet, for a subcommand that prints progress; `what` says what it silences and what stays."""
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help=f"{what} (default: off; bars are drawn only when stderr is a terminal)",
+    )
 
 
 def precisions(choice: str) -> list:

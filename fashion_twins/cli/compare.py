@@ -74,6 +74,9 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help=f"a quick end-to-end run for CI: {', '.join(f'{k}={v}' for k, v in DRY_RUN.items())} (default: off)",
     )
+    common.add_quiet(
+        p, "nothing on stderr but errors: no progress bars, no stage or epoch lines; the closing line stays"
+    )
     p.set_defaults(run=run)
 
 
@@ -104,6 +107,7 @@ def make_options(args, command: str):
         download=args.download,
         command=command,
         distributed=args.distributed,
+        quiet=True if args.quiet else None,  # None: bars only when stderr is a terminal
         **values,
     )
     options.check()
@@ -118,7 +122,7 @@ def run(args) -> int:
     check_output_dir(args.out_dir, "--out-dir")
     from fashion_compare.report import build_report
 
-    report = build_report(options)
+    report = build_report(options, log=(lambda line: None) if args.quiet else common.note)
     files = ["report.md", "report.json", *report.get("plots", [])]
     total = report.get("timings", {}).get("total_seconds")
     took = f" in {total:.0f}s" if isinstance(total, (int, float)) else ""

@@ -187,11 +187,12 @@ def _md_checkpoints(checkpoints: dict) -> list[str]:
         "| run | torch twin | flax twin |",
         "| --- | --- | --- |",
     ]
-    for name, files in checkpoints.items():
-        cells = " | ".join(f"`{files[b]}`" if b in files else "—" for b in BACKENDS)
+    order = [n for n in CHECKPOINT_RUNS if n in checkpoints] + [n for n in checkpoints if n not in CHECKPOINT_RUNS]
+    for name in order:
+        cells = " | ".join(f"`{checkpoints[name][b]}`" if b in checkpoints[name] else "—" for b in BACKENDS)
         lines.append(f"| {CHECKPOINT_RUNS.get(name, name)} | {cells} |")
-    first = next(iter(checkpoints.values()))
-    example = first.get("torch") or next(iter(first.values()))
+    best = checkpoints[order[0]]  # the accuracy recipe's when it has run: the model worth predicting with
+    example = best.get("torch") or next(iter(best.values()))
     lines += [
         "",
         f"For example, from this folder: `fashion-twins predict --backend flax {example} shoe.jpg` or "

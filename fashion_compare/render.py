@@ -425,8 +425,9 @@ def _md_training(training: dict, have_png) -> list[str]:
                 else "plain cross-entropy on the training batches"
             )
             lines += [
-                f"Train loss: {train_loss}. Test loss: plain cross-entropy on the test images (the tutorial's test_loop), "
-                "so the two curves measure different things and the gap between them is not overfitting by itself.",
+                f"Train loss: {train_loss}. Test loss: plain cross-entropy on the test images (the tutorial's "
+                "test_loop), so the two curves measure different things and the gap between them is not overfitting "
+                "by itself.",
                 "",
                 f"![{PLOTS['curves.png']}](curves.png)",
                 "",

@@ -14,7 +14,8 @@ Seven stages, and an eighth on request (fashion_compare/stages.py); after each o
 
 The stages compute every figure and every pass/fail check (report.json "checks": name, value,
 tolerance, passed, why); fashion_compare/plots.py draws the PNGs and fashion_compare/render.py
-writes report.md from the JSON alone. Outputs: report.md, report.json and the PNGs in plots.PLOTS.
+writes report.md from the JSON alone. Outputs: report.md, report.json, the PNGs in plots.PLOTS and each
+twin's final checkpoints, <run>-<twin>.safetensors (report.json "checkpoints").
 `fashion-twins compare` (fashion_twins/cli/compare.py) is the command line; tests/test_compare.py runs the same function.
 """
 

@@ -5,7 +5,8 @@
     fashion-twins compare --dry-run --out-dir /tmp/report   # seconds, for CI
     fashion-twins compare --distributed 2                    # also 1 device vs 2-way data parallel, both twins
 
-Writes OUT_DIR/report.md, report.json and PNG plots; report.json and report.md are rewritten
+Writes OUT_DIR/report.md, report.json, PNG plots and the final checkpoints of both twins
+(<run>-<twin>.safetensors, for predict or evaluate); report.json and report.md are rewritten
 after each stage. The work is done by fashion_compare.report.build_report.
 """
 
@@ -123,7 +124,8 @@ def run(args) -> int:
     from fashion_compare.report import build_report
 
     report = build_report(options, log=(lambda line: None) if args.quiet else common.note)
-    files = ["report.md", "report.json", *report.get("plots", [])]
+    checkpoints = [f for kept in report.get("checkpoints", {}).values() for f in kept.values()]
+    files = ["report.md", "report.json", *report.get("plots", []), *checkpoints]
     total = report.get("timings", {}).get("total_seconds")
     took = f" in {total:.0f}s" if isinstance(total, (int, float)) else ""
     print(f"[compare] wrote {', '.join(f'{options.out_dir}/{f}' for f in files)}{took}")

@@ -112,3 +112,17 @@ def tutorial_config(**overrides) -> TrainConfig:
         augment_shift=0,
     )
     return base.replace(**overrides)
+
+
+def fast_config(**overrides) -> TrainConfig:
+    """The fast recipe: the shortest wall-clock time to 89 % test accuracy, not the best accuracy.
+
+    Chosen on the validation split like the default (README, Results: time to accuracy): larger
+    batches make an epoch cheaper, AdamW with a short cosine schedule gets there in a few epochs.
+    """
+    base = TrainConfig(epochs=6, batch_size=256, lr=3e-3, augment_shift=0)
+    return base.replace(**overrides)
+
+
+# --recipe NAME on the command line (train, benchmark): the config each name starts from
+RECIPES = {"default": TrainConfig, "fast": fast_config, "tutorial": tutorial_config}

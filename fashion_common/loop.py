@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
 from .paths import check_output_file
+from .runtime import thread_report
 from .spec import DEFAULT_SPEC, ModelSpec
 from .split import split_validation
 from .text import format_epoch_line
@@ -169,6 +170,7 @@ def train_and_evaluate(
         "device": ops.device_name(device),
         "platform": platform.platform(),
         "versions": ops.versions(),
+        "threads": thread_report(),  # --threads policy, torch's threads, load and usable cores at the start
         "config": config.to_dict(),
         "spec": spec.to_metadata(),
         "num_train": int(len(data.train_labels)),

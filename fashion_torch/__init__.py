@@ -13,6 +13,7 @@ from .model import (
     relu,
     resolve_device,
     set_matmul_precision,
+    set_threads,
     sigmoid,
     softmax,
     summary,

@@ -189,9 +189,32 @@ def test_train_applies_threads_and_records_them_in_metrics_json(tmp_path):
         out = tmp_path / "m.safetensors"
         result = cli("train", "--backend", "torch", "--dry-run", "--threads", "1", "--out", out)
         assert_ok(result)
-        assert "[threads] 1 (--threads 1" in result.stderr
         threads = json.loads((tmp_path / "m.metrics.json").read_text())["threads"]
-        assert threads["requested"] == 1 and threads["torch_threads"] == 1
+        assert threads["requested"] == 1 and threads["torch_threads"] == 1 and "--threads 1" in threads["policy"]
         assert threads["usable_cores"] == len(os.sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)  # torch was already loaded here, so only its count was changed
+
+
+def test_recipe_fast_starts_train_from_the_fast_config_and_flags_still_win():
+    from fashion_common.config import fast_config
+    from fashion_twins.cli import build_parser
+    from fashion_twins.cli.train import make_config
+
+    def config(*argv):
+        return make_config(build_parser().parse_args(["train", "--backend", "flax", "--out", "m.safetensors", *argv]))
+
+    assert config("--recipe", "fast") == fast_config()
+    assert config("--recipe", "fast", "--epochs", "3").epochs == 3
+    assert config("--recipe", "fast").batch_size == 256 and config().batch_size == 64  # the default stays default
+    assert config("--tutorial-recipe") == config("--recipe", "tutorial")
+
+
+def test_contradicting_recipes_and_a_bad_lockstep_dtype_are_refused_naming_the_flag():
+    assert_one_error_line(
+        cli("train", "--backend", "flax", "--out", "/tmp/m.safetensors", "--recipe", "fast", "--tutorial-recipe"),
+        "--tutorial-recipe",
+        "--recipe fast",
+    )
+    assert_one_error_line(cli("lockstep", "--dtype", "float16"), "--dtype")
+    assert_one_error_line(cli("benchmark", "--recipe", "tutorial"), "--recipe")

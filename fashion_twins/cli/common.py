@@ -146,13 +146,16 @@ def threads_parent() -> argparse.ArgumentParser:
 
 
 def apply_threads(args) -> None:
-    """Apply --threads (where the subcommand has it) before torch or JAX is imported; a note says what was chosen."""
+    """Apply --threads (where the subcommand has it) before torch or JAX is imported.
+
+    Silent: the choice is recorded in every output (METRICS.json, report, benchmark JSON), and stderr
+    keeps its one-line-error contract for whatever fails after parsing.
+    """
     if getattr(args, "threads", None) is None:
         return
     from fashion_common.runtime import apply_threads as apply
 
-    policy = apply(args.threads)
-    note(f"[threads] {policy['threads']} ({policy['reason']})")
+    apply(args.threads)
 
 
 def data_parent() -> argparse.ArgumentParser:

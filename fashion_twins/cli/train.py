@@ -80,7 +80,7 @@ def add_parser(subparsers) -> None:
         choices=tuple(RECIPES),
         default=None,
         help="the config the flags start from: default (the accuracy recipe, 91 %%), fast (the shortest time to "
-        "89 %%: batch 256, 6 epochs) or tutorial (= --tutorial-recipe) (default: default)",
+        "89 %%: batch 256, 10 epochs) or tutorial (= --tutorial-recipe) (default: default)",
     )
     p.add_argument(
         "--tutorial-recipe",

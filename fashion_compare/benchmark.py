@@ -5,10 +5,10 @@ training images. Every variant is warmed up once (which also pays for compilatio
 `repeats` epochs, interleaved (A B C A B C ..., so a change of load hits every variant alike), and
 reported as the median with its min and max, on the same device, in the same run, with the same
 threads. The FLOP floor is measured once per round too, with those threads, and is the best of all
-its tries (a floor is a best case). The machine's load at the start and end is recorded beside it. The torch rows are the
-twin's engines: eager, compile (torch.compile), cuda_graph (CUDA only) through autograd and
-torch.optim, and fused, the opt-in hand-written backward, shown as what a compiler leaves on the
-table. `torch_s` is the engine `engine="auto"` picks on the device.
+its tries (a floor is a best case). The machine's load at the start and end is recorded beside it.
+The torch rows are the twin's engines: eager, compile (torch.compile), cuda_graph (CUDA only) through
+autograd and torch.optim, and fused, the opt-in hand-written backward, shown as what a compiler leaves
+on the table. `torch_s` is the engine `engine="auto"` picks on the device.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order, prepare_raw
 from fashion_common.loop import epoch_shifts
-from fashion_common.spec import TUTORIAL_PARAMETER_COUNT
 from fashion_common.runtime import machine_state, thread_report
+from fashion_common.spec import TUTORIAL_PARAMETER_COUNT
 from fashion_compare import device_label, set_matmul_precision
 from fashion_compare.machine import busy_warning, window
 

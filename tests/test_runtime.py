@@ -218,3 +218,39 @@ def test_contradicting_recipes_and_a_bad_lockstep_dtype_are_refused_naming_the_f
     )
     assert_one_error_line(cli("lockstep", "--dtype", "float16"), "--dtype")
     assert_one_error_line(cli("benchmark", "--recipe", "tutorial"), "--recipe")
+
+
+def test_torch_set_threads_sets_the_count_and_returns_the_one_before():
+    import torch
+
+    import fashion_torch
+
+    before = torch.get_num_threads()
+    try:
+        assert fashion_torch.set_threads(1) == before and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_flax_set_threads_writes_xla_flags_before_the_backend_starts_and_refuses_after():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, fashion_flax; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'; "
+        "print(fashion_flax.set_threads(1)); print(os.environ['XLA_FLAGS']); import jax; print(len(jax.devices()))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FASHION_TWINS_XLA_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split("\n")[:3] == [
+        "0",
+        "--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        "1",
+    ]  # the user's flags kept; XLA accepted the new ones and started
+    import jax
+
+    import fashion_flax
+
+    jax.devices()  # the backend has started in this process
+    with pytest.raises(RuntimeError, match="backend has started"):
+        fashion_flax.set_threads(1)

@@ -78,7 +78,7 @@ def machine_state() -> dict:
 # On busy cores a spinning worker burns the time slice the thread it waits for needs: at load 6-17 on
 # the 2-core CPU torch's default 2-thread epoch took 415-1153 s, 2 threads that sleep at once 4.9-44 s
 # (median 16), 1 thread 27-75 s (median 48: the scheduler shares the cores per thread, so fewer threads
-# got less, not more); a short spin (10,000) still took 99 s. See README, On a busy machine.
+# got less, not more); a short spin (10,000) took 49-99 s. See README, On a busy machine.
 AUTO_SPINCOUNT = "0"
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "XLA_FLAGS")
 _APPLIED: dict = {}

@@ -264,7 +264,7 @@ def interleaved_epochs(variants: dict, log=print, between: Callable[[], None] | 
     """{name: (make, repeats)} -> {name: (warm-up seconds, [timed epoch seconds])}, the epochs interleaved.
 
     Every variant is built and warmed up first (compilation paid there), then timed round by round;
-    between() runs after each round (the floor's next try).
+    between() runs after each round (the floor's next try: one before the rounds, one after each).
     """
     fns, warmups, times = {}, {}, {}
     for name, (make, n) in variants.items():
@@ -280,7 +280,7 @@ def interleaved_epochs(variants: dict, log=print, between: Callable[[], None] | 
             fns[name](len(times[name]))
             times[name].append(time.perf_counter() - start)
             log(f"{name}: epoch {len(times[name])} {times[name][-1]:.2f} s")
-        if between is not None and r + 1 < len(rounds):
+        if between is not None:
             between()
     return {name: (warmups[name], times[name]) for name in variants}
 

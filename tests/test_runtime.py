@@ -152,6 +152,7 @@ def test_interleaved_epochs_warm_every_variant_first_then_alternate_and_try_the_
         ("floor", None),  # the floor's next try between rounds
         ("a", 1),
         ("b", 1),
+        ("floor", None),
     ]
     assert [len(out[k][1]) for k in "abc"] == [2, 2, 1]
 

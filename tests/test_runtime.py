@@ -164,6 +164,13 @@ def test_every_figure_is_the_median_with_its_min_and_max():
     assert result["flax_step_ms"] == 250.0
 
 
+def test_the_floor_is_the_best_of_its_tries_not_their_median():
+    result = {}
+    benchmark.add_floor(result, [4.06, 2.15, 3.0], steps=937)  # the two runs minutes apart, and one more
+    assert result["floor_s"] == 2.15 and (result["floor_min_s"], result["floor_max_s"]) == (2.15, 4.06)
+    assert result["floor_times"] == [4.06, 2.15, 3.0]
+
+
 def test_the_plain_epoch_ratio_of_time_to_accuracy_uses_each_twins_own_epoch():
     rows = [{"backend": "torch", "train_seconds": 30.0}, {"backend": "flax", "train_seconds": 12.0}]
     benchmark.add_plain_epoch_ratios(rows, {"torch_s": 5.0, "flax_s": 3.0}, "fast")

@@ -46,7 +46,8 @@ def md_machine(report: dict) -> list[str]:
     threads = machine["threads"]
     env = ", ".join(f"{k}={v}" for k, v in threads["env"].items()) or "none set"
     torch_threads = threads["torch_threads"] or "not loaded"
-    lines = [f"- **threads**: torch {torch_threads}; {threads['policy']}; thread environment: {env}"]
+    xla = threads["env"].get("XLA_FLAGS", "XLA's default pool")
+    lines = [f"- **threads**: torch {torch_threads}, flax {xla}; {threads['policy']}; thread environment: {env}"]
     for stage, span in machine["stages"].items():
         lines.append(f"- **load during {stage}**: {_load(span['start'])} at the start, {_load(span['end'])} at the end")
     if machine.get("warning"):

@@ -105,6 +105,7 @@ def test_a_quiet_machine_gets_no_warning_anywhere():
     report = fake_report({"lockstep": (0.3, 0.4), "training": (1.0, 1.9)})
     assert report["machine"]["busy"] is False and report["machine"]["warning"] is None
     assert "busy" not in render_markdown(report)
+    assert "flax XLA's default pool" in render_markdown(report)  # the threads each twin used
     assert "load during training**: 1.00 on 2 cores at the start, 1.90 on 2 cores at the end" in render_markdown(report)
 
 

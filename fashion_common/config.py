@@ -122,3 +122,19 @@ def tutorial_config(**overrides) -> TrainConfig:
         augment_shift=0,
     )
     return base.replace(**overrides)
+
+
+def fast_config(**overrides) -> TrainConfig:
+    """The fast recipe: the shortest wall-clock time to 89 % test accuracy, not the best accuracy.
+
+    Chosen on the validation split like the default (README, Results: time to accuracy): batch 256
+    makes an epoch cheaper than 64 (fewer, larger steps), AdamW at lr 3e-3 with a 10-epoch cosine
+    reached 89 % validation accuracy at epoch 6 (flax, --val-size 5000); no shifts, which slow the
+    first epochs. Training stops wherever the caller stops it (benchmark --time-to-accuracy: at 89 %).
+    """
+    base = TrainConfig(epochs=10, batch_size=256, lr=3e-3, augment_shift=0)
+    return base.replace(**overrides)
+
+
+# --recipe NAME on the command line (train, benchmark): the config each name starts from
+RECIPES = {"default": TrainConfig, "fast": fast_config, "tutorial": tutorial_config}

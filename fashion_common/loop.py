@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
 from .paths import check_output_file
+from .runtime import thread_report
 from .spec import ModelSpec
 from .split import split_validation
 from .terminal import progress_bars_wanted
@@ -109,6 +110,7 @@ def run_metrics(
         "device": device,
         "platform": platform.platform(),
         "versions": versions,
+        "threads": thread_report(),  # --threads policy, torch's threads, load and usable cores at the start
         "config": config.to_dict(),
         "spec": spec.to_dict(),
         "num_train": run.num_train,

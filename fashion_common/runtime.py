@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # glibc mallopt parameters (malloc.h)
@@ -33,3 +34,124 @@ def tune_allocator() -> bool:
         return bool(ok)
     except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
         return False
+
+
+# ----------------------------------------------------------------------------- cores, load and threads
+
+BUSY_WARNING = "the machine was busy: times compare the load, not the frameworks"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity; a container's cpuset shows here, os.cpu_count does not)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1, 5 and 15 minute load averages, or None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None
+
+
+def is_busy(load_1m: float | None, cores: int) -> bool:
+    """True when more runnable work than usable cores: every timed thread then waits its turn."""
+    return load_1m is not None and load_1m > cores
+
+
+def machine_state() -> dict:
+    """{"load_1m", "load_5m", "usable_cores", "busy"} now (loads None where the OS has none)."""
+    load = load_average()
+    cores = usable_cores()
+    return {
+        "load_1m": None if load is None else round(load[0], 2),
+        "load_5m": None if load is None else round(load[1], 2),
+        "usable_cores": cores,
+        "busy": is_busy(None if load is None else load[0], cores),
+    }
+
+
+# libgomp's spin before a waiting OpenMP worker sleeps, in iterations (its default is 300,000, ~ms).
+# On busy cores a spinning worker burns the time slice the thread it waits for needs: at load 6-17 on
+# the 2-core CPU torch's default 2-thread epoch took 415-1153 s, 2 threads that sleep at once 4.9-44 s
+# (median 16), 1 thread 27-75 s (median 48: the scheduler shares the cores per thread, so fewer threads
+# got less, not more); a short spin (10,000) took 49-99 s. See README, On a busy machine.
+AUTO_SPINCOUNT = "0"
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "XLA_FLAGS")
+_APPLIED: dict = {}
+
+
+def parse_threads(text: str) -> str | int:
+    """'auto' or an integer >= 1 (the --threads value); ValueError otherwise."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"must be auto or an integer >= 1, got {text!r}")
+    return value
+
+
+def thread_policy(choice: str | int, cores: int, load_1m: float | None, environ) -> dict:
+    """What --threads CHOICE means here: {"requested", "threads", "env" (variables to set), "reason"}.
+
+    auto: every usable core (OpenMP's own default; a user's OMP_NUM_THREADS wins), whatever the load:
+    measured, fewer threads on a busy machine were slower, since the scheduler shares cores per thread.
+    An explicit N sets N. With more than one thread and no wait policy of the user's, OpenMP workers
+    do not spin (AUTO_SPINCOUNT), so a load that is there or comes during the run cannot make them burn
+    each other's time. The load is recorded beside the times, never used to pick the count.
+    """
+    env = {}
+    user = environ.get("OMP_NUM_THREADS", "")
+    if choice == "auto" and user.isdigit() and int(user) >= 1:
+        threads, reason = int(user), "auto: OMP_NUM_THREADS from the environment"
+    elif choice == "auto":
+        threads, reason = cores, f"auto: every usable core ({cores})"
+    else:
+        threads, reason = int(choice), f"--threads {choice}"
+        env["OMP_NUM_THREADS"] = str(threads)
+    if threads > 1 and "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        env["GOMP_SPINCOUNT"] = AUTO_SPINCOUNT
+        reason += f"; GOMP_SPINCOUNT={AUTO_SPINCOUNT} (waiting workers sleep, never spin)"
+    return {"requested": choice, "threads": threads, "env": env, "reason": reason}
+
+
+def apply_threads(choice: str | int) -> dict:
+    """The command line's thread policy, applied before torch or JAX is imported (env read at their start).
+
+    Where torch is already loaded (a caller's own process), only its thread count can change, through
+    fashion_torch.set_threads; the environment is then left alone. Returns the policy applied.
+    """
+    state = machine_state()
+    policy = thread_policy(choice, state["usable_cores"], state["load_1m"], os.environ)
+    if "torch" in sys.modules:
+        import fashion_torch  # already loaded with torch; imported here to keep this module framework-free
+
+        fashion_torch.set_threads(policy["threads"])
+        policy["reason"] += " (torch was already loaded: thread count only)"
+    else:
+        os.environ.update(policy["env"])
+    _APPLIED.clear()
+    _APPLIED.update(policy, machine_at_start=state)
+    return policy
+
+
+def thread_report() -> dict:
+    """The threads this process trains with, for METRICS.json, the report and the benchmark JSON.
+
+    {"requested": --threads or None (no policy applied), "policy": why, "torch_threads" (torch loaded),
+    "env": the thread variables as the frameworks saw them, "usable_cores", "load_1m" now}.
+    """
+    torch = sys.modules.get("torch")
+    return {
+        "requested": _APPLIED.get("requested"),
+        "policy": _APPLIED.get("reason", "library defaults (no --threads policy applied)"),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        **{k: v for k, v in machine_state().items() if k in ("usable_cores", "load_1m")},
+    }

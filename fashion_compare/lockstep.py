@@ -1,11 +1,12 @@
 """Lockstep: both twins from identical weights, fed the identical batch order, step by step.
 
-Like the rest of fashion_compare, it imports both frameworks; the twins themselves never import
-each other.
+This is the one place that imports both frameworks (with fashion_compare/parity.py); the twins
+themselves never import each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -14,8 +15,36 @@ from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order
 from fashion_common.loop import epoch_shifts
 from fashion_common.metrics import max_weight_diff
-from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys, flax_param_path
 from fashion_compare import set_matmul_precision
+
+
+def torch_weights64(model) -> dict:
+    """The torch twin's weights as canonical float64 numpy arrays (to_state_dict would round them to float32)."""
+    return {k: v.detach().cpu().double().numpy() for k, v in model.state_dict().items()}
+
+
+def flax_weights64(params, spec: ModelSpec = DEFAULT_SPEC) -> dict:
+    """The flax twin's params as canonical float64 numpy arrays, weight [out, in] (kernel transposed)."""
+    tree = params.get("params", params)
+    out = {}
+    for key in checkpoint_keys(spec):
+        leaf = tree
+        for name in flax_param_path(key):
+            leaf = leaf[name]
+        value = np.asarray(leaf, dtype=np.float64)
+        out[key] = value.T if key.endswith(".weight") else value
+    return out
+
+
+def _to_float64(t_state, f_state):
+    """Both twins' weights and optimizer state in float64 (jax x64 on): torch .double(), flax cast + new opt_state."""
+    import jax
+    import jax.numpy as jnp
+
+    t_state.model.double()  # in place: the optimizer keeps the same Parameter objects
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), f_state.params)
+    return f_state.replace(params=params, opt_state=f_state.tx.init(params))
 
 
 def lockstep(
@@ -27,6 +56,7 @@ def lockstep(
     spec: ModelSpec = DEFAULT_SPEC,
     progress: bool = False,
     keep_states: bool = False,
+    dtype: str = "float32",
     engine: str = "auto",
 ) -> dict:
     """Train both twins side by side from the torch twin's init; record how far apart they drift.
@@ -40,10 +70,23 @@ def lockstep(
       weight_every: compare every weight each this many steps (and at the last step).
       precision: "highest" (fp32 matmuls, the parity mode) or "tf32".
       keep_states: also return both twins' final train states under "states" ({"torch", "flax"}; not JSON).
+      dtype: "float32" (the twins as they train) or "float64": both twins' weights, optimizer state and
+        arithmetic in float64 (JAX's x64 switched on for this call), where rounding (~1e-16) cannot flip
+        a ReLU input across 0, so the twins must agree to ~1e-12: the algorithm, not the rounding, is compared.
     Returns:
       dict with per-step losses of both twins, |loss diff| per step, the max weight diff at
       recorded steps, and the summary figures max_loss_diff and final_weight_diff.
     """
+    import jax
+
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
+    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
+        return _lockstep(data, config, steps, weight_every, precision, spec, progress, keep_states, dtype, engine)
+
+
+def _lockstep(data, config, steps, weight_every, precision, spec, progress, keep_states, dtype, engine) -> dict:
+    """lockstep's body, run inside jax's x64 switch when dtype is float64."""
     import fashion_flax
     import fashion_flax.train as flax_train
     import fashion_torch
@@ -62,6 +105,11 @@ def lockstep(
     t_state = torch_train.create_train_state(config, spec, t_dev, total, engine=engine)
     init = fashion_torch.to_state_dict(t_state.model)  # one init for both twins
     f_state = flax_train.create_train_state(config, spec, f_dev, total, state_dict=init)
+    if dtype == "float64":
+        f_state = _to_float64(t_state, f_state)
+        t_weights, f_weights = torch_weights64, flax_weights64
+    else:
+        t_weights, f_weights = fashion_torch.to_state_dict, fashion_flax.to_state_dict
     t_data = torch_train.put_data(data, t_dev)
     f_data = flax_train.put_data(data, f_dev)
 
@@ -89,11 +137,7 @@ def lockstep(
         loss_flax.append(float(f_loss))
         if (i + 1) % weight_every == 0 or i + 1 == total:
             weight_steps.append(i + 1)
-            weight_diff.append(
-                max_weight_diff(
-                    fashion_torch.to_state_dict(t_state.model), fashion_flax.to_state_dict(f_state.params, spec)
-                )
-            )
+            weight_diff.append(max_weight_diff(t_weights(t_state.model), f_weights(f_state.params, spec)))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -103,6 +147,7 @@ def lockstep(
         "config": config.to_dict(),
         "engine": t_state.engine,
         "precision": precision,
+        "dtype": dtype,
         "steps": total,
         "loss_torch": loss_torch,
         "loss_flax": loss_flax,

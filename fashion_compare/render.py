@@ -7,6 +7,7 @@ import math
 from fashion_common.config import TrainConfig
 from fashion_common.spec import BACKENDS
 
+from . import machine
 from .plots import LOG_FLOOR, PLOTS, smoothed_loss_floor
 
 
@@ -81,6 +82,7 @@ def render_markdown(report: dict) -> str:
         ),
         "",
     ]
+    lines += machine.md_machine(report)  # threads, load per timed stage, the busy warning
     lines += _md_checks(report)
     lines += _md_figures(report)
     lines += _md_checkpoints(report.get("checkpoints") or {})
@@ -91,13 +93,13 @@ def render_markdown(report: dict) -> str:
     if "activations" in report:
         lines += _md_activations(report["activations"])
     if "lockstep" in report:
-        lines += _md_lockstep(report["lockstep"], have_png)
+        lines += _md_lockstep(report["lockstep"], have_png) + machine.md_busy_note(report, "lockstep")
     if "training" in report:
-        lines += _md_training(report["training"], have_png)
+        lines += _md_training(report["training"], have_png) + machine.md_busy_note(report, "training")
     if "classes" in report:
         lines += _md_classes(report["classes"], report.get("lockstep") or {}, have_png)
     if "distributed" in report:
-        lines += md_distributed(report["distributed"])
+        lines += md_distributed(report["distributed"]) + machine.md_busy_note(report, "distributed")
     if report.get("timings"):
         lines += ["## Timings", "", "| stage | seconds |", "| --- | ---: |"]
         lines += [f"| {k.removesuffix('_seconds')} | {v:.1f} |" for k, v in report["timings"].items()]

@@ -37,8 +37,10 @@ from fashion_common.checkpoint import atomic_write_bytes
 from fashion_common.config import DEVICES
 from fashion_common.data import FashionData
 from fashion_common.loop import write_json_atomic
+from fashion_common.runtime import machine_state
 from fashion_compare import device_label
 
+from . import machine
 from .plots import PLOTS  # noqa: F401  (re-exported: the files a report may hold)
 from .render import render_markdown
 from .stages import QUICK_LOCKSTEP_STEPS, STAGES, Run  # noqa: F401  (QUICK_LOCKSTEP_STEPS: the CLI's help)
@@ -124,7 +126,7 @@ def build_report(
     stages = [stage for stage in STAGES if stage.enabled(run)]  # distributed: only with --distributed N
     for number, stage in enumerate(stages, 1):
         log(f"[compare] {number}/{len(stages)} {stage.name} {stage.line(run)} ...")
-        start = time.perf_counter()
+        start, machine_start = time.perf_counter(), machine_state()
         try:
             stage.run(run)
         except BaseException as e:  # keep what earlier stages measured, and say where it stopped
@@ -133,6 +135,7 @@ def build_report(
             save()
             raise
         report["timings"][stage.name + "_seconds"] = time.perf_counter() - start
+        machine.record_stage(report, stage.name, machine_start)  # load and cores at its start and end
         report["status"]["stages_done"].append(stage.name)
         save()
     report["status"]["state"] = "complete"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,31 @@ def resolve_device(name: str = "auto") -> jax.Device:
 def set_matmul_precision(precision: str) -> None:
     """ "highest" (fp32: the parity mode) or "tf32" (JAX's GPU default, TensorFloat-32 matmuls)."""
     jax.config.update("jax_default_matmul_precision", {"highest": "highest", "tf32": "default"}[precision])
+
+
+def set_threads(threads: int) -> int:
+    """Ask XLA's CPU backend for `threads` intra-op threads; returns the count asked before (0: XLA's default).
+
+    Unlike torch's, XLA's CPU thread pool is sized once, when JAX starts its backend (the first array
+    or device query), from XLA_FLAGS: this sets them, and raises RuntimeError once the backend has
+    started. Never called on import: a library keeps JAX's defaults unless asked.
+    """
+    from jax._src import xla_bridge  # the one public-enough probe of "backend started" (jax 0.4-0.10)
+
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError("set_threads: JAX's CPU backend has started; set threads before the first array is made")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_THREAD_FLAGS)]
+    previous = int(os.environ.get("FASHION_TWINS_XLA_THREADS", "0"))
+    flags += [
+        f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}",
+        f"intra_op_parallelism_threads={threads}",
+    ]
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    os.environ["FASHION_TWINS_XLA_THREADS"] = str(threads)
+    return previous
+
+
+_THREAD_FLAGS = ("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads")
 
 
 # ----------------------------------------------------------------------------- the network

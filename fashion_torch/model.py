@@ -111,6 +111,18 @@ def set_matmul_precision(precision: str) -> None:
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
+def set_threads(threads: int) -> int:
+    """Use `threads` intra-op CPU threads (torch.set_num_threads); returns the count before.
+
+    Never called on import: a library keeps torch's defaults unless asked. The command line's
+    --threads applies a policy (fashion_common/runtime.py) that also sets how idle OpenMP workers
+    wait, which only the environment can do, before torch starts.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return previous
+
+
 # ----------------------------------------------------------------------------- the network
 
 
@@ -148,16 +160,16 @@ class NeuralNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._as_input(x)
-        x = self.flatten(
-            x.to(torch.float32)
-        )  # (N, 784); float64/16 inputs are cast (a no-op for float32), as in the flax twin
+        # (N, 784); inputs are cast to the weights' dtype: float32 (a no-op for float32 input) unless the
+        # model was .double()'d (the float64 lockstep); the flax twin's Dense promotes the same way
+        x = self.flatten(x.to(self.linear_relu_stack[0].weight.dtype))
         logits = self.linear_relu_stack(x)  # (N, 10)
         return logits
 
     def layer_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every intermediate, keyed by stack position: {"flatten": (N, 784), "0": (N, 512), ..., "4": (N, 10)}."""
         x = self._as_input(x)
-        outputs = {"flatten": self.flatten(x.to(torch.float32))}
+        outputs = {"flatten": self.flatten(x.to(self.linear_relu_stack[0].weight.dtype))}
         h = outputs["flatten"]
         for i, layer in enumerate(self.linear_relu_stack):
             h = layer(h)

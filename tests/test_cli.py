@@ -477,12 +477,26 @@ def test_lockstep_reports_twins_within_1e_5_and_writes_every_step(tmp_path):
     out = tmp_path / "lockstep.json"
     result = cli("lockstep", "--steps", "20", "--weight-every", "10", "--out", out)
     assert_ok(result)
-    assert result.stdout.startswith("[lockstep] 20 steps, sgd lr 0.001 batch 64, highest: max |loss diff| ")
+    assert result.stdout.startswith(
+        "[lockstep] 20 steps, sgd lr 0.001 momentum 0.0 batch 64, float32, highest: max |loss diff| "
+    )
     figures = json.loads(out.read_text())
     assert len(figures["loss_diff"]) == 20 and figures["weight_steps"] == [0, 10, 20]
+    assert figures["dtype"] == "float32" and figures["config"]["momentum"] == 0.0
     # fp32 rounding of differently ordered sums only (see tests/test_train.py's lockstep test)
     assert figures["max_loss_diff"] <= 1e-5 and figures["final_weight_diff"] <= 1e-5
 
 
 def test_lockstep_refuses_zero_steps_with_one_error_line():
     assert_one_error_line(cli("lockstep", "--steps", "0"), "argument --steps: must be an integer >= 1, got '0'")
+
+
+@needs_data
+def test_lockstep_in_float64_with_momentum_reports_the_twins_equal_to_rounding(tmp_path):
+    # the CLI face of tests/test_recipe.py's float64 proof: momentum 0.9 is chaotic in float32, not in float64
+    out = tmp_path / "lockstep.json"
+    result = cli("lockstep", "--steps", "10", "--momentum", "0.9", "--dtype", "float64", "--out", out)
+    assert_ok(result)
+    assert "momentum 0.9 batch 64, float64, highest" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["dtype"] == "float64" and figures["max_loss_diff"] <= 1e-12 and figures["final_weight_diff"] <= 1e-12

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = argv
         tune_allocator()  # steady step times: see fashion_common/runtime.py
+        common.apply_threads(args)  # --threads, before any framework is imported
         return int(args.run(args) or 0)
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0

@@ -131,6 +131,43 @@ def precision_parent(default: str | None = "highest", default_text: str | None =
     return p
 
 
+def threads_value(text: str) -> str | int:
+    """An argparse type: 'auto' or an integer >= 1 (--threads)."""
+    from fashion_common.runtime import parse_threads
+
+    try:
+        return parse_threads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def threads_parent() -> argparse.ArgumentParser:
+    """--threads, for every subcommand that trains or times; the CLI applies it before any framework import."""
+    p = Parser(add_help=False)
+    p.add_argument(
+        "--threads",
+        type=threads_value,
+        metavar="N|auto",
+        default="auto",
+        help="CPU threads for torch: auto = every usable core, with OpenMP workers that sleep instead of spinning "
+        "while they wait (what keeps torch fast on a busy machine); recorded in the outputs (default: auto)",
+    )
+    return p
+
+
+def apply_threads(args) -> None:
+    """Apply --threads (where the subcommand has it) before torch or JAX is imported.
+
+    Silent: the choice is recorded in every output (METRICS.json, report, benchmark JSON), and stderr
+    keeps its one-line-error contract for whatever fails after parsing.
+    """
+    if getattr(args, "threads", None) is None:
+        return
+    from fashion_common.runtime import apply_threads as apply
+
+    apply(args.threads)
+
+
 def data_parent() -> argparse.ArgumentParser:
     p = Parser(add_help=False)
     p.add_argument(

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
         "compare",
         help="both twins side by side: parity, lockstep, training; writes a report folder",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        parents=[common.data_parent(), common.device_parent(d.device)],
+        parents=[common.data_parent(), common.device_parent(d.device), common.threads_parent()],
     )
     p.add_argument(
         "--out-dir", metavar="DIR", default=d.out_dir, help=f"report folder, created if missing (default: {d.out_dir})"

@@ -1,6 +1,7 @@
 """fashion-twins lockstep: train both twins in lockstep and print how far apart they drift.
 
-    fashion-twins lockstep [--steps N] [--optimizer sgd] [--lr 1e-3] [--batch-size 64] [--precision highest|tf32|both] [--out lockstep.json]
+    fashion-twins lockstep [--steps N] [--optimizer sgd] [--lr 1e-3] [--momentum 0] [--batch-size 64]
+                           [--dtype float32|float64] [--precision highest|tf32|both] [--out lockstep.json]
 
 Both twins start from the torch twin's seeded weights and see the identical batch order; each
 step's loss and, every --weight-every steps, every weight are compared as max |torch - flax|.
@@ -19,7 +20,12 @@ def add_parser(subparsers) -> None:
         "lockstep",
         help="both twins trained step by step from one init; prints max |loss diff| and |weight diff|",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        parents=[common.data_parent(), common.device_parent("cpu"), common.precision_parent("highest")],
+        parents=[
+            common.data_parent(),
+            common.device_parent("cpu"),
+            common.precision_parent("highest"),
+            common.threads_parent(),
+        ],
     )
     p.add_argument(
         "--steps",
@@ -36,6 +42,20 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--lr", type=common.positive_float, metavar="X", default=base.lr, help=f"learning rate (default: {base.lr})"
+    )
+    p.add_argument(
+        "--momentum",
+        type=common.finite_float,
+        metavar="X",
+        default=base.momentum,
+        help=f"SGD momentum (default: {base.momentum}); 0.9 shows float32's chaotic drift over an epoch",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="float32 (how the twins train) or float64 in both twins, where rounding cannot flip a ReLU "
+        "(default: float32)",
     )
     p.add_argument(
         "--batch-size",
@@ -80,17 +100,25 @@ def run(args) -> int:
 
     device = pick_device(args.device)
     config = tutorial_config(
-        epochs=1, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=device
+        epochs=1,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
     )
     data = load_fashion_mnist(args.data_dir, download=args.download)
     show_bar = not args.quiet and progress_bars_wanted()
     results = {}
     for mode in common.precisions(args.precision):
-        result = lockstep(data, config, args.steps, args.weight_every, mode, progress=show_bar)
+        result = lockstep(data, config, args.steps, args.weight_every, mode, progress=show_bar, dtype=args.dtype)
         results[mode] = result
         print(
-            f"[lockstep] {result['steps']} steps, {config.optimizer} lr {config.lr} batch {config.batch_size}, {mode}: "
-            f"max |loss diff| {result['max_loss_diff']:.3g}, final max |weight diff| {result['final_weight_diff']:.3g}, "
+            f"[lockstep] {result['steps']} steps, {config.optimizer} lr {config.lr} momentum {config.momentum} "
+            f"batch {config.batch_size}, {args.dtype}, {mode}: "
+            f"max |loss diff| {result['max_loss_diff']:.3g}, "
+            f"final max |weight diff| {result['final_weight_diff']:.3g}, "
             f"final loss torch {result['loss_torch'][-1]:.6f} flax {result['loss_flax'][-1]:.6f}"
         )
     if args.out:

@@ -416,7 +416,9 @@ def test_predict_says_low_confidence_in_text_and_json_when_the_top_score_is_unde
     ckpt = tmp_path / "model.safetensors"
     flat = np.array([[0.46, 0.44] + [0.0125] * 8, [0.50, 0.30] + [0.025] * 8], np.float32)  # (2, 10)
     monkeypatch.setattr(predict, "load_model", lambda twin, args, device: None)
-    monkeypatch.setattr(predict, "predict_proba", lambda twin, loaded, images: flat[: len(images)])
+    import fashion_torch.train
+
+    monkeypatch.setattr(fashion_torch.train, "predict_proba", lambda model, images: flat[: len(images)])
     text = cli("predict", "--backend", "torch", ckpt, png, png)
     assert_ok(text)
     first, second = (_parse_prediction(line) for line in text.stdout.splitlines())

@@ -64,6 +64,7 @@ class CompareOptions:
     download: bool = False  # fall back to torchvision's download
     quiet: bool | None = None  # no progress bars; None: bars only when stderr is a terminal
     command: str | None = None  # the command line the header states; None: this library call
+    tensorboard: str | None = None  # also write each training's per-epoch scalars to DIR/<recipe>/<twin>/
     distributed: int = 0  # N > 0: also each twin on one device vs N-way data parallel (stage 8); 0 skips it
 
     def check(self) -> None:

@@ -413,7 +413,18 @@ def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict
         train = importlib.import_module(f"fashion_{backend}.train")
         set_matmul_precision("highest")
         start = time.perf_counter()
-        states[backend], metrics = train.train_and_evaluate(config, run.data, quiet=run.quiet, log=run.log)
+        writer = None
+        if run.options.tensorboard is not None:  # DIR/<recipe>/<twin>/, the same scalars as train --tensorboard
+            from fashion_common.tensorboard import EpochWriter
+
+            writer = EpochWriter(Path(run.options.tensorboard) / name, backend)
+        try:
+            states[backend], metrics = train.train_and_evaluate(
+                config, run.data, quiet=run.quiet, log=run.log, on_epoch=writer
+            )
+        finally:
+            if writer is not None:
+                writer.close()
         metrics["wall_seconds"] = time.perf_counter() - start
         entry[backend] = metrics
         run.save()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import importlib.util
 import json
 
 import numpy as np
@@ -24,6 +25,7 @@ from fashion_compare.stages import STAGES, Stage, parity_precisions, predict_cla
 # of differently ordered sums (tests/test_parity.py measures <= 6e-7 forward; tests/test_train.py
 # ~4e-6 over a full lockstep epoch). A layout or transpose bug moves values by ~1e-2.
 TOL = 1e-5
+HAVE_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 CHECK_KEYS = {"stage", "name", "value", "tolerance", "passed", "why"}
 
 
@@ -37,10 +39,14 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
         limit_test=500,
         lockstep_steps=20,
         quiet=True,
+        tensorboard=str(tmp_path / "tb") if HAVE_TENSORBOARD else None,
     )
     build_report(options, data=real_data(), log=lambda line: None)
 
     assert {"report.md", "report.json", *PLOTS} <= {p.name for p in tmp_path.iterdir()}
+    if HAVE_TENSORBOARD:  # compare --tensorboard: one run per recipe and twin, as train --tensorboard writes
+        for twin in ("torch", "flax"):
+            assert any(p.name.startswith("events.out.tfevents.") for p in (tmp_path / "tb" / "recipe" / twin).iterdir())
     report = json.loads((tmp_path / "report.json").read_text())  # strict JSON: non-finite numbers are strings
     assert report["status"]["state"] == "complete"
     assert report["status"]["stages_done"] == [

@@ -75,6 +75,13 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help=f"a quick end-to-end run for CI: {', '.join(f'{k}={v}' for k, v in DRY_RUN.items())} (default: off)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
+        help="also write each training's per-epoch scalars into DIR/<recipe>/<twin>/, as train --tensorboard does; "
+        "needs pip install 'fashion-twins[tensorboard]' (default: none)",
+    )
     common.add_quiet(
         p, "nothing on stderr but errors: no progress bars, no stage or epoch lines; the closing line stays"
     )
@@ -108,6 +115,7 @@ def make_options(args, command: str):
         download=args.download,
         command=command,
         distributed=args.distributed,
+        tensorboard=args.tensorboard,
         quiet=True if args.quiet else None,  # None: bars only when stderr is a terminal
         **values,
     )
@@ -121,6 +129,10 @@ def run(args) -> int:
     options = make_options(args, shlex.join(["fashion-twins", *getattr(args, "argv", sys.argv[1:])]))
     check_no_aliases({"--out-dir": args.out_dir}, {"--data-dir": args.data_dir})
     check_output_dir(args.out_dir, "--out-dir")
+    if args.tensorboard is not None:
+        from .train import check_tensorboard
+
+        check_tensorboard(args.tensorboard)
     from fashion_compare.report import build_report
 
     report = build_report(options, log=(lambda line: None) if args.quiet else common.note)

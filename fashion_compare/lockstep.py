@@ -1,7 +1,7 @@
 """Lockstep: both twins from identical weights, fed the identical batch order, step by step.
 
-This is the one place that imports both frameworks (with fashion_compare/parity.py); the twins
-themselves never import each other.
+Like the rest of fashion_compare, it imports both frameworks; the twins themselves never import
+each other.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ import sys
 
 import pytest
 from clitools import assert_ok, assert_one_error_line, cli, needs_data
-from test_distributed import TOL, max_diff, run, weights
+from test_distributed import TOL, run, weights
+
+from fashion_common.metrics import max_weight_diff
 
 # A small slice: 1024 images at batch 64 = 16 steps; plain SGD, constant rate, no smoothing or decay,
 # and ±1 px shifts on, so each rank (each device) must take its own columns of the global offsets too.
@@ -69,7 +71,7 @@ def one_device(tmp_path_factory):
 def test_torchrun_cli_on_two_gloo_ranks_ends_at_the_one_device_weights_and_only_rank_0_writes(one_device, tmp_path):
     out = tmp_path / "ddp.safetensors"
     result = run([*TORCHRUN, *CLI, "--backend", "torch", *FLAGS, "--out", str(out)])
-    assert max_diff(weights(out), one_device["torch"]) <= TOL
+    assert max_weight_diff(weights(out), one_device["torch"]) <= TOL
     assert result.stdout.count("[torch] wrote") == 1 and result.stdout.count("[torch] epoch") == 1  # rank 1 is silent
     assert "x 2 ranks (DDP, gloo)" in (tmp_path / "ddp.metrics.json").read_text()
 
@@ -79,7 +81,7 @@ def test_flax_cli_with_two_simulated_devices_ends_at_the_one_device_weights(one_
     out = tmp_path / "mesh.safetensors"
     # a subprocess: the simulated device count must be set before JAX's backend starts, and this one has started
     result = run([sys.executable, *CLI, "--backend", "flax", "--devices", "2", *FLAGS, "--out", str(out)])
-    assert max_diff(weights(out), one_device["flax"]) <= TOL
+    assert max_weight_diff(weights(out), one_device["flax"]) <= TOL
     assert result.stdout.count("[flax] wrote") == 1
     assert "cpu x 2 devices over 1 process(es) (simulated host devices)" in (tmp_path / "mesh.metrics.json").read_text()
 
@@ -94,7 +96,7 @@ def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_w
     )  # the torch twin's seeded init, as the torch run drew it
     assert_ok(cli("train", "--backend", "flax", *FLAGS, "--init", init, "--out", out))
     # the cross-framework lockstep bound: fp32 rounding of differently ordered sums over 16 steps
-    assert max_diff(weights(out), one_device["torch"]) <= TOL
+    assert max_weight_diff(weights(out), one_device["torch"]) <= TOL
 
 
 # ----------------------------------------------------------------------------- misuse: one line, exit 2, before any work

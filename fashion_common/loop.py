@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 
 from .augment import shift_offsets
-from .checkpoint import atomic_write_bytes, read_train_state, train_state_path
+from .checkpoint import atomic_write_bytes, copy_checkpoint, new_run_id, read_train_state, train_state_path
 from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
-from .paths import check_output_file
+from .paths import check_output_file, same_file
 from .spec import DEFAULT_SPEC, ModelSpec
 from .split import split_validation
 from .text import format_epoch_line
@@ -157,12 +157,16 @@ def train_and_evaluate(
     on_device = ops.put_data(data, device)
     on_device_val = None if val_data is None else ops.put_data(val_data, device)
 
-    history, start_epoch = [], 1
+    history, start_epoch, run_id = [], 1, new_run_id()
     if resume is not None:
         _, counters = read_train_state(resume)
         check_resume(resume, counters, ops.backend, config)
         state = ops.load(state, resume)
         history, start_epoch = counters["history"], counters["epoch"] + 1
+        run_id = counters.get("run_id") or run_id  # a resumed run keeps its id (older sidecars have none)
+        if out is not None and start_epoch > config.epochs:  # nothing to train: --out becomes the finished pair
+            copy_checkpoint(resume, out)  # (also finishes a last write killed between the sidecar and the weights)
+    kept = out if None not in (resume, out) and same_file(resume, out) else None  # this run's file: its last good epoch
 
     metrics = {
         "backend": ops.backend,
@@ -187,9 +191,7 @@ def train_and_evaluate(
         if progress is not None:
             progress.close()
         test_metrics = ops.evaluate(state, on_device, config)
-        check_finite_losses(
-            epoch, {**train_metrics, **test_metrics}, out
-        )  # before the save: keep the last good checkpoint
+        check_finite_losses(epoch, {**train_metrics, **test_metrics}, kept)  # before the save: keep the last good one
         row = {"epoch": epoch, **train_metrics, **test_metrics, "epoch_seconds": seconds}
         if on_device_val is not None:  # the twin's own evaluate, pointed at the validation split
             val = ops.evaluate(state, on_device_val, config)
@@ -201,9 +203,11 @@ def train_and_evaluate(
             "step": epoch * steps_per_epoch,
             "config": config.to_dict(),
             "history": history,
+            "run_id": run_id,
         }
         if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch
             ops.save(state, out, counters)
+            kept = out
         if metrics_path is not None:
             write_json_atomic(metrics_path, metrics)
         line = format_epoch_line(ops.backend, epoch, config.epochs, row)

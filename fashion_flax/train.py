@@ -25,7 +25,7 @@ from fashion_common.errors import CheckpointError, ConfigError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import augment
-from .checkpoint import from_state_dict, save_checkpoint
+from .checkpoint import from_state_dict, to_state_dict
 from .model import NeuralNetwork, create_model, resolve_device
 
 BACKEND = "flax"
@@ -231,11 +231,11 @@ test_loop = evaluate
 
 
 def save_train_state(state: TrainState, path, counters: dict) -> None:
-    """Weights to `path` (canonical), optimizer state and counters beside it; both written atomically.
+    """Weights to `path`; optimizer state, counters and a copy of the weights beside it (canonical.write_checkpoint).
 
     optax's state is a tree whose leaf paths name themselves (e.g. `[0].mu['params']...`); they
-    are the slot keys. The sidecar goes first and the weights name its step, so a crash between
-    the two renames is detected on resume.
+    are the slot keys. counters must hold the run's `run_id`; a crash at any point of the write
+    leaves a pair that resumes.
     """
     leaves = jax.tree_util.tree_leaves_with_path(state.opt_state)
     slots = {
@@ -243,17 +243,15 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
         for path, leaf in leaves
     }
     step = int(state.step)
-    canonical.write_train_state(path, slots, {**counters, "optimizer_step": step})
     spec = state.apply_fn.__self__.spec
-    save_checkpoint(state.params, path, spec, {"step": str(step)})
+    counters = {**counters, "optimizer_step": step}
+    canonical.write_checkpoint(path, to_state_dict(state.params, spec), spec, slots, counters)
 
 
 def load_train_state(state: TrainState, path) -> TrainState:
     """Restore weights, optimizer state and the update count written by save_train_state."""
     spec = state.apply_fn.__self__.spec
-    weights, _ = canonical.read_state(path, spec)
-    slots, counters = canonical.read_train_state(path)
-    canonical.check_pair(path, counters)
+    weights, slots, counters = canonical.read_checkpoint(path, spec)
     device = next(iter(jax.tree_util.tree_leaves(state.params)[0].devices()))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state.opt_state)
     restored = []

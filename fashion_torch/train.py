@@ -26,7 +26,7 @@ from fashion_common.errors import CheckpointError, ConfigError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 
 from . import augment, fused
-from .checkpoint import from_state_dict, save_checkpoint
+from .checkpoint import from_state_dict, to_state_dict
 from .model import NeuralNetwork, create_model, resolve_device
 
 BACKEND = "torch"
@@ -252,9 +252,9 @@ _SLOTS = {"momentum_buffer": "momentum", "exp_avg": "exp_avg", "exp_avg_sq": "ex
 
 
 def save_train_state(state: TrainState, path, counters: dict) -> None:
-    """Weights to `path` (canonical), optimizer slots and counters beside it; both written atomically.
+    """Weights to `path`; optimizer slots, counters and a copy of the weights beside it (canonical.write_checkpoint).
 
-    The sidecar goes first and the weights name its step, so a crash between the two renames is detected on resume.
+    counters must hold the run's `run_id`; a crash at any point of the write leaves a pair that resumes.
     """
     keys = checkpoint_keys(state.model.spec)
     slots = {}
@@ -263,17 +263,13 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
             if torch.is_tensor(value):
                 slots[f"{_SLOTS[name]}/{key}"] = value.detach().cpu().reshape(value.shape or (1,)).numpy().copy()
     # The scheduler's position and its last rates ride in the JSON counters (floats round-trip exactly).
-    canonical.write_train_state(
-        path, slots, {**counters, "optimizer_step": state.step, "scheduler": state.scheduler.state_dict()}
-    )
-    save_checkpoint(state.model, path, {"step": str(state.step)})
+    counters = {**counters, "optimizer_step": state.step, "scheduler": state.scheduler.state_dict()}
+    canonical.write_checkpoint(path, to_state_dict(state.model), state.model.spec, slots, counters)
 
 
 def load_train_state(state: TrainState, path) -> TrainState:
     """Restore weights, optimizer slots and the update count written by save_train_state."""
-    weights, _ = canonical.read_state(path, state.model.spec)
-    slots, counters = canonical.read_train_state(path)
-    canonical.check_pair(path, counters)
+    weights, slots, counters = canonical.read_checkpoint(path, state.model.spec)
     device = next(state.model.parameters()).device
     with torch.no_grad():
         for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters()):

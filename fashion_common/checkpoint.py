@@ -547,6 +547,9 @@ def copy_checkpoint(source, dest) -> bool:
         return False
     if not same_file(train_state_path(source), train_state_path(dest)):
         atomic_write_bytes(train_state_path(dest), train_state_path(source).read_bytes())
+    if current:  # the weights file is the sidecar's epoch (read_checkpoint compared them): copy it as it is
+        atomic_write_bytes(dest, source.read_bytes())
+        return True
     metadata = {"step": str(counters["optimizer_step"])}
     if counters.get("run_id"):
         metadata["run_id"] = counters["run_id"]

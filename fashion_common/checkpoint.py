@@ -192,6 +192,7 @@ def _write_error(path, e: OSError) -> WriteError:
 # bit anywhere in a tensor or a header value is caught on read (a flip in the JSON's syntax or the
 # length prefix already fails to parse).
 DIGEST_FIELD = "sha256"
+_DIGEST_VALUE = re.compile(r"[0-9a-f]{64}")
 _UNVERIFIED_NOTED: set[str] = set()
 
 
@@ -209,6 +210,8 @@ def content_digest(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> 
 def _verify_digest(path: Path, what: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     """Raise CheckpointError naming the file if its bytes changed after writing; a file without a digest: one note."""
     stored = metadata.get(DIGEST_FIELD)
+    if stored is None and any(isinstance(v, str) and _DIGEST_VALUE.fullmatch(v) for v in metadata.values()):
+        stored = ""  # a digest under a damaged field name (one flipped bit in "sha256"): the file changed
     if stored is None:
         key = str(path)
         if key not in _UNVERIFIED_NOTED:  # once per file and process: a foreign file read every epoch says it once

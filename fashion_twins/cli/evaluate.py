@@ -6,6 +6,10 @@ fashion-twins evaluate --backend flax runs/torch.safetensors
 
 from __future__ import annotations
 
+import math
+
+from fashion_common.errors import NonFiniteLossError
+
 from . import common
 
 
@@ -52,5 +56,16 @@ def run(args) -> int:
     else:
         model, params = loaded
         metrics = twin.train.evaluate_model(model.apply, params, on_device.test_images, on_device.test_labels)
+    check_finite_metrics(metrics, args.checkpoint, len(data.test_labels))
     print(format_eval_line(args.backend, metrics, len(data.test_labels), args.checkpoint))
     return 0
+
+
+def check_finite_metrics(metrics: dict, checkpoint, count: int) -> None:
+    """A NaN or Inf test loss is an error, not a result: the weights overflow (or were damaged) on these images."""
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"{checkpoint}: {key} is {value} on the {count} test images; the weights give non-finite "
+                "logits or losses (a damaged or diverged checkpoint), so there is no result to report"
+            )

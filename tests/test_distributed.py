@@ -17,8 +17,6 @@ the forced-device JAX subprocess.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import json
 import os
 import signal
@@ -84,7 +82,10 @@ def torchrun(*args, nproc=2) -> list:
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
-        "fashion_torch.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "torch",
         *args,
     ]
 
@@ -138,12 +139,13 @@ def test_world_comes_from_torchrun_variables_and_rejects_a_rank_outside_it():
 def test_torch_ddp_refuses_an_indivisible_batch_before_joining_the_process_group(monkeypatch, capsys, tmp_path):
     import torch.distributed as dist
 
-    import fashion_torch.distributed as tdist
+    from fashion_twins.cli import main
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")  # no peer will ever come: a rendezvous would hang, the check must come first
     out = tmp_path / "m.safetensors"
-    assert tdist.main([*config_flags(CONFIG.replace(batch_size=65)), "--out", str(out)]) == 2
+    flags = [*config_flags(CONFIG.replace(batch_size=65)), "--out", str(out)]
+    assert main(["train", "--backend", "torch", *flags]) == 2
     err = (
         capsys.readouterr().err.strip()
     )  # the module entry point is `fashion-twins train --backend torch`: its one error line
@@ -172,14 +174,15 @@ def runs(tmp_path_factory):
 def torch_single(runs):
     """The torch twin's own single-device loop, in this process."""
     import fashion_torch.train as train
-    from fashion_common import loop
 
     data = require_real_data()
-    ops = dataclasses.replace(
-        train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(runs / "init.safetensors"))
-    )
-    _, metrics = loop.train_and_evaluate(
-        ops, CONFIG, data, out=str(runs / "torch_single.safetensors"), quiet=True, log=lambda line: None, device="cpu"
+    _, metrics = train.train_and_evaluate(
+        CONFIG,
+        data,
+        out=str(runs / "torch_single.safetensors"),
+        quiet=True,
+        log=lambda line: None,
+        init_from=runs / "init.safetensors",
     )
     return weights(runs / "torch_single.safetensors"), metrics
 
@@ -219,7 +222,17 @@ def torch_fault(runs):
     """Two ranks started by hand (no torchrun agent to tear them down); rank 1 is killed after the first checkpoint."""
     out = runs / "torch_fault.safetensors"
     env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(common.free_port()), WORLD_SIZE="2")
-    cmd = [sys.executable, "-m", "fashion_torch.distributed", *config_flags(), "--init", str(runs / "init.safetensors")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "torch",
+        *config_flags(),
+        "--init",
+        str(runs / "init.safetensors"),
+    ]
     cmd += ["--out", str(out), "--quiet", "--timeout", str(TIMEOUT_S)]
     ranks = [
         subprocess.Popen(
@@ -359,7 +372,10 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
     cmd = [
         sys.executable,
         "-m",
-        "fashion_flax.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "flax",
         *config_flags(),
         "--init",
         str(runs / "init.safetensors"),
@@ -399,7 +415,10 @@ def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_
     cmd = [
         sys.executable,
         "-m",
-        "fashion_flax.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "flax",
         *config_flags(CONFIG.replace(epochs=30)),
         "--out",
         str(out),
@@ -458,7 +477,10 @@ def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device
         [
             sys.executable,
             "-m",
-            "fashion_flax.distributed",
+            "fashion_twins",
+            "train",
+            "--backend",
+            "flax",
             *config_flags(gpu),
             "--devices",
             "1",
@@ -470,29 +492,12 @@ def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device
         ]
     )
     # the twins' single-device loops on the GPU, from the same init
-    import torch
-
     import fashion_flax.train as flax_train
     import fashion_torch.train as torch_train
-    from fashion_common import loop
 
     data = require_real_data()
-    for train, device, out in (
-        (torch_train, torch.device("cuda"), runs / "gpu_torch_single.safetensors"),
-        (flax_train, None, f_ref),
-    ):
-        ops = dataclasses.replace(
-            train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(init))
-        )
-        loop.train_and_evaluate(
-            ops,
-            gpu,
-            data,
-            out=str(out),
-            quiet=True,
-            log=lambda line: None,
-            device=device or __import__("jax").devices("gpu")[0],
-        )
+    for train, out in ((torch_train, runs / "gpu_torch_single.safetensors"), (flax_train, f_ref)):
+        train.train_and_evaluate(gpu, data, out=str(out), quiet=True, log=lambda line: None, init_from=init)
     assert max_diff(weights(t_out), weights(runs / "gpu_torch_single.safetensors")) <= TOL
     assert max_diff(weights(f_out), weights(f_ref)) <= TOL
     assert max_diff(weights(t_out), weights(f_out)) <= TOL
@@ -561,17 +566,14 @@ def flax_worker(folder: Path) -> None:
     import fashion_flax
     import fashion_flax.distributed as fdist
     import fashion_flax.train as train
-    from fashion_common import loop
     from fashion_common.data import load_fashion_mnist
 
     fashion_flax.set_matmul_precision("highest")
     data = load_fashion_mnist()
-    init = weights(folder / "init.safetensors")
     quiet = dict(quiet=True, log=lambda line: None)
-    # the twin's own single-device loop on device 0
-    ops = dataclasses.replace(train.OPS, init_state=functools.partial(train.create_train_state, state_dict=init))
-    loop.train_and_evaluate(
-        ops, CONFIG, data, out=str(folder / "flax_single.safetensors"), device=jax.devices()[0], **quiet
+    # the twin's own single-device loop on the first device
+    train.train_and_evaluate(
+        CONFIG, data, out=str(folder / "flax_single.safetensors"), init_from=folder / "init.safetensors", **quiet
     )
     # the sharded run over every device
     mesh = fdist.make_mesh()

@@ -472,3 +472,16 @@ def test_model_forward_on_nan_inf_and_huge_inputs_gives_the_same_pattern_in_both
     # relative: row 4 is ~1e28, where 1e-6 absolute means nothing; float32 summation order gives ~1e-6 relative
     rel = np.abs(outs["torch"][finite] - outs["flax"][finite]) / np.maximum(np.abs(outs["torch"][finite]), 1.0)
     assert rel.max() <= 1e-5
+
+
+def test_an_output_name_whose_temp_file_would_be_too_long_is_refused_before_any_work(tmp_path):
+    from fashion_common.checkpoint import atomic_write_bytes
+    from fashion_common.paths import TEMP_NAME_EXTRA, PathError, check_output_file
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")  # 255 on ext4, tmpfs, overlayfs
+    fits = tmp_path / ("a" * (limit - TEMP_NAME_EXTRA))
+    check_output_file(fits, "--out")
+    with pytest.raises(PathError, match=rf"--out .*: the file name is {limit - TEMP_NAME_EXTRA + 1} bytes"):
+        check_output_file(tmp_path / ("a" * (limit - TEMP_NAME_EXTRA + 1)), "--out")
+    atomic_write_bytes(fits, b"ok")  # the longest name accepted really is writable: its temp name fits
+    assert fits.read_bytes() == b"ok"

@@ -213,12 +213,12 @@ def progress_bar(backend: str, epoch: int, epochs: int, steps: int, quiet: bool 
     return tqdm(total=steps, desc=f"[{backend}] epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True)
 
 
-def progress_chunks(steps: int, progress) -> list:
-    """Split an epoch's steps into slices; the bar advances once per slice (about 20 a epoch, or 1 if quiet).
+def progress_chunks(steps: int, progress=None) -> list:
+    """Split an epoch's steps into about 20 slices: the bar advances once per slice, Ctrl-C is honoured between them.
 
-    Both twins use the same slices, so their bars move alike; for flax each slice is one compiled scan.
+    Both twins use the same slices, so their bars move alike; for flax each slice is one compiled scan
+    (the weights are bitwise the same however an epoch is sliced). Quiet runs are sliced too, so that
+    fashion_common.interrupt.check() between slices stops a run within a slice, not an epoch.
     """
-    if progress is None:
-        return [slice(0, steps)]
-    size = -(-steps // 20)  # equal slices but the last, so a compiled flax scan sees at most two lengths
+    size = -(-steps // 20) if steps else 1  # equal slices but the last, so a compiled scan sees at most two lengths
     return [slice(a, min(a + size, steps)) for a in range(0, steps, size)]

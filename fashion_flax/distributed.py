@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fashion_common import distributed as common
-from fashion_common import loop
+from fashion_common import interrupt, loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.distributed import DEFAULT_TIMEOUT_S, DistributedError, World
@@ -154,6 +154,7 @@ def train_epoch(
     step_fn = sharded_train_steps(mesh)
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
+        interrupt.check()  # Ctrl-C stops here, between compiled scans, never inside one
         order_d = put_global(order[chunk], batch_sharded(mesh))  # (S, B), B split over `data`
         shifts_d = (
             None if shifts is None else put_global(shifts[chunk], batch_sharded(mesh))

@@ -22,7 +22,7 @@ from flax import struct
 from flax.training import train_state as flax_train_state
 
 from fashion_common import checkpoint as canonical
-from fashion_common import loop
+from fashion_common import interrupt, loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError
@@ -166,6 +166,7 @@ def train_epoch(
     shifts_d = None if shifts is None else jax.device_put(shifts, device)
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
+        interrupt.check()  # Ctrl-C stops here, between compiled scans, never inside one
         state, chunk_loss, chunk_correct = train_steps(
             state,
             data.train_images,
@@ -179,8 +180,8 @@ def train_epoch(
             loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)
             progress.update(chunk.stop - chunk.start)
             progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct_sum / (seen * order.shape[1]):.3f}")
-        else:
-            loss_sum, correct_sum = chunk_loss, chunk_correct  # one slice: stay on the device until the end
+        else:  # no bar: the sums stay on the device until the end
+            loss_sum, correct_sum = loss_sum + chunk_loss, correct_sum + chunk_correct
     steps = len(order)
     return state, {"train_loss": float(loss_sum) / steps, "train_accuracy": int(correct_sum) / (steps * order.shape[1])}
 

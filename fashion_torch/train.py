@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 from fashion_common import checkpoint as canonical
-from fashion_common import loop
+from fashion_common import interrupt, loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError, ConfigError
@@ -208,6 +208,7 @@ def train_epoch(
     seen = 0
     for chunk in loop.progress_chunks(len(order), progress):
         for i in range(chunk.start, chunk.stop):
+            interrupt.check()  # Ctrl-C stops between steps
             idx = order_t[i]
             shift = None if shifts_t is None else shifts_t[i]
             loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx], shift)

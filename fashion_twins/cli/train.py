@@ -24,6 +24,7 @@ import traceback
 import types
 import typing
 
+from fashion_common import interrupt
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.distributed import DEFAULT_TIMEOUT_S, check_world, under_torchrun, world_from_env
 from fashion_common.errors import ConfigError
@@ -291,14 +292,18 @@ def _run_locked(args, config: TrainConfig, mode, out: str, sidecar: str, metrics
         if int(counters.get("epoch", 0)) >= config.epochs:
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 
-    twin = common.backend_module(args.backend)
+    twin = common.backend_module(args.backend, start_backend=mode is None)
     kwargs = dict(out=out, metrics_path=metrics, resume=args.resume, quiet=args.quiet, init_from=args.init)
     if args.engine is not None:  # torch only (refused above for the other twins)
         kwargs["engine"] = args.engine
-    if mode is None:
-        _train_one_device(args, config, twin, kwargs)
-    else:
-        _train_data_parallel(args, config, mode, dict(kwargs, timeout_s=args.timeout or DEFAULT_TIMEOUT_S))
+    interrupt.install()  # Ctrl-C sets a flag; the epoch loops stop at the next step boundary (exit 130)
+    try:
+        if mode is None:
+            _train_one_device(args, config, twin, kwargs)
+        else:
+            _train_data_parallel(args, config, mode, dict(kwargs, timeout_s=args.timeout or DEFAULT_TIMEOUT_S))
+    finally:
+        interrupt.uninstall()
     if _is_writer(args, mode):
         print(f"[{args.backend}] wrote {out}, {sidecar} and {metrics}")
     return 0

@@ -43,6 +43,12 @@ class Run:
         return int(len(self.data.train_labels))
 
 
+def check_batch_fits(batch_size: int, num_train: int) -> None:
+    """Refuse a batch larger than the training set (an epoch of it would have no step): what train and lockstep say."""
+    if batch_size > num_train:
+        raise ValueError(f"batch_size {batch_size} is larger than the {num_train} training images")
+
+
 def prepare(config: TrainConfig, data: FashionData, out=None, metrics_path=None) -> Run:
     """Check the outputs, apply config.limit_* and the validation split, and count the steps.
 
@@ -55,8 +61,7 @@ def prepare(config: TrainConfig, data: FashionData, out=None, metrics_path=None)
     if config.val_size:  # the held-out images leave the training set; each epoch scores them
         data, val = split_validation(data, config.val_size)
     steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train_labels)} training images")
+    check_batch_fits(config.batch_size, len(data.train_labels))
     return Run(data, val, steps_per_epoch, steps_per_epoch * config.epochs, None if out is None else str(out))
 
 

@@ -15,6 +15,7 @@ The rules both twins enforce (each by calling the shared check here, before any 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 
@@ -90,8 +91,6 @@ def check_dim(dim, ndim: int, what: str = "softmax") -> int:
     compute, so a bad dim gives the same DimError and message in both (torch alone would raise
     IndexError or TypeError, JAX ValueError or TypeError, with other words).
     """
-    import operator
-
     if isinstance(dim, bool) or dim is None:
         raise DimError(f"{what}: dim must be an int, got {dim!r}")
     try:
@@ -112,3 +111,26 @@ def check_activation_input(name: str, dtype_name: str, is_floating: bool) -> Non
     """
     if not is_floating:
         raise InputDtypeError(f"{name} expects a floating-point input, got {dtype_name}; cast it to float32 first")
+
+
+MAX_SEED = 2**32 - 1  # what the command line's --seed takes, and numpy's and torch's seeding both hold
+
+
+def check_seed(seed) -> int | None:
+    """The shared rule for create_model's seed: None, or an int (numpy ints too, not bool) in 0..MAX_SEED.
+
+    torch.manual_seed alone took 1.5 and "0"; jax.random.PRNGKey refused them with its own words.
+    Returns the seed as a Python int (or None).
+    """
+    if seed is None:
+        return None
+    expected = f"seed must be None or an int from 0 to {MAX_SEED}"
+    if isinstance(seed, bool):
+        raise TypeError(f"{expected}, got bool {seed!r}")
+    try:
+        value = operator.index(seed)  # int, numpy integers; refuses 1.5, "0", 1.0
+    except TypeError:
+        raise TypeError(f"{expected}, got {type(seed).__name__} {seed!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{expected}, got {value}")
+    return value

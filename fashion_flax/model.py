@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input
+from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input, check_seed
 from fashion_common.spec import ACTIVATION_DISPLAY, DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -198,6 +198,7 @@ def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: int | None = 0, device=No
     one module holding its parameters.
     """
     model = _shared_model(spec, init_scheme)
+    seed = check_seed(seed)  # the torch twin's rule and words
     rng = jax.random.PRNGKey(0 if seed is None else seed)
     rng, init_rng = jax.random.split(rng)
     params = _jitted_init(spec, init_scheme)(init_rng, jnp.zeros((1, *spec.image_size), jnp.float32))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input
+from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input, check_seed
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -167,6 +167,7 @@ class NeuralNetwork(nn.Module):
 
 def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: int | None = 0, device="cpu") -> NeuralNetwork:
     """A fresh NeuralNetwork on `device`; the seed makes torch's default init repeatable."""
+    seed = check_seed(seed)  # the flax twin's rule and words
     if seed is not None:
         torch.manual_seed(seed)
     return NeuralNetwork(spec).to(device)

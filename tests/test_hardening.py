@@ -485,3 +485,38 @@ def test_an_output_name_whose_temp_file_would_be_too_long_is_refused_before_any_
         check_output_file(tmp_path / ("a" * (limit - TEMP_NAME_EXTRA + 1)), "--out")
     atomic_write_bytes(fits, b"ok")  # the longest name accepted really is writable: its temp name fits
     assert fits.read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize(
+    "seed, error, words",
+    [
+        (1.5, TypeError, "got float 1.5"),
+        ("0", TypeError, "got str '0'"),
+        (True, TypeError, "got bool True"),
+        (-1, ValueError, "got -1"),
+        (2**32, ValueError, f"got {2**32}"),
+    ],
+)
+def test_create_model_refuses_a_bad_seed_with_the_same_error_in_both_twins(seed, error, words):
+    import importlib
+
+    raised = []
+    for name in ("torch", "flax"):
+        with pytest.raises(error) as e:
+            importlib.import_module(f"fashion_{name}").create_model(seed=seed)
+        raised.append((type(e.value), str(e.value)))
+    assert raised[0] == raised[1] == (error, f"seed must be None or an int from 0 to {2**32 - 1}, {words}")
+
+
+def test_create_model_takes_a_numpy_integer_seed_as_the_same_int_in_both_twins():
+    import fashion_flax
+    import fashion_torch
+
+    a, b = fashion_torch.create_model(seed=np.int64(3)), fashion_torch.create_model(seed=3)
+    assert all(
+        np.array_equal(x.detach().numpy(), y.detach().numpy())
+        for x, y in zip(a.parameters(), b.parameters(), strict=True)
+    )
+    (_, pa), (_, pb) = fashion_flax.create_model(seed=np.int64(3)), fashion_flax.create_model(seed=3)
+    fa, fb = fashion_flax.to_state_dict(pa), fashion_flax.to_state_dict(pb)
+    assert all(np.array_equal(fa[k], fb[k]) for k in fa)

@@ -14,6 +14,7 @@ import numpy as np
 from flax import linen as nn
 
 from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input, check_seed
+from fashion_common.inputs import to_numpy
 from fashion_common.spec import ACTIVATION_DISPLAY, DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -167,8 +168,10 @@ class NeuralNetwork(nn.Module):
         The dtype is checked before JAX sees the input, since JAX (x64 off) would turn int64 into
         int32 and float64 into float32, and the message must name the dtype the caller gave, as torch's does.
         """
-        if not isinstance(x, jax.Array):
-            x = np.asarray(x)
+        if not isinstance(x, jax.Array):  # numpy, a list, a torch tensor of any dtype (fashion_common.inputs)
+            x, name, floating = to_numpy(x)
+            check_input(x.shape, name, floating, self.spec.image_size)
+            return x
         check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
         return x
 

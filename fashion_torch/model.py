@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input, check_seed
+from fashion_common.inputs import to_numpy
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -139,9 +140,9 @@ class NeuralNetwork(nn.Module):
         The flax twin takes the same inputs (its own arrays, or anything np.asarray takes), so a NumPy
         batch works in both and a bad one fails alike, before any conversion can change its dtype.
         """
-        if not isinstance(x, torch.Tensor):
-            x = np.asarray(x)
-            check_input(x.shape, str(x.dtype), np.issubdtype(x.dtype, np.floating), self.spec.image_size)
+        if not isinstance(x, torch.Tensor):  # numpy, a list, a JAX array, ml_dtypes' bfloat16 (fashion_common.inputs)
+            x, name, floating = to_numpy(x)
+            check_input(x.shape, name, floating, self.spec.image_size)
             x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(next(self.parameters()).device)
         check_input(x.shape, str(x.dtype).replace("torch.", ""), x.is_floating_point(), self.spec.image_size)
         return x

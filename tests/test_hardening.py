@@ -520,3 +520,13 @@ def test_create_model_takes_a_numpy_integer_seed_as_the_same_int_in_both_twins()
     (_, pa), (_, pb) = fashion_flax.create_model(seed=np.int64(3)), fashion_flax.create_model(seed=3)
     fa, fb = fashion_flax.to_state_dict(pa), fashion_flax.to_state_dict(pb)
     assert all(np.array_equal(fa[k], fb[k]) for k in fa)
+
+
+def test_a_fresh_run_that_diverges_in_its_first_epoch_does_not_claim_the_existing_out_as_its_own():
+    fresh = loop.Run(data=None, val=None, steps_per_epoch=1, total_steps=2, out="old.safetensors")
+    nan = {"train_loss": float("nan"), "train_accuracy": 0.1}
+    with pytest.raises(NonFiniteLossError) as e:
+        loop.epoch_row(1, 0.0, nan, {"test_loss": 1.0, "test_accuracy": 0.1}, None, fresh)
+    assert "old.safetensors" not in str(e.value)  # that file is an earlier run's, not this one's last good epoch
+    with pytest.raises(NonFiniteLossError, match="old.safetensors was not overwritten, it keeps the last good epoch"):
+        loop.epoch_row(2, 0.0, nan, {"test_loss": 1.0, "test_accuracy": 0.1}, None, fresh)  # epoch 1 was saved

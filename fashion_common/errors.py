@@ -111,6 +111,8 @@ def check_activation_input(name: str, dtype_name: str, is_floating: bool) -> Non
     """
     if not is_floating:
         raise InputDtypeError(f"{name} expects a floating-point input, got {dtype_name}; cast it to float32 first")
+    if dtype_name.startswith(("float8", "float6", "float4")):  # storage formats: torch has no arithmetic in them
+        raise InputDtypeError(f"{name} does not compute in {dtype_name} (a storage format); cast it to float32 first")
 
 
 MAX_SEED = 2**32 - 1  # what the command line's --seed takes, and numpy's and torch's seeding both hold

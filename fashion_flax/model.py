@@ -28,9 +28,16 @@ from fashion_common.text import format_summary_rows
 # The checks read static dtypes and shapes, so under jit they cost nothing at run time.
 
 
-def _check(name: str, x) -> None:
-    dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
-    check_activation_input(name, str(np.dtype(dtype)), jnp.issubdtype(dtype, jnp.floating))
+def _check(name: str, x):
+    """x as an array JAX takes (a torch tensor or a list: converted, keeping a dtype JAX has), after the shared rule."""
+    if isinstance(x, jax.Array | np.ndarray | np.generic) or jnp.isscalar(x):
+        dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
+        check_activation_input(name, str(np.dtype(dtype)), jnp.issubdtype(dtype, jnp.floating))
+        return x
+    array, dtype, floating = to_numpy(x)
+    check_activation_input(name, dtype, floating)
+    kind = getattr(jnp, dtype, None)
+    return array.astype(kind) if dtype != str(array.dtype) and kind is not None else array
 
 
 @jax.custom_jvp
@@ -46,17 +53,17 @@ def _binary_step_jvp(primals, tangents):
 
 def binary_step(x):
     """1 where x >= 0, else 0; NaN stays NaN; the gradient is 0 everywhere (not undefined)."""
-    _check("binary_step", x)
+    x = _check("binary_step", x)
     return _binary_step(jnp.asarray(x))
 
 
 def sigmoid(x):
-    _check("sigmoid", x)
+    x = _check("sigmoid", x)
     return jax.nn.sigmoid(x)  # stable for |x| large: no overflow to NaN at -1e4
 
 
 def tanh(x):
-    _check("tanh", x)
+    x = _check("tanh", x)
     return jnp.tanh(x)
 
 
@@ -74,12 +81,12 @@ def _relu_jvp(primals, tangents):
 
 
 def relu(x):
-    _check("relu", x)
+    x = _check("relu", x)
     return _relu(jnp.asarray(x))
 
 
 def softmax(x, dim: int = -1):
-    _check("softmax", x)
+    x = _check("softmax", x)
     x = jnp.asarray(x)
     dim = check_dim(dim, x.ndim)
     if x.ndim == 0:  # torch treats a 0-d input as 1-d: softmax of one value

@@ -381,12 +381,21 @@ INPUT_LIBRARIES = ("numpy", "torch", "jax", "list")
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float64", "int32", "uint8", "bool")
 
 
-def _batch_from(library: str, x: np.ndarray, dtype: str):
-    """float32 values in [0, 1] -> the same batch as `library` holds it in `dtype` (None: the library lacks it)."""
-    import jax.numpy as jnp
+def _float32(out):
+    return out.float() if isinstance(out, torch.Tensor) else np.asarray(out, np.float32)
+
+
+def _np_dtype(dtype: str):
     import ml_dtypes
 
-    np_dtype = getattr(ml_dtypes, dtype, None) if dtype.startswith(("bfloat", "float8")) else np.dtype(dtype)
+    return getattr(ml_dtypes, dtype) if dtype.startswith(("bfloat", "float8")) else np.dtype(dtype)
+
+
+def _batch_from(library: str, x: np.ndarray, dtype: str):
+    """float32 values -> the same batch as `library` holds it in `dtype` (None: the library lacks it)."""
+    import jax.numpy as jnp
+
+    np_dtype = _np_dtype(dtype)
     if library == "torch":
         kind = getattr(torch, dtype, None)
         return None if kind is None else torch.from_numpy(x).to(kind)
@@ -419,3 +428,30 @@ def test_model_forward_agrees_or_fails_alike_for_a_batch_from_any_library_in_any
     # Both twins cast the same values to float32 exactly (every bfloat16/float16/float8 value is a
     # float32), so this is test_parity's float32 bound for inputs in [0, 1].
     assert float(np.abs(torch_out - flax_out).max(initial=0.0)) <= 1e-5
+
+
+@given(data=st.data())
+def test_every_activation_agrees_or_fails_alike_on_any_library_and_dtype(data):
+    name = data.draw(st.sampled_from(ELEMENTWISE + ("softmax",)), label="activation")
+    library = data.draw(st.sampled_from(INPUT_LIBRARIES), label="library")
+    dtype = data.draw(st.sampled_from(INPUT_DTYPES), label="dtype")
+    x = data.draw(hnp.arrays(np.float32, st.integers(1, 6), elements=st.floats(-8, 8, width=32)), label="x")
+    batch = _batch_from(library, x, dtype)
+    assume(batch is not None)
+    outs = {}
+    for twin_name, twin in TWINS.items():  # torch's bfloat16/float8 results reach numpy through float32
+        kind, out = outcome(lambda twin=twin: _float32(getattr(twin, name)(batch)))
+        outs[twin_name] = (kind, out)
+    (torch_kind, torch_out), (flax_kind, flax_out) = outs["torch"], outs["flax"]
+    assert (torch_kind, name, library, dtype) == (flax_kind, name, library, dtype), (torch_out, flax_out)
+    if torch_kind == "error":
+        assert torch_out == flax_out and issubclass(torch_out[0], FashionTwinsError)
+        return
+    # Each library rounds the result to the input's dtype (float8: 3 mantissa bits, bfloat16: 8, ...):
+    # 2 of that dtype's ulps at 1 bound the difference of two correctly rounded values in [0, 8].
+    import ml_dtypes
+
+    eps = float(ml_dtypes.finfo(np.float32 if library == "list" else _np_dtype(dtype)).eps)
+    t, f = np.asarray(torch_out, np.float64), np.asarray(flax_out, np.float64)
+    assert t.shape == f.shape == x.shape
+    assert float(np.abs(t - f).max()) <= 2 * eps * 8

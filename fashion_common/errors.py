@@ -1,12 +1,14 @@
 """Exceptions both twins raise, with messages built in one place so the twins say the same thing.
 
 The rules both twins enforce (each by calling the shared check here, before any compute):
-- Model input: a tensor/array of the twin's own framework, or anything np.asarray takes (a NumPy
-  batch, a nested list; a CPU torch tensor into flax). Shape (N, 28, 28) or (N, 1, 28, 28), N >= 0:
-  an empty batch gives (0, 10) logits. Other shapes: InputShapeError. Integer, bool or complex
-  dtypes: InputDtypeError (scale uint8 by 1/255 first). Other float dtypes are cast to float32.
-- Activations (binary_step, sigmoid, tanh, relu, softmax): floating inputs only, dtype kept;
-  integer, bool or complex inputs raise InputDtypeError (check_activation_input).
+- Model input: a NumPy array, a nested list, a JAX array or a torch tensor, in either twin
+  (fashion_common.inputs.to_numpy), in any float dtype either library has (float16/32/64,
+  bfloat16, float8). Shape (N, 28, 28) or (N, 1, 28, 28), N >= 0: an empty batch gives (0, 10)
+  logits. Other shapes: InputShapeError. Integer, bool or complex dtypes: InputDtypeError naming the
+  dtype given (scale uint8 by 1/255 first). Float dtypes are cast to float32 (exactly, but float64).
+- Activations (binary_step, sigmoid, tanh, relu, softmax): the same inputs, floating only, dtype kept
+  where the twin's library has it; integer, bool, complex and float8 (a storage format, no torch
+  arithmetic) inputs raise InputDtypeError (check_activation_input).
 - softmax `dim`: an int (numpy ints too, not bool) in [-ndim, ndim - 1], a 0-d input counting as
   1-d; anything else raises DimError (an IndexError and a TypeError, as torch's own are) (check_dim).
 - NaN and inf propagate alike. The one deliberate difference: XLA on CPU flushes float32 subnormal

@@ -153,7 +153,8 @@ class NeuralNetwork(nn.Module):
         if not isinstance(x, torch.Tensor):  # numpy, a list, a JAX array, ml_dtypes' bfloat16 (fashion_common.inputs)
             x, name, floating = to_numpy(x)
             check_input(x.shape, name, floating, self.spec.image_size)
-            x = torch.from_numpy(np.array(x, dtype=np.float32)).to(next(self.parameters()).device)  # a writable copy
+            x = torch.from_numpy(np.array(x, dtype=np.float32))  # a writable copy: a JAX array's view is read-only
+            x = x.to(next(self.parameters()).device)
         check_input(x.shape, str(x.dtype).replace("torch.", ""), x.is_floating_point(), self.spec.image_size)
         return x
 

@@ -36,6 +36,7 @@ from fashion_common import checkpoint as canonical  # noqa: E402
 from fashion_common import distributed as common  # noqa: E402
 from fashion_common.config import tutorial_config  # noqa: E402
 from fashion_common.distributed import DistributedError  # noqa: E402
+from fashion_common.metrics import max_weight_diff
 
 if __name__ == "__main__":  # the worker needs no GPU check (it would import torch and start JAX early)
     GPU_SKIP_REASON = "run as a script"
@@ -92,10 +93,6 @@ def torchrun(*args, nproc=2) -> list:
 
 def weights(path) -> dict:
     return canonical.read_state(path)[0]
-
-
-def max_diff(a: dict, b: dict) -> float:
-    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
 def require_real_data():
@@ -273,7 +270,7 @@ def kill_peer_after_first_checkpoint(procs, out, wait_s: float):
 def test_flax_sharded_over_four_devices_matches_one_device_after_120_steps(flax_runs):
     single, sharded, report = flax_runs
     assert STEPS >= 100 and report["devices"] == FLAX_DEVICES
-    assert max_diff(single, sharded) <= TOL
+    assert max_weight_diff(single, sharded) <= TOL
 
 
 @pytest.mark.data
@@ -289,7 +286,7 @@ def test_flax_sharded_resume_after_a_crash_reaches_the_uninterrupted_weights(run
     _, counters = canonical.read_train_state(runs / "flax_interrupted.safetensors")
     assert counters["epoch"] == 3
     # the same mesh and program, restarted from the saved state: equal to float32 rounding at most
-    assert max_diff(weights(runs / "flax_resumed.safetensors"), flax_runs[1]) <= 1e-7
+    assert max_weight_diff(weights(runs / "flax_resumed.safetensors"), flax_runs[1]) <= 1e-7
 
 
 @pytest.mark.data
@@ -301,7 +298,7 @@ def test_flax_sharded_refuses_a_batch_not_divisible_by_the_devices_before_traini
 
 @pytest.mark.data
 def test_torch_ddp_on_two_gloo_ranks_matches_one_device_after_120_steps(torch_single, torch_ddp):
-    assert max_diff(torch_single[0], torch_ddp[0]) <= TOL
+    assert max_weight_diff(torch_single[0], torch_ddp[0]) <= TOL
 
 
 @pytest.mark.data
@@ -323,7 +320,7 @@ def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(t
 
 @pytest.mark.data
 def test_torch_ddp_matches_flax_sharded_within_tolerance(torch_ddp, flax_runs):
-    assert max_diff(torch_ddp[0], flax_runs[1]) <= TOL
+    assert max_weight_diff(torch_ddp[0], flax_runs[1]) <= TOL
 
 
 # ----------------------------------------------------------------------------- faults and resume
@@ -358,7 +355,7 @@ def test_resume_under_torchrun_after_the_fault_reaches_the_uninterrupted_weights
     _, counters = canonical.read_train_state(torch_fault["path"])
     assert result.stdout.count("[torch] epoch") == CONFIG.epochs - counters["epoch"]
     # The same ranks, slices and reduction order: only the restart differs, so the weights agree to the last bit or close.
-    assert max_diff(weights(out), torch_ddp[0]) <= 1e-7
+    assert max_weight_diff(weights(out), torch_ddp[0]) <= 1e-7
 
 
 # ----------------------------------------------------------------------------- two JAX processes
@@ -405,7 +402,7 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
     assert (
         outputs[0][0].count("[flax] epoch") == CONFIG.epochs and outputs[1][0].count("[flax] epoch") == 0
     )  # process 0 logs
-    assert max_diff(weights(out), flax_runs[0]) <= TOL
+    assert max_weight_diff(weights(out), flax_runs[0]) <= TOL
 
 
 @pytest.mark.data
@@ -498,9 +495,9 @@ def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device
     data = require_real_data()
     for train, out in ((torch_train, runs / "gpu_torch_single.safetensors"), (flax_train, f_ref)):
         train.train_and_evaluate(gpu, data, out=str(out), quiet=True, log=lambda line: None, init_from=init)
-    assert max_diff(weights(t_out), weights(runs / "gpu_torch_single.safetensors")) <= TOL
-    assert max_diff(weights(f_out), weights(f_ref)) <= TOL
-    assert max_diff(weights(t_out), weights(f_out)) <= TOL
+    assert max_weight_diff(weights(t_out), weights(runs / "gpu_torch_single.safetensors")) <= TOL
+    assert max_weight_diff(weights(f_out), weights(f_ref)) <= TOL
+    assert max_weight_diff(weights(t_out), weights(f_out)) <= TOL
 
 
 # ----------------------------------------------------------------------------- the comparison for the report
@@ -646,3 +643,37 @@ def flax_worker(folder: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["flax-worker"]:
         flax_worker(Path(sys.argv[2]))
+
+
+@pytest.mark.parametrize("world_size, n", [(3, 10), (2, 7), (4, 5)])
+def test_ddp_evaluation_weights_each_ranks_unequal_shard_by_its_images(monkeypatch, world_size, n):
+    """The DDP evaluate on every rank of a simulated world, its all-reduce replaced by the sum over the ranks.
+
+    10 test images over 3 ranks are shards of 4, 3 and 3: the mean over all images is not the mean of the
+    ranks' means. The single-device evaluation of the same weights is the oracle.
+    """
+    import types
+
+    from twin_data import separable_set
+
+    import fashion_torch.distributed as tdist
+    import fashion_torch.train as train
+    from fashion_common.config import TrainConfig
+    from fashion_common.distributed import World
+
+    config = TrainConfig(device="cpu", epochs=1, batch_size=32, lr=2e-4, eval_batch_size=3, limit_test=n)
+    state, _ = train.train_and_evaluate(config, separable_set(), quiet=True, log=lambda s: None)  # part-trained
+    data = train.put_data(separable_set().limit(test=n))
+    expected = train.evaluate(state, data, config)
+
+    sent = []
+    monkeypatch.setattr(tdist, "_all_reduce_sum", lambda values, device: sent.append(list(values)) or list(values))
+    ranks = [types.SimpleNamespace(world=World(r, world_size), model=state.model) for r in range(world_size)]
+    for rank in ranks:  # pass 1: what each rank contributes
+        tdist.evaluate(rank, data, config)
+    totals = [sum(column) for column in zip(*sent, strict=True)]
+    monkeypatch.setattr(tdist, "_all_reduce_sum", lambda values, device: list(totals))
+    for rank in ranks:  # pass 2: every rank sees the reduced sums, as after a real all-reduce
+        got = tdist.evaluate(rank, data, config)
+        assert got["test_accuracy"] == expected["test_accuracy"]
+        assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-6)

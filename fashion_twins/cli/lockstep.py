@@ -64,6 +64,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="also write every per-step figure here; with --precision both, one object per mode (default: none)",
     )
+    common.add_quiet(p, "no progress bar, even on a terminal; the result lines still go to stdout")
     p.set_defaults(run=run)
 
 
@@ -74,6 +75,7 @@ def run(args) -> int:
     check_output_file(args.out, "--out")
     from fashion_common.data import load_fashion_mnist
     from fashion_common.loop import check_batch_fits
+    from fashion_common.terminal import progress_bars_wanted
     from fashion_compare.benchmark import pick_device
     from fashion_compare.lockstep import lockstep
 
@@ -87,9 +89,10 @@ def run(args) -> int:
     )
     data = load_fashion_mnist(args.data_dir, download=args.download)
     check_batch_fits(config.batch_size, len(data.train_labels))  # train's words for the same mistake
+    show_bar = not args.quiet and progress_bars_wanted()
     results = {}
     for mode in common.precisions(args.precision):
-        result = lockstep(data, config, args.steps, args.weight_every, mode, progress=True)
+        result = lockstep(data, config, args.steps, args.weight_every, mode, progress=show_bar)
         results[mode] = result
         print(
             f"[lockstep] {result['steps']} steps, {config.optimizer} lr {config.lr} batch {config.batch_size}, {mode}: "

@@ -6,16 +6,28 @@ numpy dict this module reads and writes; nothing here or there ever unpickles.
 
 Training state (optimizer slots, step count) goes in a sidecar `<name>.state.safetensors`, so
 the model file stays loadable with `load_state_dict(..., strict=True)` into the tutorial's class.
+
+Crash consistency (write_checkpoint / read_checkpoint): the sidecar is complete on its own: it holds
+the weights too, and is written first. So whichever rename a crash interrupts, the sidecar on disk
+is one whole epoch and resume continues from it; the weights file is then that epoch or the one
+before (it is rewritten after the next epoch). Both files carry the run's id: files of two runs are
+refused, never mixed. Every file we write carries a sha256 of its tensors and header in its header
+(DIGEST_FIELD), checked on every read. One run at a time writes a checkpoint: run_lock holds an
+flock on `<name>.lock` beside it for the whole run.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
 import stat
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +112,30 @@ def remove_stale_temps(path) -> list:
     return removed
 
 
+# Tests set this to a callable(event, path) to kill the process at each durability point of a write:
+# "fsync" (the temp's bytes), "rename" (temp -> target), "fsync-dir" (the rename itself). None in use.
+FAULT_HOOK: Callable[[str, Path], None] | None = None
+
+
+def _durability_point(event: str, path: Path) -> None:
+    if FAULT_HOOK is not None:
+        FAULT_HOOK(event, path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable: fsync the folder's entry table (best effort; some filesystems refuse it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a crash leaves the old file or the new one.
 
@@ -126,7 +162,9 @@ def atomic_write_bytes(path, data: bytes) -> None:
                 os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
+            _durability_point("fsync", path)
             os.fsync(f.fileno())
+        _durability_point("rename", path)
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -136,6 +174,8 @@ def atomic_write_bytes(path, data: bytes) -> None:
         if isinstance(e, OSError):
             raise _write_error(path, e) from None
         raise  # KeyboardInterrupt and the like pass through unchanged
+    _durability_point("fsync-dir", path)
+    _fsync_folder(folder)
     remove_stale_temps(path)
 
 
@@ -146,10 +186,57 @@ def _write_error(path, e: OSError) -> WriteError:
     return error
 
 
+# ----------------------------------------------------------------------------- digest
+# safetensors has no checksum of its own. Every file we write carries, in its header, a sha256 over
+# each tensor (name, dtype, shape, bytes; sorted by name) and the other header fields, so a flipped
+# bit anywhere in a tensor or a header value is caught on read (a flip in the JSON's syntax or the
+# length prefix already fails to parse).
+DIGEST_FIELD = "sha256"
+_DIGEST_VALUE = re.compile(r"[0-9a-f]{64}")
+_UNVERIFIED_NOTED: set[str] = set()
+
+
+def content_digest(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
+    """sha256 hex of the tensors (sorted by name: name, dtype, shape, bytes) and the header fields but the digest."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        value = np.ascontiguousarray(tensors[key])
+        h.update(json.dumps([key, value.dtype.str, list(value.shape)]).encode())
+        h.update(memoryview(value.reshape(-1).view(np.uint8)))
+    h.update(json.dumps({k: v for k, v in metadata.items() if k != DIGEST_FIELD}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _verify_digest(path: Path, what: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Raise CheckpointError naming the file if its bytes changed after writing; a file without a digest: one note."""
+    stored = metadata.get(DIGEST_FIELD)
+    if stored is None and any(isinstance(v, str) and _DIGEST_VALUE.fullmatch(v) for v in metadata.values()):
+        stored = ""  # a digest under a damaged field name (one flipped bit in "sha256"): the file changed
+    if stored is None:
+        key = str(path)
+        if key not in _UNVERIFIED_NOTED:  # once per file and process: a foreign file read every epoch says it once
+            _UNVERIFIED_NOTED.add(key)
+            print(
+                f"note: {path} has no {DIGEST_FIELD} digest in its header (not written by fashion-twins); "
+                "its bytes cannot be verified",
+                file=sys.stderr,
+                flush=True,
+            )
+        return
+    if stored != content_digest(tensors, metadata):
+        raise CheckpointError(
+            f"{path}: the {what}'s bytes do not match the {DIGEST_FIELD} digest in its header; "
+            "the file changed after it was written (a flipped bit, a partial copy or an edit)"
+        )
+
+
 def _serialize(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the content digest added to the header."""
     from safetensors.numpy import save
 
-    return save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    metadata = {**metadata, DIGEST_FIELD: content_digest(tensors, metadata)}
+    return save(tensors, metadata=metadata)
 
 
 # torch.save writes a zip archive (since torch 1.6) or, with the legacy format, a bare pickle
@@ -207,6 +294,7 @@ def _read(path, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except Exception as e:  # safetensors raises several types for truncated or foreign files
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} is not a readable safetensors {what} ({reason})") from None
+    _verify_digest(path, what, tensors, metadata)
     return tensors, metadata
 
 
@@ -355,9 +443,15 @@ def write_train_state(path, slots: dict[str, np.ndarray], counters: dict) -> Pat
 
 
 def read_train_state(path) -> tuple[dict[str, np.ndarray], dict]:
-    """Read the sidecar written by write_train_state; returns (slots, counters)."""
+    """Read the sidecar written by write_train_state or write_checkpoint; returns (slots, counters)."""
+    slots, _, counters, _ = _read_sidecar(path)
+    return slots, counters
+
+
+def _read_sidecar(path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, dict, dict]:
+    """(optimizer slots, the weights it holds or None for a sidecar from before they were kept, counters, header)."""
     side = train_state_path(path)
-    slots, metadata = _read(side, "training state")
+    tensors, metadata = _read(side, "training state")
     check_header(metadata, side, FORMAT_NAME + "/train-state")
     if "counters" not in metadata:
         raise CheckpointError(f"{side}: no training counters in header")
@@ -366,12 +460,120 @@ def read_train_state(path) -> tuple[dict[str, np.ndarray], dict]:
     except (ValueError, RecursionError):
         raise CheckpointError(f"{side}: header field 'counters' is not valid JSON") from None
     check_counters(counters, side)
-    return slots, counters
+    slots = {k: v for k, v in tensors.items() if not k.startswith(WEIGHTS_PREFIX)}
+    weights = {k[len(WEIGHTS_PREFIX) :]: v for k, v in tensors.items() if k.startswith(WEIGHTS_PREFIX)}
+    return slots, weights or None, counters, metadata
+
+
+# ----------------------------------------------------------------------------- the crash-consistent pair
+WEIGHTS_PREFIX = "weights/"  # the sidecar's copy of the weights: `weights/<canonical key>`
+
+
+def new_run_id() -> str:
+    """A random id naming one training run; every checkpoint pair the run writes carries it (resume keeps it)."""
+    return secrets.token_hex(8)
+
+
+def write_checkpoint(path, weights: dict[str, np.ndarray], spec: ModelSpec, slots: dict, counters: dict) -> Path:
+    """Write one epoch's checkpoint pair so that a crash at any point leaves a resumable pair.
+
+    The sidecar (weights + optimizer slots + counters, complete on its own) is renamed into place
+    first, then the weights file. A crash before the sidecar's rename leaves the previous epoch's pair;
+    a crash between the renames leaves the new sidecar and the previous weights, from which
+    read_checkpoint resumes (the sidecar's weights win). counters must hold `run_id` and `optimizer_step`.
+    """
+    validate_state(weights, spec)
+    weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+    run_id, step = str(counters["run_id"]), int(counters["optimizer_step"])
+    metadata = {
+        "format": FORMAT_NAME + "/train-state",
+        "counters": json.dumps(counters, sort_keys=True),
+        "run_id": run_id,
+        **spec.to_metadata(),
+    }
+    tensors = {**{WEIGHTS_PREFIX + k: v for k, v in weights.items()}, **slots}
+    atomic_write_bytes(train_state_path(path), _serialize(tensors, metadata))
+    return write_state(path, weights, spec, {"step": str(step), "run_id": run_id})
+
+
+def read_checkpoint(path, spec: ModelSpec | None = None) -> tuple[dict[str, np.ndarray], dict, dict]:
+    """Read a pair written by write_checkpoint (or an older write_train_state pair); returns (weights, slots, counters).
+
+    The weights come from the sidecar when it holds them; the weights file beside it must then be
+    missing (a crash before its first rename), or of the same run and not newer. Files of two runs,
+    or of two saves where the sidecar cannot tell, raise CheckpointError naming both files.
+    """
+    path = Path(path)
+    side = train_state_path(path)
+    slots, weights, counters, side_meta = _read_sidecar(path)
+    if weights is None:  # an older sidecar: the weights file is the only copy and its step must match
+        weights, spec = read_state(path, spec)
+        check_pair(path, counters)
+        return weights, slots, counters
+    spec = spec or spec_from_header(side_meta, side) or DEFAULT_SPEC
+    validate_state(weights, spec, source=f"{side} (its weights)")
+    check_finite(weights, side)
+    run_id, step = counters.get("run_id"), int(counters["optimizer_step"])
+    if not os.path.lexists(path):
+        return weights, slots, counters  # killed between the sidecar's first rename and the weights'
+    file_weights, _ = read_state(path, spec)
+    file_meta = _header_metadata(path)
+    file_run, file_step = file_meta.get("run_id"), int(file_meta.get("step", -1))
+    if file_run != run_id:
+        raise CheckpointError(
+            f"{path} (run {file_run or 'unknown'}) and {side} (run {run_id}) are files of two different runs; "
+            "resume from a checkpoint and the sidecar written with it"
+        )
+    if file_step > step or (
+        file_step == step and any(not np.array_equal(file_weights[k], weights[k]) for k in weights)
+    ):
+        raise CheckpointError(
+            f"{path} (step {file_step}) and {side} (step {step}) do not belong together; "
+            "resume from a checkpoint and the sidecar written with it"
+        )
+    return weights, slots, counters  # file_step < step: killed between the renames; the sidecar is the newer
+
+
+def copy_checkpoint(source, dest) -> bool:
+    """Make `dest` a complete pair of the run in `source` (the same file: finish an interrupted write); True if written.
+
+    The sidecar is the newer half after a crash between the renames, so the weights are written from it.
+    """
+    from .paths import same_file
+
+    source, dest = Path(source), Path(dest)
+    weights, _, counters = read_checkpoint(source)
+    _, _, _, side_meta = _read_sidecar(source)
+    spec = spec_from_header(side_meta, train_state_path(source)) or DEFAULT_SPEC
+    current = os.path.lexists(source) and _header_metadata(source).get("step") == str(counters["optimizer_step"])
+    if same_file(source, dest) and current:
+        return False
+    if not same_file(train_state_path(source), train_state_path(dest)):
+        atomic_write_bytes(train_state_path(dest), train_state_path(source).read_bytes())
+    if current:  # the weights file is the sidecar's epoch (read_checkpoint compared them): copy it as it is
+        atomic_write_bytes(dest, source.read_bytes())
+        return True
+    metadata = {"step": str(counters["optimizer_step"])}
+    if counters.get("run_id"):
+        metadata["run_id"] = counters["run_id"]
+    write_state(dest, weights, spec, metadata)
+    return True
+
+
+def _header_metadata(path) -> dict[str, str]:
+    """The header metadata of a safetensors file (already verified by a read), {} when it has none."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # unreadable: the reader that follows names the problem
+        return {}
 
 
 # counters field -> (type, what it must be); ints are non-negative and never bool.
 COUNTER_FIELDS = {
-    "backend": (str, "'torch' or 'flax'"),
+    "backend": (str, "'torch', 'flax' or 'nnx'"),
     "epoch": (int, "an integer >= 0"),
     "step": (int, "an integer >= 0"),
     "optimizer_step": (int, "an integer >= 0"),
@@ -399,6 +601,9 @@ def check_counters(counters, side="training state") -> None:
         if not ok:
             shown = json.dumps(value)[:60]
             raise CheckpointError(f"{side}: counters field {field!r} is {shown}; expected {expected}")
+    run_id = counters.get("run_id")  # absent in sidecars written before runs had ids
+    if run_id is not None and not (isinstance(run_id, str) and re.fullmatch(r"[0-9a-f]{1,64}", run_id)):
+        raise CheckpointError(f"{side}: counters field 'run_id' is {json.dumps(run_id)[:60]}; expected a hex string")
 
 
 def check_pair(path, counters: dict) -> None:
@@ -408,9 +613,63 @@ def check_pair(path, counters: dict) -> None:
     with safe_open(str(path), framework="numpy") as f:
         step = (f.metadata() or {}).get("step")
     if step is not None and int(step) != int(counters["optimizer_step"]):
-        raise CheckpointError(
-            f"{path} (step {step}) and {train_state_path(path)} (step {counters['optimizer_step']}) do not belong together"
-        )
+        side, side_step = train_state_path(path), counters["optimizer_step"]
+        raise CheckpointError(f"{path} (step {step}) and {side} (step {side_step}) do not belong together")
+
+
+# ----------------------------------------------------------------------------- one writer per checkpoint
+
+
+def lock_path(path) -> Path:
+    """CKPT.safetensors -> CKPT.lock, the file a run holds an flock on while it writes CKPT and its sidecar."""
+    return _beside(path, ".lock")
+
+
+class RunLock:
+    """An exclusive flock on `<name>.lock` beside a checkpoint, held while one run writes it.
+
+    The OS releases it when the process dies, however it dies, so a crash never leaves a stale lock.
+    The file holds the holder's pid, for the refusal's message; it is never deleted (deleting a lock
+    file lets a third process lock a new inode while the second still holds the old one).
+    """
+
+    def __init__(self, path):
+        self.path = lock_path(path)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            self.fd = None
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise CheckpointError(
+                f"{path} is being written by another run ({who}, holding {self.path}); "
+                "wait for it to finish or give another --out"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+    __del__ = release
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def run_lock(path) -> RunLock | None:
+    """Lock `path` for this run (RunLock); None when there is no path (a run that writes no checkpoint)."""
+    return None if path is None else RunLock(path)
 
 
 def read_metadata(path) -> dict[str, str] | None:

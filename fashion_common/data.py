@@ -1,4 +1,4 @@
-"""Fashion-MNIST for both twins: find the original files, verify them, load them through torchvision.
+"""Fashion-MNIST for both twins: find the original files, verify them, parse exactly the bytes verified.
 
 Where the data is looked for, first match wins:
   1. the `data_dir` argument (`--data-dir` on the scripts);
@@ -9,8 +9,11 @@ Where the data is looked for, first match wins:
 A folder qualifies if it holds the four `.gz` files (Debian's layout) or torchvision's
 `FashionMNIST/raw/` layout. The `.gz` files are decompressed once into the cache folder in
 torchvision's layout, checked against the sha256 of the decompressed bytes (Debian recompressed
-the archives, so torchvision's .gz md5s do not apply), then read with
-`torchvision.datasets.FashionMNIST`, the tutorial's API. torchvision is imported lazily, here only.
+the archives, so torchvision's .gz md5s do not apply). load_fashion_mnist reads each file once,
+checks the sha256 of those bytes and parses the same bytes (IDX: big-endian header, uint8 data),
+so only verified bytes reach a model; torchvision, which would prefer a stale `processed/*.pt`
+beside `raw/`, never reads them. prepare_raw's root (for torchvision's own dataset class, used by
+the tutorial benchmark) never holds `processed/` files. torchvision is imported lazily, for --download.
 
 Both twins get the same byte-identical uint8 arrays and scale them by 1/255, as ToTensor does.
 """
@@ -21,6 +24,9 @@ import dataclasses
 import gzip
 import hashlib
 import os
+import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +128,7 @@ def prepare_raw(data_dir=None, checksums: dict[str, str] = SHA256, download: boo
         if _has_raw(folder, names):
             for name in names:
                 _verify(_raw_dir(folder) / name, checksums[name])
-            return folder
+            return _without_legacy(folder, names)
         if _has_gz(folder, names):
             root = cache_root() if folder != cache_root() else folder
             raw = _raw_dir(root)
@@ -138,7 +144,7 @@ def prepare_raw(data_dir=None, checksums: dict[str, str] = SHA256, download: boo
                 try:
                     with gzip.open(folder / f"{name}.gz", "rb") as f:
                         payload = f.read()
-                except (OSError, EOFError) as e:
+                except (OSError, EOFError, zlib.error) as e:  # zlib.error: a damaged deflate stream
                     raise DataError(
                         f"{folder / (name + '.gz')} is not a readable gzip file ({e}); {FIX_HINT}"
                     ) from None
@@ -150,7 +156,7 @@ def prepare_raw(data_dir=None, checksums: dict[str, str] = SHA256, download: boo
                     )
                 if not cached:
                     atomic_write_bytes(target, payload)
-            return root
+            return _without_legacy(root, names)
         if origin in ("--data-dir", ENV_DATA):  # a folder the user named must hold the data: no silent fallback
             present = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
             raise DataError(
@@ -161,6 +167,51 @@ def prepare_raw(data_dir=None, checksums: dict[str, str] = SHA256, download: boo
         return _download(names, checksums)
     searched = ", ".join(str(f) for f, _ in candidate_dirs(data_dir))
     raise DataError(f"Fashion-MNIST not found (searched {searched}); {FIX_HINT}")
+
+
+# torchvision.datasets.FashionMNIST loads these instead of raw/ when they exist, unverified.
+LEGACY_FILES = ("training.pt", "test.pt")
+
+
+def _without_legacy(root: Path, names) -> Path:
+    """`root`, or the cache holding copies of its verified raw files, such that torchvision finds no processed/ file.
+
+    The cache is ours: stale processed files there are removed. A folder of the user's is never changed.
+    """
+    processed = root / "FashionMNIST" / "processed"
+    if not any((processed / f).exists() for f in LEGACY_FILES):
+        return root
+    if root == cache_root():
+        shutil.rmtree(processed, ignore_errors=True)
+        return root
+    raw = _raw_dir(cache_root())
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        atomic_write_bytes(raw / name, (_raw_dir(root) / name).read_bytes())
+    return _without_legacy(cache_root(), names)
+
+
+def _read_verified(path: Path, expected: str) -> bytes:
+    """The file's bytes, once read and checked: the bytes parsed are the bytes hashed."""
+    try:
+        payload = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; {FIX_HINT}") from None
+    got = hashlib.sha256(payload).hexdigest()
+    if got != expected:
+        raise DataError(f"{path} is corrupt or partial (sha256 {got[:12]}..., expected {expected[:12]}...); {FIX_HINT}")
+    return payload
+
+
+def parse_idx(payload: bytes, path, ndim: int) -> np.ndarray:
+    """An IDX file of uint8 data (magic 0 0 0x08 ndim, ndim big-endian uint32 sizes, data) as an array."""
+    head = 4 + 4 * ndim
+    if len(payload) < head or payload[:4] != bytes([0, 0, 0x08, ndim]):
+        raise DataError(f"{path} is not an IDX file of {ndim}-d uint8 data; {FIX_HINT}")
+    dims = struct.unpack(f">{ndim}I", payload[4:head])
+    if len(payload) - head != int(np.prod(dims, dtype=np.int64)):
+        raise DataError(f"{path} holds {len(payload) - head} data bytes, its header says {dims}; {FIX_HINT}")
+    return np.frombuffer(payload, np.uint8, offset=head).reshape(dims).copy()
 
 
 def _download(names, checksums) -> Path:
@@ -179,7 +230,7 @@ def _download(names, checksums) -> Path:
 
 
 def load_fashion_mnist(data_dir=None, download: bool = False, checksums: dict[str, str] = SHA256) -> FashionData:
-    """Load the whole train and test sets as uint8 numpy arrays, through torchvision.datasets.FashionMNIST.
+    """Load the whole train and test sets as uint8 numpy arrays (the layout torchvision.datasets.FashionMNIST gives).
 
     Args:
       data_dir: a folder with the four .gz files or torchvision's layout; see the module doc for the search order.
@@ -189,20 +240,22 @@ def load_fashion_mnist(data_dir=None, download: bool = False, checksums: dict[st
       FashionData with train (60000, 28, 28) and test (10000, 28, 28) images.
     """
     root = prepare_raw(data_dir, checksums, download)
-    from torchvision import datasets
-
-    try:
-        train = datasets.FashionMNIST(str(root), train=True, download=False)
-        test = datasets.FashionMNIST(str(root), train=False, download=False)
-    except Exception as e:  # torchvision's IDX reader asserts on malformed headers
-        raise DataError(
-            f"torchvision could not read Fashion-MNIST under {root} ({type(e).__name__}: {e}); {FIX_HINT}"
-        ) from None
+    arrays = {}
+    for name in checksums:
+        path = _raw_dir(root) / name
+        arrays[name] = parse_idx(_read_verified(path, checksums[name]), path, 3 if "images" in name else 1)
+    for split in ("train", "t10k"):
+        images, labels = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+        if len(images) != len(labels) or images.shape[1:] != (28, 28) or (labels.size and labels.max() > 9):
+            raise DataError(
+                f"{_raw_dir(root)}: {split} images {images.shape} and labels {labels.shape} "
+                f"(max {labels.max() if labels.size else None}) are not Fashion-MNIST's; {FIX_HINT}"
+            )
     return FashionData(
-        train_images=train.data.numpy(),
-        train_labels=train.targets.numpy().astype(np.int32),
-        test_images=test.data.numpy(),
-        test_labels=test.targets.numpy().astype(np.int32),
+        train_images=arrays["train-images-idx3-ubyte"],
+        train_labels=arrays["train-labels-idx1-ubyte"].astype(np.int32),
+        test_images=arrays["t10k-images-idx3-ubyte"],
+        test_labels=arrays["t10k-labels-idx1-ubyte"].astype(np.int32),
         source=str(root),
     )
 

@@ -1,12 +1,14 @@
 """Exceptions both twins raise, with messages built in one place so the twins say the same thing.
 
 The rules both twins enforce (each by calling the shared check here, before any compute):
-- Model input: a tensor/array of the twin's own framework, or anything np.asarray takes (a NumPy
-  batch, a nested list; a CPU torch tensor into flax). Shape (N, 28, 28) or (N, 1, 28, 28), N >= 0:
-  an empty batch gives (0, 10) logits. Other shapes: InputShapeError. Integer, bool or complex
-  dtypes: InputDtypeError (scale uint8 by 1/255 first). Other float dtypes are cast to float32.
-- Activations (binary_step, sigmoid, tanh, relu, softmax): floating inputs only, dtype kept;
-  integer, bool or complex inputs raise InputDtypeError (check_activation_input).
+- Model input: a NumPy array, a nested list, a JAX array or a torch tensor, in either twin
+  (fashion_common.inputs.to_numpy), in any float dtype either library has (float16/32/64,
+  bfloat16, float8). Shape (N, 28, 28) or (N, 1, 28, 28), N >= 0: an empty batch gives (0, 10)
+  logits. Other shapes: InputShapeError. Integer, bool or complex dtypes: InputDtypeError naming the
+  dtype given (scale uint8 by 1/255 first). Float dtypes are cast to float32 (exactly, but float64).
+- Activations (binary_step, sigmoid, tanh, relu, softmax): the same inputs, floating only, dtype kept
+  where the twin's library has it; integer, bool, complex and float8 (a storage format, no torch
+  arithmetic) inputs raise InputDtypeError (check_activation_input).
 - softmax `dim`: an int (numpy ints too, not bool) in [-ndim, ndim - 1], a 0-d input counting as
   1-d; anything else raises DimError (an IndexError and a TypeError, as torch's own are) (check_dim).
 - NaN and inf propagate alike. The one deliberate difference: XLA on CPU flushes float32 subnormal
@@ -15,6 +17,7 @@ The rules both twins enforce (each by calling the shared check here, before any 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 
@@ -90,8 +93,6 @@ def check_dim(dim, ndim: int, what: str = "softmax") -> int:
     compute, so a bad dim gives the same DimError and message in both (torch alone would raise
     IndexError or TypeError, JAX ValueError or TypeError, with other words).
     """
-    import operator
-
     if isinstance(dim, bool) or dim is None:
         raise DimError(f"{what}: dim must be an int, got {dim!r}")
     try:
@@ -112,3 +113,28 @@ def check_activation_input(name: str, dtype_name: str, is_floating: bool) -> Non
     """
     if not is_floating:
         raise InputDtypeError(f"{name} expects a floating-point input, got {dtype_name}; cast it to float32 first")
+    if dtype_name.startswith(("float8", "float6", "float4")):  # storage formats: torch has no arithmetic in them
+        raise InputDtypeError(f"{name} does not compute in {dtype_name} (a storage format); cast it to float32 first")
+
+
+MAX_SEED = 2**32 - 1  # what the command line's --seed takes, and numpy's and torch's seeding both hold
+
+
+def check_seed(seed) -> int | None:
+    """The shared rule for create_model's seed: None, or an int (numpy ints too, not bool) in 0..MAX_SEED.
+
+    torch.manual_seed alone took 1.5 and "0"; jax.random.PRNGKey refused them with its own words.
+    Returns the seed as a Python int (or None).
+    """
+    if seed is None:
+        return None
+    expected = f"seed must be None or an int from 0 to {MAX_SEED}"
+    if isinstance(seed, bool):
+        raise TypeError(f"{expected}, got bool {seed!r}")
+    try:
+        value = operator.index(seed)  # int, numpy integers; refuses 1.5, "0", 1.0
+    except TypeError:
+        raise TypeError(f"{expected}, got {type(seed).__name__} {seed!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{expected}, got {value}")
+    return value

@@ -14,11 +14,11 @@ import math
 import platform
 
 from .augment import shift_offsets
-from .checkpoint import atomic_write_bytes, read_state, read_train_state, train_state_path
+from .checkpoint import atomic_write_bytes, copy_checkpoint, new_run_id, read_state, read_train_state, train_state_path
 from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
-from .paths import check_output_file
+from .paths import check_output_file, same_file
 from .runtime import thread_report
 from .spec import ModelSpec
 from .split import split_validation
@@ -34,10 +34,20 @@ class Run:
     val: FashionData | None  # the held-out validation images as a test set, or None
     steps_per_epoch: int
     total_steps: int
+    out: str | None = None  # the checkpoint this run writes (None: none, or not this rank's to write)
+    run_id: str = dataclasses.field(default_factory=new_run_id)  # in every pair the run writes; a resume keeps it
+    first_epoch: int = 1  # the first epoch this process trains (after a resume: the one after the saved)
+    resumed_in_place: bool = False  # resumed from `out` itself, so `out` holds this run's last good epoch
 
     @property
     def num_train(self) -> int:
         return int(len(self.data.train_labels))
+
+
+def check_batch_fits(batch_size: int, num_train: int) -> None:
+    """Refuse a batch larger than the training set (an epoch of it would have no step): what train and lockstep say."""
+    if batch_size > num_train:
+        raise ValueError(f"batch_size {batch_size} is larger than the {num_train} training images")
 
 
 def prepare(config: TrainConfig, data: FashionData, out=None, metrics_path=None) -> Run:
@@ -52,9 +62,8 @@ def prepare(config: TrainConfig, data: FashionData, out=None, metrics_path=None)
     if config.val_size:  # the held-out images leave the training set; each epoch scores them
         data, val = split_validation(data, config.val_size)
     steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train_labels)} training images")
-    return Run(data, val, steps_per_epoch, steps_per_epoch * config.epochs)
+    check_batch_fits(config.batch_size, len(data.train_labels))
+    return Run(data, val, steps_per_epoch, steps_per_epoch * config.epochs, None if out is None else str(out))
 
 
 def init_weights(init_from, spec: ModelSpec) -> dict | None:
@@ -94,11 +103,24 @@ def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> Non
             )
 
 
-def resume_point(path, backend: str, config: TrainConfig) -> tuple[list, int]:
-    """(the saved per-epoch history, the first epoch still to train) of a checkpoint this run may continue."""
+def resume_point(path, backend: str, config: TrainConfig, run: Run) -> tuple[list, int, Run]:
+    """(the saved per-epoch history, the first epoch still to train, the run with the saved run's id) of a checkpoint.
+
+    A run with every epoch done trains nothing; its --out becomes the finished pair (that also completes
+    a last write killed between the sidecar's rename and the weights').
+    """
     _, counters = read_train_state(path)
     check_resume(path, counters, backend, config)
-    return list(counters["history"]), int(counters["epoch"]) + 1
+    first_epoch = int(counters["epoch"]) + 1
+    run = dataclasses.replace(
+        run,
+        run_id=counters.get("run_id") or run.run_id,  # sidecars written before runs had ids: a new one
+        first_epoch=first_epoch,
+        resumed_in_place=run.out is not None and same_file(path, run.out),
+    )
+    if run.out is not None and first_epoch > config.epochs:
+        copy_checkpoint(path, run.out)
+    return list(counters["history"]), first_epoch, run
 
 
 def run_metrics(
@@ -149,9 +171,12 @@ def check_finite_losses(epoch: int, metrics: dict, out=None) -> None:
             )
 
 
-def epoch_row(epoch: int, seconds: float, train: dict, test: dict, val: dict | None = None, out=None) -> dict:
+def epoch_row(epoch: int, seconds: float, train: dict, test: dict, val: dict | None = None, run: Run | None = None):
     """One epoch's METRICS.json row; a non-finite loss stops the run here, before its checkpoint is written."""
-    check_finite_losses(epoch, {**train, **test}, out)
+    kept = None  # the message names --out only where it holds this run's last good epoch
+    if run is not None and run.out is not None and (epoch > run.first_epoch or run.resumed_in_place):
+        kept = run.out
+    check_finite_losses(epoch, {**train, **test}, kept)
     row = {"epoch": epoch, **train, **test, "epoch_seconds": seconds}
     if val is not None:  # the twin's own evaluate, pointed at the validation split
         row.update(val_loss=val["test_loss"], val_accuracy=val["test_accuracy"])
@@ -166,6 +191,7 @@ def counters(backend: str, epoch: int, run: Run, config: TrainConfig, history: l
         "step": epoch * run.steps_per_epoch,
         "config": config.to_dict(),
         "history": history,
+        "run_id": run.run_id,
     }
 
 
@@ -194,12 +220,12 @@ def progress_bar(backend: str, epoch: int, epochs: int, steps: int, quiet: bool 
     return tqdm(total=steps, desc=f"[{backend}] epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True)
 
 
-def progress_chunks(steps: int, progress) -> list:
-    """Split an epoch's steps into slices; the bar advances once per slice (about 20 a epoch, or 1 if quiet).
+def progress_chunks(steps: int, progress=None) -> list:
+    """Split an epoch's steps into about 20 slices: the bar advances once per slice, Ctrl-C is honoured between them.
 
-    Both twins use the same slices, so their bars move alike; for flax each slice is one compiled scan.
+    Both twins use the same slices, so their bars move alike; for flax each slice is one compiled scan
+    (the weights are bitwise the same however an epoch is sliced). Quiet runs are sliced too, so that
+    fashion_common.interrupt.check() between slices stops a run within a slice, not an epoch.
     """
-    if progress is None:
-        return [slice(0, steps)]
-    size = -(-steps // 20)  # equal slices but the last, so a compiled flax scan sees at most two lengths
+    size = -(-steps // 20) if steps else 1  # equal slices but the last, so a compiled scan sees at most two lengths
     return [slice(a, min(a + size, steps)) for a in range(0, steps, size)]

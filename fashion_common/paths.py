@@ -92,7 +92,27 @@ def check_output_file(path, flag: str) -> None:
         raise PathError(f"{what}: folder {folder} does not exist")
     if not folder.is_dir():
         raise PathError(f"{what}: {folder} is not a folder")
+    check_name_length(path, folder, what)
     _probe_folder(folder, what)
+
+
+# The atomic writer's temp file is `.NAME.PID.RANDOM.tmp` (fashion_common.checkpoint.atomic_write_bytes):
+# the longest name written for an output, at most this many bytes longer than NAME (pid <= 7 digits).
+TEMP_NAME_EXTRA = len(".") + len(".1234567.") + 8 + len(".tmp")
+
+
+def check_name_length(path: Path, folder: Path, what: str) -> None:
+    """Refuse a name whose temp file would be too long for the folder (else it fails after a whole epoch)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    size = len(os.fsencode(path.name))
+    if size + TEMP_NAME_EXTRA > limit:
+        raise PathError(
+            f"{what}: the file name is {size} bytes; the temp file written beside it adds {TEMP_NAME_EXTRA}, "
+            f"over this folder's limit of {limit} bytes a name; give at most {limit - TEMP_NAME_EXTRA} bytes"
+        )
 
 
 def check_output_dir(path, flag: str) -> None:

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fashion_common import distributed as common
-from fashion_common import loop
+from fashion_common import interrupt, loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.distributed import DEFAULT_TIMEOUT_S, DistributedError, World
@@ -154,6 +154,7 @@ def train_epoch(
     step_fn = sharded_train_steps(mesh)
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
+        interrupt.check()  # Ctrl-C stops here, between compiled scans, never inside one
         order_d = put_global(order[chunk], batch_sharded(mesh))  # (S, B), B split over `data`
         shifts_d = (
             None if shifts is None else put_global(shifts[chunk], batch_sharded(mesh))
@@ -235,7 +236,7 @@ def train_and_evaluate(
         val_data = None if run.val is None else put_data(run.val, mesh)
         history, first_epoch = [], 1
         if resume is not None:  # every process reads it
-            history, first_epoch = loop.resume_point(resume, BACKEND, config)
+            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
             state = load_train_state(state, resume)
         metrics = loop.run_metrics(BACKEND, device_name(mesh), train.versions(), config, spec, run, history)
         metrics["engine"] = "jit_scan"
@@ -250,7 +251,7 @@ def train_and_evaluate(
                 progress.close()
             test_metrics = evaluate(state, train_data, config)
             val_metrics = None if val_data is None else evaluate(state, val_data, config)
-            row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+            row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, run)
             history.append(row)
             counters = loop.counters(BACKEND, epoch, run, config, history)
             if out is not None:  # the twin's save fetches the replicated arrays to the host

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input
+from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input, check_seed
+from fashion_common.inputs import to_numpy
 from fashion_common.spec import ACTIVATION_DISPLAY, DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -28,9 +29,16 @@ from fashion_common.text import format_summary_rows
 # The checks read static dtypes and shapes, so under jit they cost nothing at run time.
 
 
-def _check(name: str, x) -> None:
-    dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
-    check_activation_input(name, str(np.dtype(dtype)), jnp.issubdtype(dtype, jnp.floating))
+def _check(name: str, x):
+    """x as an array JAX takes (a torch tensor or a list: converted, keeping a dtype JAX has), after the shared rule."""
+    if isinstance(x, jax.Array | np.ndarray | np.generic) or jnp.isscalar(x):
+        dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
+        check_activation_input(name, str(np.dtype(dtype)), jnp.issubdtype(dtype, jnp.floating))
+        return x
+    array, dtype, floating = to_numpy(x)
+    check_activation_input(name, dtype, floating)
+    kind = getattr(jnp, dtype, None)
+    return array.astype(kind) if dtype != str(array.dtype) and kind is not None else array
 
 
 @jax.custom_jvp
@@ -46,17 +54,17 @@ def _binary_step_jvp(primals, tangents):
 
 def binary_step(x):
     """1 where x >= 0, else 0; NaN stays NaN; the gradient is 0 everywhere (not undefined)."""
-    _check("binary_step", x)
+    x = _check("binary_step", x)
     return _binary_step(jnp.asarray(x))
 
 
 def sigmoid(x):
-    _check("sigmoid", x)
+    x = _check("sigmoid", x)
     return jax.nn.sigmoid(x)  # stable for |x| large: no overflow to NaN at -1e4
 
 
 def tanh(x):
-    _check("tanh", x)
+    x = _check("tanh", x)
     return jnp.tanh(x)
 
 
@@ -74,12 +82,12 @@ def _relu_jvp(primals, tangents):
 
 
 def relu(x):
-    _check("relu", x)
+    x = _check("relu", x)
     return _relu(jnp.asarray(x))
 
 
 def softmax(x, dim: int = -1):
-    _check("softmax", x)
+    x = _check("softmax", x)
     x = jnp.asarray(x)
     dim = check_dim(dim, x.ndim)
     if x.ndim == 0:  # torch treats a 0-d input as 1-d: softmax of one value
@@ -193,8 +201,10 @@ class NeuralNetwork(nn.Module):
         The dtype is checked before JAX sees the input, since JAX (x64 off) would turn int64 into
         int32 and float64 into float32, and the message must name the dtype the caller gave, as torch's does.
         """
-        if not isinstance(x, jax.Array):
-            x = np.asarray(x)
+        if not isinstance(x, jax.Array):  # numpy, a list, a torch tensor of any dtype (fashion_common.inputs)
+            x, name, floating = to_numpy(x)
+            check_input(x.shape, name, floating, self.spec.image_size)
+            return x
         check_input(x.shape, str(x.dtype), jnp.issubdtype(x.dtype, jnp.floating), self.spec.image_size)
         return x
 
@@ -224,6 +234,7 @@ def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: int | None = 0, device=No
     one module holding its parameters.
     """
     model = _shared_model(spec, init_scheme)
+    seed = check_seed(seed)  # the torch twin's rule and words
     init_rng = jax.random.PRNGKey(0 if seed is None else seed)  # the one key init needs: nothing else draws
     params = _jitted_init(spec, init_scheme)(init_rng, jnp.zeros((1, *spec.image_size), jnp.float32))
     if device is not None:

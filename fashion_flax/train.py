@@ -22,14 +22,14 @@ from flax import struct
 from flax.training import train_state as flax_train_state
 
 from fashion_common import checkpoint as canonical
-from fashion_common import loop
+from fashion_common import interrupt, loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import augment
-from .checkpoint import from_state_dict, save_checkpoint
+from .checkpoint import from_state_dict, to_state_dict
 from .model import NeuralNetwork, create_model, resolve_device
 
 BACKEND = "flax"
@@ -177,6 +177,7 @@ def train_epoch(
     shifts_d = None if shifts is None else jax.device_put(shifts, device)
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
+        interrupt.check()  # Ctrl-C stops here, between compiled scans, never inside one
         state, chunk_loss, chunk_correct = train_steps(
             state,
             data.train_images,
@@ -190,8 +191,8 @@ def train_epoch(
             loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)
             progress.update(chunk.stop - chunk.start)
             progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct_sum / (seen * order.shape[1]):.3f}")
-        else:
-            loss_sum, correct_sum = chunk_loss, chunk_correct  # one slice: stay on the device until the end
+        else:  # no bar: the sums stay on the device until the end
+            loss_sum, correct_sum = loss_sum + chunk_loss, correct_sum + chunk_correct
     steps = len(order)
     return state, {"train_loss": float(loss_sum) / steps, "train_accuracy": int(correct_sum) / (steps * order.shape[1])}
 
@@ -250,11 +251,11 @@ def predict_proba(model: NeuralNetwork, images: np.ndarray) -> np.ndarray:
 
 
 def save_train_state(state: TrainState, path, counters: dict) -> None:
-    """Weights to `path` (canonical), optimizer state and counters beside it; both written atomically.
+    """Weights to `path`; optimizer state, counters and a copy of the weights beside it (canonical.write_checkpoint).
 
     optax's state is a tree whose leaf paths name themselves (e.g. `[0].mu['params']...`); they
-    are the slot keys. The sidecar goes first and the weights name its step, so a crash between
-    the two renames is detected on resume.
+    are the slot keys. counters must hold the run's `run_id`; a crash at any point of the write
+    leaves a pair that resumes.
     """
     leaves = jax.tree_util.tree_leaves_with_path(state.opt_state)
     slots = {
@@ -262,16 +263,14 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
         for path, leaf in leaves
     }
     step = int(state.step)
-    canonical.write_train_state(path, slots, {**counters, "optimizer_step": step})
-    save_checkpoint(state.params, path, state.spec, {"step": str(step)})
+    counters = {**counters, "optimizer_step": step}
+    canonical.write_checkpoint(path, to_state_dict(state.params, state.spec), state.spec, slots, counters)
 
 
 def load_train_state(state: TrainState, path) -> TrainState:
     """Restore weights, optimizer state and the update count written by save_train_state."""
     spec = state.spec
-    weights, _ = canonical.read_state(path, spec)
-    slots, counters = canonical.read_train_state(path)
-    canonical.check_pair(path, counters)
+    weights, slots, counters = canonical.read_checkpoint(path, spec)
     device = next(iter(jax.tree_util.tree_leaves(state.params)[0].devices()))
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state.opt_state)
     restored = []
@@ -329,7 +328,7 @@ def train_and_evaluate(
     val_data = None if run.val is None else put_data(run.val, device)
     history, first_epoch = [], 1
     if resume is not None:
-        history, first_epoch = loop.resume_point(resume, BACKEND, config)
+        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
         state = load_train_state(state, resume)
     metrics = loop.run_metrics(BACKEND, device_name(device), versions(), config, spec, run, history)
     metrics["engine"] = "jit_scan"  # flax has one engine: each epoch slice is one jitted lax.scan
@@ -344,7 +343,7 @@ def train_and_evaluate(
             progress.close()
         test_metrics = evaluate(state, train_data, config)
         val_metrics = None if val_data is None else evaluate(state, val_data, config)
-        row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+        row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, run)
         history.append(row)
         counters = loop.counters(BACKEND, epoch, run, config, history)
         if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch

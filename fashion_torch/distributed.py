@@ -201,7 +201,7 @@ def train_and_evaluate(
         val_data = None if run.val is None else train.put_data(run.val, device)
         history, first_epoch = [], 1
         if resume is not None:  # every rank reads it: the twin's own load (the plain model under the DDP wrapper)
-            history, first_epoch = loop.resume_point(resume, BACKEND, config)
+            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
             state = train.load_train_state(state, resume)
         metrics = loop.run_metrics(BACKEND, device_name(device), train.versions(), config, spec, run, history)
         metrics["engine"] = state.engine
@@ -216,7 +216,7 @@ def train_and_evaluate(
                 progress.close()
             test_metrics = evaluate(state, train_data, config)
             val_metrics = None if val_data is None else evaluate(state, val_data, config)
-            row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+            row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, run)
             history.append(row)
             counters = loop.counters(BACKEND, epoch, run, config, history)
             if out is not None:  # rank 0 saves the plain model, not the DDP wrapper

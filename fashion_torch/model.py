@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input
+from fashion_common.errors import DeviceError, check_activation_input, check_dim, check_input, check_seed
+from fashion_common.inputs import to_numpy
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_common.text import format_summary_rows
 
@@ -22,8 +23,18 @@ from fashion_common.text import format_summary_rows
 # (check_dim), else DimError. Floating inputs keep their dtype.
 
 
-def _check(name: str, x: torch.Tensor) -> None:
-    check_activation_input(name, str(x.dtype).replace("torch.", ""), x.is_floating_point())
+def _check(name: str, x) -> torch.Tensor:
+    """x as a tensor (numpy, a list, a JAX array: converted, keeping a dtype torch has), after the shared dtype rule."""
+    if isinstance(x, torch.Tensor):
+        check_activation_input(name, str(x.dtype).replace("torch.", ""), x.is_floating_point())
+        return x
+    array, dtype, floating = to_numpy(x)
+    check_activation_input(name, dtype, floating)
+    kind = getattr(torch, dtype, None)
+    if array.dtype.kind == "V":  # ml_dtypes' bfloat16/float8: through float32, which holds each value exactly
+        array = array.astype(np.float32)
+    t = torch.from_numpy(np.array(array))  # a copy: a JAX array's numpy view is read-only
+    return t.to(kind) if isinstance(kind, torch.dtype) else t
 
 
 class _BinaryStepFn(torch.autograd.Function):
@@ -39,27 +50,27 @@ class _BinaryStepFn(torch.autograd.Function):
 
 
 def binary_step(x: torch.Tensor) -> torch.Tensor:
-    _check("binary_step", x)
+    x = _check("binary_step", x)
     return _BinaryStepFn.apply(x)
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    _check("sigmoid", x)
+    x = _check("sigmoid", x)
     return torch.sigmoid(x)  # stable for |x| large: no overflow to NaN at -1e4
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    _check("tanh", x)
+    x = _check("tanh", x)
     return torch.tanh(x)
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:
-    _check("relu", x)
+    x = _check("relu", x)
     return torch.relu(x)  # ReLU'(0) = 0
 
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    _check("softmax", x)
+    x = _check("softmax", x)
     dim = check_dim(dim, x.dim())
     return torch.softmax(x, dim=dim)  # subtracts the max first, so 1e4 does not overflow
 
@@ -151,10 +162,11 @@ class NeuralNetwork(nn.Module):
         The flax twin takes the same inputs (its own arrays, or anything np.asarray takes), so a NumPy
         batch works in both and a bad one fails alike, before any conversion can change its dtype.
         """
-        if not isinstance(x, torch.Tensor):
-            x = np.asarray(x)
-            check_input(x.shape, str(x.dtype), np.issubdtype(x.dtype, np.floating), self.spec.image_size)
-            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(next(self.parameters()).device)
+        if not isinstance(x, torch.Tensor):  # numpy, a list, a JAX array, ml_dtypes' bfloat16 (fashion_common.inputs)
+            x, name, floating = to_numpy(x)
+            check_input(x.shape, name, floating, self.spec.image_size)
+            x = torch.from_numpy(np.array(x, dtype=np.float32))  # a writable copy: a JAX array's view is read-only
+            x = x.to(next(self.parameters()).device)
         check_input(x.shape, str(x.dtype).replace("torch.", ""), x.is_floating_point(), self.spec.image_size)
         return x
 
@@ -179,6 +191,7 @@ class NeuralNetwork(nn.Module):
 
 def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: int | None = 0, device="cpu") -> NeuralNetwork:
     """A fresh NeuralNetwork on `device`; the seed makes torch's default init repeatable."""
+    seed = check_seed(seed)  # the flax twin's rule and words
     if seed is not None:
         torch.manual_seed(seed)
     return NeuralNetwork(spec).to(device)

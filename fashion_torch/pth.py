@@ -47,9 +47,10 @@ def read_pth(path) -> dict[str, np.ndarray]:
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             what = type(value).__name__
             raise CheckpointError(f"{path}: entry {key!r} is a {what}, not a tensor; expected model.state_dict()")
-        if not value.is_floating_point():
-            raise CheckpointError(f"{path}: tensor {key!r} has dtype {value.dtype}, expected floating point")
-        state[key] = value.detach().to(torch.float32).numpy().copy()
+        if value.dtype != torch.float32:  # the rule of the safetensors reader too: no silent cast, up or down
+            dtype = str(value.dtype).removeprefix("torch.")
+            raise CheckpointError(f"{path}: key {key!r} has dtype {dtype}, expected float32")
+        state[key] = value.detach().numpy().copy()
     return state
 
 

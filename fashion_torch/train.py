@@ -22,14 +22,14 @@ import torchvision
 from torch import nn
 
 from fashion_common import checkpoint as canonical
-from fashion_common import loop
+from fashion_common import interrupt, loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError, ConfigError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 
 from . import augment, fused
-from .checkpoint import from_state_dict, save_checkpoint
+from .checkpoint import from_state_dict, to_state_dict
 from .model import NeuralNetwork, create_model, resolve_device
 
 BACKEND = "torch"
@@ -208,6 +208,7 @@ def train_epoch(
     seen = 0
     for chunk in loop.progress_chunks(len(order), progress):
         for i in range(chunk.start, chunk.stop):
+            interrupt.check()  # Ctrl-C stops between steps
             idx = order_t[i]
             shift = None if shifts_t is None else shifts_t[i]
             loss, correct = train_step(state, data.train_images[idx], data.train_labels[idx], shift)
@@ -273,9 +274,9 @@ _SLOTS = {"momentum_buffer": "momentum", "exp_avg": "exp_avg", "exp_avg_sq": "ex
 
 
 def save_train_state(state: TrainState, path, counters: dict) -> None:
-    """Weights to `path` (canonical), optimizer slots and counters beside it; both written atomically.
+    """Weights to `path`; optimizer slots, counters and a copy of the weights beside it (canonical.write_checkpoint).
 
-    The sidecar goes first and the weights name its step, so a crash between the two renames is detected on resume.
+    counters must hold the run's `run_id`; a crash at any point of the write leaves a pair that resumes.
     """
     keys = checkpoint_keys(state.model.spec)
     slots = {}
@@ -284,17 +285,13 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
             if torch.is_tensor(value):
                 slots[f"{_SLOTS[name]}/{key}"] = value.detach().cpu().reshape(value.shape or (1,)).numpy().copy()
     # The scheduler's position and its last rates ride in the JSON counters (floats round-trip exactly).
-    canonical.write_train_state(
-        path, slots, {**counters, "optimizer_step": state.step, "scheduler": state.scheduler.state_dict()}
-    )
-    save_checkpoint(state.model, path, {"step": str(state.step)})
+    counters = {**counters, "optimizer_step": state.step, "scheduler": state.scheduler.state_dict()}
+    canonical.write_checkpoint(path, to_state_dict(state.model), state.model.spec, slots, counters)
 
 
 def load_train_state(state: TrainState, path) -> TrainState:
     """Restore weights, optimizer slots and the update count written by save_train_state."""
-    weights, _ = canonical.read_state(path, state.model.spec)
-    slots, counters = canonical.read_train_state(path)
-    canonical.check_pair(path, counters)
+    weights, slots, counters = canonical.read_checkpoint(path, state.model.spec)
     device = next(state.model.parameters()).device
     with torch.no_grad():
         for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters()):
@@ -370,7 +367,7 @@ def train_and_evaluate(
     val_data = None if run.val is None else put_data(run.val, device)
     history, first_epoch = [], 1
     if resume is not None:
-        history, first_epoch = loop.resume_point(resume, BACKEND, config)
+        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
         state = load_train_state(state, resume)
     metrics = loop.run_metrics(BACKEND, device_name(device), versions(), config, spec, run, history)
     metrics["engine"] = state.engine  # torch only: which engine ran the steps
@@ -385,7 +382,7 @@ def train_and_evaluate(
             progress.close()
         test_metrics = evaluate(state, train_data, config)
         val_metrics = None if val_data is None else evaluate(state, val_data, config)
-        row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+        row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, run)
         history.append(row)
         counters = loop.counters(BACKEND, epoch, run, config, history)
         if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch

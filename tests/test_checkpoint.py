@@ -18,6 +18,7 @@ import torch
 from backends import BACKEND_NAMES, get_backend, image_batch, max_abs_diff
 from torch import nn
 
+from fashion_common import checkpoint as canonical
 from fashion_common.errors import CheckpointError, WriteError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
@@ -452,3 +453,19 @@ def test_no_python_file_calls_torch_load_without_weights_only():
         if FORBIDDEN in line and "weights_only=True" not in line
     ]
     assert offenders == [], f"torch.load without weights_only=True unpickles; use safetensors: {offenders}"
+
+
+def test_a_float16_pth_is_refused_like_a_float16_safetensors_file(tmp_path):
+    from fashion_torch.model import NeuralNetwork
+    from fashion_torch.pth import read_pth
+
+    path = tmp_path / "half.pth"
+    torch.save(NeuralNetwork().half().state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"key 'linear_relu_stack.0.weight' has dtype float16, expected float32"):
+        read_pth(path)
+    st = tmp_path / "half.safetensors"
+    safetensors.torch.save_file(NeuralNetwork().half().state_dict(), str(st))
+    with pytest.raises(
+        CheckpointError, match=r"key 'linear_relu_stack.0.(weight|bias)' has dtype float16, expected float32"
+    ):
+        canonical.read_state(st)

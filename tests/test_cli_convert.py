@@ -110,7 +110,8 @@ def test_a_whole_pickled_model_is_refused_with_the_fix(tmp_path):
     [
         ([torch.zeros(3)], "holds a list, not a state_dict"),
         ({"model": {"w": torch.zeros(3)}}, "entry 'model' is a dict, not a tensor"),
-        ({"w": torch.zeros(3, dtype=torch.int64)}, "tensor 'w' has dtype torch.int64"),
+        ({"w": torch.zeros(3, dtype=torch.int64)}, "key 'w' has dtype int64, expected float32"),
+        ({"w": torch.zeros(3, dtype=torch.float64)}, "key 'w' has dtype float64, expected float32"),  # as .safetensors
     ],
 )
 def test_anything_but_a_dict_of_float_tensors_is_refused_naming_what_it_is(tmp_path, obj, fragment):
@@ -171,9 +172,12 @@ def test_evaluate_says_which_spec_it_assumed_for_a_spec_less_file_and_obeys_the_
     save_file(model.state_dict(), tmp_path / "own.safetensors")  # the user's own save: no spec in the header
     plain = cli("evaluate", "--backend", backend, tmp_path / "own.safetensors", "--limit-test", 64)
     assert_ok(plain)
-    assert plain.stderr.strip() == (
-        f"note: {tmp_path / 'own.safetensors'} has no model spec in its header; assumed output activation none (--output-activation relu for the other)"
-    )
+    own = tmp_path / "own.safetensors"
+    assert plain.stderr.strip().splitlines() == [
+        f"note: {own} has no sha256 digest in its header (not written by fashion-twins); its bytes cannot be verified",
+        f"note: {own} has no model spec in its header; assumed output activation none "
+        "(--output-activation relu for the other)",
+    ]
     relu = cli(
         "evaluate",
         "--backend",

@@ -119,3 +119,54 @@ def test_an_environment_variable_naming_an_empty_folder_is_an_error_not_a_silent
     monkeypatch.setenv(data_mod.ENV_DATA, str(tmp_path / "empty"))
     with pytest.raises(DataError, match=r"FASHION_TWINS_DATA .*empty holds no Fashion-MNIST files"):
         load_fashion_mnist()
+
+
+def _torchvision_layout(tmp_path, checksums_from):
+    """A user folder in torchvision's layout (FashionMNIST/raw/) holding copies of the verified files."""
+    raw = tmp_path / "tv" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in checksums_from:
+        (raw / name).write_bytes(gzip.decompress((tmp_path / "gz" / f"{name}.gz").read_bytes()))
+    return tmp_path / "tv"
+
+
+def test_stale_processed_files_beside_verified_raw_files_never_reach_the_model(tmp_path, cache):
+    import torch
+
+    arrays, checksums = write_idx_set(tmp_path / "gz", n_train=20, n_test=10)
+    root = _torchvision_layout(tmp_path, checksums)
+    processed = root / "FashionMNIST" / "processed"
+    processed.mkdir()
+    # torchvision's legacy cache: what it loads instead of raw/ when present. Relabelled: every label 9.
+    for file, split in (("training.pt", "train"), ("test.pt", "t10k")):
+        images = torch.from_numpy(arrays[f"{split}-images-idx3-ubyte"])
+        torch.save((images, torch.full((len(images),), 9)), processed / file)
+    data = load_fashion_mnist(root, checksums=checksums)
+    np.testing.assert_array_equal(data.train_labels, arrays["train-labels-idx1-ubyte"])
+    np.testing.assert_array_equal(data.test_labels, arrays["t10k-labels-idx1-ubyte"])
+    # The root handed to torchvision's own dataset class (the tutorial benchmark) has no processed/ files,
+    # and the user's folder is left as it was.
+    tv_root = data_mod.prepare_raw(root, checksums)
+    assert not (tv_root / "FashionMNIST" / "processed").exists()
+    assert sorted(p.name for p in processed.iterdir()) == ["test.pt", "training.pt"]
+
+
+def test_every_bit_flipped_inside_a_gzip_stream_is_one_data_error_or_changes_nothing(tmp_path, cache):
+    arrays, checksums = write_idx_set(tmp_path / "gz")
+    path = tmp_path / "gz" / "t10k-labels-idx1-ubyte.gz"
+    good = path.read_bytes()
+    outcomes = set()
+    for offset in range(10, len(good) - 8):  # the deflate stream: after the 10-byte header, before CRC32 and size
+        for bit in range(8):
+            flipped = bytearray(good)
+            flipped[offset] ^= 1 << bit
+            path.write_bytes(bytes(flipped))
+            try:
+                data = load_fashion_mnist(tmp_path / "gz", checksums=checksums)
+            except DataError as e:  # zlib.error, a CRC or length mismatch, or the sha256: each one line
+                assert "t10k-labels-idx1-ubyte.gz" in str(e) and "\n" not in str(e)
+                outcomes.add("error")
+            else:  # a flip in the padding bits after the last block changes no decompressed byte
+                np.testing.assert_array_equal(data.test_labels, arrays["t10k-labels-idx1-ubyte"])
+                outcomes.add("same")
+    assert "error" in outcomes

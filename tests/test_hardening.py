@@ -472,3 +472,61 @@ def test_model_forward_on_nan_inf_and_huge_inputs_gives_the_same_pattern_in_both
     # relative: row 4 is ~1e28, where 1e-6 absolute means nothing; float32 summation order gives ~1e-6 relative
     rel = np.abs(outs["torch"][finite] - outs["flax"][finite]) / np.maximum(np.abs(outs["torch"][finite]), 1.0)
     assert rel.max() <= 1e-5
+
+
+def test_an_output_name_whose_temp_file_would_be_too_long_is_refused_before_any_work(tmp_path):
+    from fashion_common.checkpoint import atomic_write_bytes
+    from fashion_common.paths import TEMP_NAME_EXTRA, PathError, check_output_file
+
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")  # 255 on ext4, tmpfs, overlayfs
+    fits = tmp_path / ("a" * (limit - TEMP_NAME_EXTRA))
+    check_output_file(fits, "--out")
+    with pytest.raises(PathError, match=rf"--out .*: the file name is {limit - TEMP_NAME_EXTRA + 1} bytes"):
+        check_output_file(tmp_path / ("a" * (limit - TEMP_NAME_EXTRA + 1)), "--out")
+    atomic_write_bytes(fits, b"ok")  # the longest name accepted really is writable: its temp name fits
+    assert fits.read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize(
+    "seed, error, words",
+    [
+        (1.5, TypeError, "got float 1.5"),
+        ("0", TypeError, "got str '0'"),
+        (True, TypeError, "got bool True"),
+        (-1, ValueError, "got -1"),
+        (2**32, ValueError, f"got {2**32}"),
+    ],
+)
+def test_create_model_refuses_a_bad_seed_with_the_same_error_in_both_twins(seed, error, words):
+    import importlib
+
+    raised = []
+    for name in ("torch", "flax"):
+        with pytest.raises(error) as e:
+            importlib.import_module(f"fashion_{name}").create_model(seed=seed)
+        raised.append((type(e.value), str(e.value)))
+    assert raised[0] == raised[1] == (error, f"seed must be None or an int from 0 to {2**32 - 1}, {words}")
+
+
+def test_create_model_takes_a_numpy_integer_seed_as_the_same_int_in_both_twins():
+    import fashion_flax
+    import fashion_torch
+
+    a, b = fashion_torch.create_model(seed=np.int64(3)), fashion_torch.create_model(seed=3)
+    assert all(
+        np.array_equal(x.detach().numpy(), y.detach().numpy())
+        for x, y in zip(a.parameters(), b.parameters(), strict=True)
+    )
+    (_, pa), (_, pb) = fashion_flax.create_model(seed=np.int64(3)), fashion_flax.create_model(seed=3)
+    fa, fb = fashion_flax.to_state_dict(pa), fashion_flax.to_state_dict(pb)
+    assert all(np.array_equal(fa[k], fb[k]) for k in fa)
+
+
+def test_a_fresh_run_that_diverges_in_its_first_epoch_does_not_claim_the_existing_out_as_its_own():
+    fresh = loop.Run(data=None, val=None, steps_per_epoch=1, total_steps=2, out="old.safetensors")
+    nan = {"train_loss": float("nan"), "train_accuracy": 0.1}
+    with pytest.raises(NonFiniteLossError) as e:
+        loop.epoch_row(1, 0.0, nan, {"test_loss": 1.0, "test_accuracy": 0.1}, None, fresh)
+    assert "old.safetensors" not in str(e.value)  # that file is an earlier run's, not this one's last good epoch
+    with pytest.raises(NonFiniteLossError, match="old.safetensors was not overwritten, it keeps the last good epoch"):
+        loop.epoch_row(2, 0.0, nan, {"test_loss": 1.0, "test_accuracy": 0.1}, None, fresh)  # epoch 1 was saved

@@ -372,3 +372,86 @@ def test_any_sidecar_counters_read_fine_or_give_checkpoint_error(tmp_path_factor
     for key in ("epoch", "step", "optimizer_step"):
         assert type(got[key]) is int and got[key] >= 0
     assert isinstance(got["config"], dict) and len(got["history"]) == got["epoch"]
+
+
+# ----------------------------------------------------------------------------- any library, any dtype
+
+# The library the batch comes from, and its dtype (the low-precision floats where the library has them).
+INPUT_LIBRARIES = ("numpy", "torch", "jax", "list")
+INPUT_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float64", "int32", "uint8", "bool")
+
+
+def _float32(out):
+    return out.float() if isinstance(out, torch.Tensor) else np.asarray(out, np.float32)
+
+
+def _np_dtype(dtype: str):
+    import ml_dtypes
+
+    return getattr(ml_dtypes, dtype) if dtype.startswith(("bfloat", "float8")) else np.dtype(dtype)
+
+
+def _batch_from(library: str, x: np.ndarray, dtype: str):
+    """float32 values -> the same batch as `library` holds it in `dtype` (None: the library lacks it)."""
+    import jax.numpy as jnp
+
+    np_dtype = _np_dtype(dtype)
+    if library == "torch":
+        kind = getattr(torch, dtype, None)
+        return None if kind is None else torch.from_numpy(x).to(kind)
+    if library == "jax":
+        return jnp.asarray(x.astype(np_dtype))  # float64 becomes float32 with x64 off: both twins see that array
+    if library == "list":
+        return x.astype(np_dtype).tolist() if dtype in ("float32", "float64", "int32", "bool") else None
+    return x.astype(np_dtype)
+
+
+@given(data=st.data())
+def test_model_forward_agrees_or_fails_alike_for_a_batch_from_any_library_in_any_dtype(same_nets, data):
+    library = data.draw(st.sampled_from(INPUT_LIBRARIES), label="library")
+    dtype = data.draw(st.sampled_from(INPUT_DTYPES), label="dtype")
+    n = data.draw(st.integers(0, 2), label="n")
+    x = data.draw(hnp.arrays(np.float32, (n, 28, 28), elements=st.floats(0, 1, width=32)), label="x")
+    batch = _batch_from(library, x, dtype)
+    assume(batch is not None)
+    torch_kind, torch_out = _forward("torch", same_nets, batch)
+    flax_kind, flax_out = _forward("flax", same_nets, batch)
+    assert (torch_kind, library, dtype) == (flax_kind, library, dtype), (torch_out, flax_out)
+    floating = dtype.startswith(("float", "bfloat"))
+    # every floating batch is accepted (an empty list alone has lost its (0, 28, 28) shape)
+    assert torch_kind == "ok" or not floating or (library == "list" and n == 0), torch_out
+    if torch_kind == "error":
+        assert torch_out == flax_out  # the same class and message, naming the caller's dtype
+        assert issubclass(torch_out[0], FashionTwinsError)
+        return
+    assert torch_out.shape == flax_out.shape == (n, 10)
+    # Both twins cast the same values to float32 exactly (every bfloat16/float16/float8 value is a
+    # float32), so this is test_parity's float32 bound for inputs in [0, 1].
+    assert float(np.abs(torch_out - flax_out).max(initial=0.0)) <= 1e-5
+
+
+@given(data=st.data())
+def test_every_activation_agrees_or_fails_alike_on_any_library_and_dtype(data):
+    name = data.draw(st.sampled_from(ELEMENTWISE + ("softmax",)), label="activation")
+    library = data.draw(st.sampled_from(INPUT_LIBRARIES), label="library")
+    dtype = data.draw(st.sampled_from(INPUT_DTYPES), label="dtype")
+    x = data.draw(hnp.arrays(np.float32, st.integers(1, 6), elements=st.floats(-8, 8, width=32)), label="x")
+    batch = _batch_from(library, x, dtype)
+    assume(batch is not None)
+    outs = {}
+    for twin_name, twin in TWINS.items():  # torch's bfloat16/float8 results reach numpy through float32
+        kind, out = outcome(lambda twin=twin: _float32(getattr(twin, name)(batch)))
+        outs[twin_name] = (kind, out)
+    (torch_kind, torch_out), (flax_kind, flax_out) = outs["torch"], outs["flax"]
+    assert (torch_kind, name, library, dtype) == (flax_kind, name, library, dtype), (torch_out, flax_out)
+    if torch_kind == "error":
+        assert torch_out == flax_out and issubclass(torch_out[0], FashionTwinsError)
+        return
+    # Each library rounds the result to the input's dtype (float8: 3 mantissa bits, bfloat16: 8, ...):
+    # 2 of that dtype's ulps at 1 bound the difference of two correctly rounded values in [0, 8].
+    import ml_dtypes
+
+    eps = float(ml_dtypes.finfo(np.float32 if library == "list" else _np_dtype(dtype)).eps)
+    t, f = np.asarray(torch_out, np.float64), np.asarray(flax_out, np.float64)
+    assert t.shape == f.shape == x.shape
+    assert float(np.abs(t - f).max()) <= 2 * eps * 8

@@ -248,8 +248,9 @@ def test_resume_refuses_a_weights_file_and_sidecar_that_do_not_belong_together(b
         train.train_and_evaluate(config, data, out=ckpt, quiet=True, log=_crash_after(1))
     sidecar = canonical.train_state_path(ckpt).read_bytes()
     with pytest.raises(Crash):
-        train.train_and_evaluate(config, data, out=ckpt, quiet=True, log=_crash_after(2))
-    canonical.train_state_path(ckpt).write_bytes(sidecar)  # as if a crash hit between the two renames
+        train.train_and_evaluate(config, data, out=ckpt, resume=ckpt, quiet=True, log=_crash_after(2))
+    # epoch 1's sidecar beside epoch 2's weights: no crash leaves this (the sidecar is renamed first), so it is refused
+    canonical.train_state_path(ckpt).write_bytes(sidecar)
     with pytest.raises(CheckpointError, match="do not belong together"):
         train.train_and_evaluate(config, data, resume=ckpt, quiet=True, log=lambda s: None)
 

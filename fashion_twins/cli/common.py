@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import importlib
 import math
+import os
 import sys
 from collections.abc import Callable
 
@@ -218,13 +219,41 @@ def precisions(choice: str) -> list:
 # ----------------------------------------------------------------------------- helpers
 
 
-def backend_module(name: str):
-    """Import one twin (fashion_torch or fashion_flax) with its train module; the other framework is never imported."""
+def backend_module(name: str, start_backend: bool = True):
+    """Import one twin (fashion_torch or fashion_flax) with its train module; the other framework is never imported.
+
+    start_backend=False leaves JAX's backends unstarted, for a data-parallel launch that must configure them first.
+    """
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}; choose {' or '.join(BACKENDS)}")
     twin = importlib.import_module(f"fashion_{name}")
     importlib.import_module(f"fashion_{name}.train")  # makes twin.train available
+    if name == "flax" and start_backend:
+        check_jax_platforms()
     return twin
+
+
+def check_jax_platforms() -> None:
+    """Start JAX's backends now, so that a JAX_PLATFORMS naming a platform this machine lacks is one line, not a traceback.
+
+    JAX starts every platform the variable lists on first use, even for --device cpu; it fails with a
+    RuntimeError (gpu, tpu) or a bare AssertionError (cuda).
+    """
+    import jax  # only for the flax twin, already imported by it
+
+    value = os.environ.get("JAX_PLATFORMS")
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as e:
+        if value is None:
+            raise
+        reason = str(e).split(" (set JAX_PLATFORMS")[0].splitlines()[0] if str(e) else type(e).__name__
+        from fashion_common.errors import DeviceError
+
+        raise DeviceError(
+            f"JAX_PLATFORMS={value!r} names a platform JAX cannot start on this machine ({reason}); "
+            "unset JAX_PLATFORMS, or set JAX_PLATFORMS=cpu"
+        ) from None
 
 
 def note(line: str) -> None:

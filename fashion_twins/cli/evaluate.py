@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 
+from fashion_common.errors import NonFiniteLossError
+
 from . import common
 
 
@@ -57,6 +59,7 @@ def run(args) -> int:
     data = load_fashion_mnist(args.data_dir, download=args.download).limit(train=0, test=args.limit_test)
     on_device = twin.train.put_data(data, device)  # train=0 above: evaluation never reads the training images
     metrics = twin.train.evaluate_model(loaded, on_device.test_images, on_device.test_labels)
+    check_finite_metrics(metrics, args.checkpoint, len(data.test_labels))
     if not args.json:
         print(format_eval_line(args.backend, metrics, len(data.test_labels), args.checkpoint))
         return 0
@@ -85,3 +88,13 @@ def evaluation_document(backend: str, checkpoint, metrics: dict, labels, predict
             for name, value in zip(CLASS_NAMES, per_class, strict=True)
         },
     }
+
+
+def check_finite_metrics(metrics: dict, checkpoint, count: int) -> None:
+    """A NaN or Inf test loss is an error, not a result: the weights overflow (or were damaged) on these images."""
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"{checkpoint}: {key} is {value} on the {count} test images; the weights give non-finite "
+                "logits or losses (a damaged or diverged checkpoint), so there is no result to report"
+            )

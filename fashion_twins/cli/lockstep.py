@@ -94,11 +94,16 @@ def run(args) -> int:
     check_no_aliases({"--out": args.out}, {"--data-dir": args.data_dir})
     check_output_file(args.out, "--out")
     from fashion_common.data import load_fashion_mnist
+    from fashion_common.loop import check_batch_fits
     from fashion_common.terminal import progress_bars_wanted
     from fashion_compare.benchmark import pick_device
     from fashion_compare.lockstep import lockstep
 
     device = pick_device(args.device)
+    if device == "cpu" and args.precision in ("tf32", "both"):
+        common.note(
+            f"note: --precision {args.precision}: TF32 exists only on GPUs; on the CPU tf32 runs as highest (fp32)"
+        )
     config = tutorial_config(
         epochs=1,
         optimizer=args.optimizer,
@@ -109,6 +114,7 @@ def run(args) -> int:
         device=device,
     )
     data = load_fashion_mnist(args.data_dir, download=args.download)
+    check_batch_fits(config.batch_size, len(data.train_labels))  # train's words for the same mistake
     show_bar = not args.quiet and progress_bars_wanted()
     results = {}
     for mode in common.precisions(args.precision):

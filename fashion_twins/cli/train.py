@@ -24,6 +24,7 @@ import traceback
 import types
 import typing
 
+from fashion_common import interrupt
 from fashion_common.config import RECIPES, TrainConfig, tutorial_config
 from fashion_common.distributed import DEFAULT_TIMEOUT_S, check_world, under_torchrun, world_from_env
 from fashion_common.errors import ConfigError
@@ -276,8 +277,7 @@ def _is_writer(args, mode) -> bool:
 
 
 def run(args) -> int:
-    from fashion_common.checkpoint import metrics_path_for, read_state, read_train_state, train_state_path
-    from fashion_common.loop import check_resume
+    from fashion_common.checkpoint import metrics_path_for, read_state, run_lock, train_state_path
     from fashion_common.paths import check_no_aliases, check_output_file
 
     # ---- everything cheap that can fail, before the framework import, the data and the training
@@ -300,16 +300,28 @@ def run(args) -> int:
         check_tensorboard(args.tensorboard)
     if args.init is not None:
         read_state(args.init)  # exists, parses, every key and shape
+    # One run writes --out at a time: held until this command returns; the OS drops it if the process dies.
+    lock = run_lock(out) if _is_writer(args, mode) else None
+    try:
+        return _run_locked(args, config, mode, out, sidecar, metrics)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(args, config: TrainConfig, mode, out: str, sidecar: str, metrics: str) -> int:
+    """run() once --out is this process's: check --resume, train, say what was written."""
+    from fashion_common.checkpoint import read_checkpoint
+    from fashion_common.loop import check_resume
 
     if args.resume is not None:
-        # Weights, then the optimizer sidecar, must exist, parse and belong to this backend and config.
-        read_state(args.resume)
-        _, counters = read_train_state(args.resume)
+        # The pair (the sidecar, and the weights file if present) must parse, verify and be one run of this config.
+        _, _, counters = read_checkpoint(args.resume)
         check_resume(args.resume, counters, args.backend, config)
         if int(counters.get("epoch", 0)) >= config.epochs:
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 
-    twin = common.backend_module(args.backend)
+    twin = common.backend_module(args.backend, start_backend=mode is None)
     writer = None
     if args.tensorboard is not None and _is_writer(args, mode):  # rank / process 0 only, as the checkpoint
         from fashion_common.tensorboard import EpochWriter
@@ -319,12 +331,14 @@ def run(args) -> int:
     kwargs["on_epoch"] = writer
     if args.engine is not None:  # torch only (refused above for the other twins)
         kwargs["engine"] = args.engine
+    interrupt.install()  # Ctrl-C sets a flag; the epoch loops stop at the next step boundary (exit 130)
     try:
         if mode is None:
             _train_one_device(args, config, twin, kwargs)
         else:
             _train_data_parallel(args, config, mode, dict(kwargs, timeout_s=args.timeout or DEFAULT_TIMEOUT_S))
     finally:
+        interrupt.uninstall()
         if writer is not None:
             writer.close()
     if _is_writer(args, mode):
@@ -392,18 +406,18 @@ def _finished(args, config: TrainConfig, counters: dict, out: str, sidecar: str,
 
     The loop would run no epoch and so write nothing; saying `wrote` then would be a lie.
     """
-    from pathlib import Path
-
-    from fashion_common.checkpoint import atomic_write_bytes, train_state_path
+    from fashion_common.checkpoint import copy_checkpoint
     from fashion_common.loop import write_json_atomic
     from fashion_common.paths import same_file
 
     done = f"{args.resume} already holds all {config.epochs} epochs"
     if same_file(args.resume, out):
-        print(f"[{args.backend}] {done}; nothing to train, nothing written")
+        if copy_checkpoint(args.resume, out):  # its last write was interrupted between the sidecar and the weights
+            print(f"[{args.backend}] {done}; nothing to train. Completed: wrote {out}")
+        else:
+            print(f"[{args.backend}] {done}; nothing to train, nothing written")
         return 0
-    atomic_write_bytes(out, Path(args.resume).read_bytes())
-    atomic_write_bytes(sidecar, train_state_path(args.resume).read_bytes())
+    copy_checkpoint(args.resume, out)
     write_json_atomic(
         metrics,
         {

@@ -128,3 +128,14 @@ def flax_param_path(key: str) -> tuple[str, str, str]:
     """
     stack, index, kind = key.split(".")
     return (stack, f"layers_{index}", {"weight": "kernel", "bias": "bias"}[kind])
+
+
+def nnx_param_path(key: str) -> tuple[str, str, int, str]:
+    """Canonical key -> path in the Flax NNX state.
+
+    'linear_relu_stack.2.weight' -> ('linear_relu_stack', 'layers', 2, 'kernel'); nnx.Sequential keeps
+    its entries in the list `layers`, so the torch index survives as an integer path entry. The
+    kernel is the transposed weight, as in linen.
+    """
+    stack, index, kind = key.split(".")
+    return (stack, "layers", int(index), {"weight": "kernel", "bias": "bias"}[kind])

@@ -19,16 +19,13 @@ BACKENDS = ["torch", "flax"]
 
 
 def twin_shift(backend, images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The twin's own on-device shift, numpy in and out."""
+    """The twin's own on-device shift, numpy in and out ("flax" and "nnx" take JAX arrays)."""
+    shift = importlib.import_module(f"fashion_{backend}.augment").shift_images
     if backend == "torch":
         import torch
 
-        from fashion_torch.augment import shift_images as shift
-
         return shift(torch.from_numpy(images), torch.from_numpy(offsets)).numpy()
     import jax.numpy as jnp
-
-    from fashion_flax.augment import shift_images as shift
 
     return np.asarray(shift(jnp.asarray(images), jnp.asarray(offsets)))
 
@@ -55,7 +52,7 @@ def test_shift_offsets_are_all_zero_when_augmentation_is_off_and_reject_impossib
 # ----------------------------------------------------------------------------- shifting
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["nnx"])
 def test_a_shift_moves_a_pixel_down_and_right_and_fills_zeros(backend):
     image = np.zeros((1, 28, 28), np.uint8)
     image[0, 0, 0], image[0, 27, 27] = 200, 100
@@ -66,7 +63,7 @@ def test_a_shift_moves_a_pixel_down_and_right_and_fills_zeros(backend):
     assert np.array_equal(out[2], image[0])  # (0, 0) is the identity
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["nnx"])
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(0, 5), max_shift=st.integers(0, 27), seed=st.integers(0, 2**16))
 def test_both_twins_shift_exactly_as_the_numpy_oracle(backend, batch, max_shift, seed):

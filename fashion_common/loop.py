@@ -1,71 +1,64 @@
-"""The epoch loop both twins run: logging, metrics JSON, checkpoints and resume, written once.
+"""Plain helpers that every twin's `train_and_evaluate` calls, so all twins log, save and resume alike.
 
-Each twin hands in a small `TwinOps` of its own framework's functions (init, one epoch,
-evaluate, save, load); everything around them is the same code, so both twins log the same
-lines, write the same METRICS.json and resume the same way.
+The loops themselves live in each twin's train.py (fashion_torch/train.py, fashion_flax/train.py)
+and their data-parallel modules, and read top to bottom; what is framework-free and must be the
+same in all of them is here: the run's data split and step counts, the epoch's batch order and
+shifts, resume checks, the metrics document and its atomic write, the per-epoch row and log line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import platform
-import time
-from collections.abc import Callable
+import sys
 
 from .augment import shift_offsets
-from .checkpoint import atomic_write_bytes, read_train_state, train_state_path
+from .checkpoint import atomic_write_bytes, read_state, read_train_state, train_state_path
 from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
 from .paths import check_output_file
-from .spec import DEFAULT_SPEC, ModelSpec
+from .spec import ModelSpec
 from .split import split_validation
 from .text import format_epoch_line
 
 
-@dataclasses.dataclass
-class TwinOps:
-    """What a twin provides to the shared loop. `state` is the twin's own train state."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The data one run trains on and its step counts, fixed before the first epoch."""
 
-    backend: str  # "torch" or "flax"
-    init_state: Callable  # (config, spec, device, total_steps) -> state
-    put_data: Callable  # (FashionData, device) -> data on the device (twin-specific)
-    train_epoch: Callable  # (state, data, order (steps, B) int32, config, progress, shifts (steps, B, 2) int8 or None) -> (state, {"train_loss", "train_accuracy"})
-    evaluate: Callable  # (state, data, config) -> {"test_loss", "test_accuracy"}
-    save: Callable  # (state, path, metadata) -> None: weights + sidecar
-    load: Callable  # (state, path) -> state with weights and optimizer restored
-    device_name: Callable  # (device) -> str
-    versions: Callable  # () -> {library: version}
-    # Data-parallel runs (fashion_*/distributed.py): only the writer (rank/process 0) checks and writes
-    # --out and --metrics; every rank reads a --resume checkpoint. train_epoch/evaluate reduce their metrics.
-    is_writer: Callable[[], bool] = lambda: True
+    data: FashionData  # the training images (validation split removed) and the test set
+    val: FashionData | None  # the held-out validation images as a test set, or None
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def num_train(self) -> int:
+        return int(len(self.data.train_labels))
 
 
-def epoch_shifts(config: TrainConfig, epoch: int, steps: int):
-    """The shared (steps, B, 2) int8 shift offsets of one epoch, or None with augmentation off: what every epoch call passes."""
-    if not config.augment_shift:
-        return None
-    return shift_offsets(config.seed, epoch, steps, config.batch_size, config.augment_shift)
+def prepare(config: TrainConfig, data: FashionData, out=None, metrics_path=None) -> Run:
+    """Check the outputs, apply config.limit_* and the validation split, and count the steps.
 
-
-def with_init(ops: TwinOps, create_train_state: Callable, init_from, spec: ModelSpec = DEFAULT_SPEC) -> TwinOps:
-    """The twin's ops whose init_state starts from the weights in `init_from` (a canonical checkpoint) instead of the seed.
-
-    The cross-framework proofs start both twins, whose seeded inits differ, from one file. None: `ops` unchanged.
+    The command line's own checks ran already; these keep library callers from losing an epoch.
     """
-    if init_from is None:
-        return ops
-    from .checkpoint import read_state
+    check_output_file(out, "--out")
+    check_output_file(metrics_path, "--metrics")
+    data = data.limit(config.limit_train, config.limit_test)
+    val = None
+    if config.val_size:  # the held-out images leave the training set; each epoch scores them
+        data, val = split_validation(data, config.val_size)
+    steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train_labels)} training images")
+    return Run(data, val, steps_per_epoch, steps_per_epoch * config.epochs)
 
-    weights, _ = read_state(init_from, spec)
-    return dataclasses.replace(ops, init_state=functools.partial(create_train_state, state_dict=weights))
 
-
-def write_json_atomic(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+def init_weights(init_from, spec: ModelSpec) -> dict | None:
+    """The canonical weights of `init_from` (e.g. the other twin's init), or None for the seeded init."""
+    return None if init_from is None else read_state(init_from, spec)[0]
 
 
 # Config keys that change the trajectory: a resumed run must use the same values, or it is another run.
@@ -100,6 +93,45 @@ def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> Non
             )
 
 
+def resume_point(path, backend: str, config: TrainConfig) -> tuple[list, int]:
+    """(the saved per-epoch history, the first epoch still to train) of a checkpoint this run may continue."""
+    _, counters = read_train_state(path)
+    check_resume(path, counters, backend, config)
+    return list(counters["history"]), int(counters["epoch"]) + 1
+
+
+def run_metrics(
+    backend: str, device: str, versions: dict, config: TrainConfig, spec: ModelSpec, run: Run, history: list
+) -> dict:
+    """The METRICS.json document; `history` is the list the loop appends each epoch's row to."""
+    return {
+        "backend": backend,
+        "device": device,
+        "platform": platform.platform(),
+        "versions": versions,
+        "config": config.to_dict(),
+        "spec": spec.to_metadata(),
+        "num_train": run.num_train,
+        "num_test": int(len(run.data.test_labels)),
+        "num_val": 0 if run.val is None else int(len(run.val.test_labels)),
+        "data_source": run.data.source,
+        "epochs": history,
+    }
+
+
+def epoch_shifts(config: TrainConfig, epoch: int, steps: int):
+    """The shared (steps, B, 2) int8 shift offsets of one epoch, or None with augmentation off."""
+    if not config.augment_shift:
+        return None
+    return shift_offsets(config.seed, epoch, steps, config.batch_size, config.augment_shift)
+
+
+def epoch_batches(config: TrainConfig, epoch: int, run: Run):
+    """(order (steps, B) int training indices, shifts (steps, B, 2) int8 or None): the same in every twin."""
+    order = batch_order(config.seed, epoch, run.num_train, config.batch_size)
+    return order, epoch_shifts(config, epoch, run.steps_per_epoch)
+
+
 def check_finite_losses(epoch: int, metrics: dict, out=None) -> None:
     """Stop with NonFiniteLossError when the epoch's train or test loss is NaN or Inf.
 
@@ -115,104 +147,47 @@ def check_finite_losses(epoch: int, metrics: dict, out=None) -> None:
             )
 
 
-def train_and_evaluate(
-    ops: TwinOps,
-    config: TrainConfig,
-    data: FashionData,
-    spec: ModelSpec = DEFAULT_SPEC,
-    out: str | None = None,
-    metrics_path: str | None = None,
-    resume: str | None = None,
-    quiet: bool = False,
-    log: Callable[[str], None] = print,
-    device=None,
-):
-    """Train for config.epochs, evaluating after each; checkpoint and metrics are rewritten atomically every epoch.
+def epoch_row(epoch: int, seconds: float, train: dict, test: dict, val: dict | None = None, out=None) -> dict:
+    """One epoch's METRICS.json row; a non-finite loss stops the run here, before its checkpoint is written."""
+    check_finite_losses(epoch, {**train, **test}, out)
+    row = {"epoch": epoch, **train, **test, "epoch_seconds": seconds}
+    if val is not None:  # the twin's own evaluate, pointed at the validation split
+        row.update(val_loss=val["test_loss"], val_accuracy=val["test_accuracy"])
+    return row
 
-    Args:
-      ops: the twin's functions.
-      config: the shared flat config.
-      data: uint8 Fashion-MNIST arrays (already limited if config.limit_* is set).
-      out: checkpoint path (weights; optimizer state goes beside it); None writes none.
-      metrics_path: METRICS.json path; None writes none.
-      resume: a checkpoint written by this loop; training continues after its last epoch.
-      quiet: no progress bars (the per-epoch lines are still logged).
-    Returns:
-      (state, metrics dict as written to METRICS.json).
-    """
-    if not ops.is_writer():  # the other ranks train and reduce metrics, but write nothing
-        out = metrics_path = None
-    # The command line's own checks (aliases too) ran already; these keep library callers from losing an epoch.
-    check_output_file(out, "--out")
-    check_output_file(metrics_path, "--metrics")
-    data = data.limit(config.limit_train, config.limit_test)
-    val_data = None
-    if config.val_size:  # the held-out images leave the training set; the loop scores them each epoch
-        data, val_data = split_validation(data, config.val_size)
-    steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {len(data.train_labels)} training images")
-    total_steps = steps_per_epoch * config.epochs
-    state = ops.init_state(config, spec, device, total_steps)
-    on_device = ops.put_data(data, device)
-    on_device_val = None if val_data is None else ops.put_data(val_data, device)
 
-    history, start_epoch = [], 1
-    if resume is not None:
-        _, counters = read_train_state(resume)
-        check_resume(resume, counters, ops.backend, config)
-        state = ops.load(state, resume)
-        history, start_epoch = counters["history"], counters["epoch"] + 1
-
-    metrics = {
-        "backend": ops.backend,
-        "device": ops.device_name(device),
-        "platform": platform.platform(),
-        "versions": ops.versions(),
+def counters(backend: str, epoch: int, run: Run, config: TrainConfig, history: list) -> dict:
+    """What the optimizer sidecar records beside the weights, for resume."""
+    return {
+        "backend": backend,
+        "epoch": epoch,
+        "step": epoch * run.steps_per_epoch,
         "config": config.to_dict(),
-        "spec": spec.to_metadata(),
-        "num_train": int(len(data.train_labels)),
-        "num_test": int(len(data.test_labels)),
-        "num_val": 0 if val_data is None else int(len(val_data.test_labels)),
-        "data_source": data.source,
-        "epochs": history,
+        "history": history,
     }
-    for epoch in range(start_epoch, config.epochs + 1):
-        order = batch_order(config.seed, epoch, len(data.train_labels), config.batch_size)
-        start = time.perf_counter()
-        progress = None if quiet else _progress(ops.backend, epoch, config.epochs, steps_per_epoch)
-        shifts = epoch_shifts(config, epoch, steps_per_epoch)
-        state, train_metrics = ops.train_epoch(state, on_device, order, config, progress, shifts)
-        seconds = time.perf_counter() - start  # train_epoch returns host floats, so the device is done
-        if progress is not None:
-            progress.close()
-        test_metrics = ops.evaluate(state, on_device, config)
-        check_finite_losses(
-            epoch, {**train_metrics, **test_metrics}, out
-        )  # before the save: keep the last good checkpoint
-        row = {"epoch": epoch, **train_metrics, **test_metrics, "epoch_seconds": seconds}
-        if on_device_val is not None:  # the twin's own evaluate, pointed at the validation split
-            val = ops.evaluate(state, on_device_val, config)
-            row.update(val_loss=val["test_loss"], val_accuracy=val["test_accuracy"])
-        history.append(row)
-        counters = {
-            "backend": ops.backend,
-            "epoch": epoch,
-            "step": epoch * steps_per_epoch,
-            "config": config.to_dict(),
-            "history": history,
-        }
-        if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch
-            ops.save(state, out, counters)
-        if metrics_path is not None:
-            write_json_atomic(metrics_path, metrics)
-        line = format_epoch_line(ops.backend, epoch, config.epochs, row)
-        log(line if on_device_val is None else f"{line}  val_acc {100 * row['val_accuracy']:.2f}%")
-    return state, metrics
 
 
-def _progress(backend: str, epoch: int, epochs: int, steps: int):
-    from tqdm.auto import tqdm
+def write_json_atomic(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_metrics(path, metrics: dict) -> None:
+    """Rewrite METRICS.json atomically (None: no file)."""
+    if path is not None:
+        write_json_atomic(path, metrics)
+
+
+def epoch_line(backend: str, epoch: int, epochs: int, row: dict) -> str:
+    """The per-epoch log line, the same in every twin."""
+    line = format_epoch_line(backend, epoch, epochs, row)
+    return line if "val_accuracy" not in row else f"{line}  val_acc {100 * row['val_accuracy']:.2f}%"
+
+
+def progress_bar(backend: str, epoch: int, epochs: int, steps: int, quiet: bool = False):
+    """A tqdm bar for one epoch, or None when quiet or when stderr is not a terminal (a log gets the epoch line)."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm  # only where a bar is drawn
 
     return tqdm(total=steps, desc=f"[{backend}] epoch {epoch}/{epochs}", unit="step", leave=False, dynamic_ncols=True)
 

@@ -130,9 +130,12 @@ def tutorial_epoch_fn(device: str, data_dir=None) -> Callable[[int], None]:
 
 
 def twin_epoch_fn(
-    backend: str, data: FashionData, device: str, config: TrainConfig | None = None
+    backend: str, data: FashionData, device: str, config: TrainConfig | None = None, engine: str | None = None
 ) -> Callable[[int], None]:
-    """One epoch of a twin's own training path (quiet: no progress bar), data already on the device."""
+    """One epoch of a twin's own training path (quiet: no progress bar), data already on the device.
+
+    engine: the torch engine (fashion_torch.train.ENGINES); None for the twin's default (flax has one).
+    """
     import importlib
 
     train = importlib.import_module(f"fashion_{backend}.train")
@@ -141,7 +144,8 @@ def twin_epoch_fn(
     dev = pkg.resolve_device(device)
     on_device = train.put_data(data, dev)
     steps = config.steps_per_epoch(len(data.train_labels))
-    holder = {"state": train.create_train_state(config, device=dev, total_steps=steps * 100)}
+    options = {} if engine is None else {"engine": engine}  # a torch-only argument
+    holder = {"state": train.create_train_state(config, device=dev, total_steps=steps * 100, **options)}
 
     def run(epoch):
         order = batch_order(config.seed, epoch + 10, len(data.train_labels), config.batch_size)
@@ -189,7 +193,7 @@ def benchmark(
     variants = [
         (
             f"torch_{e}",
-            lambda e=e: twin_epoch_fn("torch", data, device, tutorial_config(epochs=1, device=device, engine=e)),
+            lambda e=e: twin_epoch_fn("torch", data, device, tutorial_config(epochs=1, device=device), engine=e),
             repeats,
         )
         for e in engines
@@ -227,7 +231,7 @@ def default_run_estimate(data: FashionData, device: str, engines: list[str], rep
     out = {}
     for e in engines:
         log(f"[benchmark] default recipe, torch {e}: {repeats} timed epoch(s) after 1 warm-up")
-        warmup_s, times = time_epochs(twin_epoch_fn("torch", data, device, config.replace(engine=e)), repeats)
+        warmup_s, times = time_epochs(twin_epoch_fn("torch", data, device, config, engine=e), repeats)
         epoch_s = statistics.median(times)
         out[e] = {
             "epoch_s": epoch_s,

@@ -15,8 +15,7 @@ alone: `python -m fashion_compare.distributed --world-size 2`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
+import importlib
 import json
 import os
 import subprocess
@@ -51,17 +50,12 @@ def _run(cmd, env) -> None:
         )
 
 
-def _single(backend: str, config, data, init: dict, folder: Path, device) -> tuple:
-    """The twin's own single-device loop (in this process) -> (weights, metrics)."""
-    import importlib
-
-    from fashion_common import loop
-
+def _single(backend: str, config, data, init_path: Path, folder: Path) -> tuple:
+    """The twin's own single-device train_and_evaluate (in this process), from `init_path` -> (weights, metrics)."""
     train = importlib.import_module(f"fashion_{backend}.train")
-    ops = dataclasses.replace(train.OPS, init_state=functools.partial(train.create_train_state, state_dict=init))
     out = folder / f"{backend}_single.safetensors"
-    _, metrics = loop.train_and_evaluate(
-        ops, config, data, out=str(out), quiet=True, log=lambda line: None, device=device
+    _, metrics = train.train_and_evaluate(
+        config, data, out=str(out), quiet=True, log=lambda line: None, init_from=str(init_path)
     )
     return canonical.read_state(out)[0], metrics
 
@@ -86,7 +80,6 @@ def distributed_comparison(
     Returns:
       dict: per twin the single and parallel ms/step and max |dW|; the cross-framework |dW|; labels.
     """
-    import jax
     import torch
 
     import fashion_torch
@@ -111,7 +104,6 @@ def distributed_comparison(
         folder = Path(tmp)
         init_path = folder / "init.safetensors"
         fashion_torch.save_checkpoint(fashion_torch.create_model(seed=config.seed), init_path)
-        init = canonical.read_state(init_path)[0]
         common_flags = [
             *common.config_flags(config),
             "--init",
@@ -128,9 +120,7 @@ def distributed_comparison(
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            t_single, t_single_metrics = _single(
-                "torch", config, data, init, folder, torch.device("cuda" if device == "gpu" else "cpu")
-            )
+            t_single, t_single_metrics = _single("torch", config, data, init_path, folder)
         finally:
             torch.set_num_threads(threads)
         ddp_out, ddp_metrics = folder / "torch_ddp.safetensors", folder / "torch_ddp.json"
@@ -154,9 +144,7 @@ def distributed_comparison(
         t_ddp, t_ddp_metrics = canonical.read_state(ddp_out)[0], json.loads(ddp_metrics.read_text())
         # ---- flax: one device here, N devices in one process (forced host devices on a CPU)
         log(f"[distributed] flax: 1 device, then a mesh of {world_size} devices")
-        f_single, f_single_metrics = _single(
-            "flax", config, data, init, folder, jax.devices("gpu" if device == "gpu" else "cpu")[0]
-        )
+        f_single, f_single_metrics = _single("flax", config, data, init_path, folder)
         sharded_out, sharded_metrics = folder / "flax_sharded.safetensors", folder / "flax_sharded.json"
         _run(
             [

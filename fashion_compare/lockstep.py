@@ -31,14 +31,15 @@ def lockstep(
     spec: ModelSpec = DEFAULT_SPEC,
     progress: bool = False,
     keep_states: bool = False,
+    engine: str = "auto",
 ) -> dict:
     """Train both twins side by side from the torch twin's init; record how far apart they drift.
 
     Args:
       data: uint8 Fashion-MNIST arrays (train part used).
       config: default is the tutorial's recipe (plain SGD, lr 1e-3, batch 64) on the CPU.
-        config.engine picks the torch engine (autograd: eager or compile; cuda_graph on CUDA;
-        fused, the hand-written step, only when asked); the flax twin always runs its one engine.
+      engine: the torch engine (fashion_torch.train.ENGINES: autograd eager or compile; cuda_graph
+        on CUDA; fused, the hand-written step, only when asked); the flax twin always runs its one engine.
       steps: stop after this many steps (default: one full epoch).
       weight_every: compare every weight each this many steps (and at the last step).
       precision: "highest" (fp32 matmuls, the parity mode) or "tf32".
@@ -62,9 +63,9 @@ def lockstep(
 
     t_dev = fashion_torch.resolve_device(config.device)
     f_dev = fashion_flax.resolve_device(config.device)
-    t_state = torch_train.create_train_state(config, spec, t_dev, total)
+    t_state = torch_train.create_train_state(config, spec, t_dev, total, engine=engine)
     init = fashion_torch.to_state_dict(t_state.model)  # one init for both twins
-    f_state = flax_train.create_train_state(config.replace(engine="auto"), spec, f_dev, total, state_dict=init)
+    f_state = flax_train.create_train_state(config, spec, f_dev, total, state_dict=init)
     t_data = torch_train.put_data(data, t_dev)
     f_data = flax_train.put_data(data, f_dev)
 

@@ -408,16 +408,11 @@ def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict
 
 def predict_classes(backend: str, state, images: np.ndarray, batch_size: int = 10_000) -> np.ndarray:
     """uint8 images (N, 28, 28) -> (N,) int64 classes, argmax of the twin's own predict_proba on its final train state."""
-    if backend == "torch":
-        from fashion_torch.train import predict_proba
-
-        proba = lambda x: predict_proba(state.model, x)
-    else:
-        from fashion_flax.train import predict_proba
-
-        proba = lambda x: predict_proba(state.apply_fn.__self__, state.params, x)  # apply_fn is the bound model.apply
+    train = importlib.import_module(f"fashion_{backend}.train")
+    model = train.trained_model(state)
     chunks = [
-        proba(scale_images(images[i : i + batch_size])).argmax(axis=1) for i in range(0, len(images), batch_size)
+        train.predict_proba(model, scale_images(images[i : i + batch_size])).argmax(axis=1)
+        for i in range(0, len(images), batch_size)
     ]  # (b, 10) -> (b,)
     return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
 

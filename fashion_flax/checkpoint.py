@@ -14,7 +14,7 @@ from fashion_common import checkpoint as canonical
 from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys, flax_param_path
 
-from .model import _shared_model
+from .model import NeuralNetwork, _shared_model
 
 
 def to_state_dict(params, spec: ModelSpec = DEFAULT_SPEC) -> dict[str, np.ndarray]:
@@ -56,7 +56,11 @@ def save_checkpoint(params, path, spec: ModelSpec = DEFAULT_SPEC, metadata: dict
     return canonical.write_state(path, to_state_dict(params, spec), spec, metadata)
 
 
-def load_checkpoint(path, device=None, spec: ModelSpec | None = None):
-    """Read a canonical checkpoint written by either twin -> (model, params); bad files raise CheckpointError."""
+def load_checkpoint(path, device=None, spec: ModelSpec | None = None) -> NeuralNetwork:
+    """Read a canonical checkpoint written by any twin -> a bound NeuralNetwork; bad files raise CheckpointError.
+
+    Bound (`module.bind(variables)`), so it is called like the torch twin's module, `model(x)`, and
+    `model.unbind()` gives (module, variables) back for jitted use.
+    """
     state, spec = canonical.read_state(path, spec)
-    return _shared_model(spec, "torch"), from_state_dict(state, spec, device)
+    return _shared_model(spec, "torch").bind(from_state_dict(state, spec, device))

@@ -8,6 +8,7 @@ indices comes out sharded, so each device runs the forward and backward on its B
 compiler (GSPMD) inserts the all-reduce of the gradients that the mean loss implies. No shard_map
 and no hand-written pmean: the sharded program is the single-device program, which is the proof.
 
+The loop mirrors train.train_and_evaluate with the same fashion_common.loop helpers.
 Every process draws the same epoch order (fashion_common.data.batch_order); across processes
 (`jax.distributed.initialize`) the mesh spans all processes' devices and process 0 writes.
 Launched through the CLI (see README), which calls initialize, make_mesh and train_and_evaluate here:
@@ -17,9 +18,8 @@ Launched through the CLI (see README), which calls initialize, make_mesh and tra
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import sys
+import time
 
 import jax
 import numpy as np
@@ -192,7 +192,7 @@ def load_train_state(state: train.TrainState, path) -> train.TrainState:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _device_name(mesh: Mesh) -> str:
+def device_name(mesh: Mesh) -> str:
     kinds = sorted({d.device_kind if d.platform != "cpu" else "cpu" for d in mesh.devices.flat})
     simulated = (
         " (simulated host devices)"
@@ -202,18 +202,6 @@ def _device_name(mesh: Mesh) -> str:
     return f"{'/'.join(kinds)} x {mesh.size} devices over {jax.process_count()} process(es){simulated}"
 
 
-OPS = dataclasses.replace(
-    train.OPS,  # save and versions: the twin's own (save_train_state fetches the replicated arrays to the host)
-    init_state=create_train_state,
-    put_data=put_data,
-    train_epoch=train_epoch,
-    evaluate=evaluate,
-    load=load_train_state,
-    device_name=_device_name,
-    is_writer=lambda: jax.process_index() == 0,
-)
-
-
 def train_and_evaluate(
     config: TrainConfig,
     data: FashionData,
@@ -221,36 +209,53 @@ def train_and_evaluate(
     out=None,
     metrics_path=None,
     resume=None,
-    quiet=False,
+    quiet: bool = False,
     log=print,
-    mesh: Mesh | None = None,
     init_from=None,
+    mesh: Mesh | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ):
-    """Train and evaluate the flax twin data-parallel over `mesh` (default: every device of config.device's platform).
+    """train.train_and_evaluate data-parallel over `mesh` (default: every device of config.device's platform).
 
+    This module's state, data, epoch and evaluate; process 0 writes the checkpoint and metrics.
     Raises DistributedError before any work when config.batch_size does not split over the mesh, and
     when a peer process dies (the checkpoint stays the last good one); `timeout_s` is only named in that message.
-    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
-    Returns (state, metrics); process 0 writes the checkpoint and metrics.
+    Returns (state, metrics).
     """
     if mesh is None:
         mesh = make_mesh(platform=config_platform(config))
     common.check_world(mesh.size, config.batch_size, "devices")
-    writer = jax.process_index() == 0
+    if jax.process_index() != 0:  # the other processes train, but write and log nothing
+        out, metrics_path, quiet, log = None, None, True, _silent
     try:
-        return loop.train_and_evaluate(
-            loop.with_init(OPS, create_train_state, init_from, spec),
-            config,
-            data,
-            spec,
-            out,
-            metrics_path,
-            resume,
-            quiet or not writer,
-            log if writer else _silent,
-            mesh,
-        )
+        run = loop.prepare(config, data, out, metrics_path)
+        state = create_train_state(config, spec, mesh, run.total_steps, loop.init_weights(init_from, spec))
+        train_data = put_data(run.data, mesh)
+        val_data = None if run.val is None else put_data(run.val, mesh)
+        history, first_epoch = [], 1
+        if resume is not None:  # every process reads it
+            history, first_epoch = loop.resume_point(resume, BACKEND, config)
+            state = load_train_state(state, resume)
+        metrics = loop.run_metrics(BACKEND, device_name(mesh), train.versions(), config, spec, run, history)
+        metrics["engine"] = "jit_scan"
+
+        for epoch in range(first_epoch, config.epochs + 1):
+            order, shifts = loop.epoch_batches(config, epoch, run)  # GLOBAL (steps, B) and (steps, B, 2) or None
+            progress = loop.progress_bar(BACKEND, epoch, config.epochs, run.steps_per_epoch, quiet)
+            start = time.perf_counter()
+            state, train_metrics = train_epoch(state, train_data, order, config, progress, shifts)
+            seconds = time.perf_counter() - start
+            if progress is not None:
+                progress.close()
+            test_metrics = evaluate(state, train_data, config)
+            val_metrics = None if val_data is None else evaluate(state, val_data, config)
+            row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+            history.append(row)
+            if out is not None:  # the twin's save fetches the replicated arrays to the host
+                train.save_train_state(state, out, loop.counters(BACKEND, epoch, run, config, history))
+            loop.write_metrics(metrics_path, metrics)
+            log(loop.epoch_line(BACKEND, epoch, config.epochs, row))
+        return state, metrics
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:  # one process: not a peer's failure, keep XLA's own error
             raise
@@ -275,17 +280,3 @@ def is_initialized() -> bool:
 def shutdown() -> None:
     if jax.distributed.is_initialized():
         jax.distributed.shutdown()
-
-
-# ----------------------------------------------------------------------------- module entry point
-
-
-def main(argv=None) -> int:
-    """`python -m fashion_flax.distributed ARGS` is `fashion-twins train --backend flax ARGS` (--devices N, or --coordinator ...)."""
-    from fashion_twins.cli import main as cli_main
-
-    return cli_main(["train", "--backend", "flax", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

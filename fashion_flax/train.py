@@ -3,25 +3,29 @@
 Mirrors fashion_torch/train.py. The whole set lives as one uint8 array on the training device;
 a step gathers its batch by index and scales by 1/255 (what ToTensor does). A slice of an
 epoch runs as one compiled `lax.scan` over rows of batch indices, so the host only dispatches
-about 20 programs an epoch.
+about 20 programs an epoch. The file ends with `train_and_evaluate`, the whole training loop, which
+mirrors the torch twin's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state as flax_train_state
 
 from fashion_common import checkpoint as canonical
 from fashion_common import loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
-from fashion_common.errors import CheckpointError, ConfigError
+from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import augment
@@ -32,7 +36,12 @@ BACKEND = "flax"
 
 
 class TrainState(flax_train_state.TrainState):
-    """params, opt_state, step and apply_fn, as Flax ships it (step counts updates, as the torch twin's)."""
+    """params (the parameter tree), opt_state, step and apply_fn, as Flax ships it; step counts updates, as torch's.
+
+    The spec is a static field: the checkpoint writer needs it, and a jitted step does not trace it.
+    """
+
+    spec: ModelSpec = struct.field(pytree_node=False, default=DEFAULT_SPEC)
 
 
 @dataclasses.dataclass
@@ -48,19 +57,13 @@ class DeviceData:
 # ----------------------------------------------------------------------------- state
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as torch.optim builds them."""
-    return _make_optimizer(
-        config.optimizer, config.lr, config.momentum, config.schedule, config.weight_decay, total_steps
-    )
-
-
 @functools.lru_cache(maxsize=32)
-def _make_optimizer(optimizer, lr, momentum, schedule_name, weight_decay, total_steps):
-    """Cached, so an equal config gives the same optax object and the jitted step is not compiled again."""
-    config = TrainConfig(
-        optimizer=optimizer, lr=lr, momentum=momentum, schedule=schedule_name, weight_decay=weight_decay
-    )
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """sgd (optional momentum), adam (L2 added to the gradient) or adamw (decoupled decay), as torch.optim builds them.
+
+    Cached on the frozen config, so an equal config gives the same optax object and the jitted step is not
+    compiled again.
+    """
     schedule = make_schedule(config, total_steps)
     if config.optimizer == "sgd":
         sgd = optax.sgd(schedule, momentum=config.momentum or None)
@@ -72,19 +75,10 @@ def _make_optimizer(optimizer, lr, momentum, schedule_name, weight_decay, total_
 
 
 def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
-    """The lr schedule, indexed by update count: cosine from lr to 0 over total_steps, or constant (torch's lr_scheduler twins)."""
+    """The lr schedule, indexed by update count: cosine from lr to 0 over total_steps, or constant (torch's twins)."""
     if config.schedule == "cosine":
         return optax.cosine_decay_schedule(init_value=config.lr, decay_steps=total_steps, alpha=0.0)
     return optax.constant_schedule(config.lr)
-
-
-def resolve_engine(config: TrainConfig, device, spec: ModelSpec = DEFAULT_SPEC) -> str:
-    """The flax twin has one engine, jit + lax.scan: only engine "auto" is accepted; torch's engines raise ConfigError."""
-    if config.engine != "auto":
-        raise ConfigError(
-            f"engine {config.engine} is a torch engine; the flax twin always runs jit + lax.scan (engine auto)"
-        )
-    return "jit_scan"
 
 
 def create_train_state(
@@ -92,12 +86,11 @@ def create_train_state(
 ) -> TrainState:
     """Fresh params (seeded from config.seed, or the given canonical state_dict) and their optimizer."""
     device = resolve_device(config.device) if device is None else device
-    resolve_engine(config, device, spec)
-    model, params = create_model(spec, config.seed, device)
+    model, variables = create_model(spec, config.seed, device)
     if state_dict is not None:
-        params = from_state_dict(state_dict, spec, device)
+        variables = from_state_dict(state_dict, spec, device)
     tx = make_optimizer(config, total_steps)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx, spec=spec)
 
 
 def put_data(data: FashionData, device=None) -> DeviceData:
@@ -132,7 +125,7 @@ def _step(state: TrainState, images, labels, label_smoothing: float, shifts=None
     x = images.astype(jnp.float32) / 255.0  # (B, 28, 28) in [0, 1], as ToTensor
 
     def compute_loss(params):
-        logits = state.apply_fn(params, x)  # (B, 10)
+        logits = state.apply_fn({"params": params}, x)  # (B, 10)
         return loss_fn(logits, labels, label_smoothing), logits
 
     (loss, logits), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
@@ -197,34 +190,49 @@ def train_epoch(
 
 def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> dict[str, float]:
     """The tutorial's test_loop over the whole test set -> {"test_loss", "test_accuracy"} (plain cross-entropy)."""
-    return evaluate_model(state.apply_fn, state.params, data.test_images, data.test_labels, config.eval_batch_size)
+    variables = {"params": state.params}
+    return _evaluate(state.apply_fn, variables, data.test_images, data.test_labels, config.eval_batch_size)
 
 
 @functools.partial(jax.jit, static_argnames="apply_fn")
-def _eval_batch(apply_fn, params, images, labels):
-    logits = apply_fn(params, images.astype(jnp.float32) / 255.0)
+def _eval_batch(apply_fn, variables, images, labels):
+    """(loss sum, correct count) of one chunk of uint8 images (b, 28, 28)."""
+    logits = apply_fn(variables, images.astype(jnp.float32) / 255.0)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
     return loss, (logits.argmax(1) == labels).sum()
 
 
-def evaluate_model(apply_fn, params, images, labels, batch_size: int = 10_000) -> dict[str, float]:
-    """Mean test loss and accuracy of `params` on uint8 images (N, 28, 28) and labels (N,)."""
+def _evaluate(apply_fn, variables, images, labels, batch_size: int) -> dict[str, float]:
+    """Per-sample losses summed over chunks, then divided once: the mean over all images, whatever the chunk size."""
     loss_sum, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
-        loss, c = _eval_batch(apply_fn, params, images[start : start + batch_size], labels[start : start + batch_size])
+        loss, c = _eval_batch(
+            apply_fn, variables, images[start : start + batch_size], labels[start : start + batch_size]
+        )
         loss_sum, correct = loss_sum + float(loss), correct + int(c)
     return {"test_loss": loss_sum / len(labels), "test_accuracy": correct / len(labels)}
 
 
-def predict_proba(model: NeuralNetwork, params, images: np.ndarray) -> np.ndarray:
-    """Float images (N, 28, 28) in [0, 1] -> softmax probabilities (N, 10) as numpy."""
-    logits = model.apply(params, jnp.asarray(images, jnp.float32))
-    return np.asarray(jax.nn.softmax(logits, axis=1))
+def evaluate_model(model: NeuralNetwork, images, labels, batch_size: int = 10_000) -> dict[str, float]:
+    """Mean test loss and accuracy of a bound model (load_checkpoint's) on uint8 images (N, 28, 28) and labels (N,)."""
+    module, variables = model.unbind()
+    return _evaluate(module.apply, variables, images, labels, batch_size)
 
 
-# The tutorial's names for one pass of training and one pass of evaluation.
-train_loop = train_epoch
-test_loop = evaluate
+def trained_model(state: TrainState) -> NeuralNetwork:
+    """The model a train state holds, in the form load_checkpoint returns (a bound NeuralNetwork)."""
+    return NeuralNetwork(state.spec).bind({"params": state.params})
+
+
+@functools.partial(jax.jit, static_argnames="apply_fn")
+def _probabilities(apply_fn, variables, images):
+    return jax.nn.softmax(apply_fn(variables, images), axis=1)
+
+
+def predict_proba(model: NeuralNetwork, images: np.ndarray) -> np.ndarray:
+    """Float images (N, 28, 28) in [0, 1] -> softmax probabilities (N, 10) as numpy, from a bound model."""
+    module, variables = model.unbind()
+    return np.asarray(_probabilities(module.apply, variables, jnp.asarray(images, jnp.float32)))
 
 
 # ----------------------------------------------------------------------------- checkpoints with optimizer state
@@ -244,13 +252,12 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
     }
     step = int(state.step)
     canonical.write_train_state(path, slots, {**counters, "optimizer_step": step})
-    spec = state.apply_fn.__self__.spec
-    save_checkpoint(state.params, path, spec, {"step": str(step)})
+    save_checkpoint(state.params, path, state.spec, {"step": str(step)})
 
 
 def load_train_state(state: TrainState, path) -> TrainState:
     """Restore weights, optimizer state and the update count written by save_train_state."""
-    spec = state.apply_fn.__self__.spec
+    spec = state.spec
     weights, _ = canonical.read_state(path, spec)
     slots, counters = canonical.read_train_state(path)
     canonical.check_pair(path, counters)
@@ -259,38 +266,26 @@ def load_train_state(state: TrainState, path) -> TrainState:
     restored = []
     for path_, leaf in leaves:
         key = jax.tree_util.keystr(path_)
+        if key not in slots:  # a sidecar written when the state's params were {"params": tree}
+            key = key.replace("['linear_relu_stack']", "['params']['linear_relu_stack']")
         if key not in slots:
             raise CheckpointError(f"{canonical.train_state_path(path)}: missing optimizer slot {key!r}")
         restored.append(jax.device_put(slots[key].reshape(np.shape(leaf)).astype(leaf.dtype), device))
     opt_state = jax.tree_util.tree_unflatten(treedef, restored)
-    params = from_state_dict(weights, spec, device)
+    params = from_state_dict(weights, spec, device)["params"]
     return state.replace(params=params, opt_state=opt_state, step=int(counters["optimizer_step"]))
 
 
 # ----------------------------------------------------------------------------- the loop
 
 
-def _versions() -> dict[str, str]:
-    import flax
-
+def versions() -> dict[str, str]:
+    """The library versions METRICS.json records."""
     return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__}
 
 
-def _device_name(device) -> str:
+def device_name(device) -> str:
     return "cpu" if device is None or device.platform == "cpu" else device.device_kind
-
-
-OPS = loop.TwinOps(
-    backend=BACKEND,
-    init_state=create_train_state,
-    put_data=put_data,
-    train_epoch=train_epoch,
-    evaluate=evaluate,
-    save=save_train_state,
-    load=load_train_state,
-    device_name=_device_name,
-    versions=_versions,
-)
 
 
 def train_and_evaluate(
@@ -300,24 +295,46 @@ def train_and_evaluate(
     out=None,
     metrics_path=None,
     resume=None,
-    quiet=False,
+    quiet: bool = False,
     log=print,
     init_from=None,
 ):
-    """Train and evaluate the flax twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics).
+    """Train for config.epochs, evaluating after each; checkpoint and METRICS.json rewritten atomically every epoch.
 
-    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+    Args:
+      config: the shared flat config; data: uint8 Fashion-MNIST (limited here by config.limit_*).
+      out: checkpoint path (optimizer state beside it), metrics_path: METRICS.json; None writes none.
+      resume: a checkpoint this function wrote; training continues after its last epoch.
+      init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+    Returns:
+      (state, metrics dict as written to METRICS.json).
     """
     device = resolve_device(config.device)
-    return loop.train_and_evaluate(
-        loop.with_init(OPS, create_train_state, init_from, spec),
-        config,
-        data,
-        spec,
-        out,
-        metrics_path,
-        resume,
-        quiet,
-        log,
-        device,
-    )
+    run = loop.prepare(config, data, out, metrics_path)
+    state = create_train_state(config, spec, device, run.total_steps, loop.init_weights(init_from, spec))
+    train_data = put_data(run.data, device)
+    val_data = None if run.val is None else put_data(run.val, device)
+    history, first_epoch = [], 1
+    if resume is not None:
+        history, first_epoch = loop.resume_point(resume, BACKEND, config)
+        state = load_train_state(state, resume)
+    metrics = loop.run_metrics(BACKEND, device_name(device), versions(), config, spec, run, history)
+    metrics["engine"] = "jit_scan"  # flax has one engine: each epoch slice is one jitted lax.scan
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        order, shifts = loop.epoch_batches(config, epoch, run)  # (steps, B) indices, (steps, B, 2) offsets or None
+        progress = loop.progress_bar(BACKEND, epoch, config.epochs, run.steps_per_epoch, quiet)
+        start = time.perf_counter()
+        state, train_metrics = train_epoch(state, train_data, order, config, progress, shifts)
+        seconds = time.perf_counter() - start  # train_epoch returned host floats, so the device is done
+        if progress is not None:
+            progress.close()
+        test_metrics = evaluate(state, train_data, config)
+        val_metrics = None if val_data is None else evaluate(state, val_data, config)
+        row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+        history.append(row)
+        if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch
+            save_train_state(state, out, loop.counters(BACKEND, epoch, run, config, history))
+        loop.write_metrics(metrics_path, metrics)
+        log(loop.epoch_line(BACKEND, epoch, config.epochs, row))
+    return state, metrics

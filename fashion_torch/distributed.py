@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import sys
+import time
 
 import numpy as np
 import torch
@@ -84,10 +84,15 @@ def _world() -> World:
 
 
 def create_train_state(
-    config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None
+    config: TrainConfig,
+    spec: ModelSpec = DEFAULT_SPEC,
+    device=None,
+    total_steps: int = 1,
+    state_dict=None,
+    engine: str = "auto",
 ) -> DDPTrainState:
     """The twin's fresh state (same seed on every rank, so the same init), with the model wrapped in DDP."""
-    base = train.create_train_state(config, spec, device, total_steps, state_dict)
+    base = train.create_train_state(config, spec, device, total_steps, state_dict, engine)
     if base.engine == "fused":
         raise ConfigError(
             "engine fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile"
@@ -157,20 +162,10 @@ def evaluate(state: DDPTrainState, data: train.DeviceData, config: TrainConfig) 
 # ----------------------------------------------------------------------------- the loop
 
 
-def _device_name(device) -> str:
+def device_name(device) -> str:
     world = _world()
     backend = dist.get_backend() if dist.is_initialized() else "none"
-    return f"{train.OPS.device_name(device)} x {world.size} ranks (DDP, {backend})"
-
-
-OPS = dataclasses.replace(
-    train.OPS,  # put_data, save, load, versions: the twin's own (rank 0 saves the plain model, not the DDP wrapper)
-    init_state=create_train_state,
-    train_epoch=train_epoch,
-    evaluate=evaluate,
-    device_name=_device_name,
-    is_writer=lambda: _world().is_writer,
-)
+    return f"{train.device_name(device)} x {world.size} ranks (DDP, {backend})"
 
 
 def train_and_evaluate(
@@ -180,36 +175,53 @@ def train_and_evaluate(
     out=None,
     metrics_path=None,
     resume=None,
-    quiet=False,
+    quiet: bool = False,
     log=print,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
     init_from=None,
+    engine: str = "auto",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ):
-    """Train and evaluate the torch twin data-parallel over the torchrun world; see fashion_common.loop.train_and_evaluate.
+    """train.train_and_evaluate data-parallel over the torchrun world: this module's epoch and evaluate, rank 0 writes.
 
     Raises DistributedError before any work when config.batch_size does not split over the ranks,
     and when a peer rank dies or is silent past `timeout_s` (the checkpoint stays the last good one).
-    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
     Returns (state, metrics); the metrics are the same on every rank, only rank 0 writes them.
     """
     world = common.world_from_env()
     common.check_world(world.size, config.batch_size, "ranks")  # before the rendezvous: every rank fails alike
     device = rank_device(config, world)
     init_process_group(device, timeout_s)
-    writer = world.is_writer
+    if not world.is_writer:  # the other ranks train and reduce metrics, but write and log nothing
+        out, metrics_path, quiet, log = None, None, True, _silent
     try:
-        return loop.train_and_evaluate(
-            loop.with_init(OPS, create_train_state, init_from, spec),
-            config,
-            data,
-            spec,
-            out,
-            metrics_path,
-            resume,
-            quiet or not writer,
-            log if writer else _silent,
-            device,
-        )
+        run = loop.prepare(config, data, out, metrics_path)
+        state = create_train_state(config, spec, device, run.total_steps, loop.init_weights(init_from, spec), engine)
+        train_data = train.put_data(run.data, device)
+        val_data = None if run.val is None else train.put_data(run.val, device)
+        history, first_epoch = [], 1
+        if resume is not None:  # every rank reads it: the twin's own load (the plain model under the DDP wrapper)
+            history, first_epoch = loop.resume_point(resume, BACKEND, config)
+            state = train.load_train_state(state, resume)
+        metrics = loop.run_metrics(BACKEND, device_name(device), train.versions(), config, spec, run, history)
+        metrics["engine"] = state.engine
+
+        for epoch in range(first_epoch, config.epochs + 1):
+            order, shifts = loop.epoch_batches(config, epoch, run)  # GLOBAL (steps, B) and (steps, B, 2) or None
+            progress = loop.progress_bar(BACKEND, epoch, config.epochs, run.steps_per_epoch, quiet)
+            start = time.perf_counter()
+            state, train_metrics = train_epoch(state, train_data, order, config, progress, shifts)
+            seconds = time.perf_counter() - start
+            if progress is not None:
+                progress.close()
+            test_metrics = evaluate(state, train_data, config)
+            val_metrics = None if val_data is None else evaluate(state, val_data, config)
+            row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+            history.append(row)
+            if out is not None:  # rank 0 saves the plain model, not the DDP wrapper
+                train.save_train_state(state, out, loop.counters(BACKEND, epoch, run, config, history))
+            loop.write_metrics(metrics_path, metrics)
+            log(loop.epoch_line(BACKEND, epoch, config.epochs, row))
+        return state, metrics
     except RuntimeError as e:
         if isinstance(e, FashionTwinsError) or not _is_collective_failure(e):
             raise
@@ -239,14 +251,3 @@ def shutdown() -> None:
 
 
 # ----------------------------------------------------------------------------- module entry point
-
-
-def main(argv=None) -> int:
-    """`python -m fashion_torch.distributed ARGS` is `fashion-twins train --backend torch ARGS` (under torchrun: DDP)."""
-    from fashion_twins.cli import main as cli_main
-
-    return cli_main(["train", "--backend", "torch", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

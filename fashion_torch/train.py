@@ -4,18 +4,21 @@ Mirrors fashion_flax/train.py. The whole set lives as one uint8 tensor on the tr
 a step gathers its batch by index and scales by 1/255 (what ToTensor does), so there are no
 per-sample PIL transforms and no DataLoader on the hot path. The step is PyTorch's own:
 `pred = model(X)`, `loss = loss_fn(pred, y)`, `loss.backward()`, `optimizer.step()`,
-`optimizer.zero_grad()`, with torch.optim and torch.optim.lr_scheduler; `config.engine` picks
-eager, torch.compile or CUDA graphs, or the opt-in hand-written step in fused.py.
+`optimizer.zero_grad()`, with torch.optim and torch.optim.lr_scheduler; the torch-only `engine`
+argument picks eager, torch.compile or CUDA graphs, or the opt-in hand-written step in fused.py.
+The file ends with `train_and_evaluate`, the whole training loop, which mirrors the flax twin's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from fashion_common import checkpoint as canonical
@@ -37,6 +40,14 @@ BACKEND = "torch"
 # pays. CUDA: compile, NOT measured yet (no GPU was lent); the launch-bound small MLP is what
 # Inductor's fused kernels (and cuda_graph) are for.
 AUTO_ENGINE = {"cpu": "eager", "cuda": "compile"}
+
+# How the torch twin runs a step; a torch-only option, so an argument here, not a TrainConfig field:
+#   eager      autograd + torch.optim, op by op (the tutorial's loop, data on the device)
+#   compile    the same, with model + loss under torch.compile (Inductor fuses the forward and backward)
+#   cuda_graph CUDA only: model + loss under torch.compile(mode="reduce-overhead"), i.e. replayed CUDA graphs
+#   fused      opt-in, hand-written backward (fashion_torch/fused.py), tested against autograd; never a default
+#   auto       per device (AUTO_ENGINE above)
+ENGINES = ("auto", "eager", "compile", "cuda_graph", "fused")
 
 
 @dataclasses.dataclass
@@ -89,9 +100,11 @@ def make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def resolve_engine(config: TrainConfig, device: torch.device, spec: ModelSpec = DEFAULT_SPEC) -> str:
-    """config.engine, with "auto" replaced by AUTO_ENGINE for the device; impossible choices raise ConfigError."""
-    engine = AUTO_ENGINE.get(device.type, "eager") if config.engine == "auto" else config.engine
+def resolve_engine(engine: str, device: torch.device, spec: ModelSpec = DEFAULT_SPEC) -> str:
+    """`engine` (one of ENGINES), with "auto" replaced by AUTO_ENGINE for the device; impossible choices raise ConfigError."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    engine = AUTO_ENGINE.get(device.type, "eager") if engine == "auto" else engine
     if engine == "cuda_graph" and device.type != "cuda":
         raise ConfigError(f"engine cuda_graph needs a CUDA device, not {device.type}; use eager or compile")
     if engine == "fused" and not fused.supported(spec):
@@ -100,11 +113,19 @@ def resolve_engine(config: TrainConfig, device: torch.device, spec: ModelSpec = 
 
 
 def create_train_state(
-    config: TrainConfig, spec: ModelSpec = DEFAULT_SPEC, device=None, total_steps: int = 1, state_dict=None
+    config: TrainConfig,
+    spec: ModelSpec = DEFAULT_SPEC,
+    device=None,
+    total_steps: int = 1,
+    state_dict=None,
+    engine: str = "auto",
 ) -> TrainState:
-    """A fresh model (seeded from config.seed, or the given canonical state_dict), its optimizer and lr scheduler."""
+    """A fresh model (seeded from config.seed, or the given canonical state_dict), its optimizer and lr scheduler.
+
+    engine: torch only (ENGINES); the flax twin's create_train_state has no such argument.
+    """
     device = resolve_device(config.device) if device is None else torch.device(device)
-    engine = resolve_engine(config, device, spec)
+    engine = resolve_engine(engine, device, spec)
     torch.manual_seed(config.seed)
     model = create_model(spec, config.seed, device) if state_dict is None else from_state_dict(state_dict, spec, device)
     optimizer = make_optimizer(model, config)
@@ -231,6 +252,11 @@ def evaluate_model(
     return {"test_loss": loss_sum.item() / len(labels), "test_accuracy": correct.item() / len(labels)}
 
 
+def trained_model(state: TrainState) -> NeuralNetwork:
+    """The model a train state holds, in the form load_checkpoint returns (an nn.Module)."""
+    return state.model
+
+
 @torch.no_grad()
 def predict_proba(model: NeuralNetwork, images: np.ndarray) -> np.ndarray:
     """Float images (N, 28, 28) in [0, 1] -> softmax probabilities (N, 10) as numpy."""
@@ -238,11 +264,6 @@ def predict_proba(model: NeuralNetwork, images: np.ndarray) -> np.ndarray:
     device = next(model.parameters()).device
     logits = model(torch.as_tensor(images, dtype=torch.float32, device=device))
     return torch.softmax(logits, dim=1).cpu().numpy()
-
-
-# The tutorial's names for one pass of training and one pass of evaluation.
-train_loop = train_epoch
-test_loop = evaluate
 
 
 # ----------------------------------------------------------------------------- checkpoints with optimizer state
@@ -307,28 +328,14 @@ def load_train_state(state: TrainState, path) -> TrainState:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _versions() -> dict[str, str]:
-    import torchvision
-
+def versions() -> dict[str, str]:
+    """The library versions METRICS.json records."""
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__}
 
 
-def _device_name(device) -> str:
+def device_name(device) -> str:
     device = torch.device(device) if device is not None else torch.device("cpu")
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-OPS = loop.TwinOps(
-    backend=BACKEND,
-    init_state=create_train_state,
-    put_data=put_data,
-    train_epoch=train_epoch,
-    evaluate=evaluate,
-    save=save_train_state,
-    load=load_train_state,
-    device_name=_device_name,
-    versions=_versions,
-)
 
 
 def train_and_evaluate(
@@ -338,24 +345,48 @@ def train_and_evaluate(
     out=None,
     metrics_path=None,
     resume=None,
-    quiet=False,
+    quiet: bool = False,
     log=print,
     init_from=None,
+    engine: str = "auto",
 ):
-    """Train and evaluate the torch twin; see fashion_common.loop.train_and_evaluate. Returns (state, metrics).
+    """Train for config.epochs, evaluating after each; checkpoint and METRICS.json rewritten atomically every epoch.
 
-    init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+    Args:
+      config: the shared flat config; data: uint8 Fashion-MNIST (limited here by config.limit_*).
+      out: checkpoint path (optimizer state beside it), metrics_path: METRICS.json; None writes none.
+      resume: a checkpoint this function wrote; training continues after its last epoch.
+      init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+      engine: torch only, one of ENGINES.
+    Returns:
+      (state, metrics dict as written to METRICS.json).
     """
     device = resolve_device(config.device)
-    return loop.train_and_evaluate(
-        loop.with_init(OPS, create_train_state, init_from, spec),
-        config,
-        data,
-        spec,
-        out,
-        metrics_path,
-        resume,
-        quiet,
-        log,
-        device,
-    )
+    run = loop.prepare(config, data, out, metrics_path)
+    state = create_train_state(config, spec, device, run.total_steps, loop.init_weights(init_from, spec), engine)
+    train_data = put_data(run.data, device)
+    val_data = None if run.val is None else put_data(run.val, device)
+    history, first_epoch = [], 1
+    if resume is not None:
+        history, first_epoch = loop.resume_point(resume, BACKEND, config)
+        state = load_train_state(state, resume)
+    metrics = loop.run_metrics(BACKEND, device_name(device), versions(), config, spec, run, history)
+    metrics["engine"] = state.engine  # torch only: which engine ran the steps
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        order, shifts = loop.epoch_batches(config, epoch, run)  # (steps, B) indices, (steps, B, 2) offsets or None
+        progress = loop.progress_bar(BACKEND, epoch, config.epochs, run.steps_per_epoch, quiet)
+        start = time.perf_counter()
+        state, train_metrics = train_epoch(state, train_data, order, config, progress, shifts)
+        seconds = time.perf_counter() - start  # train_epoch returned host floats, so the device is done
+        if progress is not None:
+            progress.close()
+        test_metrics = evaluate(state, train_data, config)
+        val_metrics = None if val_data is None else evaluate(state, val_data, config)
+        row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+        history.append(row)
+        if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch
+            save_train_state(state, out, loop.counters(BACKEND, epoch, run, config, history))
+        loop.write_metrics(metrics_path, metrics)
+        log(loop.epoch_line(BACKEND, epoch, config.epochs, row))
+    return state, metrics

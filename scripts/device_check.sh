@@ -43,13 +43,13 @@ part compare 110 $PY -m fashion_twins compare --device gpu --quick-epochs 1 --lo
 
 # World-size-1 distributed runs, only where the modules exist (another branch adds them).
 if $PY -c "import fashion_torch.distributed" 2>/dev/null; then
-  part torch_ddp_ws1 30 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m fashion_torch.distributed \
+  part torch_ddp_ws1 30 $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m fashion_twins train --backend torch \
     --epochs 1 --limit-train 2048 --limit-test 512 --device gpu --quiet --out "$OUT/ddp_torch.safetensors" --metrics "$OUT/ddp_torch.json"
 else
   echo "== torch_ddp_ws1: skipped (no fashion_torch.distributed)" | tee -a "$OUT/summary.txt"
 fi
 if $PY -c "import fashion_flax.distributed" 2>/dev/null; then
-  part flax_sharded_ws1 30 $PY -m fashion_flax.distributed --devices 1 --epochs 1 --limit-train 2048 --limit-test 512 --device gpu --quiet \
+  part flax_sharded_ws1 30 $PY -m fashion_twins train --backend flax --devices 1 --epochs 1 --limit-train 2048 --limit-test 512 --device gpu --quiet \
     --out "$OUT/sharded_flax.safetensors" --metrics "$OUT/sharded_flax.json"
 else
   echo "== flax_sharded_ws1: skipped (no fashion_flax.distributed)" | tee -a "$OUT/summary.txt"

@@ -121,7 +121,7 @@ class TorchBackend:
 
 @dataclasses.dataclass
 class FlaxNet:
-    """A Flax module and its params, the pair create_model and load_checkpoint return."""
+    """A Flax module and its variables, the pair create_model returns (load_checkpoint's bound module, unbound)."""
 
     model: Any
     params: Any
@@ -243,7 +243,7 @@ class FlaxBackend:
         return self.module.save_checkpoint(net.params, path, net.model.spec, metadata)
 
     def load(self, path, spec: ModelSpec | None = None) -> FlaxNet:
-        return FlaxNet(*self.module.load_checkpoint(path, device=self.device, spec=spec))
+        return FlaxNet(*self.module.load_checkpoint(path, device=self.device, spec=spec).unbind())
 
     def set_matmul_precision(self, precision: str) -> None:
         self.module.set_matmul_precision(precision)

@@ -148,11 +148,11 @@ def _sgd_with_shifts(**overrides):
 def test_twins_trained_in_lockstep_with_shifts_stay_within_1e_5(engine):
     from fashion_compare.lockstep import lockstep
 
-    config = _sgd_with_shifts(engine=engine)
+    config = _sgd_with_shifts()
     # 200 steps (batch 64) from one init, one batch order and one set of shifts, fp32 matmuls: the same
     # 1e-5 bound as the plain-SGD lockstep (fp32 rounding of differently ordered sums, ~1e-7 relative per op).
-    result = lockstep(real_data(), config=config, steps=200, weight_every=50)
-    assert result["steps"] == 200
+    result = lockstep(real_data(), config=config, steps=200, weight_every=50, engine=engine)
+    assert result["steps"] == 200 and result["engine"] == engine
     assert result["max_loss_diff"] <= 1e-5
     assert max(result["weight_diff"]) <= 1e-5
     assert result["loss_torch"][-1] < result["loss_torch"][0]

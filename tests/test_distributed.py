@@ -17,8 +17,6 @@ the forced-device JAX subprocess.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import json
 import os
 import signal
@@ -172,14 +170,15 @@ def runs(tmp_path_factory):
 def torch_single(runs):
     """The torch twin's own single-device loop, in this process."""
     import fashion_torch.train as train
-    from fashion_common import loop
 
     data = require_real_data()
-    ops = dataclasses.replace(
-        train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(runs / "init.safetensors"))
-    )
-    _, metrics = loop.train_and_evaluate(
-        ops, CONFIG, data, out=str(runs / "torch_single.safetensors"), quiet=True, log=lambda line: None, device="cpu"
+    _, metrics = train.train_and_evaluate(
+        CONFIG,
+        data,
+        out=str(runs / "torch_single.safetensors"),
+        quiet=True,
+        log=lambda line: None,
+        init_from=runs / "init.safetensors",
     )
     return weights(runs / "torch_single.safetensors"), metrics
 
@@ -470,29 +469,12 @@ def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device
         ]
     )
     # the twins' single-device loops on the GPU, from the same init
-    import torch
-
     import fashion_flax.train as flax_train
     import fashion_torch.train as torch_train
-    from fashion_common import loop
 
     data = require_real_data()
-    for train, device, out in (
-        (torch_train, torch.device("cuda"), runs / "gpu_torch_single.safetensors"),
-        (flax_train, None, f_ref),
-    ):
-        ops = dataclasses.replace(
-            train.OPS, init_state=functools.partial(train.create_train_state, state_dict=weights(init))
-        )
-        loop.train_and_evaluate(
-            ops,
-            gpu,
-            data,
-            out=str(out),
-            quiet=True,
-            log=lambda line: None,
-            device=device or __import__("jax").devices("gpu")[0],
-        )
+    for train, out in ((torch_train, runs / "gpu_torch_single.safetensors"), (flax_train, f_ref)):
+        train.train_and_evaluate(gpu, data, out=str(out), quiet=True, log=lambda line: None, init_from=init)
     assert max_diff(weights(t_out), weights(runs / "gpu_torch_single.safetensors")) <= TOL
     assert max_diff(weights(f_out), weights(f_ref)) <= TOL
     assert max_diff(weights(t_out), weights(f_out)) <= TOL
@@ -561,17 +543,14 @@ def flax_worker(folder: Path) -> None:
     import fashion_flax
     import fashion_flax.distributed as fdist
     import fashion_flax.train as train
-    from fashion_common import loop
     from fashion_common.data import load_fashion_mnist
 
     fashion_flax.set_matmul_precision("highest")
     data = load_fashion_mnist()
-    init = weights(folder / "init.safetensors")
     quiet = dict(quiet=True, log=lambda line: None)
-    # the twin's own single-device loop on device 0
-    ops = dataclasses.replace(train.OPS, init_state=functools.partial(train.create_train_state, state_dict=init))
-    loop.train_and_evaluate(
-        ops, CONFIG, data, out=str(folder / "flax_single.safetensors"), device=jax.devices()[0], **quiet
+    # the twin's own single-device loop on the first device
+    train.train_and_evaluate(
+        CONFIG, data, out=str(folder / "flax_single.safetensors"), init_from=folder / "init.safetensors", **quiet
     )
     # the sharded run over every device
     mesh = fdist.make_mesh()

@@ -254,27 +254,24 @@ def test_twins_refuse_nonfinite_weights_naming_the_tensor(tmp_path, value):
 # ----------------------------------------------------------------------------- non-finite loss
 
 
-def _fake_ops(losses, saved):
-    """TwinOps whose epochs report the given train losses; save records (epoch, path) and writes a file."""
+def _fake_epochs(monkeypatch, backend, losses, saved):
+    """The twin's own train_and_evaluate, its epochs reporting the given train losses; save records (epoch, path)."""
+    import importlib
+
+    train = importlib.import_module(f"fashion_{backend}.train")
+    real_epoch = train.train_epoch
 
     def train_epoch(state, data, order, config, progress, shifts=None):
-        return state + 1, {"train_loss": losses[state], "train_accuracy": 0.5}
+        state, metrics = real_epoch(state, data, order, config, progress, shifts)
+        return state, {**metrics, "train_loss": losses[len(saved)]}
 
-    def save(state, path, counters):
+    def save_train_state(state, path, counters):
         Path(path).write_text(json.dumps(counters["epoch"]))
         saved.append(counters["epoch"])
 
-    return loop.TwinOps(
-        backend="torch",
-        init_state=lambda config, spec, device, total: 0,
-        put_data=lambda data, device: data,
-        train_epoch=train_epoch,
-        evaluate=lambda state, data, config: {"test_loss": 1.0, "test_accuracy": 0.5},
-        save=save,
-        load=lambda state, path: state,
-        device_name=lambda device: "cpu",
-        versions=lambda: {},
-    )
+    monkeypatch.setattr(train, "train_epoch", train_epoch)
+    monkeypatch.setattr(train, "save_train_state", save_train_state)
+    return train
 
 
 def _tiny_data():
@@ -283,14 +280,14 @@ def _tiny_data():
     return FashionData(images, labels, images, labels, "tiny")
 
 
+@pytest.mark.parametrize("backend", ["torch", "flax"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-def test_a_nonfinite_train_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, bad):
+def test_a_nonfinite_train_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, bad, backend):
     out, saved = tmp_path / "m.safetensors", []
-    config = TrainConfig(epochs=3, batch_size=4, device="cpu")
+    config = TrainConfig(epochs=3, batch_size=4, device="cpu", augment_shift=0)
+    train = _fake_epochs(monkeypatch, backend, [0.5, bad, 0.1], saved)
     with pytest.raises(NonFiniteLossError) as info:
-        loop.train_and_evaluate(
-            _fake_ops([0.5, bad, 0.1], saved), config, _tiny_data(), out=str(out), quiet=True, log=lambda s: None
-        )
+        train.train_and_evaluate(config, _tiny_data(), out=str(out), quiet=True, log=lambda s: None)
     assert (
         str(info.value)
         == f"epoch 2: train_loss is {bad}, training diverged; {out} was not overwritten, it keeps the last good epoch; lower --lr or check the data"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -96,15 +97,25 @@ def schedule_rates(backend, config, total_steps):
     return rates
 
 
-@pytest.mark.parametrize("engine", ["compile", "cuda_graph", "fused", "bogus"])
-def test_flax_accepts_only_engine_auto_and_says_why(engine):
-    _, train = twin("flax")
-    if engine == "bogus":
-        with pytest.raises(ConfigError, match="engine must be one of auto, eager, compile, cuda_graph, fused"):
-            TrainConfig(engine=engine)
-        return
-    with pytest.raises(ConfigError, match=f"engine {engine} is a torch engine; the flax twin always runs jit"):
-        train.create_train_state(TrainConfig(engine=engine, device="cpu"))
+def test_the_engine_is_a_torch_argument_not_a_shared_config_field():
+    import inspect
+
+    _, torch_train = twin("torch")
+    _, flax_train = twin("flax")
+    assert "engine" not in {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(ConfigError, match="unknown config key 'engine'"):
+        TrainConfig().replace(engine="eager")
+    assert "engine" in inspect.signature(torch_train.create_train_state).parameters
+    assert "engine" not in inspect.signature(flax_train.create_train_state).parameters
+    with pytest.raises(ConfigError, match="engine must be one of auto, eager, compile, cuda_graph, fused"):
+        torch_train.create_train_state(TrainConfig(device="cpu"), engine="bogus")
+
+
+def test_the_cli_engine_choices_are_the_torch_twins_engines():
+    from fashion_twins.cli.train import TORCH_ENGINES
+
+    _, train = twin("torch")
+    assert TORCH_ENGINES == train.ENGINES
 
 
 def test_torch_refuses_cuda_graph_on_the_cpu_and_fused_with_an_output_activation():
@@ -112,14 +123,13 @@ def test_torch_refuses_cuda_graph_on_the_cpu_and_fused_with_an_output_activation
 
     _, train = twin("torch")
     with pytest.raises(ConfigError, match="engine cuda_graph needs a CUDA device, not cpu"):
-        train.create_train_state(TrainConfig(engine="cuda_graph", device="cpu"))
+        train.create_train_state(TrainConfig(device="cpu"), engine="cuda_graph")
     with pytest.raises(ConfigError, match="engine fused .* has no output activation"):
-        train.create_train_state(TrainConfig(engine="fused", device="cpu"), ModelSpec(output_activation="relu"))
+        train.create_train_state(TrainConfig(device="cpu"), ModelSpec(output_activation="relu"), engine="fused")
 
 
 def test_torch_engine_auto_is_eager_on_the_cpu_and_never_the_hand_written_step():
     _, train = twin("torch")
-    assert TrainConfig().engine == "auto"
     assert train.create_train_state(TrainConfig(device="cpu")).engine == "eager"
     assert "fused" not in train.AUTO_ENGINE.values()
 
@@ -268,13 +278,8 @@ def test_a_checkpoint_trained_by_one_twin_evaluates_the_same_in_the_other(backen
     ckpt = tmp_path / "m.safetensors"
     _, metrics = train.train_and_evaluate(_small_config(epochs=1), data, out=ckpt, quiet=True, log=lambda s: None)
     on_device = other_train.put_data(data, None)
-    if other == "torch":
-        result = other_train.evaluate_model(
-            other_pkg.load_checkpoint(ckpt), on_device.test_images, on_device.test_labels
-        )
-    else:
-        model, params = other_pkg.load_checkpoint(ckpt)
-        result = other_train.evaluate_model(model.apply, params, on_device.test_images, on_device.test_labels)
+    model = other_pkg.load_checkpoint(ckpt)  # one API: no branch on the backend
+    result = other_train.evaluate_model(model, on_device.test_images, on_device.test_labels)
     assert result["test_accuracy"] == metrics["epochs"][-1]["test_accuracy"]
     # the loss is a float32 sum over 100 images in another framework: agree to 1e-5 relative
     assert result["test_loss"] == pytest.approx(metrics["epochs"][-1]["test_loss"], rel=1e-5)
@@ -333,8 +338,8 @@ def test_hand_written_torch_step_matches_autograd_and_torch_optim(overrides):
     labels = torch.randint(0, 10, (64,), generator=generator)
     config = TrainConfig(device="cpu", lr=0.05 if overrides["optimizer"] == "sgd" else 1e-3).replace(**overrides)
     ref, fused = (
-        create_train_state(config.replace(engine="eager"), total_steps=10),
-        create_train_state(config.replace(engine="fused"), total_steps=10),
+        create_train_state(config, total_steps=10, engine="eager"),
+        create_train_state(config, total_steps=10, engine="fused"),
     )
     assert fused.engine == "fused"
     for step in range(3):
@@ -397,7 +402,7 @@ def test_hand_written_torch_step_matches_autograd_for_other_hidden_activations(a
     labels = torch.arange(32) % 10
     ref, fused = (
         create_train_state(config, spec, total_steps=4),
-        create_train_state(config.replace(engine="fused"), spec, total_steps=4),
+        create_train_state(config, spec, total_steps=4, engine="fused"),
     )
     for _ in range(2):
         _, _, ref_grads = autograd_step_keeping_grads(ref, images, labels)

@@ -45,12 +45,6 @@ def run(args) -> int:
     loaded = load_model(twin, args, device)
     data = load_fashion_mnist(args.data_dir, download=args.download).limit(train=0, test=args.limit_test)
     on_device = twin.train.put_data(data, device)  # train=0 above: evaluation never reads the training images
-
-    # The twins' evaluate_model differ only in how the model arrives: a module, or apply_fn and params.
-    if args.backend == "torch":
-        metrics = twin.train.evaluate_model(loaded, on_device.test_images, on_device.test_labels)
-    else:
-        model, params = loaded
-        metrics = twin.train.evaluate_model(model.apply, params, on_device.test_images, on_device.test_labels)
+    metrics = twin.train.evaluate_model(loaded, on_device.test_images, on_device.test_labels)
     print(format_eval_line(args.backend, metrics, len(data.test_labels), args.checkpoint))
     return 0

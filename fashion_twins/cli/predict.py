@@ -57,14 +57,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def predict_proba(twin, loaded, images: np.ndarray) -> np.ndarray:
-    """Float images (N, 28, 28) in [0, 1] -> softmax (N, 10), through the twin's own predict_proba."""
-    if twin.BACKEND == "torch":
-        return twin.train.predict_proba(loaded, images)
-    model, params = loaded  # flax keeps params apart from the module
-    return twin.train.predict_proba(model, params, images)
-
-
 def run(args) -> int:
     from fashion_common.images import prepare_image
     from fashion_common.text import format_prediction
@@ -95,7 +87,7 @@ def run(args) -> int:
     twin = common.backend_module(args.backend)
     device = twin.resolve_device(args.device)
     loaded = load_model(twin, args, device)
-    probs = predict_proba(twin, loaded, np.stack(images))  # (N, 10)
+    probs = twin.train.predict_proba(loaded, np.stack(images))  # (N, 10)
     for name, row, label in zip(names, probs, labels):
         print(format_prediction(args.backend, name, row, args.top, label))
     return 0

@@ -6,10 +6,10 @@
     torchrun --standalone --nproc-per-node 2 -m fashion_twins train --backend torch --out m.safetensors   # DDP
     fashion-twins train --backend flax --devices 2 --out m.safetensors          # a 2-device mesh (simulated on a CPU)
 
-Every TrainConfig field is a flag, made from the dataclass itself: its type, its default, its
-choices (the config module's tuple named like the field, OPTIMIZERS for `optimizer`) and its help
-(HELP below, else the field's comment in fashion_common/config.py). A field added there is a flag
-here with no edit. The work is done by <twin>.train.train_and_evaluate, or data-parallel by
+Every TrainConfig field is a flag, made from the dataclass itself: its type, its default, and its
+help and choices from the field's metadata in fashion_common/config.py. A field added there is a
+flag here with no edit. `--engine` is the torch twin's own option (fashion_torch.train.ENGINES).
+The work is done by <twin>.train.train_and_evaluate, or data-parallel by
 <twin>.distributed.train_and_evaluate: torch under torchrun (RANK and WORLD_SIZE set), flax with
 --devices N or --coordinator HOST:PORT --num-processes K --process-id I.
 """
@@ -18,36 +18,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import os
-import re
 import sys
 import traceback
+import types
 import typing
 
-from fashion_common import config as config_module
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.distributed import DEFAULT_TIMEOUT_S, check_world, under_torchrun, world_from_env
 from fashion_common.errors import ConfigError
 
 from . import common
 
-# Help per TrainConfig field; "(default: ...)" is appended from TrainConfig itself. Fields not
-# listed here take the comment beside them in fashion_common/config.py.
-HELP = {
-    "epochs": "full passes over the training images",
-    "batch_size": "training batch size; the last partial batch is dropped",
-    "lr": "peak learning rate",
-    "momentum": "SGD momentum; 0 is the tutorial's plain SGD",
-    "schedule": "constant, or cosine decay from --lr to 0 over all steps",
-    "weight_decay": "decoupled for adamw; added to the gradient for sgd and adam",
-    "label_smoothing": "cross-entropy label smoothing; 0 is plain cross-entropy",
-    "seed": "drives init and batch order; the same seed gives the same run",
-    "device": "auto: a GPU if the framework sees one, else cpu",
-    "eval_batch_size": "test-set evaluation chunk; does not change results",
-    "limit_train": "use only the first N training images",
-    "limit_test": "use only the first N test images",
-}
+# fashion_torch.train.ENGINES, spelled out so that `--help` needs no torch import; a test holds them equal.
+TORCH_ENGINES = ("auto", "eager", "compile", "cuda_graph", "fused")
+ENGINE_HELP = (
+    "torch only: how a step runs. eager: autograd + torch.optim op by op; compile: model and loss under "
+    "torch.compile; cuda_graph (CUDA only): torch.compile mode reduce-overhead, replayed CUDA graphs; fused: "
+    "opt-in hand-written backward, tested against autograd; auto: eager on a CPU, compile on CUDA (default: auto)"
+)
 
 # --dry-run, as in pytorch/examples: a run short enough for CI to go end to end (explicit flags still win).
 DRY_RUN = {"epochs": 1, "limit_train": 2048, "limit_test": 512}
@@ -61,20 +50,20 @@ def add_parser(subparsers) -> None:
         parents=[common.backend_parent(), common.data_parent()],
     )
     defaults, tutorial = TrainConfig(), tutorial_config()
-    comments = _field_comments()
     for field in dataclasses.fields(TrainConfig):
         default = getattr(defaults, field.name)
         recipe = getattr(tutorial, field.name, default)
         stated = f"default: {'all' if default is None and field.name.startswith('limit_') else default}"
         if recipe != default:
             stated += f"; {recipe} with --tutorial-recipe"
-        text = HELP.get(field.name) or comments.get(field.name) or field.name.replace("_", " ")
+        text = field.metadata.get("help") or field.name.replace("_", " ")
         p.add_argument(
             "--" + field.name.replace("_", "-"),
             default=None,
             help=f"{text} ({stated})".replace("%", "%%"),
             **_flag_kind(field),
         )
+    p.add_argument("--engine", choices=TORCH_ENGINES, default=None, help=ENGINE_HELP)
     p.add_argument(
         "--tutorial-recipe",
         action="store_true",
@@ -163,26 +152,13 @@ def host_port(text: str) -> str:
     return text
 
 
-def _field_comments() -> dict:
-    """field name -> the `# comment` beside it in TrainConfig's source (the dataclass's commented defaults)."""
-    try:
-        source = inspect.getsource(TrainConfig)
-    except (OSError, TypeError):  # no source (a zipped install): fall back to the field names
-        return {}
-    found = {}
-    for line in source.splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^=]+=.*?#\s*(.+)$", line)
-        if m:
-            found[m.group(1)] = m.group(2).strip()
-    return found
-
-
 def _flag_kind(field) -> dict:
     """argparse keywords for one TrainConfig field: type with a parse-time range check, choices, metavar."""
     hint = typing.get_type_hints(TrainConfig)[field.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    kind = args[0] if typing.get_origin(hint) is typing.Union and args else hint
-    choices = field.metadata.get("choices") or getattr(config_module, field.name.upper() + "S", None)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)  # Optional[X] or X | None
+    kind = args[0] if optional and args else hint
+    choices = field.metadata.get("choices")
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}
     if isinstance(choices, tuple) and all(isinstance(c, str) for c in choices) and kind is str:
@@ -224,7 +200,7 @@ def data_parallel(args, config: TrainConfig):
         if flax_flags:
             raise common.UsageError(f"argument {flax_flags[0]}: {torch_hint} (multi-node: --nnodes, --rdzv-endpoint)")
         if under_torchrun():
-            if config.engine == "fused":
+            if args.engine == "fused":
                 raise common.UsageError(
                     "argument --engine: fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile"
                 )
@@ -254,6 +230,10 @@ def data_parallel(args, config: TrainConfig):
         elif args.devices is not None:
             check_world(args.devices, config.batch_size, "devices")
             mode = "mesh"
+    if args.engine is not None and args.backend != "torch":
+        raise common.UsageError(
+            f"argument --engine: a torch option; the {args.backend} twin always runs jit + lax.scan (drop --engine)"
+        )
     if mode is None and args.timeout is not None:
         raise common.UsageError(
             "argument --timeout: applies to data-parallel runs only (torchrun, --devices or --coordinator)"
@@ -301,13 +281,13 @@ def run(args) -> int:
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 
     twin = common.backend_module(args.backend)
-    kwargs = dict(out=out, metrics_path=metrics, resume=args.resume, quiet=args.quiet)
+    kwargs = dict(out=out, metrics_path=metrics, resume=args.resume, quiet=args.quiet, init_from=args.init)
+    if args.engine is not None:  # torch only (refused above for the other twins)
+        kwargs["engine"] = args.engine
     if mode is None:
         _train_one_device(args, config, twin, kwargs)
     else:
-        _train_data_parallel(
-            args, config, mode, dict(kwargs, init_from=args.init, timeout_s=args.timeout or DEFAULT_TIMEOUT_S)
-        )
+        _train_data_parallel(args, config, mode, dict(kwargs, timeout_s=args.timeout or DEFAULT_TIMEOUT_S))
     if _is_writer(args, mode):
         print(f"[{args.backend}] wrote {out}, {sidecar} and {metrics}")
     return 0
@@ -319,7 +299,7 @@ def _train_one_device(args, config: TrainConfig, twin, kwargs: dict) -> None:
 
     twin.resolve_device(config.device)  # --device gpu without one fails here, before the data loads
     data = load_fashion_mnist(args.data_dir, download=args.download)
-    twin.train.train_and_evaluate(config, data, init_from=args.init, **kwargs)
+    twin.train.train_and_evaluate(config, data, **kwargs)
 
 
 def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> None:
@@ -331,11 +311,11 @@ def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> 
     from fashion_common.data import load_fashion_mnist
 
     if mode == "torchrun":
-        import fashion_torch.distributed as engine
+        import fashion_torch.distributed as parallel
     else:
         import jax
 
-        import fashion_flax.distributed as engine
+        import fashion_flax.distributed as parallel
 
         if args.devices is not None and config.device != "gpu":
             try:  # N simulated host devices (a no-op where a GPU is used); only before the backend starts
@@ -345,15 +325,15 @@ def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> 
     try:
         if mode == "torchrun":
             data = load_fashion_mnist(args.data_dir, download=args.download)
-            engine.train_and_evaluate(config, data, **kwargs)  # joins the process group, then trains
+            parallel.train_and_evaluate(config, data, **kwargs)  # joins the process group, then trains
         else:
-            engine.initialize(args.coordinator, args.num_processes or 1, args.process_id or 0, kwargs["timeout_s"])
-            mesh = engine.make_mesh(args.devices, engine.config_platform(config))
+            parallel.initialize(args.coordinator, args.num_processes or 1, args.process_id or 0, kwargs["timeout_s"])
+            mesh = parallel.make_mesh(args.devices, parallel.config_platform(config))
             check_world(mesh.size, config.batch_size, "devices")
             data = load_fashion_mnist(args.data_dir, download=args.download)
-            engine.train_and_evaluate(config, data, mesh=mesh, **kwargs)
+            parallel.train_and_evaluate(config, data, mesh=mesh, **kwargs)
     except Exception as e:
-        if not engine.is_initialized():
+        if not parallel.is_initialized():
             raise
         # A dead peer can leave gloo/NCCL or the coordination service blocked at exit: say why, then leave, no teardown.
         from fashion_common.errors import FashionTwinsError
@@ -365,7 +345,7 @@ def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> 
             traceback.print_exc()
         print(error_line(e), file=sys.stderr, flush=True)
         os._exit(2 if expected else 1)
-    engine.shutdown()
+    parallel.shutdown()
 
 
 def _finished(args, config: TrainConfig, counters: dict, out: str, sidecar: str, metrics: str) -> int:

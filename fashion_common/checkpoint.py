@@ -371,7 +371,7 @@ def read_train_state(path) -> tuple[dict[str, np.ndarray], dict]:
 
 # counters field -> (type, what it must be); ints are non-negative and never bool.
 COUNTER_FIELDS = {
-    "backend": (str, "'torch' or 'flax'"),
+    "backend": (str, "'torch', 'flax' or 'nnx'"),
     "epoch": (int, "an integer >= 0"),
     "step": (int, "an integer >= 0"),
     "optimizer_step": (int, "an integer >= 0"),
@@ -392,7 +392,7 @@ def check_counters(counters, side="training state") -> None:
         if ok and kind is int:
             ok = 0 <= value <= 2**63 - 1
         if ok and field == "backend":
-            ok = value in ("torch", "flax")
+            ok = value in ("torch", "flax", "nnx")
         if ok and field == "history":
             ok = all(isinstance(row, dict) for row in value) and len(value) == counters.get("epoch")
             expected = "a JSON list of one object per finished epoch"

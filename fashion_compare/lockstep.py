@@ -1,4 +1,4 @@
-"""Lockstep: both twins from identical weights, fed the identical batch order, step by step.
+"""Lockstep: torch and a JAX twin from identical weights, fed the identical batch order, step by step.
 
 This is the one place that imports both frameworks (with fashion_compare/parity.py); the twins
 themselves never import each other.
@@ -32,8 +32,9 @@ def lockstep(
     progress: bool = False,
     keep_states: bool = False,
     engine: str = "auto",
+    twin: str = "flax",
 ) -> dict:
-    """Train both twins side by side from the torch twin's init; record how far apart they drift.
+    """Train torch and a JAX twin side by side from the torch twin's init; record how far apart they drift.
 
     Args:
       data: uint8 Fashion-MNIST arrays (train part used).
@@ -44,14 +45,18 @@ def lockstep(
       weight_every: compare every weight each this many steps (and at the last step).
       precision: "highest" (fp32 matmuls, the parity mode) or "tf32".
       keep_states: also return both twins' final train states under "states" ({"torch", "flax"}; not JSON).
+      twin: the JAX twin held against torch, "flax" (linen) or "nnx"; its losses are reported as "loss_flax".
     Returns:
       dict with per-step losses of both twins, |loss diff| per step, the max weight diff at
       recorded steps, and the summary figures max_loss_diff and final_weight_diff.
     """
-    import fashion_flax
-    import fashion_flax.train as flax_train
+    import importlib
+
     import fashion_torch
     import fashion_torch.train as torch_train
+
+    fashion_flax = importlib.import_module(f"fashion_{twin}")  # the two JAX twins share train_step's signature
+    flax_train = importlib.import_module(f"fashion_{twin}.train")
 
     config = config or tutorial_config(epochs=1, device="cpu")
     set_matmul_precision(precision)
@@ -106,6 +111,7 @@ def lockstep(
     return {
         "config": config.to_dict(),
         "engine": t_state.engine,
+        "twin": twin,
         "precision": precision,
         "steps": total,
         "loss_torch": loss_torch,

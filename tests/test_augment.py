@@ -167,13 +167,14 @@ def _weights(backend, state):
 
 
 @pytest.mark.data
-def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_weights():
-    # the flax twin's scanned epoch and the torch twin's loop, both fed the loop's offsets (S, B, 2)
-    import fashion_flax.train as flax_train
+@pytest.mark.parametrize("jax_twin", ["flax", "nnx"])
+def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_weights(jax_twin):
+    # a JAX twin's scanned epoch and the torch twin's loop, both fed the loop's offsets (S, B, 2)
     import fashion_torch
     import fashion_torch.train as torch_train
     from fashion_common.data import batch_order
 
+    flax_train = importlib.import_module(f"fashion_{jax_twin}.train")
     data = real_data().limit(1280, 100)
     config = _sgd_with_shifts(epochs=1)
     order = batch_order(config.seed, 1, 1280, 64)  # (20, 64)
@@ -184,7 +185,7 @@ def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_w
     )
     t_state, t_metrics = torch_train.train_epoch(t_state, torch_train.put_data(data), order, config, None, shifts)
     f_state, f_metrics = flax_train.train_epoch(f_state, flax_train.put_data(data), order, config, None, shifts)
-    t_w, f_w = _weights("torch", t_state), _weights("flax", f_state)
+    t_w, f_w = _weights("torch", t_state), _weights(jax_twin, f_state)
     assert max(float(np.max(np.abs(t_w[k] - f_w[k]))) for k in t_w) <= 1e-5  # same bound as the lockstep
     assert abs(t_metrics["train_loss"] - f_metrics["train_loss"]) <= 1e-5
     # and the shifts mattered: without them the weights end farther apart than the twins' bound (measured ~9e-5 after 20 steps)
@@ -194,7 +195,7 @@ def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_w
         state_dict=fashion_torch.to_state_dict(torch_train.create_train_state(config, total_steps=20).model),
     )
     f_plain, _ = flax_train.train_epoch(f_plain, flax_train.put_data(data), order, config, None, None)
-    p_w = _weights("flax", f_plain)
+    p_w = _weights(jax_twin, f_plain)
     assert max(float(np.max(np.abs(p_w[k] - f_w[k]))) for k in p_w) > 2e-5
 
 

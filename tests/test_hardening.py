@@ -280,7 +280,7 @@ def _tiny_data():
     return FashionData(images, labels, images, labels, "tiny")
 
 
-@pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_a_nonfinite_train_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, bad, backend):
     out, saved = tmp_path / "m.safetensors", []
@@ -295,7 +295,7 @@ def test_a_nonfinite_train_loss_stops_training_and_keeps_the_last_good_checkpoin
     assert saved == [1] and out.read_text() == "1"  # epoch 1's file, untouched by epoch 2
 
 
-@pytest.mark.parametrize("backend_name", ["torch", "flax"])  # nnx joins once fashion_nnx/train.py owns its loop
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
 def test_a_twin_trained_at_an_absurd_learning_rate_stops_with_nonfinite_loss(tmp_path, backend_name):
     import importlib
 

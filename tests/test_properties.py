@@ -376,7 +376,7 @@ def test_any_sidecar_counters_read_fine_or_give_checkpoint_error(tmp_path_factor
         assert str(side) in str(e)
         return
     # accepted: then every field the loop and the train modules use has its type and range
-    assert got["backend"] in ("torch", "flax")
+    assert got["backend"] in ("torch", "flax", "nnx")
     for key in ("epoch", "step", "optimizer_step"):
         assert type(got[key]) is int and got[key] >= 0
     assert isinstance(got["config"], dict) and len(got["history"]) == got["epoch"]

@@ -253,14 +253,12 @@ def load_train_state(state: TrainState, path) -> TrainState:
     slots, counters = canonical.read_train_state(path)
     canonical.check_pair(path, counters)
     device = next(iter(jax.tree_util.tree_leaves(state.params)[0].devices()))
-    opt_slots = _opt_slots(state)
-    for path_, leaf in nnx.to_flat_state(opt_slots):
+    for path_, variable in nnx.to_flat_state(_opt_slots(state)):  # the optimizer's own Variables, not copies
         key = _slot_key(path_)
         if key not in slots:
             raise CheckpointError(f"{canonical.train_state_path(path)}: missing optimizer slot {key!r}")
-        value = leaf[...]
-        leaf[...] = jax.device_put(slots[key].reshape(np.shape(value)).astype(value.dtype), device)
-    nnx.update(state.optimizer, nnx.State({"opt_state": opt_slots}))
+        value = variable[...]
+        variable[...] = jax.device_put(slots[key].reshape(np.shape(value)).astype(value.dtype), device)  # in place
     nnx.update(state.model, nnx.state(from_state_dict(weights, spec, device), nnx.Param))
     state.optimizer.step[...] = jnp.asarray(int(counters["optimizer_step"]), state.optimizer.step[...].dtype)
     return state

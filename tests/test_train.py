@@ -200,6 +200,7 @@ def test_resuming_mid_run_gives_the_same_final_weights_as_an_uninterrupted_run(b
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert [r["epoch"] for r in resumed_metrics["epochs"]] == [1, 2, 3]
+    assert int(resumed.step) == int(full.step) == 3 * 10  # the update count resumes too (320 images, batch 32)
     assert resumed_metrics["epochs"][-1]["test_loss"] == full_metrics["epochs"][-1]["test_loss"]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError, WriteError
-from .spec import ACTIVATIONS, DEFAULT_SPEC, ModelSpec, checkpoint_shapes
+from .spec import ACTIVATIONS, DEFAULT_SPEC, TWINS, ModelSpec, checkpoint_shapes
 
 FORMAT_NAME = "fashion-twins/canonical-v1"
 
@@ -392,7 +392,7 @@ def check_counters(counters, side="training state") -> None:
         if ok and kind is int:
             ok = 0 <= value <= 2**63 - 1
         if ok and field == "backend":
-            ok = value in ("torch", "flax", "nnx")
+            ok = value in TWINS
         if ok and field == "history":
             ok = all(isinstance(row, dict) for row in value) and len(value) == counters.get("epoch")
             expected = "a JSON list of one object per finished epoch"
@@ -413,21 +413,40 @@ def check_pair(path, counters: dict) -> None:
         )
 
 
-def header_has_spec(path) -> bool:
-    """True if the safetensors header holds a model spec (every file the twins write); False for a user's own save_file or a non-safetensors file."""
+def read_metadata(path) -> dict[str, str] | None:
+    """The `__metadata__` of a safetensors header, read without the tensors; None where there is no such header
+    (a missing file, a FIFO or folder, a torch pickle, garbage). Validate it with spec_from_header/check_header."""
     import stat
     import struct
 
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
-            return False  # a FIFO would block open() forever; the reader reports what it is
+            return None  # a FIFO would block open() forever; the reader reports what it is
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
             if size > 100_000_000:  # safetensors' own header limit
-                return False
+                return None
             header = json.loads(f.read(size))
     except (OSError, ValueError, struct.error):
+        return None
+    metadata = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def header_has_spec(path) -> bool:
+    """True if the safetensors header holds a model spec (every file the twins write); False for a user's own
+    save_file or a non-safetensors file. The same rule as spec_from_header: any spec field means a spec."""
+    metadata = read_metadata(path)
+    return metadata is not None and any(field in metadata for field in SPEC_FIELDS)
+
+
+def is_torch_pickle(path) -> bool:
+    """True if the file starts like a torch.save file (zip archive or legacy pickle) and not like safetensors."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a FIFO would block open() forever; the reader says what it is
+        with open(path, "rb") as f:
+            head = f.read(16)
+        return _looks_like_torch_pickle(head, os.path.getsize(path))
+    except OSError:
         return False
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    # the same rule as spec_from_header: any spec field means the header states a spec
-    return isinstance(metadata, dict) and any(field in metadata for field in SPEC_FIELDS)

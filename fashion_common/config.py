@@ -38,7 +38,9 @@ class TrainConfig:
     # part of the accuracy recipe (+0.4 pp at epoch 20 in a flax sweep)
     label_smoothing: float = _field(0.1, "cross-entropy label smoothing; 0 is the tutorial's plain cross-entropy")
     seed: int = _field(0, "drives init, batch order and shifts; the same seed gives the same run")
-    device: str = _field("auto", "auto (a GPU if the framework sees one, else cpu), cpu or gpu", DEVICES)
+    device: str = _field(
+        "auto", "where to train: cpu, gpu, or auto (a GPU if the framework sees one, else the cpu)", DEVICES
+    )
     eval_batch_size: int = _field(10_000, "test-set evaluation chunk; does not change results")
     augment_shift: int = _field(
         1, "random translations of up to this many pixels, offsets shared by both twins (0 = off)"

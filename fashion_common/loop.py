@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import platform
-import sys
 
 from .augment import shift_offsets
 from .checkpoint import atomic_write_bytes, read_state, read_train_state, train_state_path
@@ -22,6 +21,7 @@ from .errors import CheckpointError, NonFiniteLossError
 from .paths import check_output_file
 from .spec import ModelSpec
 from .split import split_validation
+from .terminal import progress_bars_wanted
 from .text import format_epoch_line
 
 
@@ -110,7 +110,7 @@ def run_metrics(
         "platform": platform.platform(),
         "versions": versions,
         "config": config.to_dict(),
-        "spec": spec.to_metadata(),
+        "spec": spec.to_dict(),
         "num_train": run.num_train,
         "num_test": int(len(run.data.test_labels)),
         "num_val": 0 if run.val is None else int(len(run.val.test_labels)),
@@ -184,8 +184,8 @@ def epoch_line(backend: str, epoch: int, epochs: int, row: dict) -> str:
 
 
 def progress_bar(backend: str, epoch: int, epochs: int, steps: int, quiet: bool = False):
-    """A tqdm bar for one epoch, or None when quiet or when stderr is not a terminal (a log gets the epoch line)."""
-    if quiet or not sys.stderr.isatty():
+    """A tqdm bar for one epoch, or None when quiet or where stderr is no terminal (a log gets the epoch lines)."""
+    if quiet or not progress_bars_wanted():
         return None
     from tqdm.auto import tqdm  # only where a bar is drawn
 

@@ -71,3 +71,30 @@ def agreement(predictions_a, predictions_b, num_classes: int = NUM_CLASSES) -> f
     if len(a) == 0:
         raise ValueError("agreement needs at least one prediction in each vector")
     return float(np.mean(a == b))
+
+
+# ----------------------------------------------------------------------------- twin against twin
+
+
+def max_abs_diff(a, b) -> float:
+    """max |a - b| over two arrays of one shape, in float64; NaN positions must match (a NaN in one only is inf).
+
+    The one comparison every proof uses: a max absolute difference, never a signed sum.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    if (nan_a != nan_b).any():
+        return float("inf")
+    same_inf = np.isinf(a) & (a == b)
+    with np.errstate(invalid="ignore"):  # inf - inf where both are the same inf: masked out just below
+        diff = np.abs(np.where(nan_a | same_inf, 0.0, a - b))
+    return float(diff.max()) if diff.size else 0.0
+
+
+def max_weight_diff(a: dict, b: dict) -> float:
+    """The largest max_abs_diff over two canonical state_dicts, which must hold the same keys."""
+    if a.keys() != b.keys():
+        raise ValueError(f"keys differ: {sorted(set(a) ^ set(b))}")
+    return max((max_abs_diff(a[k], b[k]) for k in a), default=0.0)

@@ -9,6 +9,13 @@ from __future__ import annotations
 import dataclasses
 
 # The ten Fashion-MNIST classes, in label order (label 0 is "T-shirt/top").
+# The twins, by their --backend name; twin NAME is the package fashion_NAME. The one list: the CLI's
+# choices, the report's columns and the tests' parametrization all read it.
+BACKENDS: tuple[str, ...] = ("torch", "flax")
+# Every twin package: BACKENDS and the Flax NNX twin (fashion_nnx), which joins BACKENDS (the CLI's
+# choices, the report's columns) once the CLI takes --backend nnx. The suite and the sidecar reader read this.
+TWINS: tuple[str, ...] = (*BACKENDS, "nnx")
+
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top",
     "Trouser",
@@ -85,6 +92,16 @@ class ModelSpec:
             "num_classes": str(self.num_classes),
             "activation": self.activation,
             "output_activation": self.output_activation or "none",
+        }
+
+    def to_dict(self) -> dict:
+        """The spec for JSON (METRICS.json): numbers as numbers, sizes as lists, no output activation as null."""
+        return {
+            "image_size": list(self.image_size),
+            "hidden_sizes": list(self.hidden_sizes),
+            "num_classes": self.num_classes,
+            "activation": self.activation,
+            "output_activation": self.output_activation,
         }
 
     @classmethod

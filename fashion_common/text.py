@@ -28,11 +28,14 @@ def format_eval_line(backend: str, metrics: dict, num_images: int, checkpoint) -
     )
 
 
-def format_prediction(backend: str, name: str, probs, top: int = 3, true_label=None, class_names=None) -> str:
+def format_prediction(
+    backend: str, name: str, probs, top: int = 3, true_label=None, class_names=None, low_confidence: bool = False
+) -> str:
     """One line per image: `[torch] shoe.png  pred Sneaker  top-3: Sneaker 91.20%, Sandal 6.02%, Ankle boot 2.11%`.
 
     `probs` is one softmax row (10,); ties keep label order (Python's sort is stable), so both
-    twins list equal probabilities the same way. `true_label` (an int) adds `true <name>`.
+    twins list equal probabilities the same way. `true_label` (an int) adds `true <name>`;
+    `low_confidence` adds `low confidence` before the list.
     """
     from .spec import CLASS_NAMES
 
@@ -41,4 +44,5 @@ def format_prediction(backend: str, name: str, probs, top: int = 3, true_label=N
     ranked = sorted(range(len(probs)), key=lambda i: -probs[i])[:top]
     truth = "" if true_label is None else f"  true {names[int(true_label)]}"
     listed = ", ".join(f"{names[i]} {100 * probs[i]:.2f}%" for i in ranked)
-    return f"[{backend}] {name}  pred {names[ranked[0]]}{truth}  top-{len(ranked)}: {listed}"
+    low = "  low confidence" if low_confidence else ""
+    return f"[{backend}] {name}  pred {names[ranked[0]]}{truth}{low}  top-{len(ranked)}: {listed}"

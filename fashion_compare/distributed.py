@@ -23,18 +23,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from fashion_common import checkpoint as canonical
 from fashion_common import distributed as common
 from fashion_common.config import tutorial_config
+from fashion_common.metrics import max_weight_diff
 from fashion_compare import device_label, set_matmul_precision
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
 def _step_ms(metrics: dict, steps_per_epoch: int) -> float:
@@ -172,7 +167,7 @@ def distributed_comparison(
                 "parallel_device": p_metrics["device"],
                 "single_ms_per_step": _step_ms(s_metrics, steps_per_epoch),
                 "parallel_ms_per_step": _step_ms(p_metrics, steps_per_epoch),
-                "max_abs_dW_parallel_vs_single": _max_diff(single, parallel),
+                "max_abs_dW_parallel_vs_single": max_weight_diff(single, parallel),
                 "final_test_accuracy": {
                     "single": s_metrics["epochs"][-1]["test_accuracy"],
                     "parallel": p_metrics["epochs"][-1]["test_accuracy"],
@@ -195,8 +190,8 @@ def distributed_comparison(
         ),
         "torch": figures["torch"],
         "flax": figures["flax"],
-        "max_abs_dW_torch_ddp_vs_flax_sharded": _max_diff(t_ddp, f_sharded),
-        "max_abs_dW_torch_single_vs_flax_single": _max_diff(t_single, f_single),
+        "max_abs_dW_torch_ddp_vs_flax_sharded": max_weight_diff(t_ddp, f_sharded),
+        "max_abs_dW_torch_single_vs_flax_single": max_weight_diff(t_single, f_single),
     }
 
 

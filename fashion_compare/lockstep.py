@@ -1,7 +1,7 @@
 """Lockstep: torch and a JAX twin from identical weights, fed the identical batch order, step by step.
 
-This is the one place that imports both frameworks (with fashion_compare/parity.py); the twins
-themselves never import each other.
+Like the rest of fashion_compare, it imports both frameworks; the twins themselves never import
+each other.
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import numpy as np
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, batch_order
 from fashion_common.loop import epoch_shifts
+from fashion_common.metrics import max_weight_diff
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_compare import set_matmul_precision
-
-
-def max_weight_diff(a: dict, b: dict) -> float:
-    """Largest |a - b| over every canonical tensor."""
-    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
 def lockstep(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fashion_common.metrics import max_abs_diff
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec, checkpoint_keys
 from fashion_compare import set_matmul_precision
 
@@ -16,20 +17,6 @@ ACTIVATION_GRID = np.array(
     [-np.inf, -1e4, -20.0, -1.0, -1e-7, -0.0, 0.0, 1e-7, 1.0, 20.0, 1e4, np.inf, np.nan], dtype=np.float32
 )
 ACTIVATION_NAMES = ("binary_step", "sigmoid", "tanh", "relu", "softmax")
-
-
-def max_abs_diff(a, b) -> float:
-    """max |a - b|, with NaN positions required to match (a NaN in one twin only counts as inf)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
-    if (nan_a != nan_b).any():
-        return float("inf")
-    same_inf = np.isinf(a) & (a == b)
-    with np.errstate(invalid="ignore"):  # inf - inf where both are the same inf: masked out just below
-        diff = np.abs(np.where(nan_a | same_inf, 0.0, a - b))
-    return float(diff.max()) if diff.size else 0.0
 
 
 def torch_figures(model, x: np.ndarray, y: np.ndarray) -> dict:

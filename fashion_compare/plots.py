@@ -6,12 +6,13 @@ import io
 
 import numpy as np
 
-BACKENDS = ("torch", "flax")
+from fashion_common.spec import BACKENDS
+
 PLOTS = {  # file -> what it shows, also the alt text in report.md
-    "lockstep.png": "lockstep: |loss diff| per step and max weight diff",
-    "curves.png": "train loss and test accuracy per epoch, both twins",
+    "lockstep.png": "lockstep: running maximum of the |loss diff| and of the max weight diff",
+    "curves.png": "train and test loss, and test accuracy per epoch, both twins",
     "epoch_times.png": "seconds per epoch, both twins",
-    "confusion.png": "confusion matrices of both twins on the test set, side by side",
+    "confusion.png": "confusion matrices of both twins on the test set, and torch − flax",
 }
 LOG_FLOOR = 1e-12  # exact zeros cannot be drawn on a log axis; they are drawn at this floor instead
 
@@ -47,34 +48,38 @@ def plot_lockstep(result: dict) -> bytes:
     fig = _figure(9, 6.5)
     ax_loss, ax_w = fig.subplots(2, 1, sharex=True)
     zeros = int((loss_diff == 0).sum())
-    ax_loss.plot(
+    # The running maximum (largest difference so far) reads as a bound; per-step values alternate between 0 and
+    # ~1e-8 and drew a comb that hid it.
+    ax_loss.step(
         steps,
-        np.maximum(loss_diff, LOG_FLOOR),
+        np.maximum(np.maximum.accumulate(loss_diff) if len(loss_diff) else loss_diff, LOG_FLOOR),
+        where="post",
         color="tab:purple",
-        linewidth=0.9,
-        marker="." if len(steps) <= 100 else None,
-        label="|loss torch - loss flax|",
+        linewidth=1.6,
+        label="running max of |loss torch - loss flax|",
     )
     ax_loss.set_title(
-        f"per-step |loss diff| ({zeros} of {len(steps)} steps exactly 0, drawn at {LOG_FLOOR:g})", fontsize=10
+        f"|loss diff|, running maximum over the steps ({zeros} of {len(steps)} steps exactly 0)", fontsize=10
     )
-    ax_loss.set_ylabel("|loss diff|")
+    ax_loss.set_ylabel("max |loss diff| so far")
     w_zeros = int((w_diff == 0).sum())
     every = result.get("weight_every", 1)
-    ax_w.plot(
+    ax_w.step(
         w_steps,
-        np.maximum(w_diff, LOG_FLOOR),
+        np.maximum(np.maximum.accumulate(w_diff) if len(w_diff) else w_diff, LOG_FLOOR),
+        where="post",
         color="tab:green",
+        linewidth=1.6,
         marker="o",
-        markersize=4,
-        label="max |W torch - W flax|, all tensors",
+        markersize=3,
+        label="running max of max |W torch - W flax|, all tensors",
     )
     when = "after every step" if every == 1 else f"every {every} steps"
     ax_w.set_title(
-        f"max weight diff {when} (step 0 is the shared init; {_count(w_zeros, 'exact zero')} drawn at {LOG_FLOOR:g})",
+        f"max weight diff {when}, running maximum (step 0 is the shared init; {_count(w_zeros, 'exact zero')})",
         fontsize=10,
     )
-    ax_w.set_ylabel("max |weight diff|")
+    ax_w.set_ylabel("max |weight diff| so far")
     ax_w.set_xlabel("SGD step")
     ax_w.xaxis.set_major_locator(MaxNLocator(integer=True))
     tol = result["tolerance"]
@@ -130,27 +135,56 @@ def _runs(training: dict):
     return out
 
 
+def smoothed_loss_floor(smoothing: float, classes: int = 10) -> float:
+    """The lowest label-smoothed cross-entropy any model can reach: the entropy of the smoothed target.
+
+    torch's label_smoothing=s (and optax.smooth_labels) puts 1 - s + s/K on the true class and s/K on each
+    other: for s = 0.1, K = 10, -0.91 ln 0.91 - 9 (0.01 ln 0.01) = 0.500. 0 for plain cross-entropy.
+    """
+    if smoothing <= 0:
+        return 0.0
+    true, other = 1 - smoothing + smoothing / classes, smoothing / classes
+    return float(-true * np.log(true) - (classes - 1) * other * np.log(other))
+
+
 def plot_curves(training: dict) -> bytes:
-    """Train loss and test accuracy per epoch, both twins overlaid (and the tutorial recipe, dashed, when run)."""
-    fig = _figure(11, 4.6)
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    """Train loss, test loss and test accuracy per epoch, both twins overlaid (the tutorial recipe dashed, when run)."""
+    fig = _figure(15, 4.8)
+    ax_train, ax_test, ax_acc = fig.subplots(1, 3)
     for name, label, linestyle in _runs(training):
         for backend in BACKENDS:
             hist = training[name][backend]["epochs"]
             epochs = [r["epoch"] for r in hist]
             style = {**TWIN_STYLE[backend], "linestyle": linestyle}
-            ax_loss.plot(epochs, [r["train_loss"] for r in hist], label=f"{backend}, {label}", **style)
+            ax_train.plot(epochs, [r["train_loss"] for r in hist], label=f"{backend}, {label}", **style)
+            ax_test.plot(epochs, [r["test_loss"] for r in hist], label=f"{backend}, {label}", **style)
             ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in hist], label=f"{backend}, {label}", **style)
-    ax_loss.set_title("train loss (mean over the epoch's steps)", fontsize=10)
-    ax_loss.set_ylabel("cross-entropy")
-    ax_acc.set_title("test accuracy (after each epoch)", fontsize=10)
+    smoothing = training["recipe"]["config"]["label_smoothing"]
+    if smoothing:
+        floor = smoothed_loss_floor(smoothing)
+        ax_train.axhline(floor, color="gray", linestyle=":", linewidth=1.2, label=f"floor {floor:.3f} (recipe)")
+        ax_train.set_title(
+            f"train loss: label-smoothed cross-entropy (smoothing {smoothing:g})\n"
+            f"mean over the epoch's augmented batches; cannot go below {floor:.3f}",
+            fontsize=10,
+        )
+    else:
+        ax_train.set_title("train loss: cross-entropy\nmean over the epoch's batches", fontsize=10)
+    ax_train.set_ylabel("train loss")
+    ax_test.set_title("test loss: plain cross-entropy\n(no smoothing), after each epoch", fontsize=10)
+    ax_test.set_ylabel("test loss")
+    ax_acc.set_title("test accuracy\nafter each epoch", fontsize=10)
     ax_acc.set_ylabel("test accuracy (%)")
     all_epochs = [r["epoch"] for name, _, _ in _runs(training) for r in training[name]["torch"]["epochs"]]
-    for ax in (ax_loss, ax_acc):
+    for ax in (ax_train, ax_test, ax_acc):
         _epoch_axis(ax, all_epochs)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    _min_span(ax_loss, 0.05)  # cross-entropy units
+    if smoothing:  # keep the floor in view: the distance to it is what the train loss can still lose
+        low, high = ax_train.get_ylim()
+        ax_train.set_ylim(min(low, smoothed_loss_floor(smoothing) - 0.02), high)
+    _min_span(ax_train, 0.05)  # cross-entropy units
+    _min_span(ax_test, 0.05)
     _min_span(ax_acc, 2.0)  # percentage points
     recipe = training["recipe"]
     cfg = recipe["config"]
@@ -159,10 +193,16 @@ def plot_curves(training: dict) -> bytes:
         if recipe["shortened"]
         else ""
     )
-    title = f"Accuracy recipe ({cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, batch {cfg['batch_size']}): {_epochs(cfg['epochs'])}{shortened}"
+    title = (
+        f"Accuracy recipe ({cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, batch {cfg['batch_size']}): "
+        f"{_epochs(cfg['epochs'])}{shortened}"
+    )
     if len(_runs(training)) > 1:
         tut = training["tutorial"]["config"]
-        title += f"\ndashed: tutorial recipe ({tut['optimizer']}, lr {tut['lr']:g}, {tut['schedule']}, batch {tut['batch_size']}): {_epochs(tut['epochs'])}"
+        title += (
+            f"\ndashed: tutorial recipe ({tut['optimizer']}, lr {tut['lr']:g}, {tut['schedule']}, "
+            f"batch {tut['batch_size']}, plain cross-entropy): {_epochs(tut['epochs'])}"
+        )
     fig.suptitle(title)
     return _png(fig)
 
@@ -199,42 +239,59 @@ def plot_epoch_times(training: dict) -> bytes:
 
 
 def plot_confusion(entry: dict, class_names, subtitle: str) -> bytes:
-    """Both twins' confusion matrices side by side: counts in the cells, colour = share of the true class on one shared scale.
+    """Both twins' confusion matrices side by side, and torch − flax: counts in the cells.
 
+    The twins' panels: colour = share of the true class on one shared scale. The difference panel: colour =
+    torch's count minus flax's, red where torch puts more images, blue where flax does, white where equal.
     entry: {"torch": {"confusion": (10, 10) rows true / columns predicted, "accuracy"}, "flax": {...}, "agreement"}.
     """
-    from matplotlib.colors import PowerNorm
+    from matplotlib.colors import PowerNorm, TwoSlopeNorm
 
     n = len(class_names)
-    fig = _figure(15, 7.4)
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = _figure(21, 7.4)
+    axes = fig.subplots(1, 3, sharey=True)
     # sqrt scale: a diagonal of ~90% and confusions of 1-15% are both legible on one scale
     norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=100.0)
-    for ax, backend in zip(axes, BACKENDS):
-        counts = np.asarray(entry[backend]["confusion"], dtype=np.int64)  # (10, 10)
-        rows = counts.sum(axis=1, keepdims=True)  # (10, 1) images of each true class
-        share = 100.0 * counts / np.maximum(rows, 1)  # (10, 10) percent of the true class
+    counts = {b: np.asarray(entry[b]["confusion"], dtype=np.int64) for b in BACKENDS}  # (10, 10) each
+    for ax, backend in zip(axes[:2], BACKENDS, strict=True):
+        rows = counts[backend].sum(axis=1, keepdims=True)  # (10, 1) images of each true class
+        share = 100.0 * counts[backend] / np.maximum(rows, 1)  # (10, 10) percent of the true class
         image = ax.imshow(share, cmap="Blues", norm=norm)
         for i in range(n):
             for j in range(n):
-                if counts[i, j] or i == j:  # an empty cell is 0; on the diagonal the 0 is written out
+                if counts[backend][i, j] or i == j:  # an empty cell is 0; on the diagonal the 0 is written out
                     dark = share[i, j] > 45  # white text where the cell is dark
                     ax.text(
                         j,
                         i,
-                        str(counts[i, j]),
+                        str(counts[backend][i, j]),
                         ha="center",
                         va="center",
                         fontsize=8,
                         color="white" if dark else "black",
                     )
+        ax.set_title(f"{backend} twin: test accuracy {100 * entry[backend]['accuracy']:.2f}%", fontsize=11)
+    diff = counts["torch"] - counts["flax"]  # (10, 10) signed
+    limit = max(1, int(np.abs(diff).max()))
+    shown = axes[2].imshow(diff, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit))
+    for i in range(n):
+        for j in range(n):
+            if diff[i, j]:
+                strong = abs(diff[i, j]) > 0.6 * limit
+                axes[2].text(
+                    j, i, f"{diff[i, j]:+d}", ha="center", va="center", fontsize=8, color="white" if strong else "black"
+                )
+    changed = int(np.abs(diff).sum())
+    axes[2].set_title(f"torch − flax (images; blank = equal; sum of |Δ| {changed})", fontsize=11)
+    for ax in axes:
         ax.set_xticks(range(n), class_names, rotation=40, ha="right", fontsize=9)
         ax.set_yticks(range(n), class_names, fontsize=9)
         ax.set_xlabel("predicted class")
-        ax.set_title(f"{backend} twin: test accuracy {100 * entry[backend]['accuracy']:.2f}%", fontsize=11)
     axes[0].set_ylabel("true class")
-    bar = fig.colorbar(image, ax=axes, shrink=0.8, ticks=[0, 1, 5, 10, 25, 50, 75, 100])
+    bar = fig.colorbar(image, ax=axes[:2], shrink=0.8, ticks=[0, 1, 5, 10, 25, 50, 75, 100], location="bottom")
     bar.set_label("share of the true class (%), cells show image counts")
+    diff_bar = fig.colorbar(shown, ax=axes[2], shrink=0.8, location="bottom")
+    diff_bar.set_label("torch count − flax count")
     fig.suptitle(
         f"Confusion matrices, {subtitle}; the twins predict the same class on {100 * entry['agreement']:.2f}% of the images"
     )

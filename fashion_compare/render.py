@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from .plots import LOG_FLOOR, PLOTS
+from fashion_common.config import TrainConfig
+from fashion_common.spec import BACKENDS
 
-BACKENDS = ("torch", "flax")
+from .plots import LOG_FLOOR, PLOTS, smoothed_loss_floor
 
 
 def _e(x) -> str:
@@ -62,7 +63,7 @@ def render_markdown(report: dict) -> str:
     mode_text = (
         "quick (recipe shortened; tutorial recipe only with --full)"
         if mode == "quick"
-        else "full (20-epoch recipe and the tutorial recipe)"
+        else f"full (the default {TrainConfig().epochs}-epoch recipe and the tutorial recipe)"
     )
     lines += [
         f"- **date**: {meta['date']}",
@@ -82,6 +83,7 @@ def render_markdown(report: dict) -> str:
     ]
     lines += _md_checks(report)
     lines += _md_figures(report)
+    lines += _md_checkpoints(report.get("checkpoints") or {})
     if "structures" in report:
         lines += _md_structures(report)
     if "parity" in report:
@@ -150,12 +152,55 @@ def _md_figures(report: dict) -> list[str]:
         )
     if "lockstep" in classes:
         r = classes["lockstep"]
+        steps = report.get("lockstep", {}).get("steps")
+        trained = f"{steps} SGD steps of the tutorial recipe" if steps else "the tutorial recipe"
         rows.append(
-            f"| lockstep twins (one init, one batch order) predict the same class | {_pct(r['agreement'])} of {classes['num_test']:,} test images ({_count(r['disagreements'], 'image')} differ) |"
+            f"| lockstep twins (one init, one batch order) predict the same class | {_pct(r['agreement'])} of "
+            f"{classes['num_test']:,} test images ({_count(r['disagreements'], 'image')} differ) |"
+        )
+        rows.append(
+            f"| ... and are right on (test accuracy torch / flax, after {trained}) | "
+            f"{_pct(r['torch']['accuracy'])} / {_pct(r['flax']['accuracy'])}: agreement says the twins compute "
+            "the same function, not that it is a good classifier |"
         )
     if not rows:
         return []
     return ["## Headline figures", "", "| figure | value |", "| --- | --- |", *rows, ""]
+
+
+CHECKPOINT_RUNS = {
+    "recipe": "accuracy recipe",
+    "tutorial": "tutorial recipe",
+    "lockstep": "lockstep (one init, one batch order)",
+}
+
+
+def _md_checkpoints(checkpoints: dict) -> list[str]:
+    """The final models the run trained, kept beside this report, and how to use them."""
+    if not checkpoints:
+        return []
+    lines = [
+        "## Checkpoints",
+        "",
+        "The final models this run trained are in this folder (the canonical safetensors layout: either twin loads "
+        "either file):",
+        "",
+        "| run | torch twin | flax twin |",
+        "| --- | --- | --- |",
+    ]
+    order = [n for n in CHECKPOINT_RUNS if n in checkpoints] + [n for n in checkpoints if n not in CHECKPOINT_RUNS]
+    for name in order:
+        cells = " | ".join(f"`{checkpoints[name][b]}`" if b in checkpoints[name] else "—" for b in BACKENDS)
+        lines.append(f"| {CHECKPOINT_RUNS.get(name, name)} | {cells} |")
+    best = checkpoints[order[0]]  # the accuracy recipe's when it has run: the model worth predicting with
+    example = best.get("torch") or next(iter(best.values()))
+    lines += [
+        "",
+        f"For example, from this folder: `fashion-twins predict --backend flax {example} shoe.jpg` or "
+        f"`fashion-twins evaluate --backend torch {example}`.",
+        "",
+    ]
+    return lines
 
 
 def _md_structures(report: dict) -> list[str]:
@@ -201,8 +246,9 @@ def _md_structures(report: dict) -> list[str]:
 def _md_parity(report: dict) -> list[str]:
     par = report["parity"]
     names = report.get("structures", {}).get("layer_names", {})
-    columns = [("highest", par["highest"]), ("tf32", par["tf32"])]
-    for p in ("highest", "tf32"):
+    precisions = par.get("precisions", ["highest", "tf32"])  # a CPU runs highest only (see stages.parity_precisions)
+    columns = [(p, par[p]) for p in precisions]
+    for p in precisions:
         off = par[p].get("off_kink")
         if off:
             columns.append((f"{p}, {off['images']} images", off))
@@ -232,7 +278,7 @@ def _md_parity(report: dict) -> list[str]:
         + " |"
     )
     lines.append("")
-    kinked = [p for p in ("highest", "tf32") if par[p].get("off_kink")]
+    kinked = [p for p in precisions if par[p].get("off_kink")]
     if kinked:
         dropped = sorted({i for p in kinked for i in par[p]["off_kink"]["dropped"]})
         lines += [
@@ -314,7 +360,8 @@ def _md_lockstep(ls: dict, have_png) -> list[str]:
         f"| seconds | {ls['seconds']:.1f} |",
         "",
         f"Tolerance {_t(ls['tolerance'])}: fp32 rounding of differently ordered sums, ~1e-7 relative per op, is all that may separate them. "
-        f"On the log plot, exact zeros are drawn at {LOG_FLOOR:g}.",
+        f"The plot shows the running maximum of each difference up to every step (the largest seen so far); "
+        f"on its log axis, exact zeros are drawn at {LOG_FLOOR:g}.",
         "",
     ]
     if have_png("lockstep.png"):
@@ -369,7 +416,23 @@ def _md_training(training: dict, have_png) -> list[str]:
         elif "torch" in recipe:
             lines += ["(flax twin still training)", ""]
         if have_png("curves.png"):
-            lines += [f"![{PLOTS['curves.png']}](curves.png)", ""]
+            smoothing = cfg["label_smoothing"]
+            floor = smoothed_loss_floor(smoothing)
+            train_loss = (
+                f"label-smoothed cross-entropy (smoothing {smoothing:g}), on the augmented training batches; "
+                f"it cannot go below {floor:.3f}, the entropy of the smoothed target, reached only by a model that "
+                "puts exactly the smoothed probabilities on every image"
+                if smoothing
+                else "plain cross-entropy on the training batches"
+            )
+            lines += [
+                f"Train loss: {train_loss}. Test loss: plain cross-entropy on the test images (the tutorial's "
+                "test_loop), so the two curves measure different things and the gap between them is not overfitting "
+                "by itself.",
+                "",
+                f"![{PLOTS['curves.png']}](curves.png)",
+                "",
+            ]
         if have_png("epoch_times.png"):
             lines += [
                 "Epoch seconds are training only (the evaluation after each epoch is excluded); epoch 1 includes warm-up and flax's JIT compilation.",
@@ -438,19 +501,25 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
     lines += [
         "**Agreement** — the share of test images on which the two twins predict the same class:",
         "",
-        "| twins | same class | images that differ | both right |",
-        "| --- | ---: | ---: | ---: |",
-        f"| independently trained (accuracy recipe, each from its own seeded init) | {_pct(recipe['agreement'])} | {recipe['disagreements']:,} | {_pct(recipe['both_right'])} |",
+        "| twins | same class | images that differ | both right | accuracy torch / flax |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| independently trained (accuracy recipe, each from its own seeded init) | {_pct(recipe['agreement'])} | "
+        f"{recipe['disagreements']:,} | {_pct(recipe['both_right'])} | "
+        f"{_pct(recipe['torch']['accuracy'])} / {_pct(recipe['flax']['accuracy'])} |",
     ]
     if ls:
         steps = f"{lockstep['steps']} SGD steps" if "steps" in lockstep else "lockstep"
         lines.append(
-            f"| lockstep (one init, one batch order, {steps}) | {_pct(ls['agreement'])} | {ls['disagreements']:,} | {_pct(ls['both_right'])} |"
+            f"| lockstep (one init, one batch order, {steps}) | {_pct(ls['agreement'])} | {ls['disagreements']:,} | "
+            f"{_pct(ls['both_right'])} | {_pct(ls['torch']['accuracy'])} / {_pct(ls['flax']['accuracy'])} |"
         )
     lines += [
         "",
         "Two independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
-        "the lockstep twins share their init and every update, so they should disagree on (almost) none.",
+        "the lockstep twins share their init and every update, so they should disagree on (almost) none. "
+        "Agreement measures the twins against each other, accuracy against the labels: the lockstep models are trained "
+        "only as long as the lockstep stage runs (the tutorial's plain SGD at lr 1e-3), so they agree fully while "
+        "being right on far fewer images than the accuracy recipe.",
         "",
     ]
     return lines

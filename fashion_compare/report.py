@@ -14,7 +14,8 @@ Seven stages, and an eighth on request (fashion_compare/stages.py); after each o
 
 The stages compute every figure and every pass/fail check (report.json "checks": name, value,
 tolerance, passed, why); fashion_compare/plots.py draws the PNGs and fashion_compare/render.py
-writes report.md from the JSON alone. Outputs: report.md, report.json and the PNGs in plots.PLOTS.
+writes report.md from the JSON alone. Outputs: report.md, report.json, the PNGs in plots.PLOTS and each
+twin's final checkpoints, <run>-<twin>.safetensors (report.json "checkpoints").
 `fashion-twins compare` (fashion_twins/cli/compare.py) is the command line; tests/test_compare.py runs the same function.
 """
 
@@ -48,7 +49,7 @@ class CompareOptions:
     """What the report runs. The defaults are quick mode: a few minutes on a 2-core CPU."""
 
     out_dir: str = "report"  # folder for report.md, report.json and the PNGs; created if missing
-    full: bool = False  # the 20-epoch recipe, the tutorial's recipe too, and a full lockstep epoch
+    full: bool = False  # the default recipe's full epochs, the tutorial's recipe too, and a full lockstep epoch
     device: str = "auto"  # "auto" (a GPU if torch and JAX both see one), "cpu" or "gpu"
     seed: int = 0  # one seed for the init, the batch order and both trainings
     quick_epochs: int = 3  # recipe epochs in quick mode; the cosine schedule then spans these epochs

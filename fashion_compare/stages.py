@@ -22,19 +22,27 @@ from fashion_common.checkpoint import atomic_write_bytes
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, load_fashion_mnist, scale_images
 from fashion_common.metrics import accuracy, agreement, confusion_matrix, per_class_accuracy
-from fashion_common.spec import ACTIVATION_DISPLAY, CLASS_NAMES, DEFAULT_SPEC, checkpoint_keys, flax_param_path
+from fashion_common.spec import (
+    ACTIVATION_DISPLAY,
+    BACKENDS,
+    CLASS_NAMES,
+    DEFAULT_SPEC,
+    checkpoint_keys,
+    flax_param_path,
+)
 from fashion_compare import set_matmul_precision
 
 from . import plots
 
-BACKENDS = ("torch", "flax")
 RECIPE_NAMES = {"recipe": "accuracy recipe", "tutorial": "tutorial recipe"}
 QUICK_LOCKSTEP_STEPS = 300  # quick mode on a CPU: ~1/3 of an epoch, the steps tests/test_train.py checks
 
 # Tolerances of the checks, each with the reason the report states beside it.
 PARITY_TOL = 1e-5  # at "highest": fp32 rounding of differently ordered sums (tests/test_parity.py measures <= 6e-7)
 LOCKSTEP_TOL = 1e-5  # per-step loss and weights, fp32 in both twins (tests/test_train.py; a full epoch measured ~4e-6)
-ACCURACY_TOL_PP = 0.5  # independently seeded twins, full training set: run-to-run noise (README: 0.04 pp at 20 epochs)
+ACCURACY_TOL_PP = (
+    0.5  # independently seeded twins, full training set: run-to-run noise (README: 0.01 pp apart over 3 seeds)
+)
 LOCKSTEP_DISAGREE_TOL = 0.1  # percent of test images: weights 1e-5 apart flip only a near-tie of the top two logits
 DISTRIBUTED_TOL = (
     1e-5  # data parallel vs one device, and torch DDP vs flax sharded (tests/test_distributed.py measures 1e-9..5e-7)
@@ -223,14 +231,14 @@ def stage_parity(run: Run) -> None:
     n = run.options.parity_images
     x = scale_images(run.data.test_images[:n])  # (n, 28, 28) float32 in [0, 1]
     y = run.data.test_labels[:n]  # (n,) int32
-    results = {p: parity_off_kink(run, x, y, p) for p in ("highest", "tf32")}
+    precisions = parity_precisions(run.device)
+    results = {p: parity_off_kink(run, x, y, p) for p in precisions}
     set_matmul_precision("highest")  # what the rest of the run uses
     run.report["parity"] = {
         "images": n,
         "weights": f"the torch twin's seeded init (seed {run.options.seed}), loaded into both twins",
-        "note": "CPU has only fp32: tf32 runs the same fp32 matmuls as highest"
-        if run.device == "cpu"
-        else "tf32: TensorFloat-32 matmuls in both twins",
+        "precisions": list(precisions),
+        "note": CPU_PRECISION_NOTE if run.device == "cpu" else "tf32: TensorFloat-32 matmuls in both twins",
         "tolerance_highest": PARITY_TOL,
         **results,
     }
@@ -255,6 +263,17 @@ def stage_parity(run: Run) -> None:
         PARITY_TOL,
         WHY["parity"] + kink,
     )
+
+
+CPU_PRECISION_NOTE = (
+    "one column, highest: TF32 is a matmul format of NVIDIA tensor cores (Ampere and later); on a CPU both "
+    "frameworks run every float32 matmul in full fp32 whatever the setting, so a tf32 column would repeat this one"
+)
+
+
+def parity_precisions(device: str) -> tuple[str, ...]:
+    """The matmul precisions parity runs: highest only on a CPU (tf32 would repeat its fp32 matmuls), both on a GPU."""
+    return ("highest",) if device == "cpu" else ("highest", "tf32")
 
 
 def parity_off_kink(run: Run, x: np.ndarray, y: np.ndarray, precision: str) -> dict:
@@ -332,6 +351,7 @@ def stage_lockstep(run: Run) -> None:
         keep_states=True,
     )
     run.final_states["lockstep"] = result.pop("states")  # the classes stage predicts with both final models
+    save_checkpoints(run, "lockstep", run.final_states["lockstep"])
     result["requested_steps"] = run.options.lockstep_steps
     result["weight_every"] = weight_every
     result["tolerance"] = LOCKSTEP_TOL
@@ -397,10 +417,25 @@ def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict
         metrics["wall_seconds"] = time.perf_counter() - start
         entry[backend] = metrics
         run.save()
+    save_checkpoints(run, name, states)
     final = {b: entry[b]["epochs"][-1]["test_accuracy"] for b in BACKENDS}
     entry["final_test_accuracy"] = final
     entry["accuracy_diff_pp"] = 100 * abs(final["torch"] - final["flax"])
     return states
+
+
+def save_checkpoints(run: Run, name: str, states: dict) -> None:
+    """Each twin's final model of run `name` -> <out_dir>/<name>-<twin>.safetensors, listed in report["checkpoints"].
+
+    A reader can then `fashion-twins predict` or `evaluate` with the models the report describes.
+    """
+    files = run.report.setdefault("checkpoints", {}).setdefault(name, {})
+    for backend in BACKENDS:
+        path = run.out_dir / f"{name}-{backend}.safetensors"
+        twin = importlib.import_module(f"fashion_{backend}")
+        train = importlib.import_module(f"fashion_{backend}.train")
+        twin.save_checkpoint(train.trained_model(states[backend]), path)  # one API: the model load_checkpoint gives
+        files[backend] = path.name
 
 
 # ----------------------------------------------------------------------------- 7 classes
@@ -523,7 +558,11 @@ def _training_line(run: Run) -> str:
 STAGES = (  # run in this order; the line is the detail of "[compare] 3/7 parity (64 test images, highest and tf32) ..."
     Stage("data", stage_data, lambda run: "(Fashion-MNIST)"),
     Stage("structures", stage_structures, lambda run: f"(both twins from seed {run.options.seed}, on {run.device})"),
-    Stage("parity", stage_parity, lambda run: f"({run.options.parity_images} test images, highest and tf32)"),
+    Stage(
+        "parity",
+        stage_parity,
+        lambda run: f"({run.options.parity_images} test images, {' and '.join(parity_precisions(run.device))})",
+    ),
     Stage("activations", stage_activations, lambda run: "(binary_step, sigmoid, tanh, relu, softmax on the grid)"),
     Stage("lockstep", stage_lockstep, _lockstep_line),
     Stage("training", stage_training, _training_line),

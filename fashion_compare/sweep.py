@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fashion_common.config import TrainConfig
 from fashion_common.data import load_fashion_mnist
+from fashion_common.spec import BACKENDS
 
 
 def parse_overrides(pairs) -> dict:
@@ -133,7 +134,7 @@ def final_table(folder: Path) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("torch", "flax"), default="flax", help="twin to train (default flax)")
+    parser.add_argument("--backend", choices=BACKENDS, default="flax", help="twin to train (default flax)")
     parser.add_argument("--name", help="run name: files NAME.safetensors and NAME.metrics.json")
     parser.add_argument(
         "--out-dir", type=Path, default=Path("runs/sweep"), help="folder for the run's files (default runs/sweep)"

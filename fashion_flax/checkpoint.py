@@ -18,7 +18,12 @@ from .model import NeuralNetwork, _shared_model
 
 
 def to_state_dict(params, spec: ModelSpec = DEFAULT_SPEC) -> dict[str, np.ndarray]:
-    """Flax params -> canonical numpy state_dict (float32, weight [out, in]); asserts keys and shapes."""
+    """Flax params -> canonical numpy state_dict (float32, weight [out, in]); asserts keys and shapes.
+
+    params: the param tree, the variables {"params": tree}, or a bound NeuralNetwork (load_checkpoint's).
+    """
+    if isinstance(params, NeuralNetwork) and params.scope is not None:  # bound: its variables
+        params = params.variables
     tree = unfreeze(params)
     tree = tree.get("params", tree)
     flat = {
@@ -52,7 +57,9 @@ def from_state_dict(state_dict, spec: ModelSpec = DEFAULT_SPEC, device=None):
 
 
 def save_checkpoint(params, path, spec: ModelSpec = DEFAULT_SPEC, metadata: dict | None = None):
-    """Write the params to `path` in the canonical layout (safetensors, atomically). Returns the path."""
+    """Write the params (or a bound NeuralNetwork, with its own spec) to `path` in the canonical layout. Returns the path."""
+    if isinstance(params, NeuralNetwork) and params.scope is not None:
+        spec = params.spec
     return canonical.write_state(path, to_state_dict(params, spec), spec, metadata)
 
 

@@ -212,6 +212,7 @@ def train_and_evaluate(
     quiet: bool = False,
     log=print,
     init_from=None,
+    on_epoch=None,
     mesh: Mesh | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ):
@@ -226,7 +227,7 @@ def train_and_evaluate(
         mesh = make_mesh(platform=config_platform(config))
     common.check_world(mesh.size, config.batch_size, "devices")
     if jax.process_index() != 0:  # the other processes train, but write and log nothing
-        out, metrics_path, quiet, log = None, None, True, _silent
+        out, metrics_path, quiet, log, on_epoch = None, None, True, _silent, None
     try:
         run = loop.prepare(config, data, out, metrics_path)
         state = create_train_state(config, spec, mesh, run.total_steps, loop.init_weights(init_from, spec))
@@ -251,10 +252,13 @@ def train_and_evaluate(
             val_metrics = None if val_data is None else evaluate(state, val_data, config)
             row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
             history.append(row)
+            counters = loop.counters(BACKEND, epoch, run, config, history)
             if out is not None:  # the twin's save fetches the replicated arrays to the host
-                train.save_train_state(state, out, loop.counters(BACKEND, epoch, run, config, history))
+                train.save_train_state(state, out, counters)
             loop.write_metrics(metrics_path, metrics)
             log(loop.epoch_line(BACKEND, epoch, config.epochs, row))
+            if on_epoch is not None:  # e.g. fashion_common.tensorboard.EpochWriter
+                on_epoch(counters)
         return state, metrics
     except jax.errors.JaxRuntimeError as e:
         if jax.process_count() == 1:  # one process: not a peer's failure, keep XLA's own error

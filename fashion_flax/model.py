@@ -198,8 +198,7 @@ def create_model(spec: ModelSpec = DEFAULT_SPEC, seed: int | None = 0, device=No
     one module holding its parameters.
     """
     model = _shared_model(spec, init_scheme)
-    rng = jax.random.PRNGKey(0 if seed is None else seed)
-    rng, init_rng = jax.random.split(rng)
+    init_rng = jax.random.PRNGKey(0 if seed is None else seed)  # the one key init needs: nothing else draws
     params = _jitted_init(spec, init_scheme)(init_rng, jnp.zeros((1, *spec.image_size), jnp.float32))
     if device is not None:
         params = jax.device_put(params, device)
@@ -222,8 +221,13 @@ def count_parameters(params) -> int:
     return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
 
 
-def summary(model: NeuralNetwork, params, batch_size: int = 1) -> str:
-    """A torch-style structure print, then a table of each layer's output shape and parameter count."""
+def summary(model: NeuralNetwork, params=None, batch_size: int = 1) -> str:
+    """A torch-style structure print, then a table of each layer's output shape and parameter count.
+
+    params: the variables; None for a bound model (load_checkpoint's), which carries its own.
+    """
+    if params is None:
+        model, params = model.unbind()
     outputs = model.apply(params, jnp.zeros((batch_size, *model.spec.image_size)), method=NeuralNetwork.layer_outputs)
     stack = params["params"]["linear_relu_stack"]
     lines = ["NeuralNetwork(", "  (flatten): reshape(N, -1)", "  (linear_relu_stack): Sequential("]

@@ -26,3 +26,29 @@ from .model import (
 )
 
 BACKEND = "nnx"
+
+__all__ = [
+    "CheckpointError",
+    "InputDtypeError",
+    "InputShapeError",
+    "CLASS_NAMES",
+    "DEFAULT_SPEC",
+    "ModelSpec",
+    "from_state_dict",
+    "load_checkpoint",
+    "save_checkpoint",
+    "to_state_dict",
+    "NeuralNetwork",
+    "binary_step",
+    "count_parameters",
+    "create_model",
+    "get_device",
+    "relu",
+    "resolve_device",
+    "set_matmul_precision",
+    "sigmoid",
+    "softmax",
+    "summary",
+    "tanh",
+    "BACKEND",
+]

@@ -117,13 +117,12 @@ def create_model(
 ) -> NeuralNetwork:
     """A fresh NeuralNetwork holding its weights; the seed names the init key, so init is repeatable.
 
-    The key is split as in the linen twin (`rng, init_rng = split(PRNGKey(seed))`), but NNX draws one
-    key per parameter from `nnx.Rngs` in construction order where linen folds in the module path, so
-    the same seed gives the same law, not the same numbers, in the two Flax twins.
+    The key is the linen twin's (`PRNGKey(seed)`), but NNX draws one key per parameter from `nnx.Rngs`
+    in construction order where linen folds in the module path, so the same seed gives the same law,
+    not the same numbers, in the two Flax twins.
     Built eagerly, the NNX way: after the first call JAX's per-op caches make a rebuild ~10 ms.
     """
-    rng = jax.random.PRNGKey(0 if seed is None else seed)
-    rng, init_rng = jax.random.split(rng)
+    init_rng = jax.random.PRNGKey(0 if seed is None else seed)  # the one key init needs: nothing else draws
     model = NeuralNetwork(spec, init_scheme, rngs=nnx.Rngs(params=init_rng))
     if device is not None:
         nnx.update(model, jax.device_put(nnx.state(model), device))

@@ -12,6 +12,7 @@ from fashion_common import checkpoint as canonical
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from .model import NeuralNetwork
+from .pth import read_pth
 
 
 def to_state_dict(model: NeuralNetwork) -> dict[str, np.ndarray]:
@@ -39,12 +40,7 @@ def save_checkpoint(model: NeuralNetwork, path, metadata: dict | None = None):
 
 def load_checkpoint(path, device="cpu", spec: ModelSpec | None = None) -> NeuralNetwork:
     """Read a canonical checkpoint written by either twin; bad files raise CheckpointError and build nothing."""
-    from .pth import (
-        is_torch_pickle,
-        read_pth,
-    )  # the tutorial's torch.save(state_dict) file, read with weights_only=True
-
-    if is_torch_pickle(path):
+    if canonical.is_torch_pickle(path):  # the tutorial's torch.save(state_dict) file, read with weights_only=True
         state, spec = read_pth(path), spec or DEFAULT_SPEC
         canonical.validate_state(state, spec, source=str(path))
         return from_state_dict(state, spec, device)

@@ -178,6 +178,7 @@ def train_and_evaluate(
     quiet: bool = False,
     log=print,
     init_from=None,
+    on_epoch=None,
     engine: str = "auto",
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ):
@@ -192,7 +193,7 @@ def train_and_evaluate(
     device = rank_device(config, world)
     init_process_group(device, timeout_s)
     if not world.is_writer:  # the other ranks train and reduce metrics, but write and log nothing
-        out, metrics_path, quiet, log = None, None, True, _silent
+        out, metrics_path, quiet, log, on_epoch = None, None, True, _silent, None
     try:
         run = loop.prepare(config, data, out, metrics_path)
         state = create_train_state(config, spec, device, run.total_steps, loop.init_weights(init_from, spec), engine)
@@ -217,10 +218,13 @@ def train_and_evaluate(
             val_metrics = None if val_data is None else evaluate(state, val_data, config)
             row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
             history.append(row)
+            counters = loop.counters(BACKEND, epoch, run, config, history)
             if out is not None:  # rank 0 saves the plain model, not the DDP wrapper
-                train.save_train_state(state, out, loop.counters(BACKEND, epoch, run, config, history))
+                train.save_train_state(state, out, counters)
             loop.write_metrics(metrics_path, metrics)
             log(loop.epoch_line(BACKEND, epoch, config.epochs, row))
+            if on_epoch is not None:  # e.g. fashion_common.tensorboard.EpochWriter
+                on_epoch(counters)
         return state, metrics
     except RuntimeError as e:
         if isinstance(e, FashionTwinsError) or not _is_collective_failure(e):

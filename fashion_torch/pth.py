@@ -9,9 +9,7 @@ safetensors checkpoint.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import warnings
 from pathlib import Path
 
@@ -19,21 +17,6 @@ import numpy as np
 import torch
 
 from fashion_common.errors import CheckpointError
-
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format since torch 1.6
-PICKLE_PROTO = 0x80  # a raw pickle (protocol >= 2) starts with the PROTO opcode
-
-
-def is_torch_pickle(path) -> bool:
-    """True if the file starts like a torch.save file (zip archive or raw pickle); False for safetensors or anything else."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False  # a FIFO would block open() forever; the canonical reader says what it is
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head == ZIP_MAGIC or (len(head) >= 1 and head[0] == PICKLE_PROTO)
 
 
 def read_pth(path) -> dict[str, np.ndarray]:

@@ -348,6 +348,7 @@ def train_and_evaluate(
     quiet: bool = False,
     log=print,
     init_from=None,
+    on_epoch=None,
     engine: str = "auto",
 ):
     """Train for config.epochs, evaluating after each; checkpoint and METRICS.json rewritten atomically every epoch.
@@ -357,6 +358,7 @@ def train_and_evaluate(
       out: checkpoint path (optimizer state beside it), metrics_path: METRICS.json; None writes none.
       resume: a checkpoint this function wrote; training continues after its last epoch.
       init_from: a canonical checkpoint whose weights replace the seeded init (e.g. the other twin's init).
+      on_epoch: called with each finished epoch's counters (its row is counters["history"][-1]), e.g. TensorBoard.
       engine: torch only, one of ENGINES.
     Returns:
       (state, metrics dict as written to METRICS.json).
@@ -385,8 +387,11 @@ def train_and_evaluate(
         val_metrics = None if val_data is None else evaluate(state, val_data, config)
         row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
         history.append(row)
+        counters = loop.counters(BACKEND, epoch, run, config, history)
         if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch
-            save_train_state(state, out, loop.counters(BACKEND, epoch, run, config, history))
+            save_train_state(state, out, counters)
         loop.write_metrics(metrics_path, metrics)
         log(loop.epoch_line(BACKEND, epoch, config.epochs, row))
+        if on_epoch is not None:  # e.g. fashion_common.tensorboard.EpochWriter
+            on_epoch(counters)
     return state, metrics

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+from fashion_common.metrics import max_abs_diff  # noqa: F401  (the tests import it from here)
+from fashion_common.spec import DEFAULT_SPEC, TWINS, ModelSpec
 
-BACKEND_NAMES = ("torch", "flax", "nnx")
+BACKEND_NAMES = TWINS  # fashion_common.spec: every twin, nnx included
 
 
 def image_batch(n: int, seed: int = 0, layout: str = "N,28,28") -> np.ndarray:
@@ -49,7 +50,7 @@ class TorchBackend:
         self.device = device
 
     # ------------------------------------------------------------------ nets and weights
-    def init(self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC, cached: bool = True):
+    def init(self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC):
         """A fresh model every time: torch modules are mutable (grads), and building one is cheap."""
         return self.module.create_model(spec, seed=seed, device=self.device)
 
@@ -143,23 +144,11 @@ class FlaxBackend:
         self.module = fashion_flax
         self.device = device  # None: JAX's default device
         self._jitted: dict[tuple[Any, str], Any] = {}
-        self._inits: dict[tuple[Any, ...], FlaxNet] = {}
 
     # ------------------------------------------------------------------ nets and weights
-    def init(
-        self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC, init_scheme: str = "torch", cached: bool = True
-    ) -> FlaxNet:
-        """create_model's (module, params); cached per arguments unless cached=False.
-
-        create_model jits model.init afresh on each call, which costs ~2 s of compiling on two CPU
-        cores; params are immutable, so handing the same FlaxNet to several tests is safe.
-        """
-        key = (seed, spec, init_scheme)
-        if not cached or key not in self._inits:
-            self._inits[key] = FlaxNet(
-                *self.module.create_model(spec, seed=seed, device=self.device, init_scheme=init_scheme)
-            )
-        return self._inits[key]
+    def init(self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC, init_scheme: str = "torch") -> FlaxNet:
+        """create_model's (module, variables), built afresh (its jitted init is compiled once per spec)."""
+        return FlaxNet(*self.module.create_model(spec, seed=seed, device=self.device, init_scheme=init_scheme))
 
     def from_state_dict(self, state, spec: ModelSpec = DEFAULT_SPEC) -> FlaxNet:
         return FlaxNet(self.module.NeuralNetwork(spec), self.module.from_state_dict(state, spec, device=self.device))
@@ -280,8 +269,8 @@ class NnxBackend:
         self._loss_and_grads = nnx.jit(nnx.value_and_grad(loss_fn, argnums=(0, 1)))
 
     # ------------------------------------------------------------------ nets and weights
-    def init(self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC, init_scheme: str = "torch", cached: bool = True):
-        """create_model's nnx.Module, built afresh every time (`cached` is accepted for the shared signature)."""
+    def init(self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC, init_scheme: str = "torch"):
+        """create_model's nnx.Module, built afresh every time."""
         return self.module.create_model(spec, seed=seed, device=self.device, init_scheme=init_scheme)
 
     def from_state_dict(self, state, spec: ModelSpec = DEFAULT_SPEC):
@@ -358,10 +347,3 @@ def get_backend(name: str):
     if name not in _CPU_BACKENDS:
         _CPU_BACKENDS[name] = {"torch": TorchBackend, "flax": FlaxBackend, "nnx": NnxBackend}[name]()
     return _CPU_BACKENDS[name]
-
-
-def max_abs_diff(a, b) -> float:
-    """max |a - b| as a Python float, after checking the shapes agree."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
-    return float(np.max(np.abs(a - b))) if a.size else 0.0

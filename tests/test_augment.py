@@ -13,9 +13,8 @@ from twin_data import real_data
 from fashion_common.augment import shift_images, shift_offsets
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData
+from fashion_common.spec import BACKENDS
 from fashion_common.split import SPLIT_SEED, split_validation, validation_indices
-
-BACKENDS = ["torch", "flax"]
 
 
 def twin_shift(backend, images: np.ndarray, offsets: np.ndarray) -> np.ndarray:

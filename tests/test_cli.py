@@ -24,16 +24,18 @@ from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig
 from fashion_common.errors import ImageError
 from fashion_common.images import load_image
-from fashion_common.spec import CLASS_NAMES, checkpoint_keys
+from fashion_common.spec import BACKENDS, CLASS_NAMES, checkpoint_keys
 from fashion_common.text import format_prediction
 
 REPO = Path(__file__).resolve().parent.parent
-BACKENDS = ("torch", "flax")
 OTHER = {"torch": "flax", "flax": "torch"}
 SUBCOMMANDS = ("train", "evaluate", "predict", "compare", "benchmark", "lockstep", "convert")
 
 EVAL_LINE = re.compile(r"^\[(\w+)\] test_loss (\d+\.\d{4})  test_acc (\d+\.\d{2})%  \((\d+) images, checkpoint (.+)\)$")
-PREDICT_LINE = re.compile(r"^\[(\w+)\] (\S+)(?:  inverted (yes|no))?  pred (.+?)(?:  true (.+?))?  top-(\d+): (.+)$")
+PREDICT_LINE = re.compile(
+    r"^\[(\w+)\] (\S+)(?:  inverted (yes|no))?(?:  saw \S+)?  pred (.+?)(?:  true (.+?))?(?:  (low confidence))?"
+    r"  top-(\d+): (.+)$"
+)
 
 # Fashion-MNIST's first two test images (stored labels 9 and 2).
 TEST_LABELS = {0: "Ankle boot", 1: "Pullover"}
@@ -100,13 +102,21 @@ def cross_predictions(trained, tmp_path_factory):
 def _parse_prediction(line):
     match = PREDICT_LINE.match(line)
     assert match, line
-    backend, name, inverted, pred, true, k, listed = match.groups()
+    backend, name, inverted, pred, true, low, k, listed = match.groups()
     probs = {}
     for entry in listed.split(", "):
         cls, percent = entry.rsplit(" ", 1)
         probs[cls] = float(percent.rstrip("%")) / 100
     assert len(probs) == int(k)
-    return {"backend": backend, "name": name, "inverted": inverted, "pred": pred, "true": true, "probs": probs}
+    return {
+        "backend": backend,
+        "name": name,
+        "inverted": inverted,
+        "pred": pred,
+        "true": true,
+        "low": low is not None,
+        "probs": probs,
+    }
 
 
 # ----------------------------------------------------------------------------- the command itself
@@ -349,11 +359,11 @@ def test_load_image_turns_a_png_into_28x28_floats_with_bright_stays_bright(tmp_p
     assert abs(image[14, 10] - 230 / 255) < 0.02
 
 
-def test_load_image_pads_a_tall_image_to_a_square_with_black(tmp_path):
+def test_load_image_keeps_a_tall_image_s_aspect_ratio_centred_on_black(tmp_path):
     tall = np.full((80, 20), 255, np.uint8)  # a white bar 4x taller than wide
     Image.fromarray(tall).save(tmp_path / "tall.png")
     image = load_image(tmp_path / "tall.png", invert="no")
-    # 20 of 80 columns -> 7 of 28, centred: columns 0..9 and 19..27 are padding.
+    # 20 of 80 columns -> 7 of 28, centred: columns 0..9 and 17..27 are black.
     assert image[:, :9].max() < 0.05 and image[:, 20:].max() < 0.05
     assert image[:, 12:16].min() > 0.95
 
@@ -375,6 +385,79 @@ def test_load_image_names_the_file_it_cannot_read(tmp_path):
         load_image(tmp_path / "missing.png")
 
 
+@pytest.mark.parametrize("trainer", BACKENDS)
+@needs_data
+def test_predict_json_gives_each_image_its_top_k_labels_and_scores_with_checkpoint_backend_and_inversion(
+    trained, trainer, tmp_path
+):
+    ckpt, _, _ = trained(trainer)
+    png = write_trouser_png(tmp_path / "trouser.png")
+    result = cli("predict", "--backend", OTHER[trainer], ckpt, png, "--test-index", 0, "--top", 10, "--json")
+    assert_ok(result)
+    document = json.loads(result.stdout)  # one document, nothing else on stdout
+    assert (document["checkpoint"], document["backend"], document["top_k"]) == (str(ckpt), OTHER[trainer], 10)
+    assert document["low_confidence_below"] == 0.5
+    trouser, test0 = document["images"]
+    assert (trouser["image"], trouser["inverted"], trouser["true_label"]) == (str(png), False, None)
+    assert (test0["image"], test0["inverted"], test0["true_label"]) == ("test[0]", None, "Ankle boot")
+    for entry in document["images"]:
+        scores = [p["score"] for p in entry["predictions"]]
+        assert {p["label"] for p in entry["predictions"]} == set(CLASS_NAMES)  # --top 10: every class
+        assert scores == sorted(scores, reverse=True)
+        assert abs(sum(scores) - 1.0) <= 1e-5  # float32 softmax, summed in float64
+        assert entry["low_confidence"] == (scores[0] < 0.5)
+        assert entry["preprocessed"] is None
+
+
+def test_predict_says_low_confidence_in_text_and_json_when_the_top_score_is_under_one_half(tmp_path, monkeypatch):
+    from fashion_twins.cli import predict
+
+    png = write_trouser_png(tmp_path / "trouser.png")
+    ckpt = tmp_path / "model.safetensors"
+    flat = np.array([[0.46, 0.44] + [0.0125] * 8, [0.50, 0.30] + [0.025] * 8], np.float32)  # (2, 10)
+    monkeypatch.setattr(predict, "load_model", lambda twin, args, device: None)
+    monkeypatch.setattr(predict, "predict_proba", lambda twin, loaded, images: flat[: len(images)])
+    text = cli("predict", "--backend", "torch", ckpt, png, png)
+    assert_ok(text)
+    first, second = (_parse_prediction(line) for line in text.stdout.splitlines())
+    assert first["low"] and first["pred"] == "T-shirt/top"  # 46 % < 50 %
+    assert not second["low"]  # exactly 50 % is not under it
+    as_json = json.loads(cli("predict", "--backend", "torch", ckpt, png, png, "--json").stdout)
+    assert [e["low_confidence"] for e in as_json["images"]] == [True, False]
+
+
+@needs_data
+def test_save_preprocessed_writes_the_28x28_image_the_model_saw_and_it_predicts_the_same(trained, tmp_path):
+    ckpt, _, _ = trained("torch")
+    photo = np.full((300, 200), 255, np.uint8)
+    photo[40:260, 60:110] = 30  # a dark leg, off-centre on white paper
+    photo[40:260, 120:170] = 30
+    photo[40:80, 60:170] = 30
+    Image.fromarray(photo).save(tmp_path / "trouser.jpg", quality=90)
+    out = tmp_path / "seen"
+    first = cli("predict", "--backend", "torch", ckpt, tmp_path / "trouser.jpg", "--save-preprocessed", out, "--json")
+    assert_ok(first)
+    (entry,) = json.loads(first.stdout)["images"]
+    saved = out / "trouser.png"
+    assert entry["preprocessed"] == str(saved) and entry["inverted"] is True
+    with Image.open(saved) as im:
+        assert (im.mode, im.size) == ("L", (28, 28))
+        pixels = np.asarray(im)
+    np.testing.assert_array_equal(pixels / np.float32(255), load_image(tmp_path / "trouser.jpg"))
+    # a 28x28 file is taken as already framed: predicting it again gives the same scores
+    again = cli("predict", "--backend", "torch", ckpt, saved, "--json")
+    assert json.loads(again.stdout)["images"][0]["predictions"] == entry["predictions"]
+
+
+def test_save_preprocessed_into_a_file_gives_one_error_line(tmp_path):
+    png = write_trouser_png(tmp_path / "trouser.png")
+    (tmp_path / "taken").write_text("a file")
+    result = cli(
+        "predict", "--backend", "torch", tmp_path / "m.safetensors", png, "--save-preprocessed", tmp_path / "taken"
+    )
+    assert_one_error_line(result, "argument --save-preprocessed", "is a file")
+
+
 def test_format_prediction_lists_the_top_k_classes_in_descending_order():
     probs = np.full(10, 0.01, np.float32)
     probs[7], probs[5] = 0.80, 0.12  # Sneaker, then Sandal
@@ -382,6 +465,8 @@ def test_format_prediction_lists_the_top_k_classes_in_descending_order():
     assert (
         line == "[flax] shoe.png  pred Sneaker  true Sneaker  top-3: Sneaker 80.00%, Sandal 12.00%, T-shirt/top 1.00%"
     )
+    low = format_prediction("flax", "shoe.png", probs, top=1, low_confidence=True)
+    assert low == "[flax] shoe.png  pred Sneaker  low confidence  top-1: Sneaker 80.00%"
 
 
 # ----------------------------------------------------------------------------- lockstep

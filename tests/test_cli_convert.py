@@ -19,8 +19,9 @@ from torch import nn
 
 import fashion_torch
 from fashion_common import checkpoint as canonical
+from fashion_common.checkpoint import is_torch_pickle
 from fashion_common.errors import CheckpointError
-from fashion_torch.pth import is_torch_pickle, read_pth
+from fashion_torch.pth import read_pth
 
 
 class TutorialNetwork(nn.Module):

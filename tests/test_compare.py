@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -11,10 +12,13 @@ from twin_data import real_data, separable_set
 
 import fashion_compare.report as report_module
 from fashion_common.config import tutorial_config
+from fashion_common.data import scale_images
 from fashion_common.spec import CLASS_NAMES
+from fashion_compare.benchmark import markdown_table, variant_compile_seconds
+from fashion_compare.plots import plot_confusion, smoothed_loss_floor
 from fashion_compare.render import render_markdown
 from fashion_compare.report import PLOTS, CompareOptions, build_report
-from fashion_compare.stages import STAGES, Stage, predict_classes, stage_data, top_confusions
+from fashion_compare.stages import STAGES, Stage, parity_precisions, predict_classes, stage_data, top_confusions
 
 # 1e-5 at "highest", for the forward figures, the off-kink gradients and the lockstep: fp32 rounding
 # of differently ordered sums (tests/test_parity.py measures <= 6e-7 forward; tests/test_train.py
@@ -84,8 +88,30 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
     # the lockstep twins' weights are within 1e-5: at most a near-tie may flip (0 measured here)
     assert classes["lockstep"]["agreement"] >= 0.998 and classes["lockstep"]["disagreements"] <= 1
 
+    # on a CPU, parity runs one precision: tf32 would repeat highest's fp32 matmuls, and the report says so
+    assert report["parity"]["precisions"] == ["highest"] and "tf32" not in report["parity"]
+    # the final models stay in the folder, and load back into a twin that predicts what the report counted
+    assert report["checkpoints"] == {
+        run: {twin: f"{run}-{twin}.safetensors" for twin in ("torch", "flax")} for run in ("lockstep", "recipe")
+    }
+    import fashion_flax
+    import fashion_flax.train as flax_train
+
+    loaded = fashion_flax.load_checkpoint(tmp_path / "recipe-torch.safetensors")  # the torch file, in the flax twin
+    images = scale_images(real_data().test_images[:500])
+    predicted = flax_train.predict_proba(loaded, images).argmax(axis=1)
+    right = np.mean(predicted == real_data().test_labels[:500])
+    assert right == pytest.approx(classes["recipe"]["torch"]["accuracy"], abs=1 / 500)  # at most a near-tie flips
+
     markdown = (tmp_path / "report.md").read_text()
     assert markdown == render_markdown(report)  # report.md is a function of report.json alone
+    assert "| figure | highest |" in markdown and "on a CPU both frameworks run every float32 matmul" in markdown
+    assert "`recipe-torch.safetensors`" in markdown
+    assert "label-smoothed cross-entropy (smoothing 0.1)" in markdown and "cannot go below 0.500" in markdown
+    lockstep_acc = (
+        f"{100 * classes['lockstep']['torch']['accuracy']:.2f}% / {100 * classes['lockstep']['flax']['accuracy']:.2f}%"
+    )
+    assert lockstep_acc in markdown  # the lockstep models' accuracy, beside their agreement
     for name in PLOTS:
         with Image.open(tmp_path / name) as im:
             im.verify()  # a complete, valid PNG
@@ -180,7 +206,11 @@ def test_markdown_rendered_from_a_handmade_json_states_each_check_its_tolerance_
     assert "| 3 Dress | — | — | — |" in markdown  # a class without test images has no accuracy, not 0%
     assert "| Shirt → T-shirt/top | 1 | 0 |" in markdown  # the one confusion listed
     assert "| **all** | **98.90%** | **100.00%** | 1.10 |" in markdown
-    assert "| 87.50% | 11 | 80.00% |" in markdown  # independent twins: agreement, images that differ, both right
+    # independent twins: agreement, images that differ, both right, and each twin's accuracy
+    assert "| 87.50% | 11 | 80.00% | 98.90% / 100.00% |" in markdown
+    # the lockstep twins agree fully, and the reader sees beside it that they are right on half the images
+    assert "| 100.00% | 0 | 50.00% | 50.00% / 50.00% |" in markdown
+    assert "and are right on (test accuracy torch / flax, after the tutorial recipe) | 50.00% / 50.00%" in markdown
     assert "](confusion.png)" in markdown
     assert "**seed**: 7" in markdown
     # the report speaks about the twins, never about how the project was run
@@ -276,3 +306,54 @@ def test_check_values_print_small_differences_in_scientific_notation_and_others_
     markdown = render_markdown(report)
     assert "| 1 | accuracy | 0.15 | ≤ 0.5 | yes | noise |" in markdown
     assert "| 2 | weights | 5.27e-07 | ≤ 1e-05 | yes | rounding |" in markdown
+
+
+def test_parity_runs_tf32_only_where_it_differs_from_highest():
+    assert parity_precisions("cpu") == ("highest",)
+    assert parity_precisions("gpu") == ("highest", "tf32")
+
+
+def test_the_label_smoothed_loss_floor_is_the_smoothed_target_entropy_and_torch_reaches_it_there():
+    import torch
+    import torch.nn.functional as F
+
+    # s = 0.1, 10 classes: 0.91 on the true class, 0.01 on each other one
+    expected = -0.91 * np.log(0.91) - 9 * 0.01 * np.log(0.01)
+    assert smoothed_loss_floor(0.1) == pytest.approx(expected, abs=1e-12) and round(expected, 3) == 0.500
+    assert smoothed_loss_floor(0.0) == 0.0
+    target = torch.full((1, 10), 0.01, dtype=torch.float64)
+    target[0, 3] = 0.91
+    at_floor = F.cross_entropy(target.log(), torch.tensor([3]), label_smoothing=0.1).item()
+    sharper = F.cross_entropy(torch.tensor([[0.0] * 3 + [20.0] + [0.0] * 6]), torch.tensor([3]), label_smoothing=0.1)
+    assert at_floor == pytest.approx(smoothed_loss_floor(0.1), abs=1e-12)  # the best model sits on the floor
+    assert sharper.item() > at_floor + 1.0  # a surer model pays for the smoothed mass it denies
+
+
+def test_the_confusion_figure_has_a_third_panel_for_torch_minus_flax():
+    entry = _handmade_report()["classes"]["recipe"]
+    with Image.open(io.BytesIO(plot_confusion(entry, CLASS_NAMES, "handmade"))) as im:
+        width, height = im.size
+    assert width / height > 2.5  # three square panels side by side (two were 15 x 7.4 in, ~2)
+
+
+def test_benchmark_measures_flax_compile_time_apart_and_shows_it():
+    data = separable_set(n_per_class=50)  # 7 batches of 64: compile cost does not depend on the data size
+    compile_s = variant_compile_seconds("flax", data, "cpu")
+    # XLA compiles the epoch's lax.scan cold: measured 2.2-4.0 s on the busy 2-core CPU, never under 0.05 s
+    assert compile_s > 0.05
+    assert variant_compile_seconds("tutorial", data, "cpu") is None  # the tutorial's eager loop compiles nothing
+    row = {"tutorial_compile_s": None, "flax_compile_s": compile_s, "torch_eager_compile_s": 0.01}
+    times = {f"{k}_{x}": 1.0 for k in ("tutorial", "flax", "torch_eager", "floor") for x in ("s", "step_ms")}
+    table = markdown_table(
+        [
+            {
+                "device": "cpu",
+                "precision": "fp32",
+                "torch_default_engine": "eager",
+                "torch_engines": ["eager"],
+                **times,
+                **row,
+            }
+        ]
+    )
+    assert f"| {compile_s:.2f} s |" in table and "| - (none) |" in table

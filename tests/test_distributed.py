@@ -36,6 +36,7 @@ from fashion_common import checkpoint as canonical  # noqa: E402
 from fashion_common import distributed as common  # noqa: E402
 from fashion_common.config import tutorial_config  # noqa: E402
 from fashion_common.distributed import DistributedError  # noqa: E402
+from fashion_common.metrics import max_weight_diff
 
 if __name__ == "__main__":  # the worker needs no GPU check (it would import torch and start JAX early)
     GPU_SKIP_REASON = "run as a script"
@@ -82,17 +83,16 @@ def torchrun(*args, nproc=2) -> list:
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
-        "fashion_torch.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "torch",
         *args,
     ]
 
 
 def weights(path) -> dict:
     return canonical.read_state(path)[0]
-
-
-def max_diff(a: dict, b: dict) -> float:
-    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
 def require_real_data():
@@ -136,12 +136,13 @@ def test_world_comes_from_torchrun_variables_and_rejects_a_rank_outside_it():
 def test_torch_ddp_refuses_an_indivisible_batch_before_joining_the_process_group(monkeypatch, capsys, tmp_path):
     import torch.distributed as dist
 
-    import fashion_torch.distributed as tdist
+    from fashion_twins.cli import main
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")  # no peer will ever come: a rendezvous would hang, the check must come first
     out = tmp_path / "m.safetensors"
-    assert tdist.main([*config_flags(CONFIG.replace(batch_size=65)), "--out", str(out)]) == 2
+    flags = [*config_flags(CONFIG.replace(batch_size=65)), "--out", str(out)]
+    assert main(["train", "--backend", "torch", *flags]) == 2
     err = (
         capsys.readouterr().err.strip()
     )  # the module entry point is `fashion-twins train --backend torch`: its one error line
@@ -218,7 +219,17 @@ def torch_fault(runs):
     """Two ranks started by hand (no torchrun agent to tear them down); rank 1 is killed after the first checkpoint."""
     out = runs / "torch_fault.safetensors"
     env = child_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(common.free_port()), WORLD_SIZE="2")
-    cmd = [sys.executable, "-m", "fashion_torch.distributed", *config_flags(), "--init", str(runs / "init.safetensors")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "torch",
+        *config_flags(),
+        "--init",
+        str(runs / "init.safetensors"),
+    ]
     cmd += ["--out", str(out), "--quiet", "--timeout", str(TIMEOUT_S)]
     ranks = [
         subprocess.Popen(
@@ -259,7 +270,7 @@ def kill_peer_after_first_checkpoint(procs, out, wait_s: float):
 def test_flax_sharded_over_four_devices_matches_one_device_after_120_steps(flax_runs):
     single, sharded, report = flax_runs
     assert STEPS >= 100 and report["devices"] == FLAX_DEVICES
-    assert max_diff(single, sharded) <= TOL
+    assert max_weight_diff(single, sharded) <= TOL
 
 
 @pytest.mark.data
@@ -275,7 +286,7 @@ def test_flax_sharded_resume_after_a_crash_reaches_the_uninterrupted_weights(run
     _, counters = canonical.read_train_state(runs / "flax_interrupted.safetensors")
     assert counters["epoch"] == 3
     # the same mesh and program, restarted from the saved state: equal to float32 rounding at most
-    assert max_diff(weights(runs / "flax_resumed.safetensors"), flax_runs[1]) <= 1e-7
+    assert max_weight_diff(weights(runs / "flax_resumed.safetensors"), flax_runs[1]) <= 1e-7
 
 
 @pytest.mark.data
@@ -287,7 +298,7 @@ def test_flax_sharded_refuses_a_batch_not_divisible_by_the_devices_before_traini
 
 @pytest.mark.data
 def test_torch_ddp_on_two_gloo_ranks_matches_one_device_after_120_steps(torch_single, torch_ddp):
-    assert max_diff(torch_single[0], torch_ddp[0]) <= TOL
+    assert max_weight_diff(torch_single[0], torch_ddp[0]) <= TOL
 
 
 @pytest.mark.data
@@ -309,7 +320,7 @@ def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(t
 
 @pytest.mark.data
 def test_torch_ddp_matches_flax_sharded_within_tolerance(torch_ddp, flax_runs):
-    assert max_diff(torch_ddp[0], flax_runs[1]) <= TOL
+    assert max_weight_diff(torch_ddp[0], flax_runs[1]) <= TOL
 
 
 # ----------------------------------------------------------------------------- faults and resume
@@ -344,7 +355,7 @@ def test_resume_under_torchrun_after_the_fault_reaches_the_uninterrupted_weights
     _, counters = canonical.read_train_state(torch_fault["path"])
     assert result.stdout.count("[torch] epoch") == CONFIG.epochs - counters["epoch"]
     # The same ranks, slices and reduction order: only the restart differs, so the weights agree to the last bit or close.
-    assert max_diff(weights(out), torch_ddp[0]) <= 1e-7
+    assert max_weight_diff(weights(out), torch_ddp[0]) <= 1e-7
 
 
 # ----------------------------------------------------------------------------- two JAX processes
@@ -358,7 +369,10 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
     cmd = [
         sys.executable,
         "-m",
-        "fashion_flax.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "flax",
         *config_flags(),
         "--init",
         str(runs / "init.safetensors"),
@@ -388,7 +402,7 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
     assert (
         outputs[0][0].count("[flax] epoch") == CONFIG.epochs and outputs[1][0].count("[flax] epoch") == 0
     )  # process 0 logs
-    assert max_diff(weights(out), flax_runs[0]) <= TOL
+    assert max_weight_diff(weights(out), flax_runs[0]) <= TOL
 
 
 @pytest.mark.data
@@ -398,7 +412,10 @@ def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_
     cmd = [
         sys.executable,
         "-m",
-        "fashion_flax.distributed",
+        "fashion_twins",
+        "train",
+        "--backend",
+        "flax",
         *config_flags(CONFIG.replace(epochs=30)),
         "--out",
         str(out),
@@ -457,7 +474,10 @@ def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device
         [
             sys.executable,
             "-m",
-            "fashion_flax.distributed",
+            "fashion_twins",
+            "train",
+            "--backend",
+            "flax",
             *config_flags(gpu),
             "--devices",
             "1",
@@ -475,9 +495,9 @@ def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device
     data = require_real_data()
     for train, out in ((torch_train, runs / "gpu_torch_single.safetensors"), (flax_train, f_ref)):
         train.train_and_evaluate(gpu, data, out=str(out), quiet=True, log=lambda line: None, init_from=init)
-    assert max_diff(weights(t_out), weights(runs / "gpu_torch_single.safetensors")) <= TOL
-    assert max_diff(weights(f_out), weights(f_ref)) <= TOL
-    assert max_diff(weights(t_out), weights(f_out)) <= TOL
+    assert max_weight_diff(weights(t_out), weights(runs / "gpu_torch_single.safetensors")) <= TOL
+    assert max_weight_diff(weights(f_out), weights(f_ref)) <= TOL
+    assert max_weight_diff(weights(t_out), weights(f_out)) <= TOL
 
 
 # ----------------------------------------------------------------------------- the comparison for the report
@@ -623,3 +643,37 @@ def flax_worker(folder: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["flax-worker"]:
         flax_worker(Path(sys.argv[2]))
+
+
+@pytest.mark.parametrize("world_size, n", [(3, 10), (2, 7), (4, 5)])
+def test_ddp_evaluation_weights_each_ranks_unequal_shard_by_its_images(monkeypatch, world_size, n):
+    """The DDP evaluate on every rank of a simulated world, its all-reduce replaced by the sum over the ranks.
+
+    10 test images over 3 ranks are shards of 4, 3 and 3: the mean over all images is not the mean of the
+    ranks' means. The single-device evaluation of the same weights is the oracle.
+    """
+    import types
+
+    from twin_data import separable_set
+
+    import fashion_torch.distributed as tdist
+    import fashion_torch.train as train
+    from fashion_common.config import TrainConfig
+    from fashion_common.distributed import World
+
+    config = TrainConfig(device="cpu", epochs=1, batch_size=32, lr=2e-4, eval_batch_size=3, limit_test=n)
+    state, _ = train.train_and_evaluate(config, separable_set(), quiet=True, log=lambda s: None)  # part-trained
+    data = train.put_data(separable_set().limit(test=n))
+    expected = train.evaluate(state, data, config)
+
+    sent = []
+    monkeypatch.setattr(tdist, "_all_reduce_sum", lambda values, device: sent.append(list(values)) or list(values))
+    ranks = [types.SimpleNamespace(world=World(r, world_size), model=state.model) for r in range(world_size)]
+    for rank in ranks:  # pass 1: what each rank contributes
+        tdist.evaluate(rank, data, config)
+    totals = [sum(column) for column in zip(*sent, strict=True)]
+    monkeypatch.setattr(tdist, "_all_reduce_sum", lambda values, device: list(totals))
+    for rank in ranks:  # pass 2: every rank sees the reduced sums, as after a real all-reduce
+        got = tdist.evaluate(rank, data, config)
+        assert got["test_accuracy"] == expected["test_accuracy"]
+        assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-6)

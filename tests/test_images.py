@@ -1,18 +1,24 @@
-"""fashion_common/images.py on real-world files: inversion, size budget before decoding, 16-bit range, EXIF rotation."""
+"""fashion_common/images.py on real-world files: the dataset's framing, inversion, size budget, 16-bit range, EXIF.
+
+The "photo" test turns Fashion-MNIST's own test images into what a user would photograph (upscaled,
+dark on white, off-centre on a larger canvas; RGB, RGBA with transparency, JPEG) and checks that
+`predict` classifies them as it classifies the originals, with a model trained briefly on the real data.
+"""
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 import zlib
 
 import numpy as np
 import pytest
-from clitools import assert_one_error_line, cli, needs_data
+from clitools import assert_ok, assert_one_error_line, cli, needs_data
 from PIL import Image
 
 from fashion_common.errors import ImageError
-from fashion_common.images import MAX_PIXELS, border_is_lighter, load_image, prepare_image
+from fashion_common.images import GARMENT_SIZE, MAX_PIXELS, border_is_lighter, load_image, prepare_image
 
 
 def png_bytes(width: int, height: int, bit_depth: int, color_type: int, raw_rows: bytes) -> bytes:
@@ -42,9 +48,10 @@ def garment_drawing(path, size=(90, 60)):
 def test_a_dark_on_white_garment_drawing_is_inverted_to_light_on_black(tmp_path):
     image, inverted = prepare_image(garment_drawing(tmp_path / "shirt.png"))
     assert inverted
-    # After inversion the paper is black (padding is black too) and the body light: 1 - 40/255 = 0.84.
+    # After inversion the paper is black and the body light: (1 - 40/255 - 5/255) / (1 - 5/255) = 0.84,
+    # the paper's level (1 - 250/255) taken off as the dataset's black background.
     assert image[0, 0] == 0.0 and image[:, 0].max() < 0.02
-    assert abs(image[16, 14] - (1 - 40 / 255)) < 0.02
+    assert abs(image[16, 14] - (1 - 40 / 255 - 5 / 255) / (1 - 5 / 255)) < 0.02
     assert prepare_image(tmp_path / "shirt.png", invert="no")[1] is False
     assert prepare_image(tmp_path / "shirt.png", invert="yes")[1] is True
 
@@ -99,7 +106,7 @@ def test_padding_to_a_square_counts_against_the_budget(tmp_path):
     path = tmp_path / "strip.png"
     path.write_bytes(png_bytes(side, 2, 8, 0, (b"\x00" + b"\x00" * side) * 2))
     assert side * 2 < MAX_PIXELS
-    with pytest.raises(ImageError, match=f"padded to {side}x{side}"):
+    with pytest.raises(ImageError, match=f"a {side}x{side} square on its longer edge"):
         load_image(path)
 
 
@@ -133,13 +140,136 @@ def test_mid_grey_16_bit_gray_and_rgb_give_the_same_input_as_mid_grey_8_bit(tmp_
 
 def test_exif_orientation_is_applied(tmp_path):
     pixels = np.zeros((20, 40), np.uint8)
-    pixels[:, :10] = 255  # a bright band on the left of a wide picture
+    pixels[:, :10] = 255  # a bright band on the left of a wide picture: 20 rows x 10 columns
     image = Image.fromarray(pixels)
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     image.save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
     image.save(tmp_path / "plain.jpg", quality=95)
     plain, rotated = load_image(tmp_path / "plain.jpg", invert="no"), load_image(tmp_path / "rotated.jpg", invert="no")
-    # Plain: padded top and bottom, band on the left. Rotated 90 deg clockwise: padded left and right, band on top.
-    assert plain[10:18, 1].mean() > 0.8 and plain[10:18, 26].mean() < 0.1
-    assert rotated[1, 10:18].mean() > 0.8 and rotated[26, 10:18].mean() < 0.1
+    # The band is the garment: cropped to it, 20 x 10 -> 28 x 14, centred. Plain: tall, all rows lit, the side
+    # columns dark. Rotated 90 deg clockwise: 10 x 20 -> 14 x 28, wide, all columns lit, the top rows dark.
+    assert plain[1:27, 13].min() > 0.8 and plain[:, :6].max() < 0.1
+    assert rotated[13, 1:27].min() > 0.8 and rotated[:6, :].max() < 0.1
+
+
+# ----------------------------------------------------------------------------- the dataset's framing
+
+
+@needs_data
+def test_the_dataset_garments_fill_the_longer_side_so_garment_size_is_28():
+    from fashion_common.data import load_fashion_mnist
+
+    images = load_fashion_mnist().train_images  # (60000, 28, 28)
+    lit = images > 0
+    rows, cols = lit.any(axis=2), lit.any(axis=1)  # (60000, 28) each
+
+    def extent(a):
+        first, last = a.argmax(axis=1), a.shape[1] - 1 - a[:, ::-1].argmax(axis=1)
+        return last - first + 1
+
+    longest = np.maximum(extent(rows), extent(cols))
+    # measured: 98.3 % span all 28 pixels, 99.97 % at least 27
+    assert (longest == 28).mean() > 0.98 and (longest >= 27).mean() > 0.999
+    assert GARMENT_SIZE == 28
+
+
+def test_an_off_centre_garment_on_a_large_white_canvas_is_cropped_scaled_to_28_and_centred(tmp_path):
+    canvas = np.full((400, 600), 255, np.uint8)
+    canvas[30:230, 400:500] = 20  # a dark 200 x 100 garment near the top-right corner
+    Image.fromarray(canvas).save(tmp_path / "photo.png")
+    image, inverted = prepare_image(tmp_path / "photo.png")
+    assert inverted
+    lit = np.argwhere(image > 0.5)  # (n, 2) row, col
+    # 200 x 100 -> 28 x 14, centred: rows 0..27, columns 7..20
+    assert lit[:, 0].min() == 0 and lit[:, 0].max() == 27
+    assert lit[:, 1].min() == 7 and lit[:, 1].max() == 20
+    assert image[:, :6].max() == 0.0 and image[:, 22:].max() == 0.0
+
+
+def test_a_dark_garment_on_a_transparent_background_is_inverted_and_the_background_is_black(tmp_path):
+    rgba = np.zeros((120, 80, 4), np.uint8)  # transparent black everywhere
+    rgba[10:110, 20:60] = (30, 30, 60, 255)  # an opaque dark-blue trouser leg, 100 x 40
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "trouser.png")
+    image, inverted = prepare_image(tmp_path / "trouser.png")
+    assert inverted
+    # the leg: gray of (30, 30, 60) is 33 -> 1 - 33/255 = 0.87, filling 28 x 11 centred (columns 8..18)
+    assert abs(image[14, 13] - (1 - 33 / 255)) < 0.02
+    assert image[:, :7].max() == 0.0 and image[:, 20:].max() == 0.0
+    assert prepare_image(tmp_path / "trouser.png", invert="no")[0].max() < 0.2  # the user said no: dark stays dark
+
+
+def test_a_near_white_garment_on_transparency_is_not_inverted_so_it_stays_visible(tmp_path):
+    rgba = np.zeros((60, 60, 4), np.uint8)
+    rgba[5:55, 15:45] = (245, 245, 245, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "white_shirt.png")
+    image, inverted = prepare_image(tmp_path / "white_shirt.png")
+    assert not inverted and image[14, 14] > 0.95 and image[0, 0] == 0.0
+
+
+# ----------------------------------------------------------------------------- photos of the dataset's images
+
+PHOTO_KINDS = ("rgb", "rgba", "jpeg")
+PHOTO_AGREEMENT, PHOTO_AGREEMENT_PER_KIND = 0.93, 0.90  # see the test
+
+
+def dataset_photo(image: np.ndarray, kind: str, rng: np.random.Generator) -> Image.Image:
+    """A (28, 28) dataset image as a user's picture: upscaled 4-8x, dark on white, off-centre on a larger canvas."""
+    side = 28 * int(rng.integers(4, 9))
+    big = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BICUBIC))  # (side, side) uint8
+    h, w = side + int(rng.integers(40, 200)), side + int(rng.integers(40, 200))
+    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    if kind == "rgba":  # a cut-out: the dark garment opaque, the rest transparent white
+        rgba = np.zeros((h, w, 4), np.uint8)
+        rgba[..., :3] = 255
+        rgba[top : top + side, left : left + side, :3] = (255 - big)[..., None]
+        rgba[top : top + side, left : left + side, 3] = np.where(big > 0, 255, 0)
+        return Image.fromarray(rgba, "RGBA")
+    canvas = np.full((h, w), 255, np.uint8)
+    canvas[top : top + side, left : left + side] = 255 - big  # negated: dark garment on white paper
+    return Image.fromarray(np.repeat(canvas[..., None], 3, axis=2), "RGB")
+
+
+@pytest.mark.data
+@needs_data
+def test_photos_of_300_test_images_classify_as_the_originals_do(tmp_path):
+    import torch
+
+    from fashion_common.data import load_fashion_mnist
+
+    test = load_fashion_mnist()
+    ckpt = tmp_path / "model.safetensors"
+    # the accuracy recipe, 1 epoch on the real training set (83.5 % test accuracy): 16-30 s on one thread of the
+    # busy 2-core CPU, but 184 s with torch's default 2 threads there (they spin against each other and the load)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert_ok(cli("train", "--backend", "torch", "--epochs", 1, "--quiet", "--out", ckpt))
+    finally:
+        torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    indices = list(range(0, 10_000, 33))[:300]  # every class, 100 photos of each kind
+    files = []
+    for j, i in enumerate(indices):
+        kind = PHOTO_KINDS[j % 3]
+        path = tmp_path / f"{i}.{'jpg' if kind == 'jpeg' else 'png'}"
+        photo = dataset_photo(test.test_images[i], kind, rng)
+        photo.save(path, quality=90) if kind == "jpeg" else photo.save(path)
+        files.append(path)
+
+    def classes(*args):
+        result = cli("predict", "--backend", "torch", ckpt, *args, "--json", "--top", 1)
+        assert_ok(result)
+        return [entry["predictions"][0]["label"] for entry in json.loads(result.stdout)["images"]]
+
+    photos, originals = classes(*files), classes("--test-index", *indices)
+    same = np.array(photos) == np.array(originals)  # (300,)
+    # Measured on these 300 photos: 95.3 % with this 1-epoch model (RGB 96, RGBA 96, JPEG 94 %), 96.7 % with the
+    # recipe at 3 epochs. The pipeline gives the original back up to resampling (mean |pixel diff| 0.05), so only
+    # images whose top two classes nearly tie may flip; a less trained model has more such ties. The run is seeded
+    # (model and photos), so the bounds only absorb platform float differences: 93 % is 2 standard errors below
+    # 95.3 % at n = 300, 90 % per kind (n = 100). The old pad-and-resize path reached 59.5 % on 400 such photos
+    # (RGB 44 %, 3-epoch model), far below either.
+    assert same.mean() >= PHOTO_AGREEMENT, same.mean()
+    for k, kind in enumerate(PHOTO_KINDS):
+        assert same[k::3].mean() >= PHOTO_AGREEMENT_PER_KIND, (kind, same[k::3].mean())

@@ -13,6 +13,7 @@ from backends import BACKEND_NAMES, get_backend, image_batch
 
 from fashion_common.errors import InputDtypeError, InputShapeError
 from fashion_common.spec import (
+    BACKENDS,
     DEFAULT_SPEC,
     TUTORIAL_PARAMETER_COUNT,
     ModelSpec,
@@ -211,7 +212,7 @@ def test_torch_model_with_output_relu_prints_the_define_the_class_cell(torch_bac
 
 def test_same_seed_gives_the_same_weights_and_another_seed_different_ones(backend):
     first = backend.to_state_dict(backend.init(seed=0))
-    again = backend.to_state_dict(backend.init(seed=0, cached=False))  # built afresh, not the cached net
+    again = backend.to_state_dict(backend.init(seed=0))  # built afresh
     other = backend.to_state_dict(backend.init(seed=1))
     for key in first:
         np.testing.assert_array_equal(first[key], again[key])
@@ -319,3 +320,42 @@ IMPORT_CHECKS = {
 def test_importing_a_twin_does_not_import_the_other_framework(package):
     result = subprocess.run([sys.executable, "-c", IMPORT_CHECKS[package]], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_the_neural_network_class_built_with_no_arguments_is_the_tutorials_stack_ending_in_logits(backend_name):
+    """The constructor's own defaults, not only create_model's: no output ReLU, the tutorial's spec."""
+    import importlib
+
+    pkg = importlib.import_module(f"fashion_{backend_name}")
+    model = pkg.NeuralNetwork()
+    assert model.spec == DEFAULT_SPEC and DEFAULT_SPEC.output_activation is None
+    x = np.random.default_rng(0).random((16, 28, 28), dtype=np.float32)
+    if backend_name == "torch":
+        import torch
+
+        logits = model(torch.from_numpy(x)).detach().numpy()
+        last = list(model.linear_relu_stack)[-1]
+        assert type(last).__name__ == "Linear" and last.out_features == 10
+    else:
+        import jax
+
+        variables = model.init(jax.random.PRNGKey(0), x)
+        logits = np.asarray(model.apply(variables, x))
+        assert len(model.bind(variables).linear_relu_stack.layers) == DEFAULT_SPEC.stack_length == 5
+    assert logits.shape == (16, 10)
+    assert (logits < 0).any()  # logits, not ReLU outputs: a trailing ReLU would leave none below zero
+
+
+def test_the_nnx_neural_network_built_with_only_its_rngs_is_the_tutorials_stack_ending_in_logits():
+    """The NNX constructor's own defaults (it needs nnx.Rngs, as every NNX layer does): no output ReLU."""
+    from flax import nnx
+
+    import fashion_nnx
+
+    model = fashion_nnx.NeuralNetwork(rngs=nnx.Rngs(0))
+    assert model.spec == DEFAULT_SPEC and len(model.linear_relu_stack.layers) == DEFAULT_SPEC.stack_length == 5
+    last = model.linear_relu_stack.layers[-1]
+    assert isinstance(last, nnx.Linear) and last.out_features == 10
+    logits = np.asarray(model(np.random.default_rng(0).random((16, 28, 28), dtype=np.float32)))
+    assert logits.shape == (16, 10) and (logits < 0).any()  # logits, not ReLU outputs

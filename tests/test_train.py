@@ -15,8 +15,9 @@ from twin_data import real_data, separable_set
 from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.errors import CheckpointError, ConfigError
+from fashion_common.spec import TWINS
 
-BACKENDS = ["torch", "flax", "nnx"]
+BACKENDS = TWINS  # every twin, the NNX twin included (fashion_common.spec)
 
 
 def twin(backend):
@@ -428,3 +429,32 @@ def test_hand_written_torch_step_matches_autograd_for_other_hidden_activations(a
     for g_ref, p_ref, p_fused in zip(ref_grads, ref.model.parameters(), fused.model.parameters()):
         assert torch.max(torch.abs(g_ref - p_fused.grad)).item() <= 1e-7
         assert torch.max(torch.abs(p_ref - p_fused)).item() <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("eval_batch_size", [7, 30, 100, 1000])
+def test_evaluation_in_uneven_chunks_is_the_mean_over_every_image(backend, eval_batch_size):
+    """100 images in chunks of 7 or 30 (a short last chunk), or one: per-sample losses summed, hits of every chunk.
+
+    The oracle is numpy on the twin's own probabilities for the whole set at once; after one epoch the
+    per-image losses spread widely, so a mean of per-chunk means (or the last chunk's hits alone) misses it.
+    """
+    _, train = twin(backend)
+    data = separable_set(n_per_class=10)  # 100 test images
+    config = _small_config(epochs=1, lr=2e-4, eval_batch_size=eval_batch_size)  # part-trained: hits and misses
+    state, _ = train.train_and_evaluate(config, data, quiet=True, log=lambda s: None)
+    model = train.trained_model(state)
+    probs = train.predict_proba(model, data.test_images.astype(np.float32) / 255.0).astype(np.float64)
+    labels = data.test_labels.astype(np.int64)
+    expected_loss = float(-np.mean(np.log(probs[np.arange(len(labels)), labels])))
+    expected_accuracy = float(np.mean(probs.argmax(1) == labels))
+    assert 0.0 < expected_accuracy < 1.0  # some hits and some misses: counting only some chunks shows
+
+    on_device = train.put_data(data, None)
+    result = train.evaluate(state, on_device, config)
+    assert result["test_accuracy"] == expected_accuracy
+    # float32 softmax in the twin vs float64 log here: 1e-5 relative
+    assert result["test_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    again = train.evaluate_model(model, on_device.test_images, on_device.test_labels, eval_batch_size)
+    assert again["test_accuracy"] == result["test_accuracy"]
+    assert again["test_loss"] == pytest.approx(result["test_loss"], rel=1e-6)

@@ -1,6 +1,7 @@
 """The `fashion-twins` command: one parser, seven subcommands, one error path.
 
     fashion-twins train|evaluate|predict|compare|benchmark|lockstep|convert ...
+    fashion-twins --version
     python -m fashion_twins ...            # the same, where the console script is not on PATH yet
 
 Anything a user can cause and fix (a bad flag, a missing or unreadable file, an unwritable
@@ -10,9 +11,12 @@ FASHION_TWINS_TRACEBACK=1 for the full traceback instead.
 
 from __future__ import annotations
 
+import argparse
 import os
+import platform
 import sys
-from typing import List, Optional
+
+from fashion_twins import __version__
 
 from . import benchmark, common, compare, convert, evaluate, lockstep, predict, train
 
@@ -23,10 +27,46 @@ def build_parser() -> common.Parser:
     parser = common.Parser(
         prog="fashion-twins", description="The PyTorch tutorial's Fashion-MNIST MLP, twinned in PyTorch and Flax."
     )
+    parser.add_argument(
+        "--version",
+        action=VersionAction,
+        help="print the version of fashion-twins and of the libraries it runs on, then exit",
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True, parser_class=common.Parser)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
+    for subparser in sub.choices.values():
+        subparser.set_defaults(command_prog=subparser.prog)  # "fashion-twins train": named by an unknown flag's error
     return parser
+
+
+class VersionAction(argparse.Action):
+    """--version: one unwrapped line on stdout, exit 0 (argparse's own action rewraps the text to the terminal)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        raise SystemExit(0)
+
+
+def version_text() -> str:
+    """`fashion-twins 0.1.0 (torch 2.14.1, jax 0.10.2, flax 0.12.8, optax 0.2.8; Python 3.11.7)`, importing none.
+
+    The libraries' versions come from their installed metadata, so --version stays instant and names what a bug
+    report needs; a library that is not installed is said to be so.
+    """
+    from importlib import metadata
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            return f"{name} not installed"
+
+    libraries = ", ".join(installed(name) for name in ("torch", "jax", "flax", "optax"))
+    return f"fashion-twins {__version__} ({libraries}; Python {platform.python_version()})"
 
 
 def error_line(e: BaseException) -> str:

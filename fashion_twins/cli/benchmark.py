@@ -47,6 +47,7 @@ def add_parser(subparsers) -> None:
         help="also time each twin to 89%% test accuracy with the default recipe (default: off)",
     )
     p.add_argument("--out", metavar="JSON", default=None, help="also write the results here (default: none)")
+    common.add_quiet(p, "no progress lines on stderr (one per variant as it is timed); the tables still go to stdout")
     p.set_defaults(run=run)
 
 
@@ -58,6 +59,7 @@ def run(args) -> int:
     from fashion_common.data import load_fashion_mnist
     from fashion_compare import benchmark
 
+    log = (lambda line: None) if args.quiet else common.note
     device = benchmark.pick_device(args.device)
     modes = common.precisions(args.precision or ("both" if device == "gpu" else "highest"))
     if device == "cpu" and modes != ["highest"]:
@@ -67,16 +69,14 @@ def run(args) -> int:
     data = load_fashion_mnist(args.data_dir, download=args.download)
     results = [
         benchmark.benchmark(
-            data, device, BENCHMARK_MODE[m], args.repeats, args.tutorial_repeats, args.data_dir, log=common.note
+            data, device, BENCHMARK_MODE[m], args.repeats, args.tutorial_repeats, args.data_dir, log=log
         )
         for m in modes
     ]
     report = {"results": results}
     if args.time_to_accuracy:
         benchmark.set_precision(BENCHMARK_MODE["highest"])
-        report["time_to_accuracy"] = [
-            benchmark.time_to_accuracy(b, data, device, log=common.note) for b in common.BACKENDS
-        ]
+        report["time_to_accuracy"] = [benchmark.time_to_accuracy(b, data, device, log=log) for b in common.BACKENDS]
     print(benchmark.markdown_table(results))
     if args.time_to_accuracy:
         print()

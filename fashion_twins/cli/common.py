@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 
 from fashion_common.config import DEVICES
+from fashion_common.spec import BACKENDS
 
-BACKENDS = ("torch", "flax")
 PRECISIONS = ("highest", "tf32", "both")  # highest: TF32 off in torch, JAX "highest" (the parity mode)
 OUTPUT_ACTIVATIONS = ("none", "relu")
 SEED_MAX = 2**32 - 1
@@ -32,6 +32,16 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse, but an unknown flag's error names the help of the subcommand it was given to."""
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            # argparse collects a subcommand's unknown words and reports them from the top-level parser;
+            # the subcommand's own prog (set by build_parser) is the help that lists what it accepts.
+            prog = getattr(parsed, "command_prog", self.prog)
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see {prog} --help)")
+        return parsed
 
 
 # ----------------------------------------------------------------------------- value checks (argparse type=)
@@ -105,7 +115,7 @@ def device_parent(default: str = "auto") -> argparse.ArgumentParser:
         "--device",
         choices=DEVICES,
         default=default,
-        help=f"auto: a GPU if the framework(s) see one, else cpu (default: {default})",
+        help=f"where to run: cpu, gpu, or auto (a GPU if the framework(s) see one, else the cpu) (default: {default})",
     )
     return p
 
@@ -153,6 +163,16 @@ def checkpoint_parent() -> argparse.ArgumentParser:
     return p
 
 
+def add_quiet(p: argparse.ArgumentParser, what: str) -> None:
+    """-q/--quiet, for a subcommand that prints progress; `what` says what it silences and what stays."""
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help=f"{what} (default: off; bars are drawn only when stderr is a terminal)",
+    )
+
+
 def precisions(choice: str) -> list:
     """highest|tf32|both -> the modes to run, in order."""
     return ["highest", "tf32"] if choice == "both" else [choice]
@@ -185,15 +205,12 @@ def checkpoint_spec(path, output_activation: str | None):
     """
     from pathlib import Path
 
-    from fashion_common.checkpoint import header_has_spec
-    from fashion_common.spec import DEFAULT_SPEC, ModelSpec
+    from fashion_common.checkpoint import header_has_spec, read_metadata, spec_from_header
+    from fashion_common.spec import DEFAULT_SPEC
 
     if header_has_spec(path):
         if output_activation is not None:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                stored = ModelSpec.from_metadata(dict(f.metadata() or {})).output_activation or "none"
+            stored = spec_from_header(read_metadata(path), path).output_activation or "none"  # validated
             if stored != output_activation:
                 raise UsageError(
                     f"argument --output-activation: {output_activation} contradicts {path}'s header, which says {stored}"

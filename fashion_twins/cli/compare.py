@@ -5,7 +5,8 @@
     fashion-twins compare --dry-run --out-dir /tmp/report   # seconds, for CI
     fashion-twins compare --distributed 2                    # also 1 device vs 2-way data parallel, both twins
 
-Writes OUT_DIR/report.md, report.json and PNG plots; report.json and report.md are rewritten
+Writes OUT_DIR/report.md, report.json, PNG plots and the final checkpoints of both twins
+(<run>-<twin>.safetensors, for predict or evaluate); report.json and report.md are rewritten
 after each stage. The work is done by fashion_compare.report.build_report.
 """
 
@@ -74,6 +75,9 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help=f"a quick end-to-end run for CI: {', '.join(f'{k}={v}' for k, v in DRY_RUN.items())} (default: off)",
     )
+    common.add_quiet(
+        p, "nothing on stderr but errors: no progress bars, no stage or epoch lines; the closing line stays"
+    )
     p.set_defaults(run=run)
 
 
@@ -104,6 +108,7 @@ def make_options(args, command: str):
         download=args.download,
         command=command,
         distributed=args.distributed,
+        quiet=True if args.quiet else None,  # None: bars only when stderr is a terminal
         **values,
     )
     options.check()
@@ -118,8 +123,9 @@ def run(args) -> int:
     check_output_dir(args.out_dir, "--out-dir")
     from fashion_compare.report import build_report
 
-    report = build_report(options)
-    files = ["report.md", "report.json", *report.get("plots", [])]
+    report = build_report(options, log=(lambda line: None) if args.quiet else common.note)
+    checkpoints = [f for kept in report.get("checkpoints", {}).values() for f in kept.values()]
+    files = ["report.md", "report.json", *report.get("plots", []), *checkpoints]
     total = report.get("timings", {}).get("total_seconds")
     took = f" in {total:.0f}s" if isinstance(total, (int, float)) else ""
     print(f"[compare] wrote {', '.join(f'{options.out_dir}/{f}' for f in files)}{took}")

@@ -45,7 +45,8 @@ def run(args) -> int:
         DEFAULT_SPEC, output_activation=None if args.output_activation == "none" else args.output_activation
     )
 
-    from fashion_torch.pth import is_torch_pickle, read_pth
+    from fashion_common.checkpoint import is_torch_pickle
+    from fashion_torch.pth import read_pth
 
     if is_torch_pickle(args.source):
         state = read_pth(args.source)

@@ -2,9 +2,13 @@
 
 fashion-twins evaluate --backend flax runs/torch.safetensors
 [flax] test_loss 0.3012  test_acc 89.74%  (10000 images, checkpoint runs/torch.safetensors)
+fashion-twins evaluate --backend torch runs/flax.safetensors --json   # one JSON document, per-class accuracy too
 """
 
 from __future__ import annotations
+
+import json
+import math
 
 from . import common
 
@@ -23,6 +27,13 @@ def add_parser(subparsers) -> None:
         default=None,
         help="use only the first N test images, as train's --limit-test (default: all)",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout instead of the text line: backend, checkpoint, num_images, test_loss, "
+        "test_accuracy and per_class_accuracy (class name -> share right; null for a class with no image) "
+        "(default: off, one line of text)",
+    )
     p.set_defaults(run=run)
 
 
@@ -36,7 +47,7 @@ def load_model(twin, args, device):
 
 
 def run(args) -> int:
-    from fashion_common.data import load_fashion_mnist
+    from fashion_common.data import load_fashion_mnist, scale_images
     from fashion_common.text import format_eval_line
 
     twin = common.backend_module(args.backend)
@@ -46,5 +57,31 @@ def run(args) -> int:
     data = load_fashion_mnist(args.data_dir, download=args.download).limit(train=0, test=args.limit_test)
     on_device = twin.train.put_data(data, device)  # train=0 above: evaluation never reads the training images
     metrics = twin.train.evaluate_model(loaded, on_device.test_images, on_device.test_labels)
-    print(format_eval_line(args.backend, metrics, len(data.test_labels), args.checkpoint))
+    if not args.json:
+        print(format_eval_line(args.backend, metrics, len(data.test_labels), args.checkpoint))
+        return 0
+    # Per class needs each image's prediction, which evaluate_model does not return: the twin's predict_proba.
+    images = scale_images(data.test_images)  # (N, 28, 28) float32 in [0, 1], as ToTensor
+    probs = twin.train.predict_proba(loaded, images)
+    document = evaluation_document(args.backend, args.checkpoint, metrics, data.test_labels, probs.argmax(1))
+    print(json.dumps(document, indent=2))
     return 0
+
+
+def evaluation_document(backend: str, checkpoint, metrics: dict, labels, predictions) -> dict:
+    """`evaluate --json`'s document; a class without images has accuracy null (JSON has no NaN)."""
+    from fashion_common.metrics import confusion_matrix, per_class_accuracy
+    from fashion_common.spec import CLASS_NAMES
+
+    per_class = per_class_accuracy(confusion_matrix(labels, predictions))  # (10,), NaN where a class has no image
+    return {
+        "backend": backend,
+        "checkpoint": str(checkpoint),
+        "num_images": int(len(labels)),
+        "test_loss": float(metrics["test_loss"]),
+        "test_accuracy": float(metrics["test_accuracy"]),
+        "per_class_accuracy": {
+            name: (None if math.isnan(value) else float(value))
+            for name, value in zip(CLASS_NAMES, per_class, strict=True)
+        },
+    }

@@ -64,6 +64,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="also write every per-step figure here; with --precision both, one object per mode (default: none)",
     )
+    common.add_quiet(p, "no progress bar, even on a terminal; the result lines still go to stdout")
     p.set_defaults(run=run)
 
 
@@ -73,6 +74,7 @@ def run(args) -> int:
     check_no_aliases({"--out": args.out}, {"--data-dir": args.data_dir})
     check_output_file(args.out, "--out")
     from fashion_common.data import load_fashion_mnist
+    from fashion_common.terminal import progress_bars_wanted
     from fashion_compare.benchmark import pick_device
     from fashion_compare.lockstep import lockstep
 
@@ -81,9 +83,10 @@ def run(args) -> int:
         epochs=1, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=device
     )
     data = load_fashion_mnist(args.data_dir, download=args.download)
+    show_bar = not args.quiet and progress_bars_wanted()
     results = {}
     for mode in common.precisions(args.precision):
-        result = lockstep(data, config, args.steps, args.weight_every, mode, progress=True)
+        result = lockstep(data, config, args.steps, args.weight_every, mode, progress=show_bar)
         results[mode] = result
         print(
             f"[lockstep] {result['steps']} steps, {config.optimizer} lr {config.lr} batch {config.batch_size}, {mode}: "

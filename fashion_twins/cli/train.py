@@ -34,7 +34,7 @@ from . import common
 TORCH_ENGINES = ("auto", "eager", "compile", "cuda_graph", "fused")
 ENGINE_HELP = (
     "torch only: how a step runs. eager: autograd + torch.optim op by op; compile: model and loss under "
-    "torch.compile; cuda_graph (CUDA only): torch.compile mode reduce-overhead, replayed CUDA graphs; fused: "
+    "torch.compile; cuda_graph: CUDA only, torch.compile mode reduce-overhead, replayed CUDA graphs; fused: "
     "opt-in hand-written backward, tested against autograd; auto: eager on a CPU, compile on CUDA (default: auto)"
 )
 
@@ -80,9 +80,7 @@ def add_parser(subparsers) -> None:
         default=None,
         help="continue a run from a checkpoint this command wrote; same backend and config (default: start fresh)",
     )
-    p.add_argument(
-        "--quiet", action="store_true", help="no progress bars; the per-epoch lines are still printed (default: off)"
-    )
+    common.add_quiet(p, "no progress bar, even on a terminal; the per-epoch lines still go to stdout")
     p.add_argument(
         "--out",
         metavar="CKPT.safetensors",
@@ -94,6 +92,14 @@ def add_parser(subparsers) -> None:
         metavar="METRICS.json",
         default=None,
         help="per-epoch metrics, device, versions and config, rewritten after every epoch (default: beside --out, CKPT.metrics.json)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
+        help="also write per-epoch scalars for TensorBoard into DIR/<backend>/ (losses, accuracies, learning rate, "
+        "epoch seconds); view with tensorboard --logdir DIR; needs pip install 'fashion-twins[tensorboard]' "
+        "(default: none)",
     )
     p.add_argument(
         "--init",
@@ -142,6 +148,18 @@ def add_parser(subparsers) -> None:
         help=f"data-parallel runs: seconds to wait on a silent peer before failing with an error (default: {DEFAULT_TIMEOUT_S})",
     )
     p.set_defaults(run=run)
+
+
+def check_tensorboard(folder) -> None:
+    """--tensorboard: the optional extra must be installed and DIR a folder that can be made or written."""
+    from fashion_common import tensorboard
+    from fashion_common.paths import check_output_dir
+
+    if not tensorboard.available():
+        raise common.UsageError(
+            f"argument --tensorboard: needs the tensorboard package, an optional extra: {tensorboard.INSTALL_HINT}"
+        )
+    check_output_dir(folder, "--tensorboard")
 
 
 def host_port(text: str) -> str:
@@ -269,6 +287,8 @@ def run(args) -> int:
     check_no_aliases(outputs, inputs, allowed=[("--out", "--resume"), ("--out's sidecar", "--resume's sidecar")])
     for flag, path in outputs.items():
         check_output_file(path, flag)
+    if args.tensorboard is not None:
+        check_tensorboard(args.tensorboard)
     if args.init is not None:
         read_state(args.init)  # exists, parses, every key and shape
 
@@ -281,13 +301,23 @@ def run(args) -> int:
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 
     twin = common.backend_module(args.backend)
+    writer = None
+    if args.tensorboard is not None and _is_writer(args, mode):  # rank / process 0 only, as the checkpoint
+        from fashion_common.tensorboard import EpochWriter
+
+        writer = EpochWriter(args.tensorboard, args.backend)
     kwargs = dict(out=out, metrics_path=metrics, resume=args.resume, quiet=args.quiet, init_from=args.init)
+    kwargs["on_epoch"] = writer
     if args.engine is not None:  # torch only (refused above for the other twins)
         kwargs["engine"] = args.engine
-    if mode is None:
-        _train_one_device(args, config, twin, kwargs)
-    else:
-        _train_data_parallel(args, config, mode, dict(kwargs, timeout_s=args.timeout or DEFAULT_TIMEOUT_S))
+    try:
+        if mode is None:
+            _train_one_device(args, config, twin, kwargs)
+        else:
+            _train_data_parallel(args, config, mode, dict(kwargs, timeout_s=args.timeout or DEFAULT_TIMEOUT_S))
+    finally:
+        if writer is not None:
+            writer.close()
     if _is_writer(args, mode):
         print(f"[{args.backend}] wrote {out}, {sidecar} and {metrics}")
     return 0

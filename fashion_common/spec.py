@@ -12,6 +12,9 @@ import dataclasses
 # The twins, by their --backend name; twin NAME is the package fashion_NAME. The one list: the CLI's
 # choices, the report's columns and the tests' parametrization all read it.
 BACKENDS: tuple[str, ...] = ("torch", "flax")
+# Every twin package: BACKENDS and the Flax NNX twin (fashion_nnx), which joins BACKENDS (the CLI's
+# choices, the report's columns) once the CLI takes --backend nnx. The suite and the sidecar reader read this.
+TWINS: tuple[str, ...] = (*BACKENDS, "nnx")
 
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top",
@@ -142,3 +145,14 @@ def flax_param_path(key: str) -> tuple[str, str, str]:
     """
     stack, index, kind = key.split(".")
     return (stack, f"layers_{index}", {"weight": "kernel", "bias": "bias"}[kind])
+
+
+def nnx_param_path(key: str) -> tuple[str, str, int, str]:
+    """Canonical key -> path in the Flax NNX state.
+
+    'linear_relu_stack.2.weight' -> ('linear_relu_stack', 'layers', 2, 'kernel'); nnx.Sequential keeps
+    its entries in the list `layers`, so the torch index survives as an integer path entry. The
+    kernel is the transposed weight, as in linen.
+    """
+    stack, index, kind = key.split(".")
+    return (stack, "layers", int(index), {"weight": "kernel", "bias": "bias"}[kind])

@@ -58,8 +58,9 @@ def lockstep(
     keep_states: bool = False,
     dtype: str = "float32",
     engine: str = "auto",
+    twin: str = "flax",
 ) -> dict:
-    """Train both twins side by side from the torch twin's init; record how far apart they drift.
+    """Train torch and a JAX twin side by side from the torch twin's init; record how far apart they drift.
 
     Args:
       data: uint8 Fashion-MNIST arrays (train part used).
@@ -73,6 +74,8 @@ def lockstep(
       dtype: "float32" (the twins as they train) or "float64": both twins' weights, optimizer state and
         arithmetic in float64 (JAX's x64 switched on for this call), where rounding (~1e-16) cannot flip
         a ReLU input across 0, so the twins must agree to ~1e-12: the algorithm, not the rounding, is compared.
+        (float64 is run with the linen twin.)
+      twin: the JAX twin held against torch, "flax" (linen) or "nnx"; its losses are reported as "loss_flax".
     Returns:
       dict with per-step losses of both twins, |loss diff| per step, the max weight diff at
       recorded steps, and the summary figures max_loss_diff and final_weight_diff.
@@ -81,14 +84,18 @@ def lockstep(
 
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
+    if dtype == "float64" and twin != "flax":
+        raise ValueError(f"dtype float64 is run with the linen twin (twin='flax'), not {twin!r}")
     with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
-        return _lockstep(data, config, steps, weight_every, precision, spec, progress, keep_states, dtype, engine)
+        return _lockstep(data, config, steps, weight_every, precision, spec, progress, keep_states, dtype, engine, twin)
 
 
-def _lockstep(data, config, steps, weight_every, precision, spec, progress, keep_states, dtype, engine) -> dict:
+def _lockstep(data, config, steps, weight_every, precision, spec, progress, keep_states, dtype, engine, twin) -> dict:
     """lockstep's body, run inside jax's x64 switch when dtype is float64."""
-    import fashion_flax
-    import fashion_flax.train as flax_train
+    import importlib
+
+    fashion_flax = importlib.import_module(f"fashion_{twin}")  # the two JAX twins share train_step's signature
+    flax_train = importlib.import_module(f"fashion_{twin}.train")
     import fashion_torch
     import fashion_torch.train as torch_train
 
@@ -146,6 +153,7 @@ def _lockstep(data, config, steps, weight_every, precision, spec, progress, keep
     return {
         "config": config.to_dict(),
         "engine": t_state.engine,
+        "twin": twin,
         "precision": precision,
         "dtype": dtype,
         "steps": total,

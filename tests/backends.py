@@ -1,4 +1,4 @@
-"""One numpy-in, numpy-out face per twin, so each shared test runs unchanged against both.
+"""One numpy-in, numpy-out face per twin, so each shared test runs unchanged against all three.
 
 Keras 3 runs one test suite against every backend behind a `backend` fixture; this is that idea
 for the two twins. Every method takes and returns numpy arrays, and parameters and gradients come
@@ -6,7 +6,7 @@ back in the canonical layout: keyed `linear_relu_stack.{0,2,4}.{weight,bias}`, w
 The adapters add no maths of their own: they call the twin's public API and convert.
 
 A net is whatever the twin's API hands out: the nn.Module in torch, a FlaxNet (module, params) in
-flax, because Flax keeps the params apart from the module.
+flax, because Flax linen keeps the params apart from the module, and the nnx.Module in nnx.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from fashion_common.metrics import max_abs_diff  # noqa: F401  (the tests import it from here)
-from fashion_common.spec import BACKENDS, DEFAULT_SPEC, ModelSpec
+from fashion_common.spec import DEFAULT_SPEC, TWINS, ModelSpec
 
-BACKEND_NAMES = BACKENDS  # fashion_common.spec: the one list
+BACKEND_NAMES = TWINS  # fashion_common.spec: every twin, nnx included
 
 
 def image_batch(n: int, seed: int = 0, layout: str = "N,28,28") -> np.ndarray:
@@ -238,11 +238,112 @@ class FlaxBackend:
         self.module.set_matmul_precision(precision)
 
 
+class NnxBackend:
+    """fashion_nnx behind the shared interface; the compute paths are nnx.jit-ted once per backend.
+
+    No init cache, unlike FlaxBackend: an NNX model is mutable (as torch's is), and an eager build
+    costs ~10 ms once JAX has compiled its ops, so every init is fresh.
+    """
+
+    name = "nnx"
+
+    def __init__(self, device=None):
+        import jax
+        import jax.numpy as jnp
+        import optax
+        from flax import nnx
+
+        import fashion_nnx
+
+        self.jax, self.jnp, self.optax, self.nnx = jax, jnp, optax, nnx
+        self.module = fashion_nnx
+        self.device = device  # None: JAX's default device
+
+        def loss_fn(model, x, labels):
+            logits = model(x)  # (N, 10)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        # nnx.jit caches its compiled function per graphdef, so one compile per spec for the session.
+        self._logits = nnx.jit(lambda model, x: model(x))
+        self._layer_outputs = nnx.jit(lambda model, x: model.layer_outputs(x))
+        self._loss_and_grads = nnx.jit(nnx.value_and_grad(loss_fn, argnums=(0, 1)))
+
+    # ------------------------------------------------------------------ nets and weights
+    def init(self, seed: int = 0, spec: ModelSpec = DEFAULT_SPEC, init_scheme: str = "torch"):
+        """create_model's nnx.Module, built afresh every time."""
+        return self.module.create_model(spec, seed=seed, device=self.device, init_scheme=init_scheme)
+
+    def from_state_dict(self, state, spec: ModelSpec = DEFAULT_SPEC):
+        return self.module.from_state_dict(state, spec, device=self.device)
+
+    def to_state_dict(self, net) -> dict[str, np.ndarray]:
+        return self.module.to_state_dict(net)
+
+    def spec_of(self, net) -> ModelSpec:
+        return net.spec
+
+    def count_parameters(self, net) -> int:
+        return self.module.count_parameters(net)
+
+    def native_parameters(self, net) -> dict[tuple, tuple[int, ...]]:
+        """Param state paths -> shape, e.g. ('linear_relu_stack', 'layers', 0, 'kernel')."""
+        flat = self.nnx.to_flat_state(self.nnx.state(net, self.nnx.Param))
+        return {tuple(path): tuple(variable.shape) for path, variable in flat}
+
+    def summary(self, net) -> str:
+        return self.module.summary(net)
+
+    # ------------------------------------------------------------------ compute
+    def _array(self, x):
+        x = self.jnp.asarray(x)
+        return self.jax.device_put(x, self.device) if self.device is not None else x
+
+    def forward(self, net, x):
+        """The twin's own call on the numpy input as given (no jit: jit would recast int64 to int32)."""
+        return net(x)
+
+    def logits(self, net, x) -> np.ndarray:
+        return np.asarray(self._logits(net, self._array(x)))
+
+    def layer_outputs(self, net, x) -> dict[str, np.ndarray]:
+        outputs = self._layer_outputs(net, self._array(x))
+        order = ["flatten"] + sorted(
+            (k for k in outputs if k != "flatten"), key=int
+        )  # jit returns dict keys sorted as strings
+        return {k: np.asarray(outputs[k]) for k in order}
+
+    def loss_and_grads(self, net, x, labels) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+        """Mean cross-entropy, its gradient w.r.t. the input, and w.r.t. every parameter (canonical keys)."""
+        loss, (param_grads, dx) = self._loss_and_grads(net, self._array(x), self._array(labels.astype(np.int32)))
+        grads = self.module.to_state_dict(param_grads, net.spec)  # a param State; kernels transposed to [out, in]
+        return float(loss), np.asarray(dx), grads
+
+    def activation(self, name: str, x, **kwargs) -> np.ndarray:
+        return np.asarray(getattr(self.module, name)(self._array(x), **kwargs))
+
+    def activation_vjp(self, name: str, x, cotangent, **kwargs) -> np.ndarray:
+        """cotangent^T d act(x) / dx, from jax.vjp."""
+        fn = getattr(self.module, name)
+        _, vjp = self.jax.vjp(lambda v: fn(v, **kwargs), self._array(x))
+        (dx,) = vjp(self._array(cotangent))
+        return np.asarray(dx)
+
+    # ------------------------------------------------------------------ checkpoints and precision
+    def save(self, net, path, metadata: dict | None = None):
+        return self.module.save_checkpoint(net, path, metadata)
+
+    def load(self, path, spec: ModelSpec | None = None):
+        return self.module.load_checkpoint(path, device=self.device, spec=spec)
+
+    def set_matmul_precision(self, precision: str) -> None:
+        self.module.set_matmul_precision(precision)
+
+
 _CPU_BACKENDS: dict[str, Any] = {}
 
 
 def get_backend(name: str):
-    """The session's CPU adapter for `name` ("torch" or "flax"), built once."""
+    """The session's CPU adapter for `name` ("torch", "flax" or "nnx"), built once."""
     if name not in _CPU_BACKENDS:
-        _CPU_BACKENDS[name] = {"torch": TorchBackend, "flax": FlaxBackend}[name]()
+        _CPU_BACKENDS[name] = {"torch": TorchBackend, "flax": FlaxBackend, "nnx": NnxBackend}[name]()
     return _CPU_BACKENDS[name]

@@ -66,6 +66,12 @@ def flax_backend():
     return get_backend("flax")
 
 
+@pytest.fixture(params=("flax", "nnx"), scope="session")
+def jax_backend(request):
+    """Each JAX twin in turn (linen "flax", then "nnx"), for tests that hold a JAX twin against torch."""
+    return get_backend(request.param)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """The data cache in tmp_path; the env var and Debian's folder pointed away from the real machine's data."""

@@ -1,4 +1,4 @@
-"""The tutorial's activation tour in both twins: exact values at the edges, twin agreement, gradients.
+"""The tutorial's activation tour in all three twins: exact values at the edges, twin agreement, gradients.
 
 Each twin is checked against written-down truths and a float64 numpy oracle, not only against
 the other twin (micrograd's test_engine style: the same function written twice, one the oracle).
@@ -112,7 +112,7 @@ def assert_same_values(got: np.ndarray, want: np.ndarray, tol: float) -> float:
 # ----------------------------------------------------------------------------- values
 
 
-def test_subnormal_inputs_are_zero_in_flax_and_kept_in_torch(torch_backend, flax_backend):
+def test_subnormal_inputs_are_zero_in_flax_and_kept_in_torch(torch_backend, jax_backend):
     """The one input class where the twins differ on purpose: XLA's CPU kernels flush subnormals to zero.
 
     Subnormals are |x| < 1.18e-38; no pixel, weight or activation of this network comes near them
@@ -124,10 +124,10 @@ def test_subnormal_inputs_are_zero_in_flax_and_kept_in_torch(torch_backend, flax
     x = np.array([-1e-39, 1e-39, -1e-45], np.float32)
     assert (x != 0).all()  # really subnormal, not already zero
     np.testing.assert_array_equal(torch_backend.activation("binary_step", x), [0.0, 1.0, 0.0])
-    np.testing.assert_array_equal(flax_backend.activation("binary_step", x), [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(jax_backend.activation("binary_step", x), [1.0, 1.0, 1.0])
     np.testing.assert_array_equal(torch_backend.activation("relu", x), [0.0, x[1], 0.0])
     # x < 0 is false for a flushed -1e-39, so flax's relu passes it on unchanged (a negative output!)
-    np.testing.assert_array_equal(flax_backend.activation("relu", x), x)
+    np.testing.assert_array_equal(jax_backend.activation("relu", x), x)
 
 
 # Exact truths, compared with ==: each is exactly representable and every correct float32
@@ -179,9 +179,9 @@ def test_activation_matches_the_float64_oracle_within_4_ulps(backend, name, grid
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
-def test_twins_give_the_same_activation_values_within_8_ulps(torch_backend, flax_backend, name):
+def test_twins_give_the_same_activation_values_within_8_ulps(torch_backend, jax_backend, name):
     x = np.concatenate([GRID, DENSE])
-    torch_y, flax_y = torch_backend.activation(name, x), flax_backend.activation(name, x)
+    torch_y, flax_y = torch_backend.activation(name, x), jax_backend.activation(name, x)
     if name in ("binary_step", "relu"):
         # Piecewise maps of exact inputs: no rounding anywhere, so bit-equal values, -0.0 included.
         np.testing.assert_array_equal(torch_y, flax_y)
@@ -221,10 +221,10 @@ def test_softmax_dim_picks_the_axis(backend):
     assert max_abs_diff(by_column, backend.activation("softmax", x, dim=-1)) > 0.1  # the axis matters
 
 
-def test_twins_give_the_same_softmax_on_the_grid_rows(torch_backend, flax_backend):
+def test_twins_give_the_same_softmax_on_the_grid_rows(torch_backend, jax_backend):
     assert_same_values(
         torch_backend.activation("softmax", SOFTMAX_ROWS, dim=1),
-        flax_backend.activation("softmax", SOFTMAX_ROWS, dim=1),
+        jax_backend.activation("softmax", SOFTMAX_ROWS, dim=1),
         TOL,
     )
 
@@ -261,12 +261,12 @@ def test_activation_gradient_matches_the_float64_oracle(backend, name):
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
-def test_twins_give_the_same_activation_gradients(torch_backend, flax_backend, name):
+def test_twins_give_the_same_activation_gradients(torch_backend, jax_backend, name):
     x = np.concatenate([GRID, DENSE])
     cotangent = np.linspace(-2, 2, x.size).astype(np.float32)  # not all ones, so scaling is checked too
     torch_grad, flax_grad = (
         torch_backend.activation_vjp(name, x, cotangent),
-        flax_backend.activation_vjp(name, x, cotangent),
+        jax_backend.activation_vjp(name, x, cotangent),
     )
     # each within ULPS + GRAD_ATOL of the truth (times |cotangent| <= 2), so within twice that of each other
     assert_within_ulps(flax_grad, torch_grad, ulps=2 * ULPS, atol=2 * 2 * GRAD_ATOL)
@@ -279,12 +279,12 @@ def softmax_vjp_reference(rows: np.ndarray, cotangent: np.ndarray) -> np.ndarray
     return s * (g - (g * s).sum(axis=-1, keepdims=True))
 
 
-def test_softmax_gradients_match_between_twins_and_the_float64_oracle(torch_backend, flax_backend):
+def test_softmax_gradients_match_between_twins_and_the_float64_oracle(torch_backend, jax_backend):
     rows = SOFTMAX_ROWS[np.isfinite(SOFTMAX_ROWS).all(axis=1)]  # (6, 3): the finite rows
     cotangent = np.random.default_rng(0).normal(size=rows.shape).astype(np.float32)
     want = softmax_vjp_reference(rows, cotangent)
     torch_grad = torch_backend.activation_vjp("softmax", rows, cotangent, dim=-1)
-    flax_grad = flax_backend.activation_vjp("softmax", rows, cotangent, dim=-1)
+    flax_grad = jax_backend.activation_vjp("softmax", rows, cotangent, dim=-1)
     assert_same_values(torch_grad, want, TOL)
     assert_same_values(flax_grad, want, TOL)
     diff = assert_same_values(torch_grad, flax_grad, TOL)

@@ -13,21 +13,18 @@ from twin_data import real_data
 from fashion_common.augment import shift_images, shift_offsets
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData
-from fashion_common.spec import BACKENDS
+from fashion_common.spec import BACKENDS, TWINS
 from fashion_common.split import SPLIT_SEED, split_validation, validation_indices
 
 
 def twin_shift(backend, images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The twin's own on-device shift, numpy in and out."""
+    """The twin's own on-device shift, numpy in and out ("flax" and "nnx" take JAX arrays)."""
+    shift = importlib.import_module(f"fashion_{backend}.augment").shift_images
     if backend == "torch":
         import torch
 
-        from fashion_torch.augment import shift_images as shift
-
         return shift(torch.from_numpy(images), torch.from_numpy(offsets)).numpy()
     import jax.numpy as jnp
-
-    from fashion_flax.augment import shift_images as shift
 
     return np.asarray(shift(jnp.asarray(images), jnp.asarray(offsets)))
 
@@ -54,7 +51,7 @@ def test_shift_offsets_are_all_zero_when_augmentation_is_off_and_reject_impossib
 # ----------------------------------------------------------------------------- shifting
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", TWINS)
 def test_a_shift_moves_a_pixel_down_and_right_and_fills_zeros(backend):
     image = np.zeros((1, 28, 28), np.uint8)
     image[0, 0, 0], image[0, 27, 27] = 200, 100
@@ -65,7 +62,7 @@ def test_a_shift_moves_a_pixel_down_and_right_and_fills_zeros(backend):
     assert np.array_equal(out[2], image[0])  # (0, 0) is the identity
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", TWINS)
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(0, 5), max_shift=st.integers(0, 27), seed=st.integers(0, 2**16))
 def test_both_twins_shift_exactly_as_the_numpy_oracle(backend, batch, max_shift, seed):
@@ -169,13 +166,14 @@ def _weights(backend, state):
 
 
 @pytest.mark.data
-def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_weights():
-    # the flax twin's scanned epoch and the torch twin's loop, both fed the loop's offsets (S, B, 2)
-    import fashion_flax.train as flax_train
+@pytest.mark.parametrize("jax_twin", ["flax", "nnx"])
+def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_weights(jax_twin):
+    # a JAX twin's scanned epoch and the torch twin's loop, both fed the loop's offsets (S, B, 2)
     import fashion_torch
     import fashion_torch.train as torch_train
     from fashion_common.data import batch_order
 
+    flax_train = importlib.import_module(f"fashion_{jax_twin}.train")
     data = real_data().limit(1280, 100)
     config = _sgd_with_shifts(epochs=1)
     order = batch_order(config.seed, 1, 1280, 64)  # (20, 64)
@@ -186,7 +184,7 @@ def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_w
     )
     t_state, t_metrics = torch_train.train_epoch(t_state, torch_train.put_data(data), order, config, None, shifts)
     f_state, f_metrics = flax_train.train_epoch(f_state, flax_train.put_data(data), order, config, None, shifts)
-    t_w, f_w = _weights("torch", t_state), _weights("flax", f_state)
+    t_w, f_w = _weights("torch", t_state), _weights(jax_twin, f_state)
     assert max(float(np.max(np.abs(t_w[k] - f_w[k]))) for k in t_w) <= 1e-5  # same bound as the lockstep
     assert abs(t_metrics["train_loss"] - f_metrics["train_loss"]) <= 1e-5
     # and the shifts mattered: without them the weights end farther apart than the twins' bound (measured ~9e-5 after 20 steps)
@@ -196,7 +194,7 @@ def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_w
         state_dict=fashion_torch.to_state_dict(torch_train.create_train_state(config, total_steps=20).model),
     )
     f_plain, _ = flax_train.train_epoch(f_plain, flax_train.put_data(data), order, config, None, None)
-    p_w = _weights("flax", f_plain)
+    p_w = _weights(jax_twin, f_plain)
     assert max(float(np.max(np.abs(p_w[k] - f_w[k]))) for k in p_w) > 2e-5
 
 

@@ -1,6 +1,6 @@
-"""The one checkpoint format: either twin writes it, either twin and the tutorial's own class read it.
+"""The one checkpoint format: any twin writes it, every twin and the tutorial's own class read it.
 
-Bad files fail the same way in both twins, with a CheckpointError that names the key, before any
+Bad files fail the same way in all three twins, with a CheckpointError that names the key, before any
 model is built; saves are atomic. Nothing anywhere unpickles.
 """
 
@@ -370,7 +370,7 @@ def test_twins_refuse_a_bad_state_dict_with_the_same_error(case, change, message
         with pytest.raises(CheckpointError) as info:
             get_backend(name).from_state_dict(state)
         messages[name] = str(info.value)
-    assert messages == {"torch": message, "flax": message}
+    assert messages == {name: message for name in BACKEND_NAMES}
 
 
 def test_flax_to_state_dict_names_a_missing_param_leaf(flax_backend):
@@ -381,6 +381,18 @@ def test_flax_to_state_dict_names_a_missing_param_leaf(flax_backend):
         CheckpointError, match=r"missing 'linear_relu_stack/layers_4/bias' \(canonical key 'linear_relu_stack.4.bias'\)"
     ):
         flax_backend.module.to_state_dict({"params": {"linear_relu_stack": stack}})
+
+
+def test_nnx_to_state_dict_names_a_missing_param_leaf():
+    from flax import nnx
+
+    nnx_backend = get_backend("nnx")
+    params = nnx.to_pure_dict(nnx.state(nnx_backend.init(seed=0), nnx.Param))
+    del params["linear_relu_stack"]["layers"][4]["bias"]
+    with pytest.raises(
+        CheckpointError, match=r"missing 'linear_relu_stack/layers/4/bias' \(canonical key 'linear_relu_stack.4.bias'\)"
+    ):
+        nnx_backend.module.to_state_dict(params)
 
 
 # ----------------------------------------------------------------------------- atomic saves
@@ -436,6 +448,7 @@ def test_no_python_file_calls_torch_load_without_weights_only():
             "fashion_common",
             "fashion_torch",
             "fashion_flax",
+            "fashion_nnx",
             "fashion_compare",
             "fashion_twins",
             "scripts",

@@ -280,7 +280,7 @@ def _tiny_data():
     return FashionData(images, labels, images, labels, "tiny")
 
 
-@pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_a_nonfinite_train_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, bad, backend):
     out, saved = tmp_path / "m.safetensors", []
@@ -384,10 +384,12 @@ def test_both_twins_accept_a_numpy_batch_and_a_nested_list_alike(nets):
     flax_numpy = np.asarray(flax_net.model.apply(flax_net.params, x))
     flax_list = np.asarray(flax_net.model.apply(flax_net.params, x.tolist()))
     flax_torch = np.asarray(flax_net.model.apply(flax_net.params, torch.from_numpy(x)))  # a CPU torch tensor into flax
+    nnx_net = get_backend("nnx").from_state_dict(get_backend("torch").to_state_dict(torch_net))
+    nnx_outs = [np.asarray(nnx_net(x)), np.asarray(nnx_net(x.tolist())), np.asarray(nnx_net(torch.from_numpy(x)))]
     np.testing.assert_array_equal(from_numpy, want)
     np.testing.assert_array_equal(from_list, want)  # float64 list -> float32: the same values
     # cross-twin: float32 matmuls in two libraries, summation order differs (test_parity.py's 1e-6)
-    for got in (flax_numpy, flax_list, flax_torch):
+    for got in (flax_numpy, flax_list, flax_torch, *nnx_outs):
         assert np.abs(got - want).max() <= 1e-6
 
 
@@ -403,7 +405,8 @@ def test_both_twins_accept_a_numpy_batch_and_a_nested_list_alike(nets):
 def test_both_twins_refuse_a_bad_numpy_or_list_input_with_the_same_error(nets, x, phrase):
     torch_out = _outcome(lambda: nets["torch"](x))
     flax_out = _outcome(lambda: nets["flax"].model.apply(nets["flax"].params, x))
-    assert torch_out[1] == flax_out[1] and torch_out[1] is not None
+    nnx_out = _outcome(lambda: nets["nnx"](x))
+    assert torch_out[1] == flax_out[1] == nnx_out[1] and torch_out[1] is not None
     assert phrase in torch_out[1][1]
 
 
@@ -418,7 +421,7 @@ def test_softmax_with_a_bad_dim_raises_the_same_dim_error_in_both_twins(dim):
         assert isinstance(
             info.value, (IndexError, TypeError)
         )  # what torch's own softmax raises, so old handlers still catch it
-    assert outcomes["torch"] == outcomes["flax"]
+    assert outcomes["torch"] == outcomes["flax"] == outcomes["nnx"]
 
 
 def test_softmax_accepts_numpy_integer_dims_and_treats_a_0d_input_as_one_value():
@@ -448,6 +451,7 @@ def test_activations_refuse_integer_bool_and_complex_inputs_alike(name, dtype):
     assert (
         messages["torch"]
         == messages["flax"]
+        == messages["nnx"]
         == f"{name} expects a floating-point input, got {np.dtype(dtype)}; cast it to float32 first"
     )
 
@@ -459,19 +463,20 @@ def test_model_forward_on_nan_inf_and_huge_inputs_gives_the_same_pattern_in_both
     x[2, 3, 3] = -np.inf
     x[3] = np.inf  # every unit sums inf * w over weights of both signs: NaN
     x[4, 10, 10] = 1e30  # huge but finite products: logits ~1e28, finite
+    state = get_backend("torch").to_state_dict(nets["torch"])
     same = {
-        "torch": nets["torch"],
-        "flax": get_backend("flax").from_state_dict(get_backend("torch").to_state_dict(nets["torch"])),
+        name: nets["torch"] if name == "torch" else get_backend(name).from_state_dict(state) for name in BACKEND_NAMES
     }
     outs = {name: get_backend(name).logits(same[name], x) for name in BACKEND_NAMES}
-    np.testing.assert_array_equal(np.isnan(outs["torch"]), np.isnan(outs["flax"]))
-    np.testing.assert_array_equal(np.isinf(outs["torch"]), np.isinf(outs["flax"]))
     assert np.isnan(outs["torch"][0]).all() and np.isnan(outs["torch"][3]).all()
     finite = np.isfinite(outs["torch"])
     assert finite[4].all() and finite[5].all()
-    # relative: row 4 is ~1e28, where 1e-6 absolute means nothing; float32 summation order gives ~1e-6 relative
-    rel = np.abs(outs["torch"][finite] - outs["flax"][finite]) / np.maximum(np.abs(outs["torch"][finite]), 1.0)
-    assert rel.max() <= 1e-5
+    for twin in ("flax", "nnx"):
+        np.testing.assert_array_equal(np.isnan(outs["torch"]), np.isnan(outs[twin]))
+        np.testing.assert_array_equal(np.isinf(outs["torch"]), np.isinf(outs[twin]))
+        # relative: row 4 is ~1e28, where 1e-6 absolute means nothing; float32 summation order gives ~1e-6 relative
+        rel = np.abs(outs["torch"][finite] - outs[twin][finite]) / np.maximum(np.abs(outs["torch"][finite]), 1.0)
+        assert rel.max() <= 1e-5, twin
 
 
 def test_an_output_name_whose_temp_file_would_be_too_long_is_refused_before_any_work(tmp_path):

@@ -1,4 +1,4 @@
-"""The network itself, run against both twins: shapes, parameters, printout, init, bad input, imports."""
+"""The network itself, run against all three twins: shapes, parameters, printout, init, bad input, imports."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from backends import image_batch
+from backends import BACKEND_NAMES, get_backend, image_batch
 
 from fashion_common.errors import InputDtypeError, InputShapeError
 from fashion_common.spec import (
@@ -19,6 +19,7 @@ from fashion_common.spec import (
     ModelSpec,
     checkpoint_keys,
     flax_param_path,
+    nnx_param_path,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +48,24 @@ DEFINE_THE_CLASS_PRINTOUT = TUTORIAL_PRINTOUT.replace(
 
 
 @pytest.fixture(scope="module")
-def nets(torch_backend, flax_backend):
+def nets():
     """A default-spec net per twin, seed 0, built once for the module."""
-    return {b.name: b.init(seed=0) for b in (torch_backend, flax_backend)}
+    return {name: get_backend(name).init(seed=0) for name in BACKEND_NAMES}
+
+
+@pytest.fixture(scope="module")
+def same_nets(nets):
+    """Every twin holding the torch net's very weights, converted through the canonical state_dict."""
+    torch_state = get_backend("torch").to_state_dict(nets["torch"])
+    return {
+        name: nets["torch"] if name == "torch" else get_backend(name).from_state_dict(torch_state)
+        for name in BACKEND_NAMES
+    }
+
+
+def as_numpy(out) -> np.ndarray:
+    """A twin's forward output as numpy: a torch tensor (on any device) or a JAX array."""
+    return np.asarray(out.cpu()) if hasattr(out, "cpu") else np.asarray(out)
 
 
 @pytest.fixture
@@ -132,6 +148,50 @@ def test_flax_param_paths_are_torch_parameter_names_mapped_with_kernels_transpos
     assert len(torch_params) == len(flax_params) == 6
 
 
+def test_nnx_state_paths_are_torch_parameter_names_mapped_with_kernels_transposed(torch_backend):
+    nnx_backend = get_backend("nnx")
+    torch_params = torch_backend.native_parameters(torch_backend.init(seed=0))
+    nnx_params = nnx_backend.native_parameters(nnx_backend.init(seed=0))
+    mapped = {
+        nnx_param_path(name): shape[::-1] if name.endswith(".weight") else shape for name, shape in torch_params.items()
+    }
+    assert mapped == nnx_params
+    # nnx.Sequential keeps its entries in the list `layers`: the torch index is an integer path entry
+    assert nnx_params[("linear_relu_stack", "layers", 0, "kernel")] == (784, 512)
+    assert sorted(".".join(map(str, path)) for path in nnx_params) == [
+        f"linear_relu_stack.layers.{i}.{kind}" for i in (0, 2, 4) for kind in ("bias", "kernel")
+    ]
+
+
+# The NNX twin's print: the torch print's structure, with NNX's state paths and layer names.
+NNX_PRINTOUT = """\
+NeuralNetwork(
+  (flatten): reshape(N, -1)
+  (linear_relu_stack): Sequential(
+    (layers.0): Linear(in_features=784, out_features=512, bias=True)
+    (layers.1): ReLU()
+    (layers.2): Linear(in_features=512, out_features=512, bias=True)
+    (layers.3): ReLU()
+    (layers.4): Linear(in_features=512, out_features=10, bias=True)
+  )
+)"""
+
+
+@pytest.mark.parametrize("output_activation", [None, "relu"], ids=["tutorial", "define-the-class"])
+def test_nnx_summary_prints_the_tutorial_structure_under_its_state_paths(output_activation):
+    nnx_backend = get_backend("nnx")
+    text = nnx_backend.summary(nnx_backend.init(seed=0, spec=ModelSpec(output_activation=output_activation)))
+    want = (
+        NNX_PRINTOUT
+        if output_activation is None
+        else NNX_PRINTOUT.replace(
+            "out_features=10, bias=True)\n", "out_features=10, bias=True)\n    (layers.5): ReLU()\n"
+        )
+    )
+    assert text.startswith(want + "\n")
+    assert "linear_relu_stack.layers.2   Linear     (1, 512)         262,656" in text.splitlines()
+
+
 # ----------------------------------------------------------------------------- the tutorial's printout (torch only)
 
 
@@ -183,8 +243,9 @@ def net_fan_in(key: str) -> int:
     return dict(zip(DEFAULT_SPEC.linear_indices, DEFAULT_SPEC.layer_sizes))[index][0]
 
 
-def test_flax_init_scheme_flax_gives_zero_biases_and_lecun_normal_kernels(flax_backend):
-    state = flax_backend.to_state_dict(flax_backend.init(seed=0, init_scheme="flax"))
+@pytest.mark.parametrize("twin", ["flax", "nnx"])
+def test_flax_init_scheme_flax_gives_zero_biases_and_lecun_normal_kernels(twin):
+    state = get_backend(twin).to_state_dict(get_backend(twin).init(seed=0, init_scheme="flax"))
     for key, value in state.items():
         if key.endswith(".bias"):
             np.testing.assert_array_equal(value, np.zeros_like(value))
@@ -210,52 +271,40 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("case, x, error, phrase", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_twins_refuse_bad_input_with_the_same_error_and_message(
-    torch_backend, flax_backend, nets, case, x, error, phrase
-):
+def test_twins_refuse_bad_input_with_the_same_error_and_message(nets, case, x, error, phrase):
     raised = {}
-    for backend in (torch_backend, flax_backend):
+    for name in BACKEND_NAMES:
         with pytest.raises(error) as info:
-            backend.forward(nets[backend.name], x)
-        raised[backend.name] = (type(info.value), str(info.value))
-    assert raised["torch"] == raised["flax"]
+            get_backend(name).forward(nets[name], x)
+        raised[name] = (type(info.value), str(info.value))
+    assert raised["torch"] == raised["flax"] == raised["nnx"]
     assert phrase in raised["torch"][1]
 
 
-def test_twins_cast_float64_and_float16_inputs_to_float32_alike(torch_backend, flax_backend, nets):
+def test_twins_cast_float64_and_float16_inputs_to_float32_alike(same_nets):
     """Each twin casts float64/float16 to float32 (the same logits as the float32 input), and the twins,
     holding the same weights, agree with each other on every dtype (test_parity.py's 1e-6)."""
     x32 = np.random.default_rng(0).random((3, 28, 28), dtype=np.float32)
-    same = {"torch": nets["torch"], "flax": flax_backend.from_state_dict(torch_backend.to_state_dict(nets["torch"]))}
     outs = {}
-    for backend in (torch_backend, flax_backend):
-        run = lambda x: np.asarray(
-            backend.forward(same[backend.name], x).cpu()
-            if backend.name == "torch"
-            else backend.forward(same[backend.name], x)
-        )
-        outs[backend.name] = {dtype: run(x32.astype(dtype)) for dtype in (np.float32, np.float64, np.float16)}
-        want = outs[backend.name][np.float32]
-        assert all(out.dtype == np.float32 for out in outs[backend.name].values())
-        np.testing.assert_array_equal(
-            outs[backend.name][np.float64], want
-        )  # exact: float32 values survive the round trip
-        assert (
-            np.abs(outs[backend.name][np.float16] - want).max() < 1e-2
-        )  # only the float16 rounding of the pixels differs
-    for dtype in (np.float32, np.float64, np.float16):
-        assert np.abs(outs["torch"][dtype] - outs["flax"][dtype]).max() <= 1e-6, dtype
+    for name in BACKEND_NAMES:
+        backend, net = get_backend(name), same_nets[name]
+        outs[name] = {
+            dtype: as_numpy(backend.forward(net, x32.astype(dtype))) for dtype in (np.float32, np.float64, np.float16)
+        }
+        want = outs[name][np.float32]
+        assert all(out.dtype == np.float32 for out in outs[name].values())
+        np.testing.assert_array_equal(outs[name][np.float64], want)  # exact: float32 values survive the round trip
+        assert np.abs(outs[name][np.float16] - want).max() < 1e-2  # only the float16 rounding of the pixels differs
+    for name in ("flax", "nnx"):
+        for dtype in (np.float32, np.float64, np.float16):
+            assert np.abs(outs["torch"][dtype] - outs[name][dtype]).max() <= 1e-6, (name, dtype)
 
 
-def test_twins_give_0_by_10_logits_for_an_empty_batch(torch_backend, flax_backend, nets):
+def test_twins_give_0_by_10_logits_for_an_empty_batch(nets):
     empty = np.zeros((0, 28, 28), np.float32)
-    for backend in (torch_backend, flax_backend):
-        out = np.asarray(
-            backend.forward(nets[backend.name], empty).cpu()
-            if backend.name == "torch"
-            else backend.forward(nets[backend.name], empty)
-        )
-        assert out.shape == (0, 10) and out.dtype == np.float32, backend.name
+    for name in BACKEND_NAMES:
+        out = as_numpy(get_backend(name).forward(nets[name], empty))
+        assert out.shape == (0, 10) and out.dtype == np.float32, name
 
 
 # ----------------------------------------------------------------------------- import isolation
@@ -263,6 +312,7 @@ def test_twins_give_0_by_10_logits_for_an_empty_batch(torch_backend, flax_backen
 IMPORT_CHECKS = {
     "fashion_torch": "import fashion_torch, sys; assert 'jax' not in sys.modules and 'flax' not in sys.modules",
     "fashion_flax": "import fashion_flax, sys; assert 'torch' not in sys.modules",
+    "fashion_nnx": "import fashion_nnx, sys; assert 'torch' not in sys.modules",
 }
 
 
@@ -295,3 +345,17 @@ def test_the_neural_network_class_built_with_no_arguments_is_the_tutorials_stack
         assert len(model.bind(variables).linear_relu_stack.layers) == DEFAULT_SPEC.stack_length == 5
     assert logits.shape == (16, 10)
     assert (logits < 0).any()  # logits, not ReLU outputs: a trailing ReLU would leave none below zero
+
+
+def test_the_nnx_neural_network_built_with_only_its_rngs_is_the_tutorials_stack_ending_in_logits():
+    """The NNX constructor's own defaults (it needs nnx.Rngs, as every NNX layer does): no output ReLU."""
+    from flax import nnx
+
+    import fashion_nnx
+
+    model = fashion_nnx.NeuralNetwork(rngs=nnx.Rngs(0))
+    assert model.spec == DEFAULT_SPEC and len(model.linear_relu_stack.layers) == DEFAULT_SPEC.stack_length == 5
+    last = model.linear_relu_stack.layers[-1]
+    assert isinstance(last, nnx.Linear) and last.out_features == 10
+    logits = np.asarray(model(np.random.default_rng(0).random((16, 28, 28), dtype=np.float32)))
+    assert logits.shape == (16, 10) and (logits < 0).any()  # logits, not ReLU outputs

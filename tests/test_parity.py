@@ -1,8 +1,9 @@
 """Same weights, same numbers: the twins compared on CPU, float32, matmul precision pinned "highest".
 
 As in Hugging Face's PT/Flax equivalence tests, weights are converted and the outputs compared as
-a max absolute difference. Weights start in either twin; the conversion goes through the
-canonical state_dict (torch layout), so a transpose mistake shows up here as a ~1e-2 error.
+a max absolute difference. Each JAX twin (linen "flax", and "nnx") is held against torch; weights
+start in either twin of the pair; the conversion goes through the canonical state_dict (torch
+layout), so a transpose mistake shows up here as a ~1e-2 error.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from backends import image_batch, label_batch, max_abs_diff
+from backends import get_backend, image_batch, label_batch, max_abs_diff
 
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
@@ -35,16 +36,24 @@ DENSE_TOL = 2e-6
 # chain three matmuls. Measured: <= 1e-6 relative.
 GRAD_RTOL = 1e-5
 
-# (where the weights are initialized, spec). Flax inits cost a compile each, so only the default
-# spec starts from Flax; the other activations check that the twins apply them in the same place.
+# (JAX twin, where the weights are initialized, spec). Flax inits cost a compile each, so only the
+# default spec starts from a JAX twin; the other activations check that the twins apply them in the
+# same place.
+JAX_TWINS = ("flax", "nnx")
 CASES = [
-    ("torch", DEFAULT_SPEC, TOL),
-    ("flax", DEFAULT_SPEC, TOL),
-    ("torch", ModelSpec(output_activation="relu"), TOL),
-    ("torch", ModelSpec(activation="tanh"), TOL),  # sum_i |x_i w_i| <= 2.4 after tanh
-    ("torch", ModelSpec(activation="sigmoid"), DENSE_TOL),
+    case
+    for twin in JAX_TWINS
+    for case in [
+        (twin, "torch", DEFAULT_SPEC, TOL),
+        (twin, twin, DEFAULT_SPEC, TOL),
+        (twin, "torch", ModelSpec(output_activation="relu"), TOL),
+        (twin, "torch", ModelSpec(activation="tanh"), TOL),  # sum_i |x_i w_i| <= 2.4 after tanh
+        (twin, "torch", ModelSpec(activation="sigmoid"), DENSE_TOL),
+    ]
 ]
-CASE_IDS = ["torch-init", "flax-init", "output-relu", "tanh", "sigmoid"]
+CASE_IDS = [
+    f"{twin}-{name}" for twin in JAX_TWINS for name in ("torch-init", f"{twin}-init", "output-relu", "tanh", "sigmoid")
+]
 
 
 def test_matmul_precision_is_pinned_to_full_float32_in_both_twins_while_they_are_compared(highest_matmul_precision):
@@ -57,16 +66,17 @@ def test_matmul_precision_is_pinned_to_full_float32_in_both_twins_while_they_are
 
 
 @pytest.fixture(scope="module", params=CASES, ids=CASE_IDS)
-def twin_nets(request, torch_backend, flax_backend):
-    """(torch net, flax net, tolerance): the same weights, converted from the twin named in the case."""
-    source, spec, tol = request.param
+def twin_nets(request, torch_backend):
+    """(torch net, JAX twin's backend, its net, tolerance): the same weights, converted from the case's source."""
+    twin, source, spec, tol = request.param
+    jax_backend = get_backend(twin)
     if source == "torch":
         torch_net = torch_backend.init(seed=0, spec=spec)
-        flax_net = flax_backend.from_state_dict(torch_backend.to_state_dict(torch_net), spec)
+        jax_net = jax_backend.from_state_dict(torch_backend.to_state_dict(torch_net), spec)
     else:
-        flax_net = flax_backend.init(seed=0, spec=spec)
-        torch_net = torch_backend.from_state_dict(flax_backend.to_state_dict(flax_net), spec)
-    return torch_net, flax_net, tol
+        jax_net = jax_backend.init(seed=0, spec=spec)
+        torch_net = torch_backend.from_state_dict(jax_backend.to_state_dict(jax_net), spec)
+    return torch_net, jax_backend, jax_net, tol
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +85,8 @@ def batch():
     return image_batch(64, seed=0, layout="N,1,28,28"), label_batch(64, seed=0)
 
 
-def test_flax_logits_match_torch_logits_for_same_weights(torch_backend, flax_backend, twin_nets, batch):
-    torch_net, flax_net, tol = twin_nets
+def test_jax_twin_logits_match_torch_logits_for_same_weights(torch_backend, twin_nets, batch):
+    torch_net, flax_backend, flax_net, tol = twin_nets
     x, _ = batch
     torch_logits, flax_logits = torch_backend.logits(torch_net, x), flax_backend.logits(flax_net, x)
     diff = max_abs_diff(torch_logits, flax_logits)
@@ -86,8 +96,8 @@ def test_flax_logits_match_torch_logits_for_same_weights(torch_backend, flax_bac
     assert np.abs(torch_logits).max() > 1e-2  # non-trivial values, so the comparison means something
 
 
-def test_flax_layer_outputs_match_torch_layer_outputs_for_same_weights(torch_backend, flax_backend, twin_nets, batch):
-    torch_net, flax_net, tol = twin_nets
+def test_jax_twin_layer_outputs_match_torch_layer_outputs_for_same_weights(torch_backend, twin_nets, batch):
+    torch_net, flax_backend, flax_net, tol = twin_nets
     x, _ = batch
     torch_out, flax_out = torch_backend.layer_outputs(torch_net, x), flax_backend.layer_outputs(flax_net, x)
     assert list(torch_out) == list(flax_out)
@@ -97,10 +107,8 @@ def test_flax_layer_outputs_match_torch_layer_outputs_for_same_weights(torch_bac
     assert max(diffs.values()) <= tol, diffs
 
 
-def test_flax_gradients_match_torch_gradients_for_the_input_and_every_parameter(
-    torch_backend, flax_backend, twin_nets, batch
-):
-    torch_net, flax_net, tol = twin_nets
+def test_jax_twin_gradients_match_torch_gradients_for_the_input_and_every_parameter(torch_backend, twin_nets, batch):
+    torch_net, flax_backend, flax_net, tol = twin_nets
     x, labels = batch
     torch_loss, torch_dx, torch_grads = torch_backend.loss_and_grads(torch_net, x, labels)
     flax_loss, flax_dx, flax_grads = flax_backend.loss_and_grads(flax_net, x, labels)
@@ -118,6 +126,29 @@ def test_flax_gradients_match_torch_gradients_for_the_input_and_every_parameter(
         assert diff <= GRAD_RTOL * scale, name
         assert scale > 0, name  # every gradient is non-zero, so none is compared vacuously
     print(f"loss diff = {abs(torch_loss - flax_loss):.3g}; grad max|diff| = " + "; ".join(report))
+
+
+def test_nnx_and_linen_give_the_same_logits_layers_and_gradients_for_the_same_weights(batch):
+    """Both Flax twins lower the same XLA ops (dot_general, then the bias add) on the same weights.
+
+    Measured bit-equal on this CPU; the assert allows the few-ulp 1e-6 of test_parity's TOL, since XLA
+    may fuse two differently written programs differently (an added output activation, another host).
+    """
+    flax_backend, nnx_backend = get_backend("flax"), get_backend("nnx")
+    linen_net = flax_backend.init(seed=0)
+    nnx_net = nnx_backend.from_state_dict(flax_backend.to_state_dict(linen_net))
+    x, labels = batch
+    diffs = {"logits": max_abs_diff(flax_backend.logits(linen_net, x), nnx_backend.logits(nnx_net, x))}
+    linen_layers, nnx_layers = flax_backend.layer_outputs(linen_net, x), nnx_backend.layer_outputs(nnx_net, x)
+    assert list(linen_layers) == list(nnx_layers)
+    diffs.update({name: max_abs_diff(linen_layers[name], nnx_layers[name]) for name in linen_layers})
+    linen_loss, linen_dx, linen_grads = flax_backend.loss_and_grads(linen_net, x, labels)
+    nnx_loss, nnx_dx, nnx_grads = nnx_backend.loss_and_grads(nnx_net, x, labels)
+    diffs["loss"] = abs(linen_loss - nnx_loss)
+    diffs["input grad"] = max_abs_diff(linen_dx, nnx_dx)
+    diffs.update({f"grad {k}": max_abs_diff(linen_grads[k], nnx_grads[k]) for k in linen_grads})
+    print("nnx vs linen max|diff| = " + ", ".join(f"{k}: {v:.3g}" for k, v in diffs.items()))
+    assert max(diffs.values()) <= TOL, diffs
 
 
 # ----------------------------------------------------------------------------- exact round trips
@@ -148,3 +179,23 @@ def test_flax_to_torch_to_flax_round_trip_is_exact(torch_backend, flax_backend):
     for leaf, back_leaf in zip(leaves, back_leaves):
         assert back_leaf.shape == leaf.shape and back_leaf.dtype == leaf.dtype
         assert np.array_equal(np.asarray(back_leaf), np.asarray(leaf))
+
+
+ROUND_TRIPS = [("torch", "nnx"), ("nnx", "torch"), ("flax", "nnx"), ("nnx", "flax")]
+
+
+@pytest.mark.parametrize("start, via", ROUND_TRIPS, ids=[f"{a}-to-{b}-to-{a}" for a, b in ROUND_TRIPS])
+def test_round_trips_through_the_nnx_twin_are_exact(start, via, batch):
+    """Weights born in `start`, converted into `via` and back: bit-equal state_dicts and logits."""
+    first, second = get_backend(start), get_backend(via)
+    net = first.init(seed=0)
+    state = first.to_state_dict(net)
+    there = second.to_state_dict(second.from_state_dict(state))
+    back = first.from_state_dict(there)
+    back_state = first.to_state_dict(back)
+    assert list(back_state) == list(there) == list(state)
+    for key in state:
+        assert np.array_equal(there[key], state[key]), key
+        assert np.array_equal(back_state[key], state[key]), key
+    x, _ = batch
+    np.testing.assert_array_equal(first.logits(back, x), first.logits(net, x))

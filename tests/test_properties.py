@@ -1,4 +1,4 @@
-"""Property-based tests: hypothesis draws shapes, dtypes and values, and both twins must give the same
+"""Property-based tests: hypothesis draws shapes, dtypes and values, and all three twins must give the same
 result (within a stated tolerance, NaN in the same places) or the same exception class and message.
 
 Values include +-0, +-inf, NaN, subnormals, huge magnitudes and empty batches. The default profile
@@ -6,7 +6,7 @@ draws few examples (fast); `--hypothesis-profile=deep` or FASHION_TWINS_HYPOTHES
 (profiles in tests/conftest.py).
 
 The one deliberate difference, pinned in test_activations.py: XLA on CPU flushes float32 subnormal
-inputs to zero, torch does not. So flax(x) is compared with torch(flush(x)); nothing in this
+inputs to zero, torch does not. So flax(x) and nnx(x) are compared with torch(flush(x)); nothing in this
 network comes near 1e-38, so the rule costs no real input anything.
 """
 
@@ -24,13 +24,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fashion_flax
+import fashion_nnx
 import fashion_torch
 from fashion_common import checkpoint as canonical
 from fashion_common.errors import CheckpointError, FashionTwinsError
 from fashion_common.spec import DEFAULT_SPEC
 
 ELEMENTWISE = ("binary_step", "sigmoid", "tanh", "relu")
-TWINS = {"torch": fashion_torch, "flax": fashion_flax}
+TWINS = {"torch": fashion_torch, "flax": fashion_flax, "nnx": fashion_nnx}
+JAX_TWINS = ("flax", "nnx")
 
 # Same argument as tests/test_activations.py: each library is within 4 ulps of the truth, so the
 # twins are within 8 ulps of each other, in the input dtype's own ulps (float16 values are computed
@@ -129,14 +131,15 @@ def test_elementwise_activations_agree_or_fail_alike_for_any_dtype_shape_and_val
     else:
         x = data.draw(hnp.arrays(dtype, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)), label="x")
     torch_kind, torch_out = call("torch", name, flush(x))
-    flax_kind, flax_out = call("flax", name, x)
-    assert torch_kind == flax_kind, (torch_out, flax_out)
-    if torch_kind == "error":
-        assert torch_out == flax_out
-        assert issubclass(torch_out[0], FashionTwinsError)  # only the shared rule's error, never a library's own
-        return
-    assert torch_out.dtype == flax_out.dtype == dtype  # a floating input keeps its dtype in both
-    assert_close_in_ulps(flax_out, torch_out, dtype)
+    for twin in JAX_TWINS:
+        flax_kind, flax_out = call(twin, name, x)
+        assert torch_kind == flax_kind, (twin, torch_out, flax_out)
+        if torch_kind == "error":
+            assert torch_out == flax_out
+            assert issubclass(torch_out[0], FashionTwinsError)  # only the shared rule's error, never a library's own
+            continue
+        assert torch_out.dtype == flax_out.dtype == dtype  # a floating input keeps its dtype in every twin
+        assert_close_in_ulps(flax_out, torch_out, dtype)
 
 
 @given(data=st.data())
@@ -154,19 +157,20 @@ def test_softmax_agrees_over_any_valid_dim_and_fails_alike_for_any_other(data):
         label="dim",
     )
     torch_kind, torch_out = call("torch", "softmax", flush(x), dim=dim)
-    flax_kind, flax_out = call("flax", "softmax", x, dim=dim)
-    assert torch_kind == flax_kind, (torch_out, flax_out)
-    if torch_kind == "error":
-        assert torch_out == flax_out
-        assert issubclass(torch_out[0], FashionTwinsError)
-        return
-    # Outputs lie in [0, 1]: 1e-6 absolute in float32 (ulp at 1 is 1.2e-7; exp, the max shift and the
-    # sum add a few), 4e-3 in float16 (4 of its ulps at 1, 9.8e-4 each).
-    tol = 1e-6 if dtype == np.float32 else 4e-3
-    t, f = torch_out.astype(np.float64), flax_out.astype(np.float64)
-    np.testing.assert_array_equal(np.isnan(t), np.isnan(f))
-    finite = ~np.isnan(t)
-    assert (np.abs(t[finite] - f[finite]) <= tol).all()
+    for twin in JAX_TWINS:
+        flax_kind, flax_out = call(twin, "softmax", x, dim=dim)
+        assert torch_kind == flax_kind, (twin, torch_out, flax_out)
+        if torch_kind == "error":
+            assert torch_out == flax_out
+            assert issubclass(torch_out[0], FashionTwinsError)
+            continue
+        # Outputs lie in [0, 1]: 1e-6 absolute in float32 (ulp at 1 is 1.2e-7; exp, the max shift and the
+        # sum add a few), 4e-3 in float16 (4 of its ulps at 1, 9.8e-4 each).
+        tol = 1e-6 if dtype == np.float32 else 4e-3
+        t, f = torch_out.astype(np.float64), flax_out.astype(np.float64)
+        np.testing.assert_array_equal(np.isnan(t), np.isnan(f))
+        finite = ~np.isnan(t)
+        assert (np.abs(t[finite] - f[finite]) <= tol).all()
 
 
 # ----------------------------------------------------------------------------- the model's forward
@@ -174,10 +178,11 @@ def test_softmax_agrees_over_any_valid_dim_and_fails_alike_for_any_other(data):
 
 @pytest.fixture(scope="module")
 def same_nets():
-    """The torch net and a flax net holding the very same weights."""
-    torch_backend, flax_backend = get_backend("torch"), get_backend("flax")
+    """The torch net, and a net of each JAX twin holding the very same weights."""
+    torch_backend = get_backend("torch")
     net = torch_backend.init(seed=0)
-    return {"torch": net, "flax": flax_backend.from_state_dict(torch_backend.to_state_dict(net))}
+    state = torch_backend.to_state_dict(net)
+    return {"torch": net, **{twin: get_backend(twin).from_state_dict(state) for twin in JAX_TWINS}}
 
 
 def _forward(twin, nets, x):
@@ -185,6 +190,8 @@ def _forward(twin, nets, x):
     if twin == "torch":
         with torch.no_grad():
             return outcome(lambda: net(x))  # a NumPy array straight in: the shared input rule
+    if twin == "nnx":
+        return outcome(lambda: net(x))  # the nnx.Module holds its weights, as torch's does
     return outcome(lambda: net.model.apply(net.params, x))
 
 
@@ -222,22 +229,23 @@ def test_model_forward_agrees_or_fails_alike_for_any_batch_dtype_and_values(same
     else:
         x = data.draw(hnp.arrays(dtype, shape), label="x")
     torch_kind, torch_out = _forward("torch", same_nets, flush(x.astype(np.float32)) if dtype == np.float32 else x)
-    flax_kind, flax_out = _forward("flax", same_nets, x)
-    assert torch_kind == flax_kind, (torch_out, flax_out)
-    if torch_kind == "error":
-        assert torch_out == flax_out
-        assert issubclass(torch_out[0], FashionTwinsError)
-        return
-    assert torch_out.shape == flax_out.shape == (shape[0], 10)
-    np.testing.assert_array_equal(np.isnan(torch_out), np.isnan(flax_out))
-    np.testing.assert_array_equal(np.isinf(torch_out), np.isinf(flax_out))
-    # Finite logits: float32 matmuls in two libraries sum in different orders; the error of a sum of
-    # products is relative to the size of its terms, which scale with the largest input, so the
-    # bound is 1e-5 * max(1, max |x|) (test_parity.py's 1e-6 is for inputs in [0, 1]).
-    finite = np.isfinite(torch_out)
-    xs = np.abs(x[np.isfinite(x)].astype(np.float64))
-    scale = max(1.0, float(xs.max()) if xs.size else 1.0)
-    assert (np.abs(torch_out[finite] - flax_out[finite]) <= 1e-5 * scale).all()
+    for twin in JAX_TWINS:
+        flax_kind, flax_out = _forward(twin, same_nets, x)
+        assert torch_kind == flax_kind, (twin, torch_out, flax_out)
+        if torch_kind == "error":
+            assert torch_out == flax_out
+            assert issubclass(torch_out[0], FashionTwinsError)
+            continue
+        assert torch_out.shape == flax_out.shape == (shape[0], 10)
+        np.testing.assert_array_equal(np.isnan(torch_out), np.isnan(flax_out))
+        np.testing.assert_array_equal(np.isinf(torch_out), np.isinf(flax_out))
+        # Finite logits: float32 matmuls in two libraries sum in different orders; the error of a sum of
+        # products is relative to the size of its terms, which scale with the largest input, so the
+        # bound is 1e-5 * max(1, max |x|) (test_parity.py's 1e-6 is for inputs in [0, 1]).
+        finite = np.isfinite(torch_out)
+        xs = np.abs(x[np.isfinite(x)].astype(np.float64))
+        scale = max(1.0, float(xs.max()) if xs.size else 1.0)
+        assert (np.abs(torch_out[finite] - flax_out[finite]) <= 1e-5 * scale).all()
 
 
 # ----------------------------------------------------------------------------- checkpoint headers
@@ -311,7 +319,7 @@ def test_any_header_field_value_reads_fine_or_gives_checkpoint_error_in_both_twi
         except CheckpointError as e:
             results[name] = ("error", str(e))
         # any other exception fails the test here, with its traceback
-    assert results["torch"] == results["flax"]
+    assert results["torch"] == results["flax"] == results["nnx"]
     kind, detail = results["torch"]
     if kind == "ok":
         # accepted: every spec field present is the default's own spelling (the tensors fix the shapes)
@@ -368,7 +376,7 @@ def test_any_sidecar_counters_read_fine_or_give_checkpoint_error(tmp_path_factor
         assert str(side) in str(e)
         return
     # accepted: then every field the loop and the train modules use has its type and range
-    assert got["backend"] in ("torch", "flax")
+    assert got["backend"] in ("torch", "flax", "nnx")
     for key in ("epoch", "step", "optimizer_step"):
         assert type(got[key]) is int and got[key] >= 0
     assert isinstance(got["config"], dict) and len(got["history"]) == got["epoch"]

@@ -1,4 +1,4 @@
-"""Training in both twins: config and engines, learning, determinism, resume, crash safety, and the hand-written torch step."""
+"""Training in all three twins: config and engines, learning, determinism, resume, crash safety, and the hand-written torch step."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from twin_data import real_data, separable_set
 from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.errors import CheckpointError, ConfigError
-from fashion_common.spec import BACKENDS
+from fashion_common.spec import TWINS
+
+BACKENDS = TWINS  # every twin, the NNX twin included (fashion_common.spec)
 
 
 def twin(backend):
@@ -25,7 +27,7 @@ def twin(backend):
 
 def final_weights(backend, state):
     pkg, _ = twin(backend)
-    return pkg.to_state_dict(state.model) if backend == "torch" else pkg.to_state_dict(state.params)
+    return pkg.to_state_dict(state.params) if backend == "flax" else pkg.to_state_dict(state.model)
 
 
 # ----------------------------------------------------------------------------- config
@@ -83,7 +85,7 @@ def test_cosine_schedule_starts_at_lr_passes_half_at_midpoint_and_ends_at_zero(b
 def schedule_rates(backend, config, total_steps):
     """The rate each twin's own schedule object gives at steps 0..total_steps (torch: after i scheduler.step() calls)."""
     _, train = twin(backend)
-    if backend == "flax":
+    if backend in ("flax", "nnx"):
         schedule = train.make_schedule(config, total_steps)
         return [float(schedule(i)) for i in range(total_steps + 1)]
     state = train.create_train_state(config, total_steps=total_steps)
@@ -106,6 +108,7 @@ def test_the_engine_is_a_torch_argument_not_a_shared_config_field():
         TrainConfig().replace(engine="eager")
     assert "engine" in inspect.signature(torch_train.create_train_state).parameters
     assert "engine" not in inspect.signature(flax_train.create_train_state).parameters
+    assert "engine" not in inspect.signature(twin("nnx")[1].create_train_state).parameters
     with pytest.raises(ConfigError, match="engine must be one of auto, eager, compile, cuda_graph, fused"):
         torch_train.create_train_state(TrainConfig(device="cpu"), engine="bogus")
 
@@ -198,6 +201,7 @@ def test_resuming_mid_run_gives_the_same_final_weights_as_an_uninterrupted_run(b
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     assert [r["epoch"] for r in resumed_metrics["epochs"]] == [1, 2, 3]
+    assert int(resumed.step) == int(full.step) == 3 * 10  # the update count resumes too (320 images, batch 32)
     assert resumed_metrics["epochs"][-1]["test_loss"] == full_metrics["epochs"][-1]["test_loss"]
 
 
@@ -269,10 +273,26 @@ def test_resume_with_the_other_backend_names_the_right_one(tmp_path):
         )
 
 
+def test_the_two_flax_twins_refuse_each_others_optimizer_state_naming_the_right_backend(tmp_path):
+    """linen and NNX share a checkpoint format but not optimizer slot keys: a resume names the twin that wrote it."""
+    _, flax_train = twin("flax")
+    _, nnx_train = twin("nnx")
+    for writer, reader in ((nnx_train, flax_train), (flax_train, nnx_train)):
+        ckpt = tmp_path / f"{writer.BACKEND}.safetensors"
+        with pytest.raises(Crash):
+            writer.train_and_evaluate(
+                _small_config(epochs=2), separable_set(), out=ckpt, quiet=True, log=_crash_after(1)
+            )
+        with pytest.raises(CheckpointError, match=f"resume it with --backend {writer.BACKEND}"):
+            reader.train_and_evaluate(
+                _small_config(epochs=2), separable_set(), resume=ckpt, quiet=True, log=lambda s: None
+            )
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_checkpoint_trained_by_one_twin_evaluates_the_same_in_the_other(backend, tmp_path):
     _, train = twin(backend)
-    other = "flax" if backend == "torch" else "torch"
+    other = {"torch": "nnx", "nnx": "flax", "flax": "torch"}[backend]  # a cycle: every twin writes and reads once
     other_pkg, other_train = twin(other)
     data = separable_set()
     ckpt = tmp_path / "m.safetensors"

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from fashion_common.config import DEVICES
-from fashion_common.spec import BACKENDS
+from fashion_common.spec import TWINS
 
 PRECISIONS = ("highest", "tf32", "both")  # highest: TF32 off in torch, JAX "highest" (the parity mode)
 OUTPUT_ACTIVATIONS = ("none", "relu")
@@ -104,8 +104,8 @@ def backend_parent() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         required=True,
-        choices=BACKENDS,
-        help="which twin runs: torch (PyTorch) or flax (Flax linen) (required, no default)",
+        choices=TWINS,
+        help="which twin runs: torch (PyTorch), flax (Flax linen) or nnx (Flax NNX) (required, no default)",
     )
     return p
 
@@ -220,15 +220,15 @@ def precisions(choice: str) -> list:
 
 
 def backend_module(name: str, start_backend: bool = True):
-    """Import one twin (fashion_torch or fashion_flax) with its train module; the other framework is never imported.
+    """Import one twin (fashion_torch, fashion_flax or fashion_nnx) with its train module; no other framework is imported.
 
     start_backend=False leaves JAX's backends unstarted, for a data-parallel launch that must configure them first.
     """
-    if name not in BACKENDS:
-        raise UsageError(f"unknown backend {name!r}; choose {' or '.join(BACKENDS)}")
+    if name not in TWINS:
+        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(TWINS)}")
     twin = importlib.import_module(f"fashion_{name}")
     importlib.import_module(f"fashion_{name}.train")  # makes twin.train available
-    if name == "flax" and start_backend:
+    if name in ("flax", "nnx") and start_backend:  # the JAX twins
         check_jax_platforms()
     return twin
 

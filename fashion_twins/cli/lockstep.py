@@ -28,6 +28,12 @@ def add_parser(subparsers) -> None:
         ],
     )
     p.add_argument(
+        "--backend",
+        choices=("flax", "nnx"),
+        default="flax",
+        help="the JAX twin trained against the torch twin: flax (Flax linen) or nnx (Flax NNX) (default: flax)",
+    )
+    p.add_argument(
         "--steps",
         type=common.positive_int,
         metavar="N",
@@ -118,14 +124,16 @@ def run(args) -> int:
     show_bar = not args.quiet and progress_bars_wanted()
     results = {}
     for mode in common.precisions(args.precision):
-        result = lockstep(data, config, args.steps, args.weight_every, mode, progress=show_bar, dtype=args.dtype)
+        result = lockstep(
+            data, config, args.steps, args.weight_every, mode, progress=show_bar, dtype=args.dtype, twin=args.backend
+        )
         results[mode] = result
         print(
             f"[lockstep] {result['steps']} steps, {config.optimizer} lr {config.lr} momentum {config.momentum} "
             f"batch {config.batch_size}, {args.dtype}, {mode}: "
             f"max |loss diff| {result['max_loss_diff']:.3g}, "
             f"final max |weight diff| {result['final_weight_diff']:.3g}, "
-            f"final loss torch {result['loss_torch'][-1]:.6f} flax {result['loss_flax'][-1]:.6f}"
+            f"final loss torch {result['loss_torch'][-1]:.6f} {args.backend} {result['loss_flax'][-1]:.6f}"
         )
     if args.out:
         from fashion_common.loop import write_json_atomic

@@ -224,6 +224,12 @@ def data_parallel(args, config: TrainConfig):
         if getattr(args, flag[2:].replace("-", "_")) is not None
     ]
     mode = None
+    if args.backend == "nnx" and (flax_flags or (under_torchrun() and world_from_env().size > 1)):
+        # NNX data parallelism (nnx.shard over a mesh) is not built yet: say so before any work.
+        flag = flax_flags[0] if flax_flags else "torchrun"
+        raise common.UsageError(
+            f"argument {flag}: the nnx twin trains on one device; data-parallel runs: --backend flax or torch"
+        )
     if args.backend == "torch":
         if flax_flags:
             raise common.UsageError(f"argument {flax_flags[0]}: {torch_hint} (multi-node: --nnodes, --rdzv-endpoint)")

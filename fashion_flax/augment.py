@@ -6,6 +6,17 @@ Mirrors fashion_torch/augment.py: one batched gather, traced into the jitted ste
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
+
+# ToTensor's x / 255 for every uint8 value, correctly rounded (numpy divides as torch does). XLA on the
+# CPU computes `x / 255.0` as x * (1/255), 1 ulp off torch on 126 of the 256 values, a difference the
+# lockstep twins would carry in every input; a gather from this table gives torch's exact values.
+_UNIT = np.arange(256, dtype=np.float32) / np.float32(255)
+
+
+def to_unit(images):
+    """uint8 images (any shape) -> float32 in [0, 1], bit-equal to torch's images.to(float32) / 255."""
+    return jnp.asarray(_UNIT)[images]
 
 
 def shift_images(images, offsets):

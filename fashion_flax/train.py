@@ -54,17 +54,6 @@ class DeviceData:
     test_labels: jax.Array
 
 
-# ToTensor's x / 255 for every uint8 value, correctly rounded (numpy divides as torch does). XLA on the
-# CPU computes `x / 255.0` as x * (1/255), 1 ulp off torch on 126 of the 256 values, a difference the
-# lockstep twins would carry in every input; a gather from this table gives torch's exact values.
-_UNIT = np.arange(256, dtype=np.float32) / np.float32(255)
-
-
-def _to_unit(images):
-    """uint8 images (any shape) -> float32 in [0, 1], bit-equal to torch's images.to(float32) / 255."""
-    return jnp.asarray(_UNIT)[images]
-
-
 # ----------------------------------------------------------------------------- state
 
 
@@ -133,7 +122,7 @@ def _step(state: TrainState, images, labels, label_smoothing: float, shifts=None
     """
     if shifts is not None:
         images = augment.shift_images(images, shifts)  # (B, 28, 28) uint8, zero fill
-    x = _to_unit(images)  # (B, 28, 28) in [0, 1], as ToTensor
+    x = augment.to_unit(images)  # (B, 28, 28) in [0, 1], as ToTensor: torch's x / 255 bit for bit
 
     def compute_loss(params):
         logits = state.apply_fn({"params": params}, x)  # (B, 10)
@@ -209,7 +198,7 @@ def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> dict[s
 @functools.partial(jax.jit, static_argnames="apply_fn")
 def _eval_batch(apply_fn, variables, images, labels):
     """(loss sum, correct count) of one chunk of uint8 images (b, 28, 28)."""
-    logits = apply_fn(variables, _to_unit(images))
+    logits = apply_fn(variables, augment.to_unit(images))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
     return loss, (logits.argmax(1) == labels).sum()
 

@@ -6,6 +6,6 @@ module in it, so the NNX twin uses the linen twin's very function: one copy for 
 
 from __future__ import annotations
 
-from fashion_flax.augment import shift_images
+from fashion_flax.augment import shift_images, to_unit
 
-__all__ = ["shift_images"]
+__all__ = ["shift_images", "to_unit"]

@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 
 from fashion_common import checkpoint as canonical
-from fashion_common import loop
+from fashion_common import interrupt, loop
 from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError
@@ -32,7 +32,7 @@ from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_flax.train import DeviceData, loss_fn, make_optimizer, make_schedule, put_data
 
 from . import augment
-from .checkpoint import from_state_dict, save_checkpoint
+from .checkpoint import from_state_dict, to_state_dict
 from .model import NeuralNetwork, create_model, resolve_device
 
 __all__ = ["DeviceData", "loss_fn", "make_optimizer", "make_schedule", "put_data"]  # the linen twin's, re-exported
@@ -93,7 +93,7 @@ def _step(state: TrainState, images, labels, label_smoothing: float, shifts=None
     """
     if shifts is not None:
         images = augment.shift_images(images, shifts)  # (B, 28, 28) uint8, zero fill
-    x = images.astype(jnp.float32) / 255.0  # (B, 28, 28) in [0, 1], as ToTensor
+    x = augment.to_unit(images)  # (B, 28, 28) in [0, 1], as ToTensor: torch's x / 255 bit for bit
 
     def compute_loss(model):
         logits = model(x)  # (B, 10)
@@ -149,6 +149,7 @@ def train_epoch(
     graphdef, arrays = nnx.split(state)
     loss_sum, correct_sum, seen = 0.0, 0, 0
     for chunk in loop.progress_chunks(len(order), progress):
+        interrupt.check()  # Ctrl-C stops here, between compiled scans, never inside one
         arrays, chunk_loss, chunk_correct = _scan_steps(
             graphdef,
             arrays,
@@ -163,8 +164,8 @@ def train_epoch(
             loss_sum, correct_sum = loss_sum + float(chunk_loss), correct_sum + int(chunk_correct)
             progress.update(chunk.stop - chunk.start)
             progress.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct_sum / (seen * order.shape[1]):.3f}")
-        else:
-            loss_sum, correct_sum = chunk_loss, chunk_correct  # one slice: stay on the device until the end
+        else:  # no bar: the sums stay on the device until the end
+            loss_sum, correct_sum = loss_sum + chunk_loss, correct_sum + chunk_correct
     nnx.update(state, arrays)
     steps = len(order)
     return state, {"train_loss": float(loss_sum) / steps, "train_accuracy": int(correct_sum) / (steps * order.shape[1])}
@@ -181,7 +182,7 @@ def evaluate(state: TrainState, data: DeviceData, config: TrainConfig) -> dict[s
 @functools.partial(jax.jit, static_argnames="graphdef")
 def _eval_batch(graphdef, params, images, labels):
     """(loss sum, correct count) of one chunk of uint8 images (b, 28, 28)."""
-    logits = nnx.merge(graphdef, params)(images.astype(jnp.float32) / 255.0)
+    logits = nnx.merge(graphdef, params)(augment.to_unit(images))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
     return loss, (logits.argmax(1) == labels).sum()
 
@@ -234,24 +235,22 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
     """Weights to `path` (canonical), optimizer state and counters beside it; both written atomically.
 
     The optax state's paths inside nnx.Optimizer.opt_state (e.g. `0/mu/linear_relu_stack/layers/0/kernel`)
-    are the slot keys; they differ from linen's, the canonical weights do not. The sidecar goes
-    first and the weights name its step, so a crash between the two renames is detected on resume.
+    are the slot keys; they differ from linen's, the canonical weights do not. counters must hold the
+    run's `run_id`; canonical.write_checkpoint leaves a pair that resumes whatever point a crash hits.
     """
     slots = {
         _slot_key(path_): np.asarray(jax.device_get(leaf[...])).reshape(np.shape(leaf[...]) or (1,))
         for path_, leaf in nnx.to_flat_state(_opt_slots(state))
     }
     step = state.step
-    canonical.write_train_state(path, slots, {**counters, "optimizer_step": step})
-    save_checkpoint(state.model, path, {"step": str(step)})
+    counters = {**counters, "optimizer_step": step}
+    canonical.write_checkpoint(path, to_state_dict(state.model), state.spec, slots, counters)
 
 
 def load_train_state(state: TrainState, path) -> TrainState:
     """Restore weights, optimizer state and the update count written by save_train_state."""
     spec = state.spec
-    weights, _ = canonical.read_state(path, spec)
-    slots, counters = canonical.read_train_state(path)
-    canonical.check_pair(path, counters)
+    weights, slots, counters = canonical.read_checkpoint(path, spec)
     device = next(iter(jax.tree_util.tree_leaves(state.params)[0].devices()))
     for path_, variable in nnx.to_flat_state(_opt_slots(state)):  # the optimizer's own Variables, not copies
         key = _slot_key(path_)
@@ -306,7 +305,7 @@ def train_and_evaluate(
     val_data = None if run.val is None else put_data(run.val, device)
     history, first_epoch = [], 1
     if resume is not None:
-        history, first_epoch = loop.resume_point(resume, BACKEND, config)
+        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
         state = load_train_state(state, resume)
     metrics = loop.run_metrics(BACKEND, device_name(device), versions(), config, spec, run, history)
     metrics["engine"] = "jit_scan"  # nnx has one engine: each epoch slice is one jitted lax.scan over the split state
@@ -321,7 +320,7 @@ def train_and_evaluate(
             progress.close()
         test_metrics = evaluate(state, train_data, config)
         val_metrics = None if val_data is None else evaluate(state, val_data, config)
-        row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, out)
+        row = loop.epoch_row(epoch, seconds, train_metrics, test_metrics, val_metrics, run)
         history.append(row)
         counters = loop.counters(BACKEND, epoch, run, config, history)
         if out is not None:  # saved before anything else can fail, so a crash loses at most the running epoch

@@ -113,7 +113,9 @@ def check_activation_input(name: str, dtype_name: str, is_floating: bool) -> Non
     """
     if not is_floating:
         raise InputDtypeError(f"{name} expects a floating-point input, got {dtype_name}; cast it to float32 first")
-    if dtype_name.startswith(("float8", "float6", "float4")):  # storage formats: torch has no arithmetic in them
+    if dtype_name.startswith(
+        ("float8_", "float6_", "float4_")
+    ):  # storage formats (ml_dtypes names): torch has no arithmetic in them
         raise InputDtypeError(f"{name} does not compute in {dtype_name} (a storage format); cast it to float32 first")
 
 

@@ -180,7 +180,7 @@ def test_default_init_is_torchs_uniform_within_one_over_sqrt_fan_in(backend, net
 def net_fan_in(key: str) -> int:
     """fan_in of the Linear that canonical key `key` belongs to: 784 for layer 0, else 512."""
     index = int(key.split(".")[1])
-    return dict(zip(DEFAULT_SPEC.linear_indices, DEFAULT_SPEC.layer_sizes))[index][0]
+    return dict(zip(DEFAULT_SPEC.linear_indices, DEFAULT_SPEC.layer_sizes, strict=True))[index][0]
 
 
 def test_flax_init_scheme_flax_gives_zero_biases_and_lecun_normal_kernels(flax_backend):
@@ -229,11 +229,14 @@ def test_twins_cast_float64_and_float16_inputs_to_float32_alike(torch_backend, f
     same = {"torch": nets["torch"], "flax": flax_backend.from_state_dict(torch_backend.to_state_dict(nets["torch"]))}
     outs = {}
     for backend in (torch_backend, flax_backend):
-        run = lambda x: np.asarray(
-            backend.forward(same[backend.name], x).cpu()
-            if backend.name == "torch"
-            else backend.forward(same[backend.name], x)
-        )
+
+        def run(x, backend=backend):
+            return np.asarray(
+                backend.forward(same[backend.name], x).cpu()
+                if backend.name == "torch"
+                else backend.forward(same[backend.name], x)
+            )
+
         outs[backend.name] = {dtype: run(x32.astype(dtype)) for dtype in (np.float32, np.float64, np.float16)}
         want = outs[backend.name][np.float32]
         assert all(out.dtype == np.float32 for out in outs[backend.name].values())

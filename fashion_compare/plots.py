@@ -1,4 +1,7 @@
-"""The report's PNGs, drawn from the report dict (matplotlib, Agg canvas, no pyplot state); each function returns PNG bytes."""
+"""The report's PNGs, drawn from the report dict (matplotlib, Agg canvas, no pyplot state).
+
+Each function returns PNG bytes.
+"""
 
 from __future__ import annotations
 
@@ -93,7 +96,8 @@ def plot_lockstep(result: dict) -> bytes:
         ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
     cfg = result["config"]
     fig.suptitle(
-        f"Lockstep: torch vs flax, tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), {result['steps']} steps, {result['precision']} precision"
+        f"Lockstep: torch vs flax, tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), {result['steps']} "
+        f"steps, {result['precision']} precision"
     )
     return _png(fig)
 
@@ -107,7 +111,10 @@ def _count(n: int, noun: str) -> str:
 
 
 def _min_span(ax, span: float) -> None:
-    """Widen the y range to at least `span`, so rounding-size differences between the twins are not blown up to full height."""
+    """Widen the y range to at least `span`.
+
+    Rounding-size differences between the twins are then not blown up to full height.
+    """
     low, high = ax.get_ylim()
     if high - low < span:
         mid = (low + high) / 2
@@ -214,7 +221,7 @@ def plot_epoch_times(training: dict) -> bytes:
     hist = {b: training["recipe"][b]["epochs"] for b in BACKENDS}
     epochs = np.array([r["epoch"] for r in hist["torch"]])
     width = 0.38
-    for offset, backend in zip((-width / 2, width / 2), BACKENDS):
+    for offset, backend in zip((-width / 2, width / 2), BACKENDS, strict=True):
         seconds = [r["epoch_seconds"] for r in hist[backend]]
         bars = ax.bar(
             epochs + offset,
@@ -232,7 +239,8 @@ def plot_epoch_times(training: dict) -> bytes:
     fig.legend(loc="outside lower center", ncols=2, fontsize=9)  # below the axes: never over a bar or its label
     cfg = training["recipe"]["config"]
     ax.set_title(
-        f"Accuracy recipe: seconds per epoch (batch {cfg['batch_size']}, {_epochs(len(epochs))})\nepoch 1 includes warm-up and flax's JIT compilation",
+        f"Accuracy recipe: seconds per epoch (batch {cfg['batch_size']}, {_epochs(len(epochs))})\nepoch 1 includes "
+        "warm-up and flax's JIT compilation",
         fontsize=10,
     )
     return _png(fig)
@@ -293,6 +301,7 @@ def plot_confusion(entry: dict, class_names, subtitle: str) -> bytes:
     diff_bar = fig.colorbar(shown, ax=axes[2], shrink=0.8, location="bottom")
     diff_bar.set_label("torch count − flax count")
     fig.suptitle(
-        f"Confusion matrices, {subtitle}; the twins predict the same class on {100 * entry['agreement']:.2f}% of the images"
+        f"Confusion matrices, {subtitle}; the twins predict the same class on {100 * entry['agreement']:.2f}% of "
+        "the images"
     )
     return _png(fig)

@@ -1,4 +1,7 @@
-"""report.md from the report dict (as written to report.json): formatting only, every figure and check comes from the dict."""
+"""report.md from the report dict (as written to report.json).
+
+Formatting only: every figure and check comes from the dict.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +61,10 @@ def _count(n: int, noun: str) -> str:
 def render_markdown(report: dict) -> str:
     """report.md from the report dict; sections of stages not yet run are left out, PNGs linked only once written."""
     meta = report["meta"]
-    have_png = lambda name: name in report.get("plots", ())
+
+    def have_png(name):
+        return name in report.get("plots", ())
+
     lines: list[str] = ["# fashion-twins: the torch twin and the flax twin, side by side", ""]
     mode = meta["mode"]
     mode_text = (
@@ -125,7 +131,8 @@ def _md_checks(report: dict) -> list[str]:
     ]
     for i, c in enumerate(checks, 1):
         lines.append(
-            f"| {i} | {_cell(c['name'])} | {_v(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | {_cell(c['why'])} |"
+            f"| {i} | {_cell(c['name'])} | {_v(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | "
+            f"{_cell(c['why'])} |"
         )
     return lines + [""]
 
@@ -144,13 +151,15 @@ def _md_figures(report: dict) -> list[str]:
                 else f", {_epochs(entry['config']['epochs'])}"
             )
             rows.append(
-                f"| {label}{note}: final test accuracy torch / flax | {_pct(acc['torch'])} / {_pct(acc['flax'])} (\\|Δ\\| {entry['accuracy_diff_pp']:.2f} pp) |"
+                f"| {label}{note}: final test accuracy torch / flax | {_pct(acc['torch'])} / {_pct(acc['flax'])} "
+                f"(\\|Δ\\| {entry['accuracy_diff_pp']:.2f} pp) |"
             )
     classes = report.get("classes") or {}
     if "recipe" in classes:
         r = classes["recipe"]
         rows.append(
-            f"| independently trained twins (accuracy recipe) predict the same class | {_pct(r['agreement'])} of {classes['num_test']:,} test images |"
+            f"| independently trained twins (accuracy recipe) predict the same class | {_pct(r['agreement'])} of "
+            f"{classes['num_test']:,} test images |"
         )
     if "lockstep" in classes:
         r = classes["lockstep"]
@@ -233,7 +242,8 @@ def _md_structures(report: dict) -> list[str]:
     for r in p["rows"]:
         flag = "" if r["shapes_match"] else " **(shape mismatch)**"
         lines.append(
-            f"| `{r['name']}` | {tuple(r['torch_shape'])} | `{r['flax_path']}` | {tuple(r['flax_shape'])}{flag} | {r['count']:,} |"
+            f"| `{r['name']}` | {tuple(r['torch_shape'])} | `{r['flax_path']}` | {tuple(r['flax_shape'])}{flag} | "
+            f"{r['count']:,} |"
         )
     lines += [
         f"| **total** | | | | **{p['total']:,}** |",
@@ -257,17 +267,22 @@ def _md_parity(report: dict) -> list[str]:
     lines = [
         "## 3. Parity",
         "",
-        f"The same weights — {par['weights']} — and the same {par['images']} real test images (scaled /255, with their labels) "
+        f"The same weights — {par['weights']} — and the same {par['images']} real test images (scaled /255, with "
+        "their labels) "
         "in both twins; every figure is max |torch − flax| (the loss: |torch − flax|). Gradients are of the mean "
         "cross-entropy, the parameter gradients compared in the torch layout.",
         "",
         f"**Precision:** {par['note']}.",
-        f"At highest the expected size is fp32 rounding of differently ordered sums (≤ ~1e-6); tolerance {_t(par['tolerance_highest'])}.",
+        "At highest the expected size is fp32 rounding of differently ordered sums (≤ ~1e-6); tolerance "
+        f"{_t(par['tolerance_highest'])}.",
         "",
         "| figure | " + " | ".join(c for c, _ in columns) + " |",
         "| --- |" + " ---: |" * len(columns),
     ]
-    row = lambda label, get: lines.append(f"| {label} | " + " | ".join(_e(get(r)) for _, r in columns) + " |")
+
+    def row(label, get):
+        return lines.append(f"| {label} | " + " | ".join(_e(get(r)) for _, r in columns) + " |")
+
     row("logits", lambda r: r["logits"])
     row("loss", lambda r: r["loss"])
     for k in par["highest"]["layers"]:
@@ -284,10 +299,14 @@ def _md_parity(report: dict) -> list[str]:
     if kinked:
         dropped = sorted({i for p in kinked for i in par[p]["off_kink"]["dropped"]})
         lines += [
-            f"**ReLU kink ({' and '.join(kinked)}):** {_count(len(dropped), 'test image')} of the batch (index {', '.join(map(str, dropped))}) "
-            f"{'has' if len(dropped) == 1 else 'have'} a hidden pre-activation that is > 0 in one twin and not in the other (e.g. exactly 0.0 in torch, ~1e-9 in flax). "
-            "ReLU's derivative jumps there (0 at 0, 1 above), so that image's gradients differ by what flows through the unit, "
-            "not by rounding; both twins are right. The columns marked with fewer images repeat the comparison without them; "
+            f"**ReLU kink ({' and '.join(kinked)}):** {_count(len(dropped), 'test image')} of the batch (index "
+            f"{', '.join(map(str, dropped))}) "
+            f"{'has' if len(dropped) == 1 else 'have'} a hidden pre-activation that is > 0 in one twin and not in "
+            "the other (e.g. exactly 0.0 in torch, ~1e-9 in flax). "
+            "ReLU's derivative jumps there (0 at 0, 1 above), so that image's gradients differ by what flows "
+            "through the unit, "
+            "not by rounding; both twins are right. The columns marked with fewer images repeat the comparison "
+            "without them; "
             f"at highest, that is the gradient figure held to {_t(par['tolerance_highest'])}.",
             "",
         ]
@@ -301,8 +320,10 @@ def _md_activations(grid: dict) -> list[str]:
     lines = [
         "## 4. Activation grid",
         "",
-        "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at ±20 and ±1e4). "
-        "Softmax runs over the finite inputs only, as one vector (an inf or NaN would make the whole vector NaN by definition); "
+        "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at "
+        "±20 and ±1e4). "
+        "Softmax runs over the finite inputs only, as one vector (an inf or NaN would make the whole vector NaN by "
+        "definition); "
         "— marks the inputs it skips.",
         "",
         header,
@@ -332,7 +353,8 @@ def _md_activations(grid: dict) -> list[str]:
         "",
         "Max |torch − flax| over the grid (NaN must sit in the same places; a NaN in one twin only counts as inf). "
         "The gradient is of sum(y · w) with fixed weights w in [−1, 1], so softmax's gradient is not identically 0. "
-        "Values are printed as they come, signed zeros included (−0 and 0 are equal as numbers, so they count as no difference).",
+        "Values are printed as they come, signed zeros included (−0 and 0 are equal as numbers, so they count as "
+        "no difference).",
         "",
         "| activation | max value diff | max gradient diff |",
         "| --- | ---: | ---: |",
@@ -347,7 +369,8 @@ def _md_lockstep(ls: dict, have_png) -> list[str]:
     lines = [
         "## 5. Lockstep",
         "",
-        f"Both twins start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps on the same batches "
+        f"Both twins start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps "
+        "on the same batches "
         f"(the tutorial's plain SGD, lr {cfg['lr']:g}, batch {cfg['batch_size']}), at {ls['precision']} precision. "
         "The loss is compared at every step, every weight "
         + ("at every step." if ls["weight_every"] == 1 else f"every {ls['weight_every']} steps and at the last."),
@@ -361,7 +384,8 @@ def _md_lockstep(ls: dict, have_png) -> list[str]:
         f"| loss, first → last step (flax) | {ls['loss_flax'][0]:.4f} → {ls['loss_flax'][-1]:.4f} |",
         f"| seconds | {ls['seconds']:.1f} |",
         "",
-        f"Tolerance {_t(ls['tolerance'])}: fp32 rounding of differently ordered sums, ~1e-7 relative per op, is all that may separate them. "
+        f"Tolerance {_t(ls['tolerance'])}: fp32 rounding of differently ordered sums, ~1e-7 relative per op, is "
+        "all that may separate them. "
         f"The plot shows the running maximum of each difference up to every step (the largest seen so far); "
         f"on its log axis, exact zeros are drawn at {LOG_FLOOR:g}.",
         "",
@@ -374,13 +398,17 @@ def _md_lockstep(ls: dict, have_png) -> list[str]:
 def _md_history(entry: dict) -> list[str]:
     t, f = entry["torch"]["epochs"], entry["flax"]["epochs"]
     lines = [
-        "| epoch | train loss torch | train loss flax | test loss torch | test loss flax | test acc torch | test acc flax | Δ pp | s torch | s flax |",
+        "| epoch | train loss torch | train loss flax | test loss torch | test loss flax | test acc torch | test "
+        "acc flax | Δ pp | s torch | s flax |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for a, b in zip(t, f):
+    # strict=False on purpose: one row per epoch both twins have; never fail rendering on uneven histories
+    for a, b in zip(t, f, strict=False):
         lines.append(
-            f"| {a['epoch']} | {a['train_loss']:.4f} | {b['train_loss']:.4f} | {a['test_loss']:.4f} | {b['test_loss']:.4f} | "
-            f"{100 * a['test_accuracy']:.2f}% | {100 * b['test_accuracy']:.2f}% | {100 * abs(a['test_accuracy'] - b['test_accuracy']):.2f} | "
+            f"| {a['epoch']} | {a['train_loss']:.4f} | {b['train_loss']:.4f} | {a['test_loss']:.4f} | "
+            f"{b['test_loss']:.4f} | "
+            f"{100 * a['test_accuracy']:.2f}% | {100 * b['test_accuracy']:.2f}% | "
+            f"{100 * abs(a['test_accuracy'] - b['test_accuracy']):.2f} | "
             f"{a['epoch_seconds']:.2f} | {b['epoch_seconds']:.2f} |"
         )
     return lines + [""]
@@ -392,18 +420,24 @@ def _md_training(training: dict, have_png) -> list[str]:
     if "config" in recipe:
         cfg = recipe["config"]
         lines += [
-            f"**Accuracy recipe** (`fashion_common.config.TrainConfig()`): {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']} schedule, "
-            f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, label smoothing {cfg['label_smoothing']:g}, seed {cfg['seed']}, "
+            f"**Accuracy recipe** (`fashion_common.config.TrainConfig()`): {cfg['optimizer']}, lr {cfg['lr']:g}, "
+            f"{cfg['schedule']} schedule, "
+            f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, label smoothing "
+            f"{cfg['label_smoothing']:g}, seed {cfg['seed']}, "
             f"{_epochs(cfg['epochs'])}; matmul precision {training['precision']} in both twins. "
-            "Each twin initializes itself from the seed, with the same law (torch's U(±1/√fan_in)) but its own generator "
+            "Each twin initializes itself from the seed, with the same law (torch's U(±1/√fan_in)) but its own "
+            "generator "
             "(torch's vs a JAX key), so these are two independent runs: their difference is run-to-run noise, "
-            "which the accuracy check bounds when the full training set is used. The identical-init comparison is the lockstep above.",
+            "which the accuracy check bounds when the full training set is used. The identical-init comparison is "
+            "the lockstep above.",
             "",
         ]
         if recipe["shortened"]:
             lines += [
-                f"> **Shortened:** quick mode trains {_epochs(cfg['epochs'])} instead of the recipe's {recipe['default_epochs']}; "
-                f"everything else is the recipe, and the cosine schedule then decays to 0 over these {_epochs(cfg['epochs'])}. "
+                f"> **Shortened:** quick mode trains {_epochs(cfg['epochs'])} instead of the recipe's "
+                f"{recipe['default_epochs']}; "
+                "everything else is the recipe, and the cosine schedule then decays to 0 over these "
+                f"{_epochs(cfg['epochs'])}. "
                 f"Run with `--full` for the real recipe.",
                 "",
             ]
@@ -437,7 +471,8 @@ def _md_training(training: dict, have_png) -> list[str]:
             ]
         if have_png("epoch_times.png"):
             lines += [
-                "Epoch seconds are training only (the evaluation after each epoch is excluded); epoch 1 includes warm-up and flax's JIT compilation.",
+                "Epoch seconds are training only (the evaluation after each epoch is excluded); epoch 1 includes "
+                "warm-up and flax's JIT compilation.",
                 "",
                 f"![{PLOTS['epoch_times.png']}](epoch_times.png)",
                 "",
@@ -446,14 +481,17 @@ def _md_training(training: dict, have_png) -> list[str]:
     lines += ["### Tutorial recipe", ""]
     if tutorial is None:
         lines += [
-            "Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 epochs) in both twins for comparison.",
+            "Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 "
+            "epochs) in both twins for comparison.",
             "",
         ]
     elif "final_test_accuracy" in tutorial:
         cfg, acc = tutorial["config"], tutorial["final_test_accuracy"]
         lines += [
-            f"`fashion_common.config.tutorial_config()`: {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs. "
-            f"Final test accuracy: torch {100 * acc['torch']:.2f}%, flax {100 * acc['flax']:.2f}% (difference {tutorial['accuracy_diff_pp']:.2f} pp); "
+            f"`fashion_common.config.tutorial_config()`: {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, "
+            f"batch {cfg['batch_size']}, {cfg['epochs']} epochs. "
+            f"Final test accuracy: torch {100 * acc['torch']:.2f}%, flax {100 * acc['flax']:.2f}% (difference "
+            f"{tutorial['accuracy_diff_pp']:.2f} pp); "
             "dashed in curves.png.",
             "",
             *_md_history(tutorial),
@@ -469,7 +507,8 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
         "## 7. Classes and agreement",
         "",
         f"Each twin's final model of the accuracy recipe predicts all {classes['num_test']:,} test images with its own "
-        "`predict_proba` (argmax of the softmax). Per-class accuracy is the share of each true class predicted correctly.",
+        "`predict_proba` (argmax of the softmax). Per-class accuracy is the share of each true class predicted "
+        "correctly.",
         "",
         "| class | torch | flax | Δ pp |",
         "| --- | ---: | ---: | ---: |",
@@ -485,7 +524,8 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
         )  # —: no test image of this class
         lines.append(f"| {i} {name} | " + " | ".join(cells) + " |")
     lines.append(
-        f"| **all** | **{_pct(recipe['torch']['accuracy'])}** | **{_pct(recipe['flax']['accuracy'])}** | {float(recipe['accuracy_diff_pp']):.2f} |"
+        f"| **all** | **{_pct(recipe['torch']['accuracy'])}** | **{_pct(recipe['flax']['accuracy'])}** | "
+        f"{float(recipe['accuracy_diff_pp']):.2f} |"
     )
     lines += [
         "",
@@ -528,14 +568,18 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
 
 
 def md_distributed(result: dict) -> list[str]:
-    """Section 8 (compare --distributed N): each twin on one device vs N-way data parallel; SIMULATED in the title on a CPU."""
+    """Section 8 (compare --distributed N): each twin on one device vs N-way data parallel.
+
+    SIMULATED in the title on a CPU.
+    """
     n = result["world_size"]
     simulated = f" — SIMULATED devices ({n} on one CPU's cores)" if result["simulated"] else ""
     engines = {"torch": f"DDP, torchrun --nproc-per-node {n}", "flax": f"jit over Mesh(('data',)), {n} devices"}
     lines = [
         f"## 8. Data parallel: 1 device vs {n}{simulated}",
         "",
-        f"{result['steps']} steps, global batch {result['batch_size']} ({result['per_rank_batch']} per rank/device), {result['config']}; "
+        f"{result['steps']} steps, global batch {result['batch_size']} ({result['per_rank_batch']} per "
+        f"rank/device), {result['config']}; "
         f"{result['device']}; torch {result['torch_threads_per_process']} thread per process.",
         "",
         f"_{result['note']}._",

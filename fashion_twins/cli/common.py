@@ -222,10 +222,12 @@ def precisions(choice: str) -> list:
     """highest|tf32|both -> the modes to run, in order."""
     return ["highest", "tf32"] if choice == "both" else [choice]
 
-    # ----------------------------------------------------------------------------- helpers
 
-    """Import one twin (fashion_torch, fashion_flax or fashion_nnx) and its train module; no other framework."""
-    """Import one twin (fashion_torch, fashion_flax or fashion_nnx) with its train module; no other framework is imported.
+# ----------------------------------------------------------------------------- helpers
+
+
+def backend_module(name: str, start_backend: bool = True):
+    """Import one twin (fashion_torch, fashion_flax or fashion_nnx) and its train module; no other framework.
 
     start_backend=False leaves JAX's backends unstarted, for a data-parallel launch that must configure them first.
     """

@@ -214,7 +214,7 @@ def compile_seconds(
 
 
 def variant_compile_seconds(name: str, data: FashionData, device: str) -> float | None:
-    """compile_seconds of a benchmark variant (torch_<engine>, flax or nnx) on the tutorial's recipe; None for tutorial."""
+    """compile_seconds of a variant (torch_<engine>, flax or nnx) on the tutorial's recipe; None for tutorial."""
     if name == "tutorial":
         return None  # the tutorial's own eager loop: nothing is compiled
     backend, engine = (name, None) if name in ("flax", "nnx") else ("torch", name.removeprefix("torch_"))

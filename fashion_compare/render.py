@@ -7,7 +7,8 @@ import math
 from fashion_common.config import TrainConfig
 from fashion_common.spec import BACKENDS
 
-JAX_TWINS = tuple(b for b in BACKENDS if b != "torch")  # each held against torch: parity, lockstep
+from . import machine
+from .plots import LOG_FLOOR, PLOTS, smoothed_loss_floor
 
 
 def _slash(values: dict, fmt=None) -> str:
@@ -21,10 +22,6 @@ def _pair_rows(entry: dict) -> list[dict]:
     return entry.get("pairs") or [
         {"twins": ["torch", "flax"], **{k: entry[k] for k in ("agreement", "disagreements", "both_right")}}
     ]
-
-
-from . import machine
-from .plots import LOG_FLOOR, PLOTS, smoothed_loss_floor
 
 
 def _e(x) -> str:
@@ -337,8 +334,8 @@ def _md_activations(grid: dict) -> list[str]:
     lines = [
         "## 4. Activation grid",
         "",
-        "The nnx twin's activations are the flax twin's own functions (`fashion_nnx.relu is fashion_flax.relu`), so the "
-        "flax columns stand for both JAX twins.",
+        "The nnx twin's activations are the flax twin's own functions (`fashion_nnx.relu is fashion_flax.relu`), "
+        "so the flax columns stand for both JAX twins.",
         "",
         "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at ±20 and ±1e4). "
         "Softmax runs over the finite inputs only, as one vector (an inf or NaN would make the whole vector NaN by definition); "
@@ -387,7 +384,8 @@ def _md_lockstep(ls: dict, have_png) -> list[str]:
     lines = [
         "## 5. Lockstep",
         "",
-        f"Torch and each JAX twin (flax, then nnx) start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps on the same batches "
+        "Torch and each JAX twin (flax, then nnx) "
+        f"start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps on the same batches "
         f"(the tutorial's plain SGD, lr {cfg['lr']:g}, batch {cfg['batch_size']}), at {ls['precision']} precision. "
         "The loss is compared at every step, every weight "
         + ("at every step." if ls["weight_every"] == 1 else f"every {ls['weight_every']} steps and at the last."),

@@ -411,7 +411,8 @@ def stage_training(run: Run) -> None:
         for twin in JAX_TWINS:
             run.check(
                 "training",
-                f"accuracy recipe ({_epochs(recipe.epochs)}): final test accuracy, |torch − {twin}| in percentage points",
+                f"accuracy recipe ({_epochs(recipe.epochs)}): final test accuracy, "
+                f"|torch − {twin}| in percentage points",
                 entry["accuracy_diff_pp"] if twin == "flax" else entry["accuracy_diff_pp_nnx"],
                 ACCURACY_TOL_PP,
                 WHY["accuracy"],
@@ -424,7 +425,10 @@ def stage_training(run: Run) -> None:
 
 
 def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict:
-    """Train every twin with `config` -> their final train states; the report is saved after each twin, so a crash keeps the earlier ones."""
+    """Train every twin with `config` -> their final train states.
+
+    The report is saved after each twin, so a crash keeps the earlier ones.
+    """
     default_epochs = (TrainConfig() if name == "recipe" else tutorial_config()).epochs
     entry = training[name] = {
         "config": config.to_dict(),

@@ -9,10 +9,10 @@ import numpy as np
 from fashion_common.spec import BACKENDS
 
 PLOTS = {  # file -> what it shows, also the alt text in report.md
-    "lockstep.png": "lockstep: running maximum of the |loss diff| and of the max weight diff",
-    "curves.png": "train and test loss, and test accuracy per epoch, both twins",
-    "epoch_times.png": "seconds per epoch, both twins",
-    "confusion.png": "confusion matrices of both twins on the test set, and torch − flax",
+    "lockstep.png": "lockstep: running maximum of the |loss diff| and of the max weight diff, torch vs flax and vs nnx",
+    "curves.png": "train and test loss, and test accuracy per epoch, every twin",
+    "epoch_times.png": "seconds per epoch, every twin",
+    "confusion.png": "confusion matrices of every twin on the test set, and torch − flax",
 }
 LOG_FLOOR = 1e-12  # exact zeros cannot be drawn on a log axis; they are drawn at this floor instead
 

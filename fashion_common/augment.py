@@ -18,7 +18,10 @@ _STREAM = 0x5EF7
 
 
 def shift_offsets(seed: int, epoch: int, steps: int, batch: int, max_shift: int) -> np.ndarray:
-    """Offsets (steps, batch, 2) int8 of (dy, dx), each uniform in [-max_shift, max_shift]; all zero if max_shift is 0."""
+    """Offsets (steps, batch, 2) int8 of (dy, dx), each uniform in [-max_shift, max_shift].
+
+    All zero if max_shift is 0.
+    """
     if max_shift < 0 or max_shift > 27:
         raise ValueError(f"max_shift must be in [0, 27], got {max_shift}")
     if max_shift == 0:

@@ -48,7 +48,8 @@ def check_world(world_size: int, batch_size: int, what: str = "ranks") -> int:
         one = "/".join(word[:-1] for word in what.split("/"))  # "ranks/devices" -> "rank/device"
         raise DistributedError(
             f"global batch_size {batch_size} is not divisible by {world_size} {what}; "
-            f"use a multiple of {world_size} (e.g. {max(world_size, batch_size // world_size * world_size)}) so every {one} gets an equal slice"
+            f"use a multiple of {world_size} (e.g. {max(world_size, batch_size // world_size * world_size)}) so "
+            f"every {one} gets an equal slice"
         )
     return batch_size // world_size
 
@@ -87,7 +88,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def peer_failure_message(rank: int, timeout_s: float, error: BaseException) -> str:
-    """One line for a rank (torch) or process (JAX) whose collective failed: a peer died, or stayed silent past the timeout."""
+    """One line for a rank (torch) or process (JAX) whose collective failed.
+
+    A peer died, or stayed silent past the timeout.
+    """
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (
         f"rank {rank}: a collective with the other ranks failed ({type(error).__name__}: {detail[:200]}); "

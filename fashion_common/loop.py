@@ -99,7 +99,8 @@ def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> Non
     for key in RESUME_KEYS:
         if saved.get(key) != getattr(config, key):
             raise CheckpointError(
-                f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(config, key)!r}; resume with the same value"
+                f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(config, key)!r}; resume with the "
+                "same value"
             )
 
 

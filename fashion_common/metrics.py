@@ -22,7 +22,8 @@ def _labels(name: str, values, num_classes: int) -> np.ndarray:
         raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
     if array.size and (array.min() < 0 or array.max() >= num_classes):
         raise ValueError(
-            f"{name} holds {int(array.min() if array.min() < 0 else array.max())}, outside the classes 0..{num_classes - 1}"
+            f"{name} holds {int(array.min() if array.min() < 0 else array.max())}, outside the classes "
+            f"0..{num_classes - 1}"
         )
     return array.astype(np.int64)
 
@@ -46,7 +47,10 @@ def confusion_matrix(labels, predictions, num_classes: int = NUM_CLASSES) -> np.
 
 
 def per_class_accuracy(confusion) -> np.ndarray:
-    """(C,) float64: the share of each true class predicted correctly (diagonal / row sum); NaN for a class with no images."""
+    """(C,) float64: the share of each true class predicted correctly (diagonal / row sum).
+
+    NaN for a class with no images.
+    """
     confusion = np.asarray(confusion)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"confusion must be a square (C, C) matrix, got shape {confusion.shape}")

@@ -61,7 +61,7 @@ class ModelSpec:
     def layer_sizes(self) -> tuple[tuple[int, int], ...]:
         """(fan_in, fan_out) of each Linear, in order: ((784, 512), (512, 512), (512, 10))."""
         sizes = (self.in_features,) + self.hidden_sizes + (self.num_classes,)
-        return tuple(zip(sizes[:-1], sizes[1:]))
+        return tuple(zip(sizes[:-1], sizes[1:], strict=True))
 
     @property
     def linear_indices(self) -> tuple[int, ...]:
@@ -127,7 +127,7 @@ def checkpoint_keys(spec: ModelSpec = DEFAULT_SPEC) -> tuple[str, ...]:
 def checkpoint_shapes(spec: ModelSpec = DEFAULT_SPEC) -> dict:
     """Canonical key -> torch-layout shape: weight is [out, in], bias is [out]."""
     shapes = {}
-    for i, (fan_in, fan_out) in zip(spec.linear_indices, spec.layer_sizes):
+    for i, (fan_in, fan_out) in zip(spec.linear_indices, spec.layer_sizes, strict=True):
         shapes[f"linear_relu_stack.{i}.weight"] = (fan_out, fan_in)
         shapes[f"linear_relu_stack.{i}.bias"] = (fan_out,)
     return shapes

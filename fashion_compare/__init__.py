@@ -1,4 +1,7 @@
-"""Cross-framework tools: lockstep training, parity figures, benchmarks and the comparison report. Imports both twins."""
+"""Cross-framework tools: lockstep training, parity figures, benchmarks and the comparison report.
+
+Imports both twins.
+"""
 
 
 def device_label(device: str) -> str:
@@ -12,7 +15,10 @@ def device_label(device: str) -> str:
         import jax
 
         return f"torch: {torch.cuda.get_device_name(0)}; jax: {jax.devices('gpu')[0].device_kind}"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    return (
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()})"
+    )
 
 
 def set_matmul_precision(mode: str) -> None:

@@ -344,7 +344,7 @@ def interleaved_epochs(variants: dict, log=print, between: Callable[[], None] | 
         fns[name](-1)
         warmups[name], times[name] = time.perf_counter() - start, []
     rounds = interleaved_rounds({name: n for name, (_, n) in variants.items()})
-    for r, names in enumerate(rounds):
+    for names in rounds:
         for name in names:
             start = time.perf_counter()
             fns[name](len(times[name]))
@@ -410,7 +410,8 @@ def time_to_accuracy(
         accuracy = train.evaluate(state, on_device, config)["test_accuracy"]
         curve.append({"epoch": epoch, "train_seconds": seconds, "test_accuracy": accuracy})
         log(
-            f"[{backend}] time-to-{100 * target:.0f}%: epoch {epoch} test_acc {100 * accuracy:.2f}% after {seconds:.2f}s of training"
+            f"[{backend}] time-to-{100 * target:.0f}%: epoch {epoch} test_acc {100 * accuracy:.2f}% after "
+            f"{seconds:.2f}s of training"
         )
         if accuracy >= target:
             break

@@ -41,7 +41,8 @@ def _run(cmd, env) -> None:
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(
-            f"{' '.join(cmd[:6])} ... failed ({result.returncode}): {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}"
+            f"{' '.join(cmd[:6])} ... failed ({result.returncode}): "
+            f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}"
         )
 
 
@@ -183,7 +184,8 @@ def distributed_comparison(
         "torch_threads_per_process": 1,
         "simulated": simulated,
         "note": (
-            f"simulated: {world_size} torch gloo ranks and {world_size} JAX host devices share the same {os.cpu_count()} CPU cores; "
+            f"simulated: {world_size} torch gloo ranks and {world_size} JAX host devices share the same "
+            f"{os.cpu_count()} CPU cores; "
             "step times show the cost of data parallelism here, not a speed-up"
             if simulated
             else f"{world_size} GPUs: torch NCCL ranks, one JAX process over {world_size} devices"

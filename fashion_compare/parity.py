@@ -168,9 +168,10 @@ def activation_grid(dim: int = -1) -> dict:
         # gradient of sum(y * w) with fixed weights w, so softmax's gradient is not identically zero
         w = np.linspace(-1.0, 1.0, len(x_np)).astype(np.float32)
         (yt * torch.tensor(w)).sum().backward()
-        f_call = (lambda v: f_fn(v, dim)) if name == "softmax" else f_fn
+        # the closures bind this iteration's f_fn, f_call and w as defaults
+        f_call = (lambda v, f_fn=f_fn: f_fn(v, dim)) if name == "softmax" else f_fn
         yf = np.asarray(f_call(jnp.asarray(x_np)))
-        gf = np.asarray(jax.grad(lambda v: (f_call(v) * jnp.asarray(w)).sum())(jnp.asarray(x_np)))
+        gf = np.asarray(jax.grad(lambda v, f_call=f_call, w=w: (f_call(v) * jnp.asarray(w)).sum())(jnp.asarray(x_np)))
         out["functions"][name] = {
             "x": x_np.tolist(),
             "torch": yt.detach().numpy().tolist(),

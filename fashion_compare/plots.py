@@ -1,4 +1,7 @@
-"""The report's PNGs, drawn from the report dict (matplotlib, Agg canvas, no pyplot state); each function returns PNG bytes."""
+"""The report's PNGs, drawn from the report dict (matplotlib, Agg canvas, no pyplot state).
+
+Each function returns PNG bytes.
+"""
 
 from __future__ import annotations
 
@@ -109,8 +112,8 @@ def plot_lockstep(results: dict) -> bytes:
         ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
     cfg = result["config"]
     fig.suptitle(
-        f"Lockstep: torch vs {' and vs '.join(results)},"
-        f" tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), {result['steps']} steps, {result['precision']} precision"
+        f"Lockstep: torch vs {' and vs '.join(results)}, tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), "
+        f"{result['steps']} steps, {result['precision']} precision"
     )
     return _png(fig)
 
@@ -124,7 +127,10 @@ def _count(n: int, noun: str) -> str:
 
 
 def _min_span(ax, span: float) -> None:
-    """Widen the y range to at least `span`, so rounding-size differences between the twins are not blown up to full height."""
+    """Widen the y range to at least `span`.
+
+    Rounding-size differences between the twins are then not blown up to full height.
+    """
     low, high = ax.get_ylim()
     if high - low < span:
         mid = (low + high) / 2
@@ -232,7 +238,7 @@ def plot_epoch_times(training: dict) -> bytes:
     epochs = np.array([r["epoch"] for r in hist["torch"]])
     width = 0.8 / len(BACKENDS)
     offsets = (np.arange(len(BACKENDS)) - (len(BACKENDS) - 1) / 2) * width  # bars side by side around each epoch
-    for offset, backend in zip(offsets, BACKENDS):
+    for offset, backend in zip(offsets, BACKENDS, strict=True):
         seconds = [r["epoch_seconds"] for r in hist[backend]]
         bars = ax.bar(
             epochs + offset,

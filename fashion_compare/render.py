@@ -1,4 +1,7 @@
-"""report.md from the report dict (as written to report.json): formatting only, every figure and check comes from the dict."""
+"""report.md from the report dict (as written to report.json).
+
+Formatting only: every figure and check comes from the dict.
+"""
 
 from __future__ import annotations
 
@@ -71,7 +74,10 @@ def _count(n: int, noun: str) -> str:
 def render_markdown(report: dict) -> str:
     """report.md from the report dict; sections of stages not yet run are left out, PNGs linked only once written."""
     meta = report["meta"]
-    have_png = lambda name: name in report.get("plots", ())
+
+    def have_png(name):
+        return name in report.get("plots", ())
+
     lines: list[str] = ["# fashion-twins: the torch, flax (linen) and nnx twins, side by side", ""]
     mode = meta["mode"]
     mode_text = (
@@ -138,7 +144,8 @@ def _md_checks(report: dict) -> list[str]:
     ]
     for i, c in enumerate(checks, 1):
         lines.append(
-            f"| {i} | {_cell(c['name'])} | {_v(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | {_cell(c['why'])} |"
+            f"| {i} | {_cell(c['name'])} | {_v(c['value'])} | ≤ {_t(c['tolerance'])} | {_ok(c['passed'])} | "
+            f"{_cell(c['why'])} |"
         )
     return lines + [""]
 
@@ -288,17 +295,22 @@ def _md_parity(report: dict) -> list[str]:
     lines = [
         "## 3. Parity",
         "",
-        f"The same weights — {par['weights']} — and the same {par['images']} real test images (scaled /255, with their labels) "
+        f"The same weights — {par['weights']} — and the same {par['images']} real test images (scaled /255, with "
+        "their labels) "
         "in every twin; every figure is max |torch − twin| (the loss: |torch − twin|). Gradients are of the mean "
         "cross-entropy, the parameter gradients compared in the torch layout.",
         "",
         f"**Precision:** {par['note']}.",
-        f"At highest the expected size is fp32 rounding of differently ordered sums (≤ ~1e-6); tolerance {_t(par['tolerance_highest'])}.",
+        "At highest the expected size is fp32 rounding of differently ordered sums (≤ ~1e-6); tolerance "
+        f"{_t(par['tolerance_highest'])}.",
         "",
         "| figure | " + " | ".join(c for c, _ in columns) + " |",
         "| --- |" + " ---: |" * len(columns),
     ]
-    row = lambda label, get: lines.append(f"| {label} | " + " | ".join(_e(get(r)) for _, r in columns) + " |")
+
+    def row(label, get):
+        return lines.append(f"| {label} | " + " | ".join(_e(get(r)) for _, r in columns) + " |")
+
     row("logits", lambda r: r["logits"])
     row("loss", lambda r: r["loss"])
     for k in par["highest"]["layers"]:
@@ -317,10 +329,14 @@ def _md_parity(report: dict) -> list[str]:
             {i for f in per_twin.values() for p in kinked for i in (f[p].get("off_kink") or {}).get("dropped", [])}
         )
         lines += [
-            f"**ReLU kink ({' and '.join(kinked)}):** {_count(len(dropped), 'test image')} of the batch (index {', '.join(map(str, dropped))}) "
-            f"{'has' if len(dropped) == 1 else 'have'} a hidden pre-activation that is > 0 in one twin and not in the other (e.g. exactly 0.0 in torch, ~1e-9 in flax). "
-            "ReLU's derivative jumps there (0 at 0, 1 above), so that image's gradients differ by what flows through the unit, "
-            "not by rounding; both twins are right. The columns marked with fewer images repeat the comparison without them; "
+            f"**ReLU kink ({' and '.join(kinked)}):** {_count(len(dropped), 'test image')} of the batch (index "
+            f"{', '.join(map(str, dropped))}) "
+            f"{'has' if len(dropped) == 1 else 'have'} a hidden pre-activation that is > 0 in one twin and not in "
+            "the other (e.g. exactly 0.0 in torch, ~1e-9 in flax). "
+            "ReLU's derivative jumps there (0 at 0, 1 above), so that image's gradients differ by what flows "
+            "through the unit, "
+            "not by rounding; both twins are right. The columns marked with fewer images repeat the comparison "
+            "without them; "
             f"at highest, that is the gradient figure held to {_t(par['tolerance_highest'])}.",
             "",
         ]
@@ -337,8 +353,10 @@ def _md_activations(grid: dict) -> list[str]:
         "The nnx twin's activations are the flax twin's own functions (`fashion_nnx.relu is fashion_flax.relu`), "
         "so the flax columns stand for both JAX twins.",
         "",
-        "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at ±20 and ±1e4). "
-        "Softmax runs over the finite inputs only, as one vector (an inf or NaN would make the whole vector NaN by definition); "
+        "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at "
+        "±20 and ±1e4). "
+        "Softmax runs over the finite inputs only, as one vector (an inf or NaN would make the whole vector NaN by "
+        "definition); "
         "— marks the inputs it skips.",
         "",
         header,
@@ -368,7 +386,8 @@ def _md_activations(grid: dict) -> list[str]:
         "",
         "Max |torch − flax| over the grid (NaN must sit in the same places; a NaN in one twin only counts as inf). "
         "The gradient is of sum(y · w) with fixed weights w in [−1, 1], so softmax's gradient is not identically 0. "
-        "Values are printed as they come, signed zeros included (−0 and 0 are equal as numbers, so they count as no difference).",
+        "Values are printed as they come, signed zeros included (−0 and 0 are equal as numbers, so they count as "
+        "no difference).",
         "",
         "| activation | max value diff | max gradient diff |",
         "| --- | ---: | ---: |",
@@ -385,7 +404,8 @@ def _md_lockstep(ls: dict, have_png) -> list[str]:
         "## 5. Lockstep",
         "",
         "Torch and each JAX twin (flax, then nnx) "
-        f"start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps on the same batches "
+        f"start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps "
+        "on the same batches "
         f"(the tutorial's plain SGD, lr {cfg['lr']:g}, batch {cfg['batch_size']}), at {ls['precision']} precision. "
         "The loss is compared at every step, every weight "
         + ("at every step." if ls["weight_every"] == 1 else f"every {ls['weight_every']} steps and at the last."),
@@ -403,7 +423,8 @@ def _md_lockstep(ls: dict, have_png) -> list[str]:
         + " |",
         "| seconds | " + " | ".join(f"{r['seconds']:.1f}" for r in pairs.values()) + " |",
         "",
-        f"Tolerance {_t(ls['tolerance'])}: fp32 rounding of differently ordered sums, ~1e-7 relative per op, is all that may separate them. "
+        f"Tolerance {_t(ls['tolerance'])}: fp32 rounding of differently ordered sums, ~1e-7 relative per op, is "
+        "all that may separate them. "
         f"The plot shows the running maximum of each difference up to every step (the largest seen so far); "
         f"on its log axis, exact zeros are drawn at {LOG_FLOOR:g}.",
         "",
@@ -422,7 +443,8 @@ def _md_history(entry: dict) -> list[str]:
         " | " + " | ".join(f"test acc {b}" for b in twins) + " | max Δ pp | " + " | ".join(f"s {b}" for b in twins)
     )
     lines = [header + " |", "| ---: |" + " ---: |" * (4 * len(twins) + 1)]
-    for rows in zip(*(entry[b]["epochs"] for b in twins)):
+    # strict=False on purpose: one row per epoch every twin has; never fail rendering on uneven histories
+    for rows in zip(*(entry[b]["epochs"] for b in twins), strict=False):
         accs = [r["test_accuracy"] for r in rows]
         cells = [fmt.format(r[key]) for _, key, fmt in columns for r in rows]
         cells += [f"{100 * a:.2f}%" for a in accs] + [f"{100 * (max(accs) - min(accs)):.2f}"]
@@ -437,18 +459,24 @@ def _md_training(training: dict, have_png) -> list[str]:
     if "config" in recipe:
         cfg = recipe["config"]
         lines += [
-            f"**Accuracy recipe** (`fashion_common.config.TrainConfig()`): {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']} schedule, "
-            f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, label smoothing {cfg['label_smoothing']:g}, seed {cfg['seed']}, "
+            f"**Accuracy recipe** (`fashion_common.config.TrainConfig()`): {cfg['optimizer']}, lr {cfg['lr']:g}, "
+            f"{cfg['schedule']} schedule, "
+            f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, label smoothing "
+            f"{cfg['label_smoothing']:g}, seed {cfg['seed']}, "
             f"{_epochs(cfg['epochs'])}; matmul precision {training['precision']} in every twin. "
-            "Each twin initializes itself from the seed, with the same law (torch's U(±1/√fan_in)) but its own generator "
+            "Each twin initializes itself from the seed, with the same law (torch's U(±1/√fan_in)) but its own "
+            "generator "
             "(torch's vs a JAX key), so these are two independent runs: their difference is run-to-run noise, "
-            "which the accuracy check bounds when the full training set is used. The identical-init comparison is the lockstep above.",
+            "which the accuracy check bounds when the full training set is used. The identical-init comparison is "
+            "the lockstep above.",
             "",
         ]
         if recipe["shortened"]:
             lines += [
-                f"> **Shortened:** quick mode trains {_epochs(cfg['epochs'])} instead of the recipe's {recipe['default_epochs']}; "
-                f"everything else is the recipe, and the cosine schedule then decays to 0 over these {_epochs(cfg['epochs'])}. "
+                f"> **Shortened:** quick mode trains {_epochs(cfg['epochs'])} instead of the recipe's "
+                f"{recipe['default_epochs']}; "
+                "everything else is the recipe, and the cosine schedule then decays to 0 over these "
+                f"{_epochs(cfg['epochs'])}. "
                 f"Run with `--full` for the real recipe.",
                 "",
             ]
@@ -486,7 +514,8 @@ def _md_training(training: dict, have_png) -> list[str]:
             ]
         if have_png("epoch_times.png"):
             lines += [
-                "Epoch seconds are training only (the evaluation after each epoch is excluded); epoch 1 includes warm-up and the JAX twins' JIT compilation.",
+                "Epoch seconds are training only (the evaluation after each epoch is excluded); epoch 1 includes "
+                "warm-up and the JAX twins' JIT compilation.",
                 "",
                 f"![{PLOTS['epoch_times.png']}](epoch_times.png)",
                 "",
@@ -495,13 +524,15 @@ def _md_training(training: dict, have_png) -> list[str]:
     lines += ["### Tutorial recipe", ""]
     if tutorial is None:
         lines += [
-            "Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 epochs) in both twins for comparison.",
+            "Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 "
+            "epochs) in both twins for comparison.",
             "",
         ]
     elif "final_test_accuracy" in tutorial:
         cfg, acc = tutorial["config"], tutorial["final_test_accuracy"]
         lines += [
-            f"`fashion_common.config.tutorial_config()`: {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, batch {cfg['batch_size']}, {cfg['epochs']} epochs. "
+            f"`fashion_common.config.tutorial_config()`: {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, "
+            f"batch {cfg['batch_size']}, {cfg['epochs']} epochs. "
             "Final test accuracy: "
             + ", ".join(f"{b} {100 * acc[b]:.2f}%" for b in BACKENDS if b in acc)
             + f" (difference torch − flax {tutorial['accuracy_diff_pp']:.2f} pp); "
@@ -521,7 +552,8 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
         "## 7. Classes and agreement",
         "",
         f"Each twin's final model of the accuracy recipe predicts all {classes['num_test']:,} test images with its own "
-        "`predict_proba` (argmax of the softmax). Per-class accuracy is the share of each true class predicted correctly.",
+        "`predict_proba` (argmax of the softmax). Per-class accuracy is the share of each true class predicted "
+        "correctly.",
         "",
         "| class | " + " | ".join(twins) + " | max Δ pp |",
         "| --- |" + " ---: |" * (len(twins) + 1),
@@ -579,14 +611,18 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
 
 
 def md_distributed(result: dict) -> list[str]:
-    """Section 8 (compare --distributed N): each twin on one device vs N-way data parallel; SIMULATED in the title on a CPU."""
+    """Section 8 (compare --distributed N): each twin on one device vs N-way data parallel.
+
+    SIMULATED in the title on a CPU.
+    """
     n = result["world_size"]
     simulated = f" — SIMULATED devices ({n} on one CPU's cores)" if result["simulated"] else ""
     engines = {"torch": f"DDP, torchrun --nproc-per-node {n}", "flax": f"jit over Mesh(('data',)), {n} devices"}
     lines = [
         f"## 8. Data parallel: 1 device vs {n}{simulated}",
         "",
-        f"{result['steps']} steps, global batch {result['batch_size']} ({result['per_rank_batch']} per rank/device), {result['config']}; "
+        f"{result['steps']} steps, global batch {result['batch_size']} ({result['per_rank_batch']} per "
+        f"rank/device), {result['config']}; "
         f"{result['device']}; torch {result['torch_threads_per_process']} thread per process.",
         "",
         f"_{result['note']}._",

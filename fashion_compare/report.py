@@ -1,7 +1,7 @@
 """The comparison report: the three twins (torch, flax, nnx) from one seed, side by side, trained, written to a folder.
 
-Seven stages, and an eighth on request (fashion_compare/stages.py); after each one report.json and report.md are rewritten
-(atomically), so a crash late keeps everything measured before it:
+Seven stages, and an eighth on request (fashion_compare/stages.py); after each one report.json and report.md are
+rewritten (atomically), so a crash late keeps everything measured before it:
 
   1 data         load Fashion-MNIST
   2 structures   every twin's summary and the parameter table
@@ -16,7 +16,8 @@ The stages compute every figure and every pass/fail check (report.json "checks":
 tolerance, passed, why); fashion_compare/plots.py draws the PNGs and fashion_compare/render.py
 writes report.md from the JSON alone. Outputs: report.md, report.json, the PNGs in plots.PLOTS and each
 twin's final checkpoints, <run>-<twin>.safetensors (report.json "checkpoints").
-`fashion-twins compare` (fashion_twins/cli/compare.py) is the command line; tests/test_compare.py runs the same function.
+`fashion-twins compare` (fashion_twins/cli/compare.py) is the command line; tests/test_compare.py runs the same
+function.
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def build_report(
         "checks": [],  # every pass/fail check: {"stage", "name", "value", "tolerance", "passed", "why"}
         "plots": [],  # PNGs written so far; report.md links only these, never a stale file from an earlier run
     }
-    save = lambda: _save(out_dir, report)
+
+    def save():
+        return _save(out_dir, report)
+
     run = Run(options, out_dir, device, data, log, report, save)
     stages = [stage for stage in STAGES if stage.enabled(run)]  # distributed: only with --distributed N
     for number, stage in enumerate(stages, 1):

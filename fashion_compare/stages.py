@@ -67,10 +67,11 @@ WHY = {
     "(a full epoch measured ~4e-6) but stays far below a wrong gradient or update (~1e-3 after one step)",
     "lockstep_agree": "weights 1e-5 apart move the logits by ~1e-5, so only an image whose two largest logits are "
     "closer than that can change class",
-    "accuracy": "each twin draws its own init from the seed (torch's generator vs a JAX key), so the two runs differ by "
-    "run-to-run noise; on the full training set the final test accuracies of the recipe stay within this",
-    "distributed": "the same init, global batches and plain SGD at fp32: a data-parallel step sums the same products in another "
-    "order (per-device partial gradients, then an all-reduce), ~1e-7 per step; a wrong batch slice or a missing average moves weights by ~1e-3",
+    "accuracy": "each twin draws its own init from the seed (torch's generator vs a JAX key), so the two runs differ "
+    "by run-to-run noise; on the full training set the final test accuracies of the recipe stay within this",
+    "distributed": "the same init, global batches and plain SGD at fp32: a data-parallel step sums the same products "
+    "in another order (per-device partial gradients, then an all-reduce), ~1e-7 per step; a wrong batch slice or a "
+    "missing average moves weights by ~1e-3",
     "predict": "predict_proba and the training loop's evaluation apply the same weights to the same images; "
     "their argmax can differ only at an exact tie of two logits",
 }
@@ -162,7 +163,7 @@ def stage_data(run: Run) -> None:
 def layer_names(spec) -> dict[str, str]:
     """Stack position -> what sits there: {"flatten": "Flatten", "0": "Linear(784, 512)", "1": "ReLU", ...}."""
     names = {"flatten": "Flatten"}
-    sizes = dict(zip(spec.linear_indices, spec.layer_sizes))
+    sizes = dict(zip(spec.linear_indices, spec.layer_sizes, strict=True))
     for i in range(spec.stack_length):
         names[str(i)] = (
             f"Linear({sizes[i][0]}, {sizes[i][1]})" if i in sizes else ACTIVATION_DISPLAY[spec.activation_at(i)]
@@ -482,7 +483,10 @@ def save_checkpoints(run: Run, name: str, states: dict) -> None:
 
 
 def predict_classes(backend: str, state, images: np.ndarray, batch_size: int = 10_000) -> np.ndarray:
-    """uint8 images (N, 28, 28) -> (N,) int64 classes, argmax of the twin's own predict_proba on its final train state."""
+    """uint8 images (N, 28, 28) -> (N,) int64 classes.
+
+    The argmax of the twin's own predict_proba on its final train state.
+    """
     train = importlib.import_module(f"fashion_{backend}.train")
     model = train.trained_model(state)
     chunks = [
@@ -553,7 +557,8 @@ def stage_classes(run: Run) -> None:
         evaluated = run.report["training"]["recipe"]["final_test_accuracy"][backend]
         run.check(
             "classes",
-            f"{backend} twin, accuracy recipe: test accuracy from predict_proba vs the training loop's evaluation, |difference| in percentage points",
+            f"{backend} twin, accuracy recipe: test accuracy from predict_proba vs the training loop's evaluation, "
+            "|difference| in percentage points",
             100 * abs(section["recipe"][backend]["accuracy"] - evaluated),
             PREDICT_TOL_PP,
             WHY["predict"],
@@ -573,11 +578,14 @@ def stage_classes(run: Run) -> None:
     )
 
 
-# ----------------------------------------------------------------------------- 8 distributed (compare --distributed N only)
+# ------------------------------------------------------------------------ 8 distributed (compare --distributed N only)
 
 
 def stage_distributed(run: Run) -> None:
-    """Each twin on one device vs N-way data parallel (torch DDP under torchrun, flax over a mesh); see fashion_compare.distributed."""
+    """Each twin on one device vs N-way data parallel (torch DDP under torchrun, flax over a mesh).
+
+    See fashion_compare.distributed.
+    """
     from .distributed import distributed_comparison
 
     n = run.options.distributed
@@ -636,7 +644,8 @@ STAGES = (  # run in this order; the line is the detail of "[compare] 3/7 parity
         "distributed",
         stage_distributed,
         lambda run: (
-            f"(each twin on 1 device vs {run.options.distributed}-way data parallel, {DISTRIBUTED_STEPS} SGD steps{', simulated devices' if run.device == 'cpu' else ''})"
+            f"(each twin on 1 device vs {run.options.distributed}-way data parallel, {DISTRIBUTED_STEPS} SGD "
+            f"steps{', simulated devices' if run.device == 'cpu' else ''})"
         ),
         enabled=lambda run: run.options.distributed > 0,
     ),

@@ -90,7 +90,8 @@ def summary(folder: Path) -> str:
             val = "- | -"
         done = "" if len(h) == c["epochs"] else f" ({len(h)}/{c['epochs']} done)"
         rows.append(
-            f"| {path.name[: -len('.metrics.json')]}{done} | {m['backend']} | {c.get('augment_shift', 0)} | {c['batch_size']} | {c['lr']:g} | {c['weight_decay']:g} "
+            f"| {path.name[: -len('.metrics.json')]}{done} | {m['backend']} | {c.get('augment_shift', 0)} | "
+            f"{c['batch_size']} | {c['lr']:g} | {c['weight_decay']:g} "
             f"| {c['label_smoothing']:g} | {c['epochs']} | {val} | {seconds:.0f} |"
         )
     return "\n".join(rows)
@@ -103,7 +104,8 @@ def final_table(folder: Path) -> str:
     import statistics
 
     rows = [
-        "| run | twin | seed | test acc (evaluate.py, checkpoint) | last-epoch test acc (loop) | time to 89 % (s, epoch) | training time (s) | mean s/epoch |",
+        "| run | twin | seed | test acc (evaluate.py, checkpoint) | last-epoch test acc (loop) "
+        "| time to 89 % (s, epoch) | training time (s) | mean s/epoch |",
         "|---|---|---|---|---|---|---|---|",
     ]
     per_twin = {}
@@ -121,13 +123,15 @@ def final_table(folder: Path) -> str:
         seconds = sum(r["epoch_seconds"] for r in h)
         done = "" if len(h) == m["config"]["epochs"] else f" ({len(h)}/{m['config']['epochs']} epochs, unfinished)"
         rows.append(
-            f"| {name}{done} | {m['backend']} | {m['config']['seed']} | {'-' if acc is None else f'{acc:.2f} %'} | {100 * h[-1]['test_accuracy']:.2f} % "
+            f"| {name}{done} | {m['backend']} | {m['config']['seed']} | {'-' if acc is None else f'{acc:.2f} %'} | "
+            f"{100 * h[-1]['test_accuracy']:.2f} % "
             f"| {'-' if t89 is None else f'{t89:.0f} ({e89})'} | {seconds:.0f} | {seconds / len(h):.1f} |"
         )
     rows += ["", "| twin | seeds | mean test acc | min | max | spread (max - min) |", "|---|---|---|---|---|---|"]
     for backend, accs in sorted(per_twin.items()):
         rows.append(
-            f"| {backend} | {len(accs)} | {statistics.mean(accs):.2f} % | {min(accs):.2f} % | {max(accs):.2f} % | {max(accs) - min(accs):.2f} pp |"
+            f"| {backend} | {len(accs)} | {statistics.mean(accs):.2f} % | {min(accs):.2f} % | {max(accs):.2f} % | "
+            f"{max(accs) - min(accs):.2f} pp |"
         )
     return "\n".join(rows)
 

@@ -20,7 +20,10 @@ def to_unit(images):
 
 
 def shift_images(images, offsets):
-    """images (B, H, W) shifted by offsets (B, 2) of (dy, dx): out[b, i, j] = images[b, i - dy, j - dx], zeros outside."""
+    """images (B, H, W) shifted by offsets (B, 2) of (dy, dx), zeros outside.
+
+    out[b, i, j] = images[b, i - dy, j - dx].
+    """
     batch, height, width = images.shape
     offsets = offsets.astype(jnp.int32)
     rows = jnp.arange(height) - offsets[:, :1]  # (B, H) source row of each output row

@@ -44,7 +44,10 @@ def to_state_dict(params, spec: ModelSpec = DEFAULT_SPEC) -> dict[str, np.ndarra
 
 
 def from_state_dict(state_dict, spec: ModelSpec = DEFAULT_SPEC, device=None):
-    """Canonical state_dict (numpy arrays, or anything np.asarray takes) -> Flax params; asserts keys and shapes first."""
+    """Canonical state_dict (numpy arrays, or anything np.asarray takes) -> Flax params.
+
+    Asserts keys and shapes first.
+    """
     state = {k: np.asarray(v.detach().cpu() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
     canonical.validate_state(state, spec)
     tree: dict = {}
@@ -57,7 +60,10 @@ def from_state_dict(state_dict, spec: ModelSpec = DEFAULT_SPEC, device=None):
 
 
 def save_checkpoint(params, path, spec: ModelSpec = DEFAULT_SPEC, metadata: dict | None = None):
-    """Write the params (or a bound NeuralNetwork, with its own spec) to `path` in the canonical layout. Returns the path."""
+    """Write the params (or a bound NeuralNetwork, with its own spec) to `path` in the canonical layout.
+
+    Returns the path.
+    """
     if isinstance(params, NeuralNetwork) and params.scope is not None:
         spec = params.spec
     return canonical.write_state(path, to_state_dict(params, spec), spec, metadata)

@@ -117,7 +117,10 @@ def create_train_state(
 
 def put_data(data: FashionData, mesh: Mesh) -> train.DeviceData:
     """The whole uint8 set replicated on every device (47 MB): a step gathers its rows by sharded index."""
-    put = lambda a, dtype: put_global(np.ascontiguousarray(a, dtype=dtype), replicated(mesh))
+
+    def put(a, dtype):
+        return put_global(np.ascontiguousarray(a, dtype=dtype), replicated(mesh))
+
     return train.DeviceData(
         put(data.train_images, np.uint8),
         put(data.train_labels, np.int32),
@@ -278,7 +281,10 @@ def _silent(line: str) -> None:
 
 
 def is_initialized() -> bool:
-    """True once this process joined a multi-process run: a failure then must leave with os._exit (a peer may never come)."""
+    """True once this process joined a multi-process run.
+
+    A failure then must leave with os._exit (a peer may never come).
+    """
     return jax.distributed.is_initialized()
 
 

@@ -196,7 +196,9 @@ class NeuralNetwork(nn.Module):
         return x.reshape((x.shape[0], math.prod(x.shape[1:])))
 
     def _as_input(self, x):
-        """The shared input rule: a JAX array, or anything np.asarray takes (a NumPy batch, a CPU torch tensor), then check_input.
+        """The shared input rule: a JAX array, or anything np.asarray takes, then check_input.
+
+        Anything np.asarray takes: a NumPy batch, a CPU torch tensor.
 
         The dtype is checked before JAX sees the input, since JAX (x64 off) would turn int64 into
         int32 and float64 into float32, and the message must name the dtype the caller gave, as torch's does.

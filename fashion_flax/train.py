@@ -95,7 +95,10 @@ def create_train_state(
 
 def put_data(data: FashionData, device=None) -> DeviceData:
     """Numpy uint8 arrays -> arrays on the device (uint8 keeps the copy 4x smaller than float32)."""
-    put = lambda a, dtype: jax.device_put(np.ascontiguousarray(a, dtype=dtype), device)
+
+    def put(a, dtype):
+        return jax.device_put(np.ascontiguousarray(a, dtype=dtype), device)
+
     return DeviceData(
         put(data.train_images, np.uint8),
         put(data.train_labels, np.int32),

@@ -9,7 +9,10 @@ import torch
 
 
 def shift_images(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """images (B, H, W) shifted by offsets (B, 2) of (dy, dx): out[b, i, j] = images[b, i - dy, j - dx], zeros outside."""
+    """images (B, H, W) shifted by offsets (B, 2) of (dy, dx), zeros outside.
+
+    out[b, i, j] = images[b, i - dy, j - dx].
+    """
     batch, height, width = images.shape
     offsets = offsets.to(device=images.device, dtype=torch.int64)
     rows = torch.arange(height, device=images.device) - offsets[:, :1]  # (B, H) source row of each output row

@@ -95,7 +95,8 @@ def create_train_state(
     base = train.create_train_state(config, spec, device, total_steps, state_dict, engine)
     if base.engine == "fused":
         raise ConfigError(
-            "engine fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile"
+            "engine fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: "
+            "use eager or compile"
         )
     # device_ids: the one GPU of this rank; None on CPU. DDP also broadcasts rank 0's weights here.
     param_device = next(base.model.parameters()).device
@@ -233,7 +234,10 @@ def train_and_evaluate(
 
 
 def _is_collective_failure(error: RuntimeError) -> bool:
-    """torch's DistError family, or a RuntimeError that gloo/NCCL raised (their older messages are plain RuntimeErrors)."""
+    """torch's DistError family, or a RuntimeError that gloo/NCCL raised.
+
+    Their older messages are plain RuntimeErrors.
+    """
     text = str(error).lower()
     return isinstance(error, dist.DistError) or any(
         word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout")
@@ -245,7 +249,10 @@ def _silent(line: str) -> None:
 
 
 def is_initialized() -> bool:
-    """True once this process joined the process group: a failure then must leave with os._exit (a peer may never come)."""
+    """True once this process joined the process group.
+
+    A failure then must leave with os._exit (a peer may never come).
+    """
     return dist.is_initialized()
 
 

@@ -57,7 +57,10 @@ def _workspace(state, batch: int, device) -> dict[str, torch.Tensor]:
     cache = state.__dict__.setdefault("_workspaces", {})
     if key not in cache:
         sizes = state.model.spec.layer_sizes
-        empty = lambda *shape: torch.empty(shape, dtype=torch.float32, device=device)
+
+        def empty(*shape):
+            return torch.empty(shape, dtype=torch.float32, device=device)
+
         ws = {"x": empty(batch, sizes[0][0]), "logits": empty(batch, sizes[-1][1])}
         for j, (_, fan_out) in enumerate(sizes[:-1]):
             ws[f"h{j}"] = empty(batch, fan_out)  # output of hidden layer j
@@ -111,7 +114,7 @@ def train_step(state, images: torch.Tensor, labels: torch.Tensor):
         deltas.insert(0, _activation_backward_(model.spec.activation, grad, inputs[j]))
     # ---- update
     plain_sgd = config.optimizer == "sgd" and config.momentum == 0.0 and config.weight_decay == 0.0
-    for lin, d, h in zip(linears, deltas, inputs):
+    for lin, d, h in zip(linears, deltas, inputs, strict=True):
         if plain_sgd:
             lin.weight.addmm_(d.t(), h, alpha=-lr)  # W <- W - lr * d^T h, one GEMM
             lin.bias.add_(d.sum(0), alpha=-lr)

@@ -157,7 +157,9 @@ class NeuralNetwork(nn.Module):
         self.linear_relu_stack = nn.Sequential(*layers)
 
     def _as_input(self, x) -> torch.Tensor:
-        """The shared input rule: a tensor, or anything np.asarray takes (converted onto the model's device), then check_input.
+        """The shared input rule: a tensor, or anything np.asarray takes, then check_input.
+
+        Anything np.asarray takes is converted onto the model's device.
 
         The flax twin takes the same inputs (its own arrays, or anything np.asarray takes), so a NumPy
         batch works in both and a bad one fails alike, before any conversion can change its dtype.

@@ -35,7 +35,8 @@ def read_pth(path) -> dict[str, np.ndarray]:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ... : one message
         raise CheckpointError(
-            f"{path} is not a state_dict torch can load safely (torch.load with weights_only=True refused it: {_reason(e)}); "
+            f"{path} is not a state_dict torch can load safely (torch.load with weights_only=True refused it: "
+            f"{_reason(e)}); "
             "save model.state_dict(), not the model"
         ) from None
     if not isinstance(obj, dict):

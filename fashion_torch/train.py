@@ -101,7 +101,10 @@ def make_schedule(
 
 
 def resolve_engine(engine: str, device: torch.device, spec: ModelSpec = DEFAULT_SPEC) -> str:
-    """`engine` (one of ENGINES), with "auto" replaced by AUTO_ENGINE for the device; impossible choices raise ConfigError."""
+    """`engine` (one of ENGINES), with "auto" replaced by AUTO_ENGINE for the device.
+
+    Impossible choices raise ConfigError.
+    """
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     engine = AUTO_ENGINE.get(device.type, "eager") if engine == "auto" else engine
@@ -136,8 +139,14 @@ def create_train_state(
 
 
 def make_model_loss(model: nn.Module, config: TrainConfig, engine: str) -> Callable:
-    """(images, labels) -> (loss, correct) through `model` (the twin, or its DDP wrapper), compiled as the engine says."""
-    step_fn = lambda images, labels: model_loss(model, images, labels, config.label_smoothing)
+    """(images, labels) -> (loss, correct) through `model`, compiled as the engine says.
+
+    `model` is the twin, or its DDP wrapper.
+    """
+
+    def step_fn(images, labels):
+        return model_loss(model, images, labels, config.label_smoothing)
+
     if engine == "compile":
         step_fn = torch.compile(step_fn)
     elif engine == "cuda_graph":
@@ -148,7 +157,10 @@ def make_model_loss(model: nn.Module, config: TrainConfig, engine: str) -> Calla
 def put_data(data: FashionData, device=None) -> DeviceData:
     """Numpy uint8 arrays -> tensors on the device (uint8 keeps the copy 4x smaller than float32)."""
     device = torch.device("cpu") if device is None else torch.device(device)
-    as_tensor = lambda a, dtype: torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+    def as_tensor(a, dtype):
+        return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
     return DeviceData(
         as_tensor(data.train_images, torch.uint8),
         as_tensor(data.train_labels, torch.int64),
@@ -280,7 +292,7 @@ def save_train_state(state: TrainState, path, counters: dict) -> None:
     """
     keys = checkpoint_keys(state.model.spec)
     slots = {}
-    for key, per_param in zip(keys, (state.optimizer.state.get(p, {}) for p in state.model.parameters())):
+    for key, per_param in zip(keys, (state.optimizer.state.get(p, {}) for p in state.model.parameters()), strict=True):
         for name, value in per_param.items():
             if torch.is_tensor(value):
                 slots[f"{_SLOTS[name]}/{key}"] = value.detach().cpu().reshape(value.shape or (1,)).numpy().copy()
@@ -294,17 +306,18 @@ def load_train_state(state: TrainState, path) -> TrainState:
     weights, slots, counters = canonical.read_checkpoint(path, state.model.spec)
     device = next(state.model.parameters()).device
     with torch.no_grad():
-        for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters()):
+        for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters(), strict=True):
             param.copy_(torch.from_numpy(weights[key]))
     inverse = {v: k for k, v in _SLOTS.items()}
-    for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters()):
+    for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters(), strict=True):
         restored = {}
         for slot_key, value in slots.items():
             slot, _, name = slot_key.partition("/")
             if name == key:
                 if slot not in inverse or (slot != "step" and tuple(value.shape) != tuple(param.shape)):
                     raise CheckpointError(
-                        f"{canonical.train_state_path(path)}: optimizer slot {slot_key!r} has shape {value.shape}, expected {tuple(param.shape)}"
+                        f"{canonical.train_state_path(path)}: optimizer slot {slot_key!r} has shape {value.shape}, "
+                        f"expected {tuple(param.shape)}"
                     )
                 t = torch.from_numpy(value.copy())
                 restored[inverse[slot]] = t.reshape(()) if slot == "step" else t.to(device)
@@ -317,7 +330,7 @@ def load_train_state(state: TrainState, path) -> TrainState:
         for _ in range(state.step - state.scheduler.last_epoch):
             state.scheduler.step()
     # CosineAnnealingLR computes each rate from the previous one, so the optimizer's current rate is state too
-    for group, lr in zip(state.optimizer.param_groups, state.scheduler.get_last_lr()):
+    for group, lr in zip(state.optimizer.param_groups, state.scheduler.get_last_lr(), strict=True):
         group["lr"] = lr
     return state
 

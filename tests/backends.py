@@ -181,9 +181,15 @@ class FlaxBackend:
         if key not in self._jitted:
             jax, optax = self.jax, self.optax
             if what == "logits":
-                fn = lambda params, x: model.apply(params, x)
+
+                def fn(params, x):
+                    return model.apply(params, x)
+
             elif what == "layer_outputs":
-                fn = lambda params, x: model.apply(params, x, method=type(model).layer_outputs)
+
+                def fn(params, x):
+                    return model.apply(params, x, method=type(model).layer_outputs)
+
             elif what == "loss_and_grads":
 
                 def loss_fn(params, x, labels):

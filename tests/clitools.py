@@ -14,7 +14,10 @@ from fashion_twins.cli import main
 HAVE_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file() or bool(
     os.environ.get("FASHION_TWINS_DATA")
 )
-DATA_REASON = "needs the real Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_TWINS_DATA to a folder with the four .gz files"
+DATA_REASON = (
+    "needs the real Fashion-MNIST: apt-get install dataset-fashion-mnist, or set FASHION_TWINS_DATA to a folder "
+    "with the four .gz files"
+)
 
 
 def needs_data(test):

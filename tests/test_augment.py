@@ -187,7 +187,8 @@ def test_one_epoch_with_shifts_through_each_twins_train_epoch_ends_at_the_same_w
     t_w, f_w = _weights("torch", t_state), _weights(jax_twin, f_state)
     assert max(float(np.max(np.abs(t_w[k] - f_w[k]))) for k in t_w) <= 1e-5  # same bound as the lockstep
     assert abs(t_metrics["train_loss"] - f_metrics["train_loss"]) <= 1e-5
-    # and the shifts mattered: without them the weights end farther apart than the twins' bound (measured ~9e-5 after 20 steps)
+    # and the shifts mattered: without them the weights end farther apart than the twins' bound
+    # (measured ~9e-5 after 20 steps)
     f_plain = flax_train.create_train_state(
         config,
         total_steps=20,

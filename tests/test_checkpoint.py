@@ -301,8 +301,8 @@ def test_twins_refuse_a_bad_checkpoint_with_the_same_error_before_building_a_mod
         built = []
         real = backend.module.checkpoint.from_state_dict  # where load_checkpoint builds the model / params
 
-        def spy(*args, _real=real, **kwargs):
-            built.append(args)
+        def spy(*args, _real=real, _built=built, **kwargs):
+            _built.append(args)
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(backend.module.checkpoint, "from_state_dict", spy)

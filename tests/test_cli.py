@@ -42,7 +42,10 @@ TEST_LABELS = {0: "Ankle boot", 1: "Pullover"}
 
 
 def subprocess_env(tmp_path):
-    """`python -m fashion_twins` from a folder outside the checkout: the checkout on PYTHONPATH, a private cache, one thread."""
+    """`python -m fashion_twins` from a folder outside the checkout.
+
+    The checkout on PYTHONPATH, a private cache, one thread.
+    """
     env = {k: v for k, v in os.environ.items() if k != "FASHION_TWINS_TRACEBACK"}
     env["PYTHONPATH"] = str(REPO)
     env["FASHION_TWINS_CACHE"] = str(tmp_path / "cache")
@@ -199,7 +202,7 @@ def test_backend_device_and_precision_have_one_vocabulary_in_every_subcommand():
 
     subs = build_parser()._subparsers._group_actions[0].choices
     seen = {}
-    for name, sub in subs.items():
+    for sub in subs.values():
         for action in sub._actions:
             if action.dest in ("backend", "device", "precision", "output_activation"):
                 seen.setdefault(action.dest, set()).add(tuple(action.choices))
@@ -283,7 +286,7 @@ def test_predict_names_a_class_for_a_drawn_png_with_probabilities_summing_to_one
 @pytest.mark.parametrize("trainer", BACKENDS)
 @needs_data
 def test_predict_test_index_prints_the_true_label_of_stored_test_images(cross_predictions, trainer):
-    for index, row in zip((0, 1), cross_predictions(trainer)[1:]):
+    for index, row in zip((0, 1), cross_predictions(trainer)[1:], strict=True):
         assert row["name"] == f"test[{index}]"
         assert row["true"] == TEST_LABELS[index]
         assert row["inverted"] is None  # only image files are candidates for inversion

@@ -1,4 +1,6 @@
-"""`fashion-twins train` data-parallel: torch under torchrun, flax with --devices, ending where the one-device command ends.
+"""`fashion-twins train` data-parallel: torch under torchrun, flax with --devices.
+
+Both end where the one-device command ends.
 
 The runs (16 steps of plain SGD on 1024 images) go through the command a user types; the
 lockstep proof over 120 steps, resume and faults are tests/test_distributed.py's (through the
@@ -99,7 +101,7 @@ def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_w
     assert max_weight_diff(weights(out), one_device["torch"]) <= TOL
 
 
-# ----------------------------------------------------------------------------- misuse: one line, exit 2, before any work
+# ------------------------------------------------------------------------ misuse: one line, exit 2, before any work
 
 
 @pytest.mark.parametrize(
@@ -203,9 +205,11 @@ def test_compare_runs_the_distributed_stage_only_when_asked():
     from fashion_compare.report import CompareOptions
     from fashion_compare.stages import STAGES
 
-    names = lambda n: [
-        s.name for s in STAGES if s.enabled(SimpleNamespace(options=CompareOptions(distributed=n), device="cpu"))
-    ]
+    def names(n):
+        return [
+            s.name for s in STAGES if s.enabled(SimpleNamespace(options=CompareOptions(distributed=n), device="cpu"))
+        ]
+
     assert names(0) == [
         "data",
         "structures",

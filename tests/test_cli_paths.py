@@ -1,4 +1,5 @@
-"""Nothing is lost: outputs that alias each other or an input, and outputs that cannot be written, are refused before any work.
+"""Nothing is lost: outputs that alias each other or an input, and outputs that cannot be written, are refused
+before any work.
 
 fashion_common/paths.py is tested directly, then through each subcommand. "Before any work" is
 checked by making the data loader raise: a refused command never reaches it, and writes nothing.

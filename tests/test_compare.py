@@ -1,4 +1,4 @@
-"""The comparison report: end to end with tiny settings, the markdown rendered from a handmade JSON, and a crash mid-run."""
+"""The comparison report: end to end with tiny settings, the markdown from a handmade JSON, and a crash mid-run."""
 
 from __future__ import annotations
 

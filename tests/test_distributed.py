@@ -36,7 +36,7 @@ from fashion_common import checkpoint as canonical  # noqa: E402
 from fashion_common import distributed as common  # noqa: E402
 from fashion_common.config import tutorial_config  # noqa: E402
 from fashion_common.distributed import DistributedError  # noqa: E402
-from fashion_common.metrics import max_weight_diff
+from fashion_common.metrics import max_weight_diff  # noqa: E402
 
 if __name__ == "__main__":  # the worker needs no GPU check (it would import torch and start JAX early)
     GPU_SKIP_REASON = "run as a script"
@@ -146,14 +146,14 @@ def test_torch_ddp_refuses_an_indivisible_batch_before_joining_the_process_group
     err = (
         capsys.readouterr().err.strip()
     )  # the module entry point is `fashion-twins train --backend torch`: its one error line
-    assert (
-        err
-        == "error: global batch_size 65 is not divisible by 2 ranks; use a multiple of 2 (e.g. 64) so every rank gets an equal slice"
+    assert err == (
+        "error: global batch_size 65 is not divisible by 2 ranks; use a multiple of 2 (e.g. 64) so every rank "
+        "gets an equal slice"
     )
     assert not dist.is_initialized() and not out.exists()
 
 
-# ----------------------------------------------------------------------------- the runs (module fixtures, each run once)
+# ------------------------------------------------------------------------ the runs (module fixtures, each run once)
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,10 @@ def torch_fault(runs):
 
 
 def kill_peer_after_first_checkpoint(procs, out, wait_s: float):
-    """SIGKILL procs[1] once process 0 has written `out` -> (process 0's exit code, its stderr, seconds from the kill to its exit)."""
+    """SIGKILL procs[1] once process 0 has written `out`.
+
+    Returns (process 0's exit code, its stderr, seconds from the kill to its exit).
+    """
     try:
         deadline = time.monotonic() + wait_s
         while not out.exists() and procs[0].poll() is None and time.monotonic() < deadline:
@@ -305,7 +308,7 @@ def test_torch_ddp_on_two_gloo_ranks_matches_one_device_after_120_steps(torch_si
 def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(torch_single, torch_ddp):
     single, ddp = torch_single[1]["epochs"], torch_ddp[1]["epochs"]
     assert [r["epoch"] for r in ddp] == list(range(1, CONFIG.epochs + 1))
-    for a, b in zip(single, ddp):
+    for a, b in zip(single, ddp, strict=True):
         for key in ("train_loss", "test_loss"):
             assert abs(a[key] - b[key]) <= 1e-5, (
                 key,
@@ -354,7 +357,8 @@ def test_resume_under_torchrun_after_the_fault_reaches_the_uninterrupted_weights
     result = run(torchrun(*config_flags(), "--resume", str(torch_fault["path"]), "--out", str(out), "--quiet"))
     _, counters = canonical.read_train_state(torch_fault["path"])
     assert result.stdout.count("[torch] epoch") == CONFIG.epochs - counters["epoch"]
-    # The same ranks, slices and reduction order: only the restart differs, so the weights agree to the last bit or close.
+    # The same ranks, slices and reduction order: only the restart differs,
+    # so the weights agree to the last bit or close.
     assert max_weight_diff(weights(out), torch_ddp[0]) <= 1e-7
 
 
@@ -555,7 +559,10 @@ def test_report_section_labels_simulated_devices_and_gives_both_twins_step_times
 
 
 def flax_worker(folder: Path) -> None:
-    """In a process with XLA_FLAGS forcing 4 host devices: single-device and sharded runs, plus what the tests inspect."""
+    """In a process with XLA_FLAGS forcing 4 host devices.
+
+    Single-device and sharded runs, plus what the tests inspect.
+    """
     import re
 
     import jax
@@ -625,9 +632,10 @@ def flax_worker(folder: Path) -> None:
         error = ""
     except DistributedError as e:
         error = str(e)
-    specs = lambda tree: sorted(
-        {str(tuple(x.sharding.spec)) for x in jax.tree_util.tree_leaves(tree)}
-    )  # "()" = replicated
+
+    def specs(tree):
+        return sorted({str(tuple(x.sharding.spec)) for x in jax.tree_util.tree_leaves(tree)})  # "()" = replicated
+
     report = {
         "devices": mesh.size,
         "collectives": sorted(set(re.findall(r"\b(all-reduce|all-gather|reduce-scatter|all-to-all)\(", hlo))),

@@ -1,4 +1,5 @@
-"""The GPU training paths: each torch engine on CUDA, the hand-written step, the flax twin's compiled epoch, lockstep and resume.
+"""The GPU training paths: each torch engine on CUDA, the hand-written step, the flax twin's compiled epoch,
+lockstep and resume.
 
 Skipped cleanly unless torch sees CUDA and JAX sees a GPU (see test_gpu_parity.py).
 """
@@ -41,7 +42,7 @@ def test_hand_written_torch_step_on_cuda_matches_autograd_on_cuda():
     loss, _ = ref.model_loss(images, labels)
     loss.backward()
     hand_written.train_step(fused, images, labels)
-    for p_ref, p_fused in zip(ref.model.parameters(), fused.model.parameters()):
+    for p_ref, p_fused in zip(ref.model.parameters(), fused.model.parameters(), strict=True):
         # identical weights before the step: gradients differ by fp32 reassociation only (~100 ulps of ~1e-3)
         assert torch.max(torch.abs(p_ref.grad - p_fused.grad)).item() <= 1e-7
 

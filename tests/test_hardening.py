@@ -212,7 +212,10 @@ def test_a_torch_save_file_read_by_the_canonical_reader_names_the_convert_comman
     state = {k: torch.from_numpy(v) for k, v in _good_state().items()}
     torch.save(state, path, _use_new_zipfile_serialization=not legacy)  # the tutorial's "Save and load the model"
     assert path.read_bytes()[:4] == b"PK\x03\x04" if not legacy else path.read_bytes()[0] == 0x80
-    want = f"{path} is a PyTorch pickle (torch.save), not a safetensors checkpoint; convert it with `fashion-twins convert {path} OUT.safetensors`"
+    want = (
+        f"{path} is a PyTorch pickle (torch.save), not a safetensors checkpoint; convert it with "
+        f"`fashion-twins convert {path} OUT.safetensors`"
+    )
     with pytest.raises(CheckpointError) as info:
         canonical.read_state(path)
     assert str(info.value) == want
@@ -288,9 +291,9 @@ def test_a_nonfinite_train_loss_stops_training_and_keeps_the_last_good_checkpoin
     train = _fake_epochs(monkeypatch, backend, [0.5, bad, 0.1], saved)
     with pytest.raises(NonFiniteLossError) as info:
         train.train_and_evaluate(config, _tiny_data(), out=str(out), quiet=True, log=lambda s: None)
-    assert (
-        str(info.value)
-        == f"epoch 2: train_loss is {bad}, training diverged; {out} was not overwritten, it keeps the last good epoch; lower --lr or check the data"
+    assert str(info.value) == (
+        f"epoch 2: train_loss is {bad}, training diverged; {out} was not overwritten, it keeps the last good "
+        "epoch; lower --lr or check the data"
     )
     assert saved == [1] and out.read_text() == "1"  # epoch 1's file, untouched by epoch 2
 
@@ -319,7 +322,7 @@ def test_a_twin_trained_at_an_absurd_learning_rate_stops_with_nonfinite_loss(tmp
     assert not out.exists()
 
 
-# ----------------------------------------------------------------------------- data: an explicit --data-dir is always verified
+# --------------------------------------------------------------------- data: an explicit --data-dir is always verified
 
 
 @pytest.mark.parametrize("how", ["--data-dir", "FASHION_TWINS_DATA"])
@@ -334,10 +337,16 @@ def test_a_corrupt_file_in_a_named_data_folder_is_an_error_even_with_a_good_cach
     payload[-1] ^= 0xFF
     (bad / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(payload)))
     if how == "--data-dir":
-        call = lambda: load_fashion_mnist(bad, checksums=checksums)
+
+        def call():
+            return load_fashion_mnist(bad, checksums=checksums)
+
     else:
         monkeypatch.setenv(data_mod.ENV_DATA, str(bad))
-        call = lambda: load_fashion_mnist(checksums=checksums)
+
+        def call():
+            return load_fashion_mnist(checksums=checksums)
+
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz decompresses to the wrong bytes"):
         call()
     # and the good cache was not overwritten by anything from the bad folder
@@ -352,7 +361,7 @@ def _outcome(fn):
     """(result as float64 numpy, None) or (None, (exception class, message))."""
     try:
         out = fn()
-    except Exception as e:  # noqa: BLE001: the class and message are what is compared
+    except Exception as e:  # noqa: BLE001  # the class and message are what is compared
         return None, (type(e), str(e))
     out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
     return out, None

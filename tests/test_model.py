@@ -240,7 +240,7 @@ def test_default_init_is_torchs_uniform_within_one_over_sqrt_fan_in(backend, net
 def net_fan_in(key: str) -> int:
     """fan_in of the Linear that canonical key `key` belongs to: 784 for layer 0, else 512."""
     index = int(key.split(".")[1])
-    return dict(zip(DEFAULT_SPEC.linear_indices, DEFAULT_SPEC.layer_sizes))[index][0]
+    return dict(zip(DEFAULT_SPEC.linear_indices, DEFAULT_SPEC.layer_sizes, strict=True))[index][0]
 
 
 @pytest.mark.parametrize("twin", ["flax", "nnx"])

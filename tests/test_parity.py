@@ -176,7 +176,7 @@ def test_flax_to_torch_to_flax_round_trip_is_exact(torch_backend, flax_backend):
     leaves, treedef = jax.tree_util.tree_flatten(flax_net.params)
     back_leaves, back_treedef = jax.tree_util.tree_flatten(back.params)
     assert back_treedef == treedef
-    for leaf, back_leaf in zip(leaves, back_leaves):
+    for leaf, back_leaf in zip(leaves, back_leaves, strict=True):
         assert back_leaf.shape == leaf.shape and back_leaf.dtype == leaf.dtype
         assert np.array_equal(np.asarray(back_leaf), np.asarray(leaf))
 

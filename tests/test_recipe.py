@@ -82,7 +82,10 @@ def test_flax_loss_and_its_gradient_match_torch_on_the_same_logits(label_smoothi
 
 
 def torch_rates(config, total_steps):
-    """The rate torch.optim uses at each update 0..total_steps-1: param_groups[0]["lr"] as the twin's scheduler sets it."""
+    """The rate torch.optim uses at each update 0..total_steps-1.
+
+    param_groups[0]["lr"] as the twin's scheduler sets it.
+    """
     _, train = twin("torch")
     state = train.create_train_state(config, total_steps=total_steps)
     rates = []
@@ -173,7 +176,10 @@ def gradient_sequence(steps: int, seed: int = 0):
     """
     rng = np.random.default_rng(seed)
     shapes = {
-        k: s for k, s in zip(checkpoint_keys(DEFAULT_SPEC), [(512, 784), (512,), (512, 512), (512,), (10, 512), (10,)])
+        k: s
+        for k, s in zip(
+            checkpoint_keys(DEFAULT_SPEC), [(512, 784), (512,), (512, 512), (512,), (10, 512), (10,)], strict=True
+        )
     }
     for _ in range(steps):
         yield {
@@ -381,7 +387,8 @@ def check_lockstep(config, steps, engine="auto"):
 
     result = lockstep(real_data(), config, steps=steps, weight_every=100, engine=engine)
     print(
-        f"{result['engine']} {config.optimizer} momentum {config.momentum}: max |loss diff| {result['max_loss_diff']:.3g}, final weights {result['final_weight_diff']:.3g}"
+        f"{result['engine']} {config.optimizer} momentum {config.momentum}: max |loss diff| "
+        f"{result['max_loss_diff']:.3g}, final weights {result['final_weight_diff']:.3g}"
     )
     # fp32 rounding of differently ordered sums, ~1e-7 relative per op, is all that may separate
     # the twins (a full epoch measured ~4e-6 / ~2e-6); a wrong gradient or update is >= 1e-4.

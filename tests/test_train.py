@@ -1,4 +1,4 @@
-"""Training in all three twins: config and engines, learning, determinism, resume, crash safety, and the hand-written torch step."""
+"""Training in all three twins: config and engines, learning, determinism, resume, crash safety, the fused step."""
 
 from __future__ import annotations
 
@@ -81,7 +81,10 @@ def test_cosine_schedule_starts_at_lr_passes_half_at_midpoint_and_ends_at_zero(b
 
 
 def schedule_rates(backend, config, total_steps):
-    """The rate each twin's own schedule object gives at steps 0..total_steps (torch: after i scheduler.step() calls)."""
+    """The rate each twin's own schedule object gives at steps 0..total_steps.
+
+    torch: the rate after i scheduler.step() calls.
+    """
     _, train = twin(backend)
     if backend in ("flax", "nnx"):
         schedule = train.make_schedule(config, total_steps)
@@ -207,9 +210,13 @@ def test_resuming_mid_run_gives_the_same_final_weights_as_an_uninterrupted_run(b
 def test_the_same_seed_gives_the_same_weights_and_another_seed_does_not(backend):
     _, train = twin(backend)
     data = separable_set()
-    run = lambda seed: final_weights(
-        backend, train.train_and_evaluate(_small_config(seed=seed, epochs=1), data, quiet=True, log=lambda s: None)[0]
-    )
+
+    def run(seed):
+        return final_weights(
+            backend,
+            train.train_and_evaluate(_small_config(seed=seed, epochs=1), data, quiet=True, log=lambda s: None)[0],
+        )
+
     a, b, c = run(0), run(0), run(1)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["linear_relu_stack.0.weight"], c["linear_relu_stack.0.weight"])
@@ -366,7 +373,7 @@ def test_hand_written_torch_step_matches_autograd_and_torch_optim(overrides):
         # same float32 loss up to reassociation: 1e-6 on a loss of about 2.3
         assert abs(float(ref_loss) - float(fused_loss)) <= 1e-6 and int(ref_correct) == int(fused_correct)
         if step == 0 and (overrides["optimizer"] != "sgd" or overrides.get("momentum")):
-            for (name, p_fused), g_ref in zip(fused.model.named_parameters(), ref_grads):
+            for (name, p_fused), g_ref in zip(fused.model.named_parameters(), ref_grads, strict=True):
                 # gradients from identical weights: 1e-7 is ~100 ulps of the largest entries (~1e-3)
                 assert torch.max(torch.abs(g_ref - p_fused.grad)).item() <= 1e-7, name
     assert ref.step == 0 and fused.step == 3 and fused.scheduler.last_epoch == ref.scheduler.last_epoch == 3
@@ -425,7 +432,7 @@ def test_hand_written_torch_step_matches_autograd_for_other_hidden_activations(a
     for _ in range(2):
         _, _, ref_grads = autograd_step_keeping_grads(ref, images, labels)
         hand_written.train_step(fused, images, labels)
-    for g_ref, p_ref, p_fused in zip(ref_grads, ref.model.parameters(), fused.model.parameters()):
+    for g_ref, p_ref, p_fused in zip(ref_grads, ref.model.parameters(), fused.model.parameters(), strict=True):
         assert torch.max(torch.abs(g_ref - p_fused.grad)).item() <= 1e-7
         assert torch.max(torch.abs(p_ref - p_fused)).item() <= 1e-6
 

@@ -1,6 +1,8 @@
-"""fashion-twins benchmark: the speed of one training epoch, side by side in one run: the tutorial's loop, both twins, the FLOP floor.
+"""fashion-twins benchmark: the speed of one training epoch, side by side in one run: the tutorial's loop,
+both twins, the FLOP floor.
 
-    fashion-twins benchmark [--device auto|cpu|gpu] [--precision highest|tf32|both] [--repeats 3] [--out bench.json] [--time-to-accuracy]
+    fashion-twins benchmark [--device auto|cpu|gpu] [--precision highest|tf32|both] [--repeats 3]
+                            [--out bench.json] [--time-to-accuracy]
 
 Prints a markdown table and JSON (one object per precision mode). Times are medians of
 --repeats epochs after one warm-up epoch that also pays for compilation.

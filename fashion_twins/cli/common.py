@@ -127,7 +127,10 @@ def precision_parent(default: str | None = "highest", default_text: str | None =
         "--precision",
         choices=PRECISIONS,
         default=default,
-        help=f"float32 matmuls in both twins: highest (TF32 off in torch, JAX 'highest'), tf32, or both in turn (default: {default_text or default})",
+        help=(
+            "float32 matmuls in both twins: highest (TF32 off in torch, JAX 'highest'), tf32, or both in turn "
+            f"(default: {default_text or default})"
+        ),
     )
     return p
 
@@ -175,7 +178,10 @@ def data_parent() -> argparse.ArgumentParser:
         "--data-dir",
         metavar="DIR",
         default=None,
-        help="folder with the four Fashion-MNIST .gz files (default: $FASHION_TWINS_DATA, then /usr/share/datasets/fashion-mnist, then the cache)",
+        help=(
+            "folder with the four Fashion-MNIST .gz files (default: $FASHION_TWINS_DATA, then "
+            "/usr/share/datasets/fashion-mnist, then the cache)"
+        ),
     )
     p.add_argument(
         "--download", action="store_true", help="download with torchvision if no folder holds the data (default: off)"
@@ -195,7 +201,8 @@ def checkpoint_parent() -> argparse.ArgumentParser:
         "--output-activation",
         choices=OUTPUT_ACTIVATIONS,
         default=None,
-        help="the spec to assume for a file whose header has none (a user's own save_file): relu is the 'Define the Class' cell's final ReLU "
+        help="the spec to assume for a file whose header has none (a user's own save_file): relu is the "
+        "'Define the Class' cell's final ReLU "
         "(default: the header's spec; none if the header has no spec)",
     )
     return p
@@ -220,7 +227,7 @@ def precisions(choice: str) -> list:
 
 
 def backend_module(name: str, start_backend: bool = True):
-    """Import one twin (fashion_torch, fashion_flax or fashion_nnx) with its train module; no other framework is imported.
+    """Import one twin (fashion_torch, fashion_flax or fashion_nnx) with its train module, no other framework.
 
     start_backend=False leaves JAX's backends unstarted, for a data-parallel launch that must configure them first.
     """
@@ -234,7 +241,7 @@ def backend_module(name: str, start_backend: bool = True):
 
 
 def check_jax_platforms() -> None:
-    """Start JAX's backends now, so that a JAX_PLATFORMS naming a platform this machine lacks is one line, not a traceback.
+    """Start JAX's backends now, so that a JAX_PLATFORMS naming a missing platform is one line, not a traceback.
 
     JAX starts every platform the variable lists on first use, even for --device cpu; it fails with a
     RuntimeError (gpu, tpu) or a bare AssertionError (cuda).
@@ -279,11 +286,15 @@ def checkpoint_spec(path, output_activation: str | None):
             stored = spec_from_header(read_metadata(path), path).output_activation or "none"  # validated
             if stored != output_activation:
                 raise UsageError(
-                    f"argument --output-activation: {output_activation} contradicts {path}'s header, which says {stored}"
+                    f"argument --output-activation: {output_activation} contradicts {path}'s header, which says "
+                    f"{stored}"
                 )
         return None, None
     chosen = output_activation or "none"
     spec = dataclasses.replace(DEFAULT_SPEC, output_activation=None if chosen == "none" else chosen)
     other = "relu" if chosen == "none" else "none"
-    message = f"note: {path} has no model spec in its header; assumed output activation {chosen} (--output-activation {other} for the other)"
+    message = (
+        f"note: {path} has no model spec in its header; assumed output activation {chosen} (--output-activation "
+        f"{other} for the other)"
+    )
     return spec, (message if Path(path).is_file() else None)

@@ -39,7 +39,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--full",
         action="store_true",
-        help=f"the real recipe ({TrainConfig.epochs} epochs), the tutorial recipe ({d.tutorial_epochs} epochs) and a full lockstep epoch (default: off, quick mode)",
+        help=(
+            f"the real recipe ({TrainConfig.epochs} epochs), the tutorial recipe ({d.tutorial_epochs} epochs) and "
+            "a full lockstep epoch (default: off, quick mode)"
+        ),
     )
     p.add_argument(
         "--seed",
@@ -53,14 +56,20 @@ def add_parser(subparsers) -> None:
         type=common.positive_int,
         default=None,
         metavar="N",
-        help=f"recipe epochs in quick mode; the cosine schedule then spans these (default: {d.quick_epochs}; not with --full)",
+        help=(
+            f"recipe epochs in quick mode; the cosine schedule then spans these (default: {d.quick_epochs}; not "
+            "with --full)"
+        ),
     )
     p.add_argument(
         "--lockstep-steps",
         type=common.positive_int,
         default=None,
         metavar="N",
-        help=f"lockstep SGD steps (default: {QUICK_LOCKSTEP_STEPS} on a CPU in quick mode; one full epoch with --full or on a GPU)",
+        help=(
+            f"lockstep SGD steps (default: {QUICK_LOCKSTEP_STEPS} on a CPU in quick mode; one full epoch with "
+            "--full or on a GPU)"
+        ),
     )
     p.add_argument(
         "--distributed",
@@ -68,7 +77,8 @@ def add_parser(subparsers) -> None:
         default=d.distributed,
         metavar="N",
         help="also train each twin on 1 device and N-way data parallel (torch DDP under torchrun, flax over a mesh; "
-        "simulated devices on a CPU) and compare weights and ms/step; N must divide the batch of 64 (default: 0, skipped)",
+        "simulated devices on a CPU) and compare weights and ms/step; N must divide the batch of 64 (default: 0, "
+        "skipped)",
     )
     p.add_argument(
         "--dry-run",
@@ -94,7 +104,8 @@ def make_options(args, command: str):
 
     if args.full and args.quick_epochs is not None:
         raise common.UsageError(
-            f"argument --quick-epochs: applies to quick mode only; --full trains the recipe's {TrainConfig.epochs} epochs"
+            f"argument --quick-epochs: applies to quick mode only; --full trains the recipe's {TrainConfig.epochs} "
+            "epochs"
         )
     if args.full and args.dry_run:
         raise common.UsageError("argument --dry-run: contradicts --full; give one")

@@ -1,4 +1,5 @@
-"""fashion-twins convert: the tutorial's torch.save(model.state_dict()) file (or a spec-less safetensors file) -> the canonical checkpoint.
+"""fashion-twins convert: the tutorial's torch.save(model.state_dict()) file (or a spec-less safetensors file)
+-> the canonical checkpoint.
 
     fashion-twins convert model_weights.pth model.safetensors
     [convert] wrote model.safetensors (669,706 parameters, output activation none) from model_weights.pth
@@ -26,7 +27,10 @@ def add_parser(subparsers) -> None:
         "--output-activation",
         choices=common.OUTPUT_ACTIVATIONS,
         default="none",
-        help="whether the saved model ends with the 'Define the Class' cell's ReLU; written into OUT's header (default: none)",
+        help=(
+            "whether the saved model ends with the 'Define the Class' cell's ReLU; written into OUT's header "
+            "(default: none)"
+        ),
     )
     p.set_defaults(run=run)
 
@@ -55,6 +59,7 @@ def run(args) -> int:
         state, _ = canonical.read_state(args.source, spec)
     canonical.write_state(args.dest, state, spec)
     print(
-        f"[convert] wrote {args.dest} ({spec.num_parameters():,} parameters, output activation {args.output_activation}) from {args.source}"
+        f"[convert] wrote {args.dest} ({spec.num_parameters():,} parameters, output activation "
+        f"{args.output_activation}) from {args.source}"
     )
     return 0

@@ -1,4 +1,5 @@
-"""fashion-twins evaluate: test loss and accuracy of a checkpoint, run by either twin (a checkpoint from either twin works).
+"""fashion-twins evaluate: test loss and accuracy of a checkpoint, run by either twin
+(a checkpoint from either twin works).
 
 fashion-twins evaluate --backend flax runs/torch.safetensors
 [flax] test_loss 0.3012  test_acc 89.74%  (10000 images, checkpoint runs/torch.safetensors)
@@ -40,7 +41,10 @@ def add_parser(subparsers) -> None:
 
 
 def load_model(twin, args, device):
-    """The checkpoint through the twin's own loader, with the spec from its header or the one assumed (said on stderr)."""
+    """The checkpoint through the twin's own loader, with the spec from its header or the one assumed.
+
+    An assumed spec is said on stderr.
+    """
     spec, message = common.checkpoint_spec(args.checkpoint, args.output_activation)
     loaded = twin.load_checkpoint(args.checkpoint, device, spec=spec)
     if message:

@@ -75,7 +75,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--tutorial-recipe",
         action="store_true",
-        help="start from the tutorial's recipe, the values marked 'with --tutorial-recipe' above, instead of the defaults (default: off)",
+        help=(
+            "start from the tutorial's recipe, the values marked 'with --tutorial-recipe' above, instead of the "
+            "defaults (default: off)"
+        ),
     )
     p.add_argument(
         "--dry-run",
@@ -93,13 +96,18 @@ def add_parser(subparsers) -> None:
         "--out",
         metavar="CKPT.safetensors",
         required=True,
-        help="checkpoint to write after every epoch; optimizer state goes beside it in CKPT.state.safetensors (required)",
+        help=(
+            "checkpoint to write after every epoch; optimizer state goes beside it in CKPT.state.safetensors (required)"
+        ),
     )
     p.add_argument(
         "--metrics",
         metavar="METRICS.json",
         default=None,
-        help="per-epoch metrics, device, versions and config, rewritten after every epoch (default: beside --out, CKPT.metrics.json)",
+        help=(
+            "per-epoch metrics, device, versions and config, rewritten after every epoch (default: beside --out, "
+            "CKPT.metrics.json)"
+        ),
     )
     p.add_argument(
         "--tensorboard",
@@ -113,7 +121,10 @@ def add_parser(subparsers) -> None:
         "--init",
         metavar="CKPT",
         default=None,
-        help="start from this checkpoint's weights instead of the seeded init, e.g. the other twin's (default: the seeded init)",
+        help=(
+            "start from this checkpoint's weights instead of the seeded init, e.g. the other twin's (default: the "
+            "seeded init)"
+        ),
     )
     d = p.add_argument_group(
         "data parallel",
@@ -125,7 +136,10 @@ def add_parser(subparsers) -> None:
         type=common.positive_int,
         default=None,
         metavar="N",
-        help="flax: shard each batch over the first N devices; on a CPU, N simulated host devices (default: one device, no mesh)",
+        help=(
+            "flax: shard each batch over the first N devices; on a CPU, N simulated host devices (default: one "
+            "device, no mesh)"
+        ),
     )
     d.add_argument(
         "--coordinator",
@@ -153,7 +167,10 @@ def add_parser(subparsers) -> None:
         type=common.positive_float,
         default=None,
         metavar="S",
-        help=f"data-parallel runs: seconds to wait on a silent peer before failing with an error (default: {DEFAULT_TIMEOUT_S})",
+        help=(
+            "data-parallel runs: seconds to wait on a silent peer before failing with an error (default: "
+            f"{DEFAULT_TIMEOUT_S})"
+        ),
     )
     p.set_defaults(run=run)
 
@@ -198,7 +215,10 @@ def _flag_kind(field) -> dict:
 
 
 def make_config(args) -> TrainConfig:
-    """Base config (defaults or the tutorial recipe), then --dry-run, then explicit flags; a bad value names its flag."""
+    """Base config (defaults or the tutorial recipe), then --dry-run, then explicit flags.
+
+    A bad value names its flag.
+    """
     if args.tutorial_recipe and args.recipe not in (None, "tutorial"):
         raise common.UsageError(f"argument --tutorial-recipe: contradicts --recipe {args.recipe}")
     base = RECIPES["tutorial" if args.tutorial_recipe else args.recipe or "default"]()
@@ -216,8 +236,14 @@ def make_config(args) -> TrainConfig:
 
 
 def data_parallel(args, config: TrainConfig):
-    """None (one device), "torchrun" (torch DDP) or "mesh" (flax sharding); misuse and an indivisible batch fail here, before any work."""
-    torch_hint = "the torch twin runs data-parallel under torchrun: torchrun --nproc-per-node N -m fashion_twins train --backend torch ..."
+    """None (one device), "torchrun" (torch DDP) or "mesh" (flax sharding).
+
+    Misuse and an indivisible batch fail here, before any work.
+    """
+    torch_hint = (
+        "the torch twin runs data-parallel under torchrun: torchrun --nproc-per-node N -m fashion_twins train "
+        "--backend torch ..."
+    )
     flax_flags = [
         flag
         for flag in ("--devices", "--coordinator", "--num-processes", "--process-id")
@@ -236,7 +262,8 @@ def data_parallel(args, config: TrainConfig):
         if under_torchrun():
             if args.engine == "fused":
                 raise common.UsageError(
-                    "argument --engine: fused (the hand-written backward) is single-device only; DDP all-reduces autograd's gradients: use eager or compile"
+                    "argument --engine: fused (the hand-written backward) is single-device only; DDP all-reduces "
+                    "autograd's gradients: use eager or compile"
                 )
             check_world(world_from_env().size, config.batch_size, "ranks")
             mode = "torchrun"
@@ -254,7 +281,8 @@ def data_parallel(args, config: TrainConfig):
                 raise common.UsageError("argument --coordinator: needs --num-processes K and --process-id I")
             if args.process_id >= args.num_processes:
                 raise common.UsageError(
-                    f"argument --process-id: must be in 0..{args.num_processes - 1} for --num-processes {args.num_processes}, got {args.process_id}"
+                    f"argument --process-id: must be in 0..{args.num_processes - 1} for --num-processes "
+                    f"{args.num_processes}, got {args.process_id}"
                 )
             if args.devices is not None:
                 raise common.UsageError(

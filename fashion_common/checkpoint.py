@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError, WriteError
-from .spec import ACTIVATIONS, DEFAULT_SPEC, TWINS, ModelSpec, checkpoint_shapes
+from .spec import ACTIVATIONS, BACKENDS, DEFAULT_SPEC, ModelSpec, checkpoint_shapes
 
 FORMAT_NAME = "fashion-twins/canonical-v1"
 
@@ -594,7 +594,7 @@ def check_counters(counters, side="training state") -> None:
         if ok and kind is int:
             ok = 0 <= value <= 2**63 - 1
         if ok and field == "backend":
-            ok = value in TWINS
+            ok = value in BACKENDS
         if ok and field == "history":
             ok = all(isinstance(row, dict) for row in value) and len(value) == counters.get("epoch")
             expected = "a JSON list of one object per finished epoch"

@@ -9,12 +9,9 @@ from __future__ import annotations
 import dataclasses
 
 # The ten Fashion-MNIST classes, in label order (label 0 is "T-shirt/top").
-# The twins, by their --backend name; twin NAME is the package fashion_NAME. The one list: the CLI's
-# choices, the report's columns and the tests' parametrization all read it.
-BACKENDS: tuple[str, ...] = ("torch", "flax")
-# Every twin package: BACKENDS and the Flax NNX twin (fashion_nnx), which joins BACKENDS (the CLI's
-# choices, the report's columns) once the CLI takes --backend nnx. The suite and the sidecar reader read this.
-TWINS: tuple[str, ...] = (*BACKENDS, "nnx")
+# The twins, by their --backend name; twin NAME is the package fashion_NAME (nnx: the Flax NNX twin). The one
+# list: the CLI's choices, the sidecar reader, the report's columns and the tests' parametrization all read it.
+BACKENDS: tuple[str, ...] = ("torch", "flax", "nnx")
 
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top",

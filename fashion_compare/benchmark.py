@@ -1,4 +1,4 @@
-"""Speed, measured side by side in one process: the tutorial's loop, each torch engine, flax, and the FLOP floor.
+"""Speed, measured side by side in one process: the tutorial's loop, each torch engine, flax, nnx, and the FLOP floor.
 
 The workload is one epoch of the 784-512-512-10 MLP at batch 64 with plain SGD over the 60,000
 training images. Every variant is warmed up once (which also pays for compilation), then timed for
@@ -181,7 +181,7 @@ def compile_seconds(
 
     train = importlib.import_module(f"fashion_{backend}.train")
     pkg = importlib.import_module(f"fashion_{backend}")
-    if backend == "flax":
+    if backend in ("flax", "nnx"):
         import jax
 
         jax.clear_caches()  # else an earlier variant or precision mode may have compiled the same program
@@ -214,10 +214,10 @@ def compile_seconds(
 
 
 def variant_compile_seconds(name: str, data: FashionData, device: str) -> float | None:
-    """compile_seconds of a benchmark variant (torch_<engine> or flax) on the tutorial's recipe; None for tutorial."""
+    """compile_seconds of a variant (torch_<engine>, flax or nnx) on the tutorial's recipe; None for tutorial."""
     if name == "tutorial":
         return None  # the tutorial's own eager loop: nothing is compiled
-    backend, engine = ("flax", None) if name == "flax" else ("torch", name.removeprefix("torch_"))
+    backend, engine = (name, None) if name in ("flax", "nnx") else ("torch", name.removeprefix("torch_"))
     return compile_seconds(backend, tutorial_config(epochs=1, device=device), data, device, engine=engine)
 
 
@@ -234,7 +234,7 @@ def benchmark(
 
     Keys: <variant>_s (median epoch seconds), <variant>_times, <variant>_step_ms, <variant>_warmup_s
     and <variant>_compile_s (cold compile/JIT, measured apart: see compile_seconds; None for the
-    tutorial's eager loop, which compiles nothing) for tutorial, flax and torch_<engine>; torch_s is
+    tutorial's eager loop, which compiles nothing) for tutorial, flax, nnx and torch_<engine>; torch_s is
     the default engine's; floor_s the FLOP floor; and the ratios.
     """
     set_precision(precision)
@@ -265,6 +265,7 @@ def benchmark(
     ]
     variants += [
         ("flax", lambda: twin_epoch_fn("flax", data, device), repeats),
+        ("nnx", lambda: twin_epoch_fn("nnx", data, device), repeats),  # in the same interleaved rounds as flax
         ("tutorial", lambda: tutorial_epoch_fn(device, data_dir), tutorial_repeats or repeats),
     ]
     floor_times = [EPOCH_FLOPS / rates["ceiling"]]
@@ -294,6 +295,8 @@ def benchmark(
     result["tutorial_over_torch"] = result["tutorial_s"] / result["torch_s"]
     result["torch_over_flax"] = result["torch_s"] / result["flax_s"]
     result["flax_over_floor"] = result["flax_s"] / result["floor_s"]
+    result["nnx_over_flax"] = result["nnx_s"] / result["flax_s"]  # the NNX twin's target: <= 1.1
+    result["nnx_over_floor"] = result["nnx_s"] / result["floor_s"]
     for e in engines:
         result[f"torch_{e}_over_flax"] = result[f"torch_{e}_s"] / result["flax_s"]
     result["machine"] = window(machine_start, machine_state())  # the epochs and the floor, not default_run
@@ -451,7 +454,7 @@ def add_plain_epoch_ratios(rows: list[dict], result: dict, recipe: str) -> None:
     the ratio holds the load constant: the target is <= 6.
     """
     for row in rows:
-        plain = result["torch_s" if row["backend"] == "torch" else "flax_s"]
+        plain = result[f"{row['backend']}_s"]  # torch_s, flax_s or nnx_s
         row["recipe"] = recipe
         row["plain_epoch_s"] = plain
         row["over_plain_epoch"] = row["train_seconds"] / plain
@@ -504,11 +507,12 @@ def markdown_table(results: list[dict]) -> str:
             "| variant | epoch, median (min–max) | per step | compile/JIT (cold, measured apart) | / flax | / floor |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
-        names = ["tutorial"] + [f"torch_{e}" for e in r["torch_engines"]] + ["flax", "floor"]
-        for k in names:
+        names = ["tutorial"] + [f"torch_{e}" for e in r["torch_engines"]] + ["flax", "nnx", "floor"]
+        for k in (k for k in names if k + "_s" in r):  # a result from before the NNX twin has no nnx_s
             label = {
                 "tutorial": "tutorial loop (DataLoader, eager)",
                 "flax": "flax (jit + lax.scan)",
+                "nnx": "nnx (nnx.jit, split/merge + lax.scan)",
                 "floor": "FLOP floor",
             }.get(k, k.replace("torch_", "torch "))
             if k == f"torch_{r['torch_default_engine']}":

@@ -66,6 +66,30 @@ def flax_figures(model, params, x: np.ndarray, y: np.ndarray) -> dict:
     }
 
 
+def nnx_figures(model, x: np.ndarray, y: np.ndarray) -> dict:
+    """The same figures from the NNX twin (an nnx.Module), gradients transposed into the canonical layout."""
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    import fashion_nnx
+
+    def loss_of(model, x):
+        outputs = model.layer_outputs(x)
+        logits = outputs[str(model.spec.stack_length - 1)]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y)).mean(), outputs
+
+    grad_fn = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)
+    (loss, outputs), (g_params, g_x) = grad_fn(model, jnp.asarray(x))  # g_params: a param State
+    last = str(model.spec.stack_length - 1)
+    return {
+        "layers": {k: np.asarray(v) for k, v in outputs.items()},
+        "logits": np.asarray(outputs[last]),
+        "loss": float(loss),
+        "grads": {"input": np.asarray(g_x), **fashion_nnx.to_state_dict(g_params, model.spec)},
+    }
+
+
 def compare_figures(t: dict, f: dict) -> dict:
     """max |diff| of everything the two figure dicts hold."""
     return {
@@ -100,16 +124,23 @@ def parity(
     precision: str = "highest",
     device: str = "cpu",
     spec: ModelSpec = DEFAULT_SPEC,
+    twin: str = "flax",
 ) -> dict:
-    """Load one canonical state_dict into both twins and compare forward and backward at `precision`."""
-    import fashion_flax
+    """Load one canonical state_dict into torch and a JAX twin ("flax" or "nnx"); compare forward and backward."""
     import fashion_torch
 
     set_matmul_precision(precision)
     t_model = fashion_torch.from_state_dict(state_dict, spec, fashion_torch.resolve_device(device))
-    f_params = fashion_flax.from_state_dict(state_dict, spec, fashion_flax.resolve_device(device))
-    f_model = fashion_flax.NeuralNetwork(spec)
-    t, f = torch_figures(t_model, x, y), flax_figures(f_model, f_params, x, y)
+    if twin == "nnx":
+        import fashion_nnx
+
+        f = nnx_figures(fashion_nnx.from_state_dict(state_dict, spec, fashion_nnx.resolve_device(device)), x, y)
+    else:
+        import fashion_flax
+
+        f_params = fashion_flax.from_state_dict(state_dict, spec, fashion_flax.resolve_device(device))
+        f = flax_figures(fashion_flax.NeuralNetwork(spec), f_params, x, y)
+    t = torch_figures(t_model, x, y)
     result = compare_figures(t, f)
     result["kink_examples"] = kink_examples(t, f, spec)
     result["precision"] = precision

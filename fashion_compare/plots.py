@@ -12,16 +12,23 @@ import numpy as np
 from fashion_common.spec import BACKENDS
 
 PLOTS = {  # file -> what it shows, also the alt text in report.md
-    "lockstep.png": "lockstep: running maximum of the |loss diff| and of the max weight diff",
-    "curves.png": "train and test loss, and test accuracy per epoch, both twins",
-    "epoch_times.png": "seconds per epoch, both twins",
-    "confusion.png": "confusion matrices of both twins on the test set, and torch − flax",
+    "lockstep.png": "lockstep: running maximum of the |loss diff| and of the max weight diff, torch vs flax and vs nnx",
+    "curves.png": "train and test loss, and test accuracy per epoch, every twin",
+    "epoch_times.png": "seconds per epoch, every twin",
+    "confusion.png": "confusion matrices of every twin on the test set, and torch − flax",
 }
 LOG_FLOOR = 1e-12  # exact zeros cannot be drawn on a log axis; they are drawn at this floor instead
 
-TWIN_STYLE = {  # the twins overlap almost exactly, so torch is drawn wide and flax narrow on top of it
+TWIN_STYLE = {  # the twins overlap almost exactly: torch drawn wide, flax narrower on top, nnx thinnest
     "torch": {"color": "tab:red", "marker": "o", "linewidth": 3.0, "markersize": 8, "alpha": 0.55},
-    "flax": {"color": "tab:blue", "marker": "x", "linewidth": 1.3, "markersize": 7},
+    "flax": {"color": "tab:blue", "marker": "x", "linewidth": 1.6, "markersize": 7},
+    "nnx": {"color": "tab:green", "marker": "+", "linewidth": 1.0, "markersize": 9},
+}
+# lockstep: torch vs this JAX twin. The two lines coincide (nnx is bit-equal to linen), so flax is drawn wide
+# and pale, nnx thin and dashed on top: both stay visible.
+PAIR_STYLE = {
+    "flax": {"color": "tab:blue", "linewidth": 3.5, "alpha": 0.45},
+    "nnx": {"color": "tab:green", "linewidth": 1.4, "linestyle": "--"},
 }
 
 
@@ -40,53 +47,62 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_lockstep(result: dict) -> bytes:
-    """Two log-scale panels: |loss diff| at every step, the max weight diff at the recorded steps."""
+def plot_lockstep(results: dict) -> bytes:
+    """Two log-scale panels: |loss diff| at every step, the max weight diff at the recorded steps; one line per pair.
+
+    results: JAX twin ("flax", "nnx") -> lockstep() result of torch against it (a bare result: torch vs flax).
+    """
     from matplotlib.ticker import MaxNLocator
 
-    loss_diff = np.asarray(result["loss_diff"], dtype=np.float64)
-    steps = np.arange(1, len(loss_diff) + 1)
-    w_steps = np.asarray(result["weight_steps"])
-    w_diff = np.asarray(result["weight_diff"], dtype=np.float64)
+    if "loss_diff" in results:
+        results = {results.get("twin", "flax"): results}
     fig = _figure(9, 6.5)
     ax_loss, ax_w = fig.subplots(2, 1, sharex=True)
-    zeros = int((loss_diff == 0).sum())
-    # The running maximum (largest difference so far) reads as a bound; per-step values alternate between 0 and
-    # ~1e-8 and drew a comb that hid it.
-    ax_loss.step(
-        steps,
-        np.maximum(np.maximum.accumulate(loss_diff) if len(loss_diff) else loss_diff, LOG_FLOOR),
-        where="post",
-        color="tab:purple",
-        linewidth=1.6,
-        label="running max of |loss torch - loss flax|",
-    )
+    top, zeros, w_zeros = 0.0, [], []
+    for twin, result in results.items():
+        loss_diff = np.asarray(result["loss_diff"], dtype=np.float64)
+        steps = np.arange(1, len(loss_diff) + 1)
+        w_steps = np.asarray(result["weight_steps"])
+        w_diff = np.asarray(result["weight_diff"], dtype=np.float64)
+        zeros.append(f"{twin} {int((loss_diff == 0).sum())}")
+        w_zeros.append(f"{twin} {int((w_diff == 0).sum())}")
+        style = PAIR_STYLE.get(twin, {"color": "tab:purple", "linewidth": 1.6})
+        # The running maximum (largest difference so far) reads as a bound; per-step values alternate between 0 and
+        # ~1e-8 and drew a comb that hid it.
+        ax_loss.step(
+            steps,
+            np.maximum(np.maximum.accumulate(loss_diff) if len(loss_diff) else loss_diff, LOG_FLOOR),
+            where="post",
+            **style,
+            label=f"running max of |loss torch - loss {twin}|",
+        )
+        ax_w.step(
+            w_steps,
+            np.maximum(np.maximum.accumulate(w_diff) if len(w_diff) else w_diff, LOG_FLOOR),
+            where="post",
+            **style,
+            marker="o",
+            markersize=3,
+            label=f"running max of max |W torch - W {twin}|, all tensors",
+        )
+        top = max(top, float(np.max(loss_diff, initial=0)), float(np.max(w_diff, initial=0)))
+    result = next(iter(results.values()))
     ax_loss.set_title(
-        f"|loss diff|, running maximum over the steps ({zeros} of {len(steps)} steps exactly 0)", fontsize=10
+        f"|loss diff|, running maximum over the steps (steps exactly 0 of {result['steps']}: {', '.join(zeros)})",
+        fontsize=10,
     )
     ax_loss.set_ylabel("max |loss diff| so far")
-    w_zeros = int((w_diff == 0).sum())
     every = result.get("weight_every", 1)
-    ax_w.step(
-        w_steps,
-        np.maximum(np.maximum.accumulate(w_diff) if len(w_diff) else w_diff, LOG_FLOOR),
-        where="post",
-        color="tab:green",
-        linewidth=1.6,
-        marker="o",
-        markersize=3,
-        label="running max of max |W torch - W flax|, all tensors",
-    )
     when = "after every step" if every == 1 else f"every {every} steps"
     ax_w.set_title(
-        f"max weight diff {when}, running maximum (step 0 is the shared init; {_count(w_zeros, 'exact zero')})",
+        f"max weight diff {when}, running maximum (step 0 is the shared init; exact zeros: {', '.join(w_zeros)})",
         fontsize=10,
     )
     ax_w.set_ylabel("max |weight diff| so far")
     ax_w.set_xlabel("SGD step")
     ax_w.xaxis.set_major_locator(MaxNLocator(integer=True))
     tol = result["tolerance"]
-    top = max(float(np.max(loss_diff, initial=0)), float(np.max(w_diff, initial=0)), tol)
+    top = max(top, tol)
     for ax in (ax_loss, ax_w):
         ax.set_yscale("log")
         ax.set_ylim(LOG_FLOOR / 5, top * 20)
@@ -96,8 +112,8 @@ def plot_lockstep(result: dict) -> bytes:
         ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
     cfg = result["config"]
     fig.suptitle(
-        f"Lockstep: torch vs flax, tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), {result['steps']} "
-        f"steps, {result['precision']} precision"
+        f"Lockstep: torch vs {' and vs '.join(results)}, tutorial SGD (lr {cfg['lr']:g}, batch {cfg['batch_size']}), "
+        f"{result['steps']} steps, {result['precision']} precision"
     )
     return _png(fig)
 
@@ -215,13 +231,14 @@ def plot_curves(training: dict) -> bytes:
 
 
 def plot_epoch_times(training: dict) -> bytes:
-    """Seconds per epoch of the accuracy recipe, one pair of bars per epoch."""
+    """Seconds per epoch of the accuracy recipe, one bar per twin for each epoch."""
     fig = _figure(max(6.5, 0.55 * len(training["recipe"]["torch"]["epochs"]) + 3), 4.6)
     ax = fig.subplots()
     hist = {b: training["recipe"][b]["epochs"] for b in BACKENDS}
     epochs = np.array([r["epoch"] for r in hist["torch"]])
-    width = 0.38
-    for offset, backend in zip((-width / 2, width / 2), BACKENDS, strict=True):
+    width = 0.8 / len(BACKENDS)
+    offsets = (np.arange(len(BACKENDS)) - (len(BACKENDS) - 1) / 2) * width  # bars side by side around each epoch
+    for offset, backend in zip(offsets, BACKENDS, strict=True):
         seconds = [r["epoch_seconds"] for r in hist[backend]]
         bars = ax.bar(
             epochs + offset,
@@ -236,32 +253,37 @@ def plot_epoch_times(training: dict) -> bytes:
     ax.set_ylabel("training seconds (evaluation excluded)")
     ax.set_ylim(0, max(r["epoch_seconds"] for b in BACKENDS for r in hist[b]) * 1.15)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=2, fontsize=9)  # below the axes: never over a bar or its label
+    fig.legend(
+        loc="outside lower center", ncols=len(BACKENDS), fontsize=9
+    )  # below the axes: never over a bar or its label
     cfg = training["recipe"]["config"]
     ax.set_title(
-        f"Accuracy recipe: seconds per epoch (batch {cfg['batch_size']}, {_epochs(len(epochs))})\nepoch 1 includes "
-        "warm-up and flax's JIT compilation",
+        f"Accuracy recipe: seconds per epoch (batch {cfg['batch_size']}, {_epochs(len(epochs))})"
+        "\nepoch 1 includes warm-up and the JAX twins' JIT compilation",
         fontsize=10,
     )
     return _png(fig)
 
 
 def plot_confusion(entry: dict, class_names, subtitle: str) -> bytes:
-    """Both twins' confusion matrices side by side, and torch − flax: counts in the cells.
+    """Each twin's confusion matrix, and torch − flax: counts in the cells, in a 2 × 2 grid.
 
     The twins' panels: colour = share of the true class on one shared scale. The difference panel: colour =
     torch's count minus flax's, red where torch puts more images, blue where flax does, white where equal.
-    entry: {"torch": {"confusion": (10, 10) rows true / columns predicted, "accuracy"}, "flax": {...}, "agreement"}.
+    entry: {"torch": {"confusion": (10, 10) rows true / columns predicted, "accuracy"}, "flax": {...}, "nnx": {...},
+    "agreement" (torch–flax), "pairs" (every pair's agreement)}.
     """
     from matplotlib.colors import PowerNorm, TwoSlopeNorm
 
     n = len(class_names)
-    fig = _figure(21, 7.4)
-    axes = fig.subplots(1, 3, sharey=True)
+    fig = _figure(15, 15)
+    grid = fig.subplots(2, 2)  # top: torch, flax; bottom: nnx, torch − flax
+    axes = [grid[0, 0], grid[0, 1], grid[1, 0], grid[1, 1]]
+    twins = len(BACKENDS)
     # sqrt scale: a diagonal of ~90% and confusions of 1-15% are both legible on one scale
     norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=100.0)
     counts = {b: np.asarray(entry[b]["confusion"], dtype=np.int64) for b in BACKENDS}  # (10, 10) each
-    for ax, backend in zip(axes[:2], BACKENDS, strict=True):
+    for ax, backend in zip(axes[:twins], BACKENDS, strict=True):
         rows = counts[backend].sum(axis=1, keepdims=True)  # (10, 1) images of each true class
         share = 100.0 * counts[backend] / np.maximum(rows, 1)  # (10, 10) percent of the true class
         image = ax.imshow(share, cmap="Blues", norm=norm)
@@ -281,27 +303,26 @@ def plot_confusion(entry: dict, class_names, subtitle: str) -> bytes:
         ax.set_title(f"{backend} twin: test accuracy {100 * entry[backend]['accuracy']:.2f}%", fontsize=11)
     diff = counts["torch"] - counts["flax"]  # (10, 10) signed
     limit = max(1, int(np.abs(diff).max()))
-    shown = axes[2].imshow(diff, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit))
+    shown = axes[twins].imshow(diff, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit))
     for i in range(n):
         for j in range(n):
             if diff[i, j]:
                 strong = abs(diff[i, j]) > 0.6 * limit
-                axes[2].text(
+                axes[twins].text(
                     j, i, f"{diff[i, j]:+d}", ha="center", va="center", fontsize=8, color="white" if strong else "black"
                 )
     changed = int(np.abs(diff).sum())
-    axes[2].set_title(f"torch − flax (images; blank = equal; sum of |Δ| {changed})", fontsize=11)
+    axes[twins].set_title(f"torch − flax (images; blank = equal; sum of |Δ| {changed})", fontsize=11)
     for ax in axes:
         ax.set_xticks(range(n), class_names, rotation=40, ha="right", fontsize=9)
         ax.set_yticks(range(n), class_names, fontsize=9)
         ax.set_xlabel("predicted class")
-    axes[0].set_ylabel("true class")
-    bar = fig.colorbar(image, ax=axes[:2], shrink=0.8, ticks=[0, 1, 5, 10, 25, 50, 75, 100], location="bottom")
+        ax.set_ylabel("true class")
+    bar = fig.colorbar(image, ax=axes[:twins], shrink=0.6, ticks=[0, 1, 5, 10, 25, 50, 75, 100], location="right")
     bar.set_label("share of the true class (%), cells show image counts")
-    diff_bar = fig.colorbar(shown, ax=axes[2], shrink=0.8, location="bottom")
+    diff_bar = fig.colorbar(shown, ax=axes[twins], shrink=0.8, location="bottom")
     diff_bar.set_label("torch count − flax count")
-    fig.suptitle(
-        f"Confusion matrices, {subtitle}; the twins predict the same class on {100 * entry['agreement']:.2f}% of "
-        "the images"
-    )
+    pairs = entry.get("pairs") or [{"twins": ["torch", "flax"], "agreement": entry["agreement"]}]
+    same = ", ".join(f"{p['twins'][0]}–{p['twins'][1]} {100 * p['agreement']:.2f}%" for p in pairs)
+    fig.suptitle(f"Confusion matrices, {subtitle}\nthe same class predicted on the test images: {same}")
     return _png(fig)

@@ -14,6 +14,19 @@ from . import machine
 from .plots import LOG_FLOOR, PLOTS, smoothed_loss_floor
 
 
+def _slash(values: dict, fmt=None) -> str:
+    """Each given twin's value in BACKENDS order: '90.12% / 90.05% / 90.05%'."""
+    fmt = fmt or _pct
+    return " / ".join(fmt(values[b]) for b in BACKENDS if b in values)
+
+
+def _pair_rows(entry: dict) -> list[dict]:
+    """The pairwise agreement rows of a classes entry (an older report has torch–flax only)."""
+    return entry.get("pairs") or [
+        {"twins": ["torch", "flax"], **{k: entry[k] for k in ("agreement", "disagreements", "both_right")}}
+    ]
+
+
 def _e(x) -> str:
     """A max |diff| for a table: 0 stays 0, anything else in 2-digit scientific notation."""
     x = float(x)
@@ -65,7 +78,7 @@ def render_markdown(report: dict) -> str:
     def have_png(name):
         return name in report.get("plots", ())
 
-    lines: list[str] = ["# fashion-twins: the torch twin and the flax twin, side by side", ""]
+    lines: list[str] = ["# fashion-twins: the torch, flax (linen) and nnx twins, side by side", ""]
     mode = meta["mode"]
     mode_text = (
         "quick (recipe shortened; tutorial recipe only with --full)"
@@ -150,29 +163,33 @@ def _md_figures(report: dict) -> list[str]:
                 if entry["shortened"]
                 else f", {_epochs(entry['config']['epochs'])}"
             )
-            rows.append(
-                f"| {label}{note}: final test accuracy torch / flax | {_pct(acc['torch'])} / {_pct(acc['flax'])} "
-                f"(\\|Δ\\| {entry['accuracy_diff_pp']:.2f} pp) |"
-            )
+            gap = f"\\|torch − flax\\| {entry['accuracy_diff_pp']:.2f} pp"
+            if "accuracy_diff_pp_nnx" in entry:
+                gap += f", \\|torch − nnx\\| {entry['accuracy_diff_pp_nnx']:.2f} pp"
+            rows.append(f"| {label}{note}: final test accuracy {' / '.join(BACKENDS)} | {_slash(acc)} ({gap}) |")
     classes = report.get("classes") or {}
     if "recipe" in classes:
-        r = classes["recipe"]
-        rows.append(
-            f"| independently trained twins (accuracy recipe) predict the same class | {_pct(r['agreement'])} of "
-            f"{classes['num_test']:,} test images |"
-        )
+        for pair in _pair_rows(classes["recipe"]):
+            a, b = pair["twins"]
+            rows.append(
+                f"| independently trained twins {a} and {b} (accuracy recipe) predict the same class | "
+                f"{_pct(pair['agreement'])} of {classes['num_test']:,} test images |"
+            )
     if "lockstep" in classes:
         r = classes["lockstep"]
         steps = report.get("lockstep", {}).get("steps")
         trained = f"{steps} SGD steps of the tutorial recipe" if steps else "the tutorial recipe"
+        for pair in _pair_rows(r):
+            a, b = pair["twins"]
+            rows.append(
+                f"| lockstep twins {a} and {b} (one init, one batch order) predict the same class | "
+                f"{_pct(pair['agreement'])} of {classes['num_test']:,} test images "
+                f"({_count(pair['disagreements'], 'image')} differ) |"
+            )
+        accs = {b: r[b]["accuracy"] for b in BACKENDS if b in r}
         rows.append(
-            f"| lockstep twins (one init, one batch order) predict the same class | {_pct(r['agreement'])} of "
-            f"{classes['num_test']:,} test images ({_count(r['disagreements'], 'image')} differ) |"
-        )
-        rows.append(
-            f"| ... and are right on (test accuracy torch / flax, after {trained}) | "
-            f"{_pct(r['torch']['accuracy'])} / {_pct(r['flax']['accuracy'])}: agreement says the twins compute "
-            "the same function, not that it is a good classifier |"
+            f"| ... and are right on (test accuracy {' / '.join(accs)}, after {trained}) | "
+            f"{_slash(accs)}: agreement says the twins compute the same function, not that it is a good classifier |"
         )
     if not rows:
         return []
@@ -193,11 +210,11 @@ def _md_checkpoints(checkpoints: dict) -> list[str]:
     lines = [
         "## Checkpoints",
         "",
-        "The final models this run trained are in this folder (the canonical safetensors layout: either twin loads "
-        "either file):",
+        "The final models this run trained are in this folder (the canonical safetensors layout: every twin loads "
+        "every file):",
         "",
-        "| run | torch twin | flax twin |",
-        "| --- | --- | --- |",
+        "| run | " + " | ".join(f"{b} twin" for b in BACKENDS) + " |",
+        "| --- |" + " --- |" * len(BACKENDS),
     ]
     order = [n for n in CHECKPOINT_RUNS if n in checkpoints] + [n for n in checkpoints if n not in CHECKPOINT_RUNS]
     for name in order:
@@ -207,7 +224,7 @@ def _md_checkpoints(checkpoints: dict) -> list[str]:
     example = best.get("torch") or next(iter(best.values()))
     lines += [
         "",
-        f"For example, from this folder: `fashion-twins predict --backend flax {example} shoe.jpg` or "
+        f"For example, from this folder: `fashion-twins predict --backend nnx {example} shoe.jpg` or "
         f"`fashion-twins evaluate --backend torch {example}`.",
         "",
     ]
@@ -219,7 +236,7 @@ def _md_structures(report: dict) -> list[str]:
     lines = [
         "## 1. Structures",
         "",
-        f"Both twins built from seed {s['seed']}. `fashion_torch.summary(model)`:",
+        f"Every twin built from seed {s['seed']}. `fashion_torch.summary(model)`:",
         "",
         "```text",
         s["torch_summary"],
@@ -231,24 +248,31 @@ def _md_structures(report: dict) -> list[str]:
         s["flax_summary"],
         "```",
         "",
+    ]
+    if "nnx_summary" in s:
+        lines += ["`fashion_nnx.summary(model)`:", "", "```text", s["nnx_summary"], "```", ""]
+    lines += [
         "## 2. Parameters",
         "",
-        "The flax kernel is the transposed torch weight ([in, out] instead of [out, in]); "
-        "flax paths are inside the `params` collection (`fashion_common.spec.flax_param_path`).",
+        "The flax and nnx kernels are the transposed torch weight ([in, out] instead of [out, in]); "
+        "flax paths are inside the `params` collection (`fashion_common.spec.flax_param_path`), nnx paths in the "
+        "module's state (`fashion_common.spec.nnx_param_path`).",
         "",
-        "| torch name | torch shape | flax path | flax shape | count |",
-        "| --- | --- | --- | --- | ---: |",
+        "| torch name | torch shape | flax path | flax shape | nnx path | nnx shape | count |",
+        "| --- | --- | --- | --- | --- | --- | ---: |",
     ]
     for r in p["rows"]:
         flag = "" if r["shapes_match"] else " **(shape mismatch)**"
+        nnx_cells = f"`{r['nnx_path']}` | {tuple(r['nnx_shape'])}" if "nnx_path" in r else "— | —"
         lines.append(
             f"| `{r['name']}` | {tuple(r['torch_shape'])} | `{r['flax_path']}` | {tuple(r['flax_shape'])}{flag} | "
-            f"{r['count']:,} |"
+            f"{nnx_cells} | {r['count']:,} |"
         )
+    counted = ", ".join(f"{b} {p[f'{b}_total']:,}" for b in BACKENDS if f"{b}_total" in p)
     lines += [
-        f"| **total** | | | | **{p['total']:,}** |",
+        f"| **total** | | | | | | **{p['total']:,}** |",
         "",
-        f"Counted by each twin: torch {p['torch_total']:,}, flax {p['flax_total']:,}; "
+        f"Counted by each twin: {counted}; "
         f"the spec's formula (784+1)·512 + (512+1)·512 + (512+1)·10 = {p['spec_total']:,}.",
         "",
     ]
@@ -259,17 +283,21 @@ def _md_parity(report: dict) -> list[str]:
     par = report["parity"]
     names = report.get("structures", {}).get("layer_names", {})
     precisions = par.get("precisions", ["highest", "tf32"])  # a CPU runs highest only (see stages.parity_precisions)
-    columns = [(p, par[p]) for p in precisions]
-    for p in precisions:
-        off = par[p].get("off_kink")
-        if off:
-            columns.append((f"{p}, {off['images']} images", off))
+    # one column per (JAX twin, precision): torch − flax from the top level, torch − nnx from par["nnx"]
+    per_twin = {"flax": par, **({"nnx": par["nnx"]} if "nnx" in par else {})}
+    columns = []
+    for twin, figures in per_twin.items():
+        for p in precisions:
+            columns.append((f"torch − {twin}, {p}", figures[p]))
+            off = figures[p].get("off_kink")
+            if off:
+                columns.append((f"torch − {twin}, {p}, {off['images']} images", off))
     lines = [
         "## 3. Parity",
         "",
         f"The same weights — {par['weights']} — and the same {par['images']} real test images (scaled /255, with "
         "their labels) "
-        "in both twins; every figure is max |torch − flax| (the loss: |torch − flax|). Gradients are of the mean "
+        "in every twin; every figure is max |torch − twin| (the loss: |torch − twin|). Gradients are of the mean "
         "cross-entropy, the parameter gradients compared in the torch layout.",
         "",
         f"**Precision:** {par['note']}.",
@@ -295,9 +323,11 @@ def _md_parity(report: dict) -> list[str]:
         + " |"
     )
     lines.append("")
-    kinked = [p for p in precisions if par[p].get("off_kink")]
+    kinked = [p for p in precisions if any(f[p].get("off_kink") for f in per_twin.values())]
     if kinked:
-        dropped = sorted({i for p in kinked for i in par[p]["off_kink"]["dropped"]})
+        dropped = sorted(
+            {i for f in per_twin.values() for p in kinked for i in (f[p].get("off_kink") or {}).get("dropped", [])}
+        )
         lines += [
             f"**ReLU kink ({' and '.join(kinked)}):** {_count(len(dropped), 'test image')} of the batch (index "
             f"{', '.join(map(str, dropped))}) "
@@ -319,6 +349,9 @@ def _md_activations(grid: dict) -> list[str]:
     header = "| x | " + " | ".join(f"{name} torch | {name} flax" for name in fns) + " |"
     lines = [
         "## 4. Activation grid",
+        "",
+        "The nnx twin's activations are the flax twin's own functions (`fashion_nnx.relu is fashion_flax.relu`), "
+        "so the flax columns stand for both JAX twins.",
         "",
         "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at "
         "±20 and ±1e4). "
@@ -366,23 +399,29 @@ def _md_activations(grid: dict) -> list[str]:
 
 def _md_lockstep(ls: dict, have_png) -> list[str]:
     cfg = ls["config"]
+    pairs = {"flax": ls, **({"nnx": ls["nnx"]} if "nnx" in ls else {})}  # torch vs each JAX twin
     lines = [
         "## 5. Lockstep",
         "",
-        f"Both twins start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps "
+        "Torch and each JAX twin (flax, then nnx) "
+        f"start from the torch twin's init (seed {cfg['seed']}) and take the same {ls['steps']} steps "
         "on the same batches "
         f"(the tutorial's plain SGD, lr {cfg['lr']:g}, batch {cfg['batch_size']}), at {ls['precision']} precision. "
         "The loss is compared at every step, every weight "
         + ("at every step." if ls["weight_every"] == 1 else f"every {ls['weight_every']} steps and at the last."),
         "",
-        "| figure | value |",
-        "| --- | ---: |",
-        f"| steps | {ls['steps']} |",
-        f"| max \\|loss diff\\| over the steps | {_e(ls['max_loss_diff'])} |",
-        f"| final max \\|weight diff\\| | {_e(ls['final_weight_diff'])} |",
-        f"| loss, first → last step (torch) | {ls['loss_torch'][0]:.4f} → {ls['loss_torch'][-1]:.4f} |",
-        f"| loss, first → last step (flax) | {ls['loss_flax'][0]:.4f} → {ls['loss_flax'][-1]:.4f} |",
-        f"| seconds | {ls['seconds']:.1f} |",
+        "| figure | " + " | ".join(f"torch vs {t}" for t in pairs) + " |",
+        "| --- |" + " ---: |" * len(pairs),
+        "| steps | " + " | ".join(str(r["steps"]) for r in pairs.values()) + " |",
+        "| max \\|loss diff\\| over the steps | " + " | ".join(_e(r["max_loss_diff"]) for r in pairs.values()) + " |",
+        "| final max \\|weight diff\\| | " + " | ".join(_e(r["final_weight_diff"]) for r in pairs.values()) + " |",
+        "| loss, first → last step (torch) | "
+        + " | ".join(f"{r['loss_torch'][0]:.4f} → {r['loss_torch'][-1]:.4f}" for r in pairs.values())
+        + " |",
+        "| loss, first → last step (the JAX twin) | "
+        + " | ".join(f"{r['loss_flax'][0]:.4f} → {r['loss_flax'][-1]:.4f}" for r in pairs.values())
+        + " |",
+        "| seconds | " + " | ".join(f"{r['seconds']:.1f}" for r in pairs.values()) + " |",
         "",
         f"Tolerance {_t(ls['tolerance'])}: fp32 rounding of differently ordered sums, ~1e-7 relative per op, is "
         "all that may separate them. "
@@ -396,21 +435,21 @@ def _md_lockstep(ls: dict, have_png) -> list[str]:
 
 
 def _md_history(entry: dict) -> list[str]:
-    t, f = entry["torch"]["epochs"], entry["flax"]["epochs"]
-    lines = [
-        "| epoch | train loss torch | train loss flax | test loss torch | test loss flax | test acc torch | test "
-        "acc flax | Δ pp | s torch | s flax |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    # strict=False on purpose: one row per epoch both twins have; never fail rendering on uneven histories
-    for a, b in zip(t, f, strict=False):
-        lines.append(
-            f"| {a['epoch']} | {a['train_loss']:.4f} | {b['train_loss']:.4f} | {a['test_loss']:.4f} | "
-            f"{b['test_loss']:.4f} | "
-            f"{100 * a['test_accuracy']:.2f}% | {100 * b['test_accuracy']:.2f}% | "
-            f"{100 * abs(a['test_accuracy'] - b['test_accuracy']):.2f} | "
-            f"{a['epoch_seconds']:.2f} | {b['epoch_seconds']:.2f} |"
-        )
+    """One row per epoch, each figure for every twin that trained (torch, flax, nnx)."""
+    twins = [b for b in BACKENDS if b in entry]
+    columns = [("train loss", "train_loss", "{:.4f}"), ("test loss", "test_loss", "{:.4f}")]
+    header = "| epoch | " + " | ".join(f"{label} {b}" for label, _, _ in columns for b in twins)
+    header += (
+        " | " + " | ".join(f"test acc {b}" for b in twins) + " | max Δ pp | " + " | ".join(f"s {b}" for b in twins)
+    )
+    lines = [header + " |", "| ---: |" + " ---: |" * (4 * len(twins) + 1)]
+    # strict=False on purpose: one row per epoch every twin has; never fail rendering on uneven histories
+    for rows in zip(*(entry[b]["epochs"] for b in twins), strict=False):
+        accs = [r["test_accuracy"] for r in rows]
+        cells = [fmt.format(r[key]) for _, key, fmt in columns for r in rows]
+        cells += [f"{100 * a:.2f}%" for a in accs] + [f"{100 * (max(accs) - min(accs)):.2f}"]
+        cells += [f"{r['epoch_seconds']:.2f}" for r in rows]
+        lines.append(f"| {rows[0]['epoch']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -424,7 +463,7 @@ def _md_training(training: dict, have_png) -> list[str]:
             f"{cfg['schedule']} schedule, "
             f"weight decay {cfg['weight_decay']:g}, batch {cfg['batch_size']}, label smoothing "
             f"{cfg['label_smoothing']:g}, seed {cfg['seed']}, "
-            f"{_epochs(cfg['epochs'])}; matmul precision {training['precision']} in both twins. "
+            f"{_epochs(cfg['epochs'])}; matmul precision {training['precision']} in every twin. "
             "Each twin initializes itself from the seed, with the same law (torch's U(±1/√fan_in)) but its own "
             "generator "
             "(torch's vs a JAX key), so these are two independent runs: their difference is run-to-run noise, "
@@ -443,14 +482,18 @@ def _md_training(training: dict, have_png) -> list[str]:
             ]
         if "final_test_accuracy" in recipe:
             acc = recipe["final_test_accuracy"]
+            nnx_gap = (
+                f", torch − nnx **{recipe['accuracy_diff_pp_nnx']:.2f} pp**" if "accuracy_diff_pp_nnx" in recipe else ""
+            )
             lines += [
-                f"Final test accuracy: torch **{100 * acc['torch']:.2f}%**, flax **{100 * acc['flax']:.2f}%**; "
-                f"difference **{recipe['accuracy_diff_pp']:.2f} pp**.",
+                "Final test accuracy: "
+                + ", ".join(f"{b} **{100 * acc[b]:.2f}%**" for b in BACKENDS if b in acc)
+                + f"; difference torch − flax **{recipe['accuracy_diff_pp']:.2f} pp**{nnx_gap}.",
                 "",
                 *_md_history(recipe),
             ]
         elif "torch" in recipe:
-            lines += ["(flax twin still training)", ""]
+            lines += [f"({', '.join(b for b in BACKENDS if b not in recipe)} twin still training)", ""]
         if have_png("curves.png"):
             smoothing = cfg["label_smoothing"]
             floor = smoothed_loss_floor(smoothing)
@@ -472,7 +515,7 @@ def _md_training(training: dict, have_png) -> list[str]:
         if have_png("epoch_times.png"):
             lines += [
                 "Epoch seconds are training only (the evaluation after each epoch is excluded); epoch 1 includes "
-                "warm-up and flax's JIT compilation.",
+                "warm-up and the JAX twins' JIT compilation.",
                 "",
                 f"![{PLOTS['epoch_times.png']}](epoch_times.png)",
                 "",
@@ -490,8 +533,9 @@ def _md_training(training: dict, have_png) -> list[str]:
         lines += [
             f"`fashion_common.config.tutorial_config()`: {cfg['optimizer']}, lr {cfg['lr']:g}, {cfg['schedule']}, "
             f"batch {cfg['batch_size']}, {cfg['epochs']} epochs. "
-            f"Final test accuracy: torch {100 * acc['torch']:.2f}%, flax {100 * acc['flax']:.2f}% (difference "
-            f"{tutorial['accuracy_diff_pp']:.2f} pp); "
+            "Final test accuracy: "
+            + ", ".join(f"{b} {100 * acc[b]:.2f}%" for b in BACKENDS if b in acc)
+            + f" (difference torch − flax {tutorial['accuracy_diff_pp']:.2f} pp); "
             "dashed in curves.png.",
             "",
             *_md_history(tutorial),
@@ -503,6 +547,7 @@ def _md_training(training: dict, have_png) -> list[str]:
 
 def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
     names, recipe = classes["class_names"], classes["recipe"]
+    twins = [b for b in BACKENDS if b in recipe]
     lines = [
         "## 7. Classes and agreement",
         "",
@@ -510,51 +555,49 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
         "`predict_proba` (argmax of the softmax). Per-class accuracy is the share of each true class predicted "
         "correctly.",
         "",
-        "| class | torch | flax | Δ pp |",
-        "| --- | ---: | ---: | ---: |",
+        "| class | " + " | ".join(twins) + " | max Δ pp |",
+        "| --- |" + " ---: |" * (len(twins) + 1),
     ]
     for i, name in enumerate(names):
-        t, f, diff = (
-            recipe["torch"]["per_class_accuracy"][i],
-            recipe["flax"]["per_class_accuracy"][i],
-            recipe["per_class_diff_pp"][i],
-        )
-        cells = (
-            [_pct(t), _pct(f), f"{float(diff):.2f}"] if _finite(diff) else ["—"] * 3
-        )  # —: no test image of this class
+        diff = recipe["per_class_diff_pp"][i]  # the largest gap between two twins
+        cells = [_pct(recipe[b]["per_class_accuracy"][i]) for b in twins] + [f"{float(diff):.2f}"]
+        cells = cells if _finite(diff) else ["—"] * len(cells)  # —: no test image of this class
         lines.append(f"| {i} {name} | " + " | ".join(cells) + " |")
     lines.append(
-        f"| **all** | **{_pct(recipe['torch']['accuracy'])}** | **{_pct(recipe['flax']['accuracy'])}** | "
-        f"{float(recipe['accuracy_diff_pp']):.2f} |"
+        "| **all** | "
+        + " | ".join(f"**{_pct(recipe[b]['accuracy'])}**" for b in twins)
+        + f" | {float(recipe['accuracy_diff_pp']):.2f} |"
     )
     lines += [
         "",
         "The most frequent confusions (true → predicted, images):",
         "",
-        "| true → predicted | torch | flax |",
-        "| --- | ---: | ---: |",
+        "| true → predicted | " + " | ".join(twins) + " |",
+        "| --- |" + " ---: |" * len(twins),
     ]
     for c in recipe["top_confusions"]:
-        lines.append(f"| {names[c['true']]} → {names[c['predicted']]} | {c['torch']} | {c['flax']} |")
+        lines.append(f"| {names[c['true']]} → {names[c['predicted']]} | " + " | ".join(str(c[b]) for b in twins) + " |")
     lines.append("")
     if have_png("confusion.png"):
         lines += [f"![{PLOTS['confusion.png']}](confusion.png)", ""]
     ls = classes.get("lockstep")
     lines += [
-        "**Agreement** — the share of test images on which the two twins predict the same class:",
+        "**Agreement** — for each pair of twins, the share of test images on which the two predict the same class:",
         "",
-        "| twins | same class | images that differ | both right | accuracy torch / flax |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        f"| independently trained (accuracy recipe, each from its own seeded init) | {_pct(recipe['agreement'])} | "
-        f"{recipe['disagreements']:,} | {_pct(recipe['both_right'])} | "
-        f"{_pct(recipe['torch']['accuracy'])} / {_pct(recipe['flax']['accuracy'])} |",
+        "| models | twins | same class | images that differ | both right | accuracy of each |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
+    runs = [("independently trained (accuracy recipe, each from its own seeded init)", recipe)]
     if ls:
         steps = f"{lockstep['steps']} SGD steps" if "steps" in lockstep else "lockstep"
-        lines.append(
-            f"| lockstep (one init, one batch order, {steps}) | {_pct(ls['agreement'])} | {ls['disagreements']:,} | "
-            f"{_pct(ls['both_right'])} | {_pct(ls['torch']['accuracy'])} / {_pct(ls['flax']['accuracy'])} |"
-        )
+        runs.append((f"lockstep (one init, one batch order, {steps})", ls))
+    for label, entry in runs:
+        for pair in _pair_rows(entry):
+            a, b = pair["twins"]
+            lines.append(
+                f"| {label} | {a} – {b} | {_pct(pair['agreement'])} | {pair['disagreements']:,} | "
+                f"{_pct(pair['both_right'])} | {a} {_pct(entry[a]['accuracy'])}, {b} {_pct(entry[b]['accuracy'])} |"
+            )
     lines += [
         "",
         "Two independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
@@ -587,7 +630,7 @@ def md_distributed(result: dict) -> list[str]:
         "| twin | engine | ms/step, 1 device | ms/step, parallel | max \\|ΔW\\| vs 1 device | ran on (parallel) |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    for twin in BACKENDS:
+    for twin in ("torch", "flax"):  # NNX data-parallel is not built
         f = result[twin]
         lines.append(
             f"| {twin} | {engines[twin]} | {f['single_ms_per_step']:.2f} | {f['parallel_ms_per_step']:.2f} | "

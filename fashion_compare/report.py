@@ -1,16 +1,16 @@
-"""The comparison report: both twins built from one seed, put side by side, trained, and written to a folder.
+"""The comparison report: the three twins (torch, flax, nnx) from one seed, side by side, trained, written to a folder.
 
 Seven stages, and an eighth on request (fashion_compare/stages.py); after each one report.json and report.md are
 rewritten (atomically), so a crash late keeps everything measured before it:
 
   1 data         load Fashion-MNIST
-  2 structures   both twins' summaries and the parameter table
-  3 parity       one set of weights in both twins: max |diff| of every layer, the loss and every gradient
+  2 structures   every twin's summary and the parameter table
+  3 parity       one set of weights in every twin: max |torch − flax| and |torch − nnx| of every layer, loss, gradient
   4 activations  the tutorial's activations on awkward inputs (inf, NaN, signed zero, saturation)
-  5 lockstep     both twins trained step by step from one init on one batch order (the tutorial's SGD)
-  6 training     the accuracy recipe in both twins; with full=True also the tutorial's recipe
-  7 classes      confusion matrices, per-class accuracy and the twins' agreement on the test set
-  8 distributed  only with distributed=N: each twin on one device vs N-way data parallel (max |dW|, ms/step)
+  5 lockstep     torch and flax, then torch and nnx, step by step from one init on one batch order (tutorial SGD)
+  6 training     the accuracy recipe in every twin; with full=True also the tutorial's recipe
+  7 classes      confusion matrices, per-class accuracy and each pair's agreement on the test set
+  8 distributed  only with distributed=N: torch and flax on one device vs N-way data parallel (no NNX data-parallel)
 
 The stages compute every figure and every pass/fail check (report.json "checks": name, value,
 tolerance, passed, why); fashion_compare/plots.py draws the PNGs and fashion_compare/render.py

@@ -29,12 +29,15 @@ from fashion_common.spec import (
     DEFAULT_SPEC,
     checkpoint_keys,
     flax_param_path,
+    nnx_param_path,
 )
 from fashion_compare import set_matmul_precision
 
 from . import plots
 
 RECIPE_NAMES = {"recipe": "accuracy recipe", "tutorial": "tutorial recipe"}
+JAX_TWINS = tuple(b for b in BACKENDS if b != "torch")  # ("flax", "nnx"): each held against torch on torch's weights
+PAIRS = tuple((a, b) for i, a in enumerate(BACKENDS) for b in BACKENDS[i + 1 :])  # torch–flax, torch–nnx, flax–nnx
 QUICK_LOCKSTEP_STEPS = 300  # quick mode on a CPU: ~1/3 of an epoch, the steps tests/test_train.py checks
 
 # Tolerances of the checks, each with the reason the report states beside it.
@@ -170,11 +173,13 @@ def layer_names(spec) -> dict[str, str]:
 
 def stage_structures(run: Run) -> None:
     import fashion_flax
+    import fashion_nnx
     import fashion_torch
 
     seed, spec = run.options.seed, run.spec
     t_model = fashion_torch.create_model(spec, seed, fashion_torch.resolve_device(run.device))
     f_model, f_params = fashion_flax.create_model(spec, seed, fashion_flax.resolve_device(run.device))
+    n_model = fashion_nnx.create_model(spec, seed, fashion_nnx.resolve_device(run.device))
     run.init_state_dict = fashion_torch.to_state_dict(t_model)
     t_shapes = {k: tuple(v.shape) for k, v in t_model.state_dict().items()}
     rows = []
@@ -184,6 +189,8 @@ def stage_structures(run: Run) -> None:
         for part in path:
             leaf = leaf[part]
         f_shape = tuple(leaf.shape)
+        n_path = nnx_param_path(key)  # ('linear_relu_stack', 'layers', 0, 'kernel')
+        n_shape = tuple(getattr(n_model.linear_relu_stack.layers[n_path[2]], n_path[3]).shape)
         expected_flax = t_shapes[key][::-1]  # kernel is the transposed weight; a bias reverses to itself
         rows.append(
             {
@@ -191,14 +198,17 @@ def stage_structures(run: Run) -> None:
                 "torch_shape": list(t_shapes[key]),
                 "flax_path": "/".join(path),
                 "flax_shape": list(f_shape),
+                "nnx_path": ".".join(map(str, n_path)),
+                "nnx_shape": list(n_shape),
                 "count": int(np.prod(t_shapes[key])),
-                "shapes_match": f_shape == expected_flax,
+                "shapes_match": f_shape == expected_flax and n_shape == expected_flax,
             }
         )
     run.report["structures"] = {
         "seed": seed,
         "torch_summary": fashion_torch.summary(t_model),
         "flax_summary": fashion_flax.summary(f_model, f_params),
+        "nnx_summary": fashion_nnx.summary(n_model),
         "layer_names": layer_names(spec),
     }
     params = run.report["parameters"] = {
@@ -206,19 +216,20 @@ def stage_structures(run: Run) -> None:
         "total": sum(r["count"] for r in rows),
         "torch_total": fashion_torch.count_parameters(t_model),
         "flax_total": fashion_flax.count_parameters(f_params),
+        "nnx_total": fashion_nnx.count_parameters(n_model),
         "spec_total": spec.num_parameters(),
     }
-    counts = (params["torch_total"], params["flax_total"], params["spec_total"])
+    counts = (*(params[f"{b}_total"] for b in BACKENDS), params["spec_total"])
     run.check(
         "structures",
-        "parameter count, largest difference between torch, flax and the spec's formula",
+        "parameter count, largest difference between torch, flax, nnx and the spec's formula",
         max(counts) - min(counts),
         0,
         WHY["exact"],
     )
     run.check(
         "structures",
-        "parameter tensors whose flax shape is not the transposed torch shape",
+        "parameter tensors whose flax or nnx shape is not the transposed torch shape",
         sum(not r["shapes_match"] for r in rows),
         0,
         WHY["exact"],
@@ -233,38 +244,41 @@ def stage_parity(run: Run) -> None:
     x = scale_images(run.data.test_images[:n])  # (n, 28, 28) float32 in [0, 1]
     y = run.data.test_labels[:n]  # (n,) int32
     precisions = parity_precisions(run.device)
-    results = {p: parity_off_kink(run, x, y, p) for p in precisions}
+    # {"flax": {precision: figures}, "nnx": {...}}: each JAX twin against torch on the same weights
+    results = {twin: {p: parity_off_kink(run, x, y, p, twin) for p in precisions} for twin in JAX_TWINS}
     set_matmul_precision("highest")  # what the rest of the run uses
     run.report["parity"] = {
         "images": n,
-        "weights": f"the torch twin's seeded init (seed {run.options.seed}), loaded into both twins",
+        "weights": f"the torch twin's seeded init (seed {run.options.seed}), loaded into every twin",
         "precisions": list(precisions),
-        "note": CPU_PRECISION_NOTE if run.device == "cpu" else "tf32: TensorFloat-32 matmuls in both twins",
+        "note": CPU_PRECISION_NOTE if run.device == "cpu" else "tf32: TensorFloat-32 matmuls in every twin",
         "tolerance_highest": PARITY_TOL,
-        **results,
+        **results["flax"],  # torch vs flax at the top level, as before the NNX twin
+        "nnx": results["nnx"],
     }
-    h = results["highest"]
-    run.check(
-        "parity",
-        "parity at highest: logits, every layer's output and the loss, max |torch − flax|",
-        max(h["logits"], h["loss"], h["max_layer"]),
-        PARITY_TOL,
-        WHY["parity"],
-    )
-    off = h.get("off_kink")
-    kink = (
-        f"; {len(off['dropped'])} of {n} images left out, where a ReLU input is exactly 0 in one twin only and the "
-        "derivative (0 or 1) differs by definition"
-        if off
-        else ""
-    )
-    run.check(
-        "parity",
-        "parity at highest: every parameter and input gradient, max |torch − flax|",
-        h["max_grad_checked"],
-        PARITY_TOL,
-        WHY["parity"] + kink,
-    )
+    for twin in JAX_TWINS:
+        h = results[twin]["highest"]
+        run.check(
+            "parity",
+            f"parity at highest: logits, every layer's output and the loss, max |torch − {twin}|",
+            max(h["logits"], h["loss"], h["max_layer"]),
+            PARITY_TOL,
+            WHY["parity"],
+        )
+        off = h.get("off_kink")
+        kink = (
+            f"; {len(off['dropped'])} of {n} images left out, where a ReLU input is exactly 0 in one twin only "
+            "and the derivative (0 or 1) differs by definition"
+            if off
+            else ""
+        )
+        run.check(
+            "parity",
+            f"parity at highest: every parameter and input gradient, max |torch − {twin}|",
+            h["max_grad_checked"],
+            PARITY_TOL,
+            WHY["parity"] + kink,
+        )
 
 
 CPU_PRECISION_NOTE = (
@@ -278,7 +292,7 @@ def parity_precisions(device: str) -> tuple[str, ...]:
     return ("highest",) if device == "cpu" else ("highest", "tf32")
 
 
-def parity_off_kink(run: Run, x: np.ndarray, y: np.ndarray, precision: str) -> dict:
+def parity_off_kink(run: Run, x: np.ndarray, y: np.ndarray, precision: str, twin: str = "flax") -> dict:
     """parity() on the batch; where an image has a ReLU unit on opposite sides of 0 in the twins, again without it.
 
     Such a unit (pre-activation 0.0 in one twin, 3e-9 in the other) switches the ReLU derivative, so the
@@ -287,13 +301,13 @@ def parity_off_kink(run: Run, x: np.ndarray, y: np.ndarray, precision: str) -> d
     """
     from .parity import parity
 
-    result = parity(run.init_state_dict, x, y, precision, run.device, run.spec)
+    result = parity(run.init_state_dict, x, y, precision, run.device, run.spec, twin)
     keep, current = np.arange(len(y)), result
     for _ in range(3):  # a smaller batch may round differently; a kink there is left out too
         if not current["kink_examples"]:
             break
         keep = np.delete(keep, current["kink_examples"])
-        current = parity(run.init_state_dict, x[keep], y[keep], precision, run.device, run.spec)
+        current = parity(run.init_state_dict, x[keep], y[keep], precision, run.device, run.spec, twin)
     if current is not result:
         current["images"] = int(len(keep))
         current["dropped"] = sorted(set(range(len(y))) - set(keep.tolist()))
@@ -342,37 +356,45 @@ def stage_lockstep(run: Run) -> None:
     from .lockstep import lockstep
 
     config, steps, weight_every = lockstep_plan(run)
-    result = lockstep(
-        run.limited,
-        config,
-        steps=steps,
-        weight_every=weight_every,
-        precision="highest",
-        spec=run.spec,
-        progress=not run.quiet,
-        keep_states=True,
-    )
-    run.final_states["lockstep"] = result.pop("states")  # the classes stage predicts with both final models
-    save_checkpoints(run, "lockstep", run.final_states["lockstep"])
-    result["requested_steps"] = run.options.lockstep_steps
-    result["weight_every"] = weight_every
-    result["tolerance"] = LOCKSTEP_TOL
-    run.report["lockstep"] = result
-    run.check(
-        "lockstep",
-        f"lockstep ({result['steps']} SGD steps): loss at every step, max |torch − flax|",
-        result["max_loss_diff"],
-        LOCKSTEP_TOL,
-        WHY["lockstep"],
-    )
-    run.check(
-        "lockstep",
-        f"lockstep ({result['steps']} SGD steps): every weight after the last step, max |torch − flax|",
-        result["final_weight_diff"],
-        LOCKSTEP_TOL,
-        WHY["lockstep"],
-    )
-    run.write_png("lockstep.png", plots.plot_lockstep(result))
+    results, states = {}, {}
+    for twin in JAX_TWINS:  # torch vs flax, then torch vs nnx: the same init, batches and steps
+        result = results[twin] = lockstep(
+            run.limited,
+            config,
+            steps=steps,
+            weight_every=weight_every,
+            precision="highest",
+            spec=run.spec,
+            progress=not run.quiet,
+            keep_states=True,
+            twin=twin,
+        )
+        pair = result.pop("states")  # {"torch": torch's state, "flax": the JAX twin's state}
+        states.setdefault("torch", pair["torch"])  # torch takes the same steps in both runs
+        states[twin] = pair["flax"]
+        result["requested_steps"] = run.options.lockstep_steps
+        result["weight_every"] = weight_every
+        result["tolerance"] = LOCKSTEP_TOL
+    run.final_states["lockstep"] = states  # the classes stage predicts with every final model
+    save_checkpoints(run, "lockstep", states)
+    # torch vs flax at the top level, as before the NNX twin; torch vs nnx under "nnx"
+    run.report["lockstep"] = {**results["flax"], "nnx": results["nnx"]}
+    for twin, result in results.items():
+        run.check(
+            "lockstep",
+            f"lockstep ({result['steps']} SGD steps): loss at every step, max |torch − {twin}|",
+            result["max_loss_diff"],
+            LOCKSTEP_TOL,
+            WHY["lockstep"],
+        )
+        run.check(
+            "lockstep",
+            f"lockstep ({result['steps']} SGD steps): every weight after the last step, max |torch − {twin}|",
+            result["final_weight_diff"],
+            LOCKSTEP_TOL,
+            WHY["lockstep"],
+        )
+    run.write_png("lockstep.png", plots.plot_lockstep(results))
 
 
 # ----------------------------------------------------------------------------- 6 training
@@ -387,13 +409,15 @@ def stage_training(run: Run) -> None:
     run.final_states["recipe"] = train_both(run, "recipe", recipe, training)
     entry = training["recipe"]
     if opts.limit_train is None:  # the tolerance is for the full training set; a cut-down set is noisier
-        run.check(
-            "training",
-            f"accuracy recipe ({_epochs(recipe.epochs)}): final test accuracy, |torch − flax| in percentage points",
-            entry["accuracy_diff_pp"],
-            ACCURACY_TOL_PP,
-            WHY["accuracy"],
-        )
+        for twin in JAX_TWINS:
+            run.check(
+                "training",
+                f"accuracy recipe ({_epochs(recipe.epochs)}): final test accuracy, "
+                f"|torch − {twin}| in percentage points",
+                entry["accuracy_diff_pp"] if twin == "flax" else entry["accuracy_diff_pp_nnx"],
+                ACCURACY_TOL_PP,
+                WHY["accuracy"],
+            )
     run.write_png("curves.png", plots.plot_curves(training))
     run.write_png("epoch_times.png", plots.plot_epoch_times(training))
     if opts.full:
@@ -402,9 +426,9 @@ def stage_training(run: Run) -> None:
 
 
 def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict:
-    """Train both twins with `config` -> their final train states.
+    """Train every twin with `config` -> their final train states.
 
-    The report is saved after each twin, so a crash in flax keeps torch.
+    The report is saved after each twin, so a crash keeps the earlier ones.
     """
     default_epochs = (TrainConfig() if name == "recipe" else tutorial_config()).epochs
     entry = training[name] = {
@@ -437,6 +461,7 @@ def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict
     final = {b: entry[b]["epochs"][-1]["test_accuracy"] for b in BACKENDS}
     entry["final_test_accuracy"] = final
     entry["accuracy_diff_pp"] = 100 * abs(final["torch"] - final["flax"])
+    entry["accuracy_diff_pp_nnx"] = 100 * abs(final["torch"] - final["nnx"])
     return states
 
 
@@ -471,18 +496,37 @@ def predict_classes(backend: str, state, images: np.ndarray, batch_size: int = 1
     return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
 
 
-def top_confusions(torch_confusion, flax_confusion, k: int = 5) -> list:
-    """The k largest off-diagonal cells by both twins' counts together: [{"true", "predicted", "torch", "flax"}]."""
-    t, f = np.asarray(torch_confusion), np.asarray(flax_confusion)  # (10, 10) each
-    both = t + f
-    np.fill_diagonal(both, 0)
-    order = np.argsort(-both, axis=None, kind="stable")[:k]  # flat indices, largest first, ties in row-major order
-    cells = [np.unravel_index(i, both.shape) for i in order]
+def top_confusions(confusions: dict, k: int = 5) -> list:
+    """The k largest off-diagonal cells by all twins' counts together: [{"true", "predicted", "torch", "flax", "nnx"}].
+
+    confusions: twin -> (10, 10) counts, rows true class, columns predicted.
+    """
+    counts = {b: np.asarray(c) for b, c in confusions.items()}
+    total = sum(counts.values())
+    np.fill_diagonal(total, 0)
+    order = np.argsort(-total, axis=None, kind="stable")[:k]  # flat indices, largest first, ties in row-major order
+    cells = [np.unravel_index(i, total.shape) for i in order]
     return [
-        {"true": int(i), "predicted": int(j), "torch": int(t[i, j]), "flax": int(f[i, j])}
+        {"true": int(i), "predicted": int(j), **{b: int(c[i, j]) for b, c in counts.items()}}
         for i, j in cells
-        if both[i, j] > 0
+        if total[i, j] > 0
     ]
+
+
+def pair_agreement(predictions: dict, labels: np.ndarray) -> list:
+    """Each pair of twins on the same images: [{"twins": [a, b], "agreement", "disagreements", "both_right"}]."""
+    rows = []
+    for a, b in PAIRS:
+        same = predictions[a] == predictions[b]
+        rows.append(
+            {
+                "twins": [a, b],
+                "agreement": agreement(predictions[a], predictions[b]),
+                "disagreements": int((~same).sum()),
+                "both_right": float(np.mean(same & (predictions[a] == labels))),
+            }
+        )
+    return rows
 
 
 def stage_classes(run: Run) -> None:
@@ -501,14 +545,14 @@ def stage_classes(run: Run) -> None:
                 "per_class_accuracy": per_class_accuracy(confusion).tolist(),
                 "accuracy": accuracy(confusion),
             }
-        same = predictions["torch"] == predictions["flax"]
-        entry["agreement"] = agreement(predictions["torch"], predictions["flax"])
-        entry["disagreements"] = int((~same).sum())
-        entry["both_right"] = float(np.mean(same & (predictions["torch"] == labels)))
-        t, f = (np.asarray(entry[b]["per_class_accuracy"]) for b in BACKENDS)
-        entry["per_class_diff_pp"] = (100 * np.abs(t - f)).tolist()  # NaN where a class has no test image
-        entry["accuracy_diff_pp"] = 100 * abs(entry["torch"]["accuracy"] - entry["flax"]["accuracy"])
-        entry["top_confusions"] = top_confusions(entry["torch"]["confusion"], entry["flax"]["confusion"])
+        entry["pairs"] = pair_agreement(predictions, labels)  # torch–flax, torch–nnx, flax–nnx
+        entry.update({k: entry["pairs"][0][k] for k in ("agreement", "disagreements", "both_right")})  # torch–flax
+        per_class = np.array([entry[b]["per_class_accuracy"] for b in BACKENDS])  # (3, 10), NaN: class absent
+        # the largest gap between any two twins, per class; NaN where a class has no test image
+        entry["per_class_diff_pp"] = (100 * (per_class.max(axis=0) - per_class.min(axis=0))).tolist()
+        accuracies = [entry[b]["accuracy"] for b in BACKENDS]
+        entry["accuracy_diff_pp"] = 100 * (max(accuracies) - min(accuracies))
+        entry["top_confusions"] = top_confusions({b: entry[b]["confusion"] for b in BACKENDS})
     for backend in BACKENDS:
         evaluated = run.report["training"]["recipe"]["final_test_accuracy"][backend]
         run.check(
@@ -519,13 +563,15 @@ def stage_classes(run: Run) -> None:
             PREDICT_TOL_PP,
             WHY["predict"],
         )
-    run.check(
-        "classes",
-        "lockstep twins: test images on which they predict different classes, in percent",
-        100 * (1 - section["lockstep"]["agreement"]),
-        LOCKSTEP_DISAGREE_TOL,
-        WHY["lockstep_agree"],
-    )
+    for pair in section["lockstep"]["pairs"]:
+        a, b = pair["twins"]
+        run.check(
+            "classes",
+            f"lockstep twins {a} and {b}: test images on which they predict different classes, in percent",
+            100 * (1 - pair["agreement"]),
+            LOCKSTEP_DISAGREE_TOL,
+            WHY["lockstep_agree"],
+        )
     run.write_png(
         "confusion.png",
         plots.plot_confusion(section["recipe"], CLASS_NAMES, f"accuracy recipe, {len(labels):,} test images"),
@@ -547,7 +593,7 @@ def stage_distributed(run: Run) -> None:
         n, DISTRIBUTED_STEPS, DISTRIBUTED_BATCH, run.device, data=run.data, data_dir=run.options.data_dir, log=run.log
     )
     why = WHY["distributed"]
-    for twin, engine in (("torch", "DDP"), ("flax", "sharded")):
+    for twin, engine in (("torch", "DDP"), ("flax", "sharded")):  # NNX data-parallel is not built
         run.check(
             "distributed",
             f"{twin} {engine} over {n} vs one device ({result['steps']} SGD steps): every weight, max |ΔW|",
@@ -575,12 +621,12 @@ def _lockstep_line(run: Run) -> str:
 def _training_line(run: Run) -> str:
     epochs = TrainConfig.epochs if run.options.full else run.options.quick_epochs
     tutorial = f"; tutorial recipe, {run.options.tutorial_epochs} epochs" if run.options.full else ""
-    return f"(accuracy recipe, {_epochs(epochs)}, both twins{tutorial})"
+    return f"(accuracy recipe, {_epochs(epochs)}, all three twins{tutorial})"
 
 
 STAGES = (  # run in this order; the line is the detail of "[compare] 3/7 parity (64 test images, highest and tf32) ..."
     Stage("data", stage_data, lambda run: "(Fashion-MNIST)"),
-    Stage("structures", stage_structures, lambda run: f"(both twins from seed {run.options.seed}, on {run.device})"),
+    Stage("structures", stage_structures, lambda run: f"(every twin from seed {run.options.seed}, on {run.device})"),
     Stage(
         "parity",
         stage_parity,

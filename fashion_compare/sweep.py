@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -46,8 +47,8 @@ def run(backend: str, name: str, overrides: dict, out_dir: Path, torch_threads: 
         # On a shared, oversubscribed CPU torch's OpenMP workers spin at every barrier: an epoch measured
         # 209 s with 2 threads at load 9 (3.8 s on a quiet box). One thread avoids the barriers.
         torch.set_num_threads(torch_threads)
-    else:
-        import fashion_flax.train as train
+    else:  # flax or nnx: each JAX twin's own loop (the choices are spec.BACKENDS)
+        train = importlib.import_module(f"fashion_{backend}.train")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_fashion_mnist()
     _, metrics = train.train_and_evaluate(

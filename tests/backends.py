@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from fashion_common.metrics import max_abs_diff  # noqa: F401  (the tests import it from here)
-from fashion_common.spec import DEFAULT_SPEC, TWINS, ModelSpec
+from fashion_common.spec import BACKENDS, DEFAULT_SPEC, ModelSpec
 
-BACKEND_NAMES = TWINS  # fashion_common.spec: every twin, nnx included
+BACKEND_NAMES = BACKENDS  # fashion_common.spec: every twin, nnx included
 
 
 def image_batch(n: int, seed: int = 0, layout: str = "N,28,28") -> np.ndarray:

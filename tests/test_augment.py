@@ -13,7 +13,7 @@ from twin_data import real_data
 from fashion_common.augment import shift_images, shift_offsets
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData
-from fashion_common.spec import BACKENDS, TWINS
+from fashion_common.spec import BACKENDS
 from fashion_common.split import SPLIT_SEED, split_validation, validation_indices
 
 
@@ -51,7 +51,7 @@ def test_shift_offsets_are_all_zero_when_augmentation_is_off_and_reject_impossib
 # ----------------------------------------------------------------------------- shifting
 
 
-@pytest.mark.parametrize("backend", TWINS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_shift_moves_a_pixel_down_and_right_and_fills_zeros(backend):
     image = np.zeros((1, 28, 28), np.uint8)
     image[0, 0, 0], image[0, 27, 27] = 200, 100
@@ -62,7 +62,7 @@ def test_a_shift_moves_a_pixel_down_and_right_and_fills_zeros(backend):
     assert np.array_equal(out[2], image[0])  # (0, 0) is the identity
 
 
-@pytest.mark.parametrize("backend", TWINS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=25, deadline=None)
 @given(batch=st.integers(0, 5), max_shift=st.integers(0, 27), seed=st.integers(0, 2**16))
 def test_both_twins_shift_exactly_as_the_numpy_oracle(backend, batch, max_shift, seed):

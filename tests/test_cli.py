@@ -24,11 +24,11 @@ from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig
 from fashion_common.errors import ImageError
 from fashion_common.images import load_image
-from fashion_common.spec import BACKENDS, CLASS_NAMES, TWINS, checkpoint_keys
+from fashion_common.spec import BACKENDS, CLASS_NAMES, checkpoint_keys
 from fashion_common.text import format_prediction
 
 REPO = Path(__file__).resolve().parent.parent
-OTHER = {"torch": "flax", "flax": "torch"}
+OTHER = {"torch": "flax", "flax": "nnx", "nnx": "torch"}  # each twin reads the next one's checkpoint
 SUBCOMMANDS = ("train", "evaluate", "predict", "compare", "benchmark", "lockstep", "convert")
 
 EVAL_LINE = re.compile(r"^\[(\w+)\] test_loss (\d+\.\d{4})  test_acc (\d+\.\d{2})%  \((\d+) images, checkpoint (.+)\)$")
@@ -206,11 +206,11 @@ def test_backend_device_and_precision_have_one_vocabulary_in_every_subcommand():
         for action in sub._actions:
             if action.dest in ("backend", "device", "precision", "output_activation"):
                 if (name, action.dest) == ("lockstep", "backend"):  # the JAX twin held against torch: no torch
-                    assert tuple(action.choices) == tuple(b for b in TWINS if b != "torch")
+                    assert tuple(action.choices) == tuple(b for b in BACKENDS if b != "torch")
                     continue
                 seen.setdefault(action.dest, set()).add(tuple(action.choices))
     assert seen == {
-        "backend": {TWINS},
+        "backend": {BACKENDS},
         "device": {("auto", "cpu", "gpu")},
         "precision": {("highest", "tf32", "both")},
         "output_activation": {("none", "relu")},
@@ -233,7 +233,7 @@ def test_train_dry_run_writes_a_checkpoint_and_metrics_json(trained, backend):
     metrics = json.loads(metrics_path.read_text())
     assert metrics["backend"] == backend
     assert metrics["device"] == "cpu"
-    assert {"torch": "torch", "flax": "jax"}[backend] in metrics["versions"]
+    assert {"torch": "torch", "flax": "jax", "nnx": "jax"}[backend] in metrics["versions"]
     assert metrics["config"] == TrainConfig(epochs=1, limit_train=2048, limit_test=512).to_dict()
     assert (metrics["num_train"], metrics["num_test"]) == (2048, 512)
     (epoch,) = metrics["epochs"]

@@ -14,7 +14,7 @@ from twin_data import real_data, separable_set
 import fashion_compare.report as report_module
 from fashion_common.config import tutorial_config
 from fashion_common.data import scale_images
-from fashion_common.spec import CLASS_NAMES
+from fashion_common.spec import BACKENDS, CLASS_NAMES
 from fashion_compare.benchmark import markdown_table, variant_compile_seconds
 from fashion_compare.plots import plot_confusion, smoothed_loss_floor
 from fashion_compare.render import render_markdown
@@ -45,7 +45,7 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
 
     assert {"report.md", "report.json", *PLOTS} <= {p.name for p in tmp_path.iterdir()}
     if HAVE_TENSORBOARD:  # compare --tensorboard: one run per recipe and twin, as train --tensorboard writes
-        for twin in ("torch", "flax"):
+        for twin in BACKENDS:
             assert any(p.name.startswith("events.out.tfevents.") for p in (tmp_path / "tb" / "recipe" / twin).iterdir())
     report = json.loads((tmp_path / "report.json").read_text())  # strict JSON: non-finite numbers are strings
     assert report["status"]["state"] == "complete"
@@ -54,19 +54,25 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
     ]  # that one: only with --distributed N
     assert report["parameters"]["total"] == (784 + 1) * 512 + (512 + 1) * 512 + (512 + 1) * 10
 
-    highest = report["parity"]["highest"]
-    assert highest["precision"] == "highest"
-    assert max(highest["logits"], highest["loss"], highest["max_layer"]) <= TOL
-    # the gradients of every image whose ReLU units sit on the same side of 0 in both twins (see stages.py)
-    assert highest["max_grad_checked"] <= TOL
-    assert all(v <= TOL for v in (highest.get("off_kink") or highest)["grads"].values())
+    assert report["parameters"]["nnx_total"] == report["parameters"]["torch_total"] == report["parameters"]["total"]
+    assert all(r["nnx_shape"] == r["flax_shape"] for r in report["parameters"]["rows"])  # kernels [in, out] in both
 
-    lockstep = report["lockstep"]
-    assert lockstep["steps"] == 20 and len(lockstep["loss_diff"]) == 20
-    assert lockstep["max_loss_diff"] <= TOL and lockstep["final_weight_diff"] <= TOL
-    assert "states" not in lockstep  # the final models stay in memory, out of the JSON
+    # torch vs flax at the top level, torch vs nnx under "nnx": each JAX twin on torch's weights
+    for highest in (report["parity"]["highest"], report["parity"]["nnx"]["highest"]):
+        assert highest["precision"] == "highest"
+        assert max(highest["logits"], highest["loss"], highest["max_layer"]) <= TOL
+        # the gradients of every image whose ReLU units sit on the same side of 0 in both twins (see stages.py)
+        assert highest["max_grad_checked"] <= TOL
+        assert all(v <= TOL for v in (highest.get("off_kink") or highest)["grads"].values())
 
-    for twin in ("torch", "flax"):
+    for lockstep, twin in ((report["lockstep"], "flax"), (report["lockstep"]["nnx"], "nnx")):
+        assert lockstep["twin"] == twin
+        assert lockstep["steps"] == 20 and len(lockstep["loss_diff"]) == 20
+        assert lockstep["max_loss_diff"] <= TOL and lockstep["final_weight_diff"] <= TOL
+        assert "states" not in lockstep  # the final models stay in memory, out of the JSON
+    assert report["lockstep"]["loss_torch"] == report["lockstep"]["nnx"]["loss_torch"]  # torch took the same steps
+
+    for twin in BACKENDS:
         assert len(report["training"]["recipe"][twin]["epochs"]) == 1
     assert report["training"]["recipe"]["shortened"] and report["training"]["tutorial"] is None
 
@@ -80,7 +86,7 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
 
     classes = report["classes"]
     assert classes["class_names"] == list(CLASS_NAMES) and classes["num_test"] == 500
-    for twin in ("torch", "flax"):
+    for twin in BACKENDS:
         confusion = np.array(classes["recipe"][twin]["confusion"])
         assert confusion.shape == (10, 10) and confusion.sum() == 500
         # the confusion matrix of the twin's own predictions gives the accuracy its training loop evaluated
@@ -90,15 +96,20 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
         rows = confusion.sum(axis=1)
         per_class = np.array(classes["recipe"][twin]["per_class_accuracy"], dtype=float)
         np.testing.assert_allclose(per_class[rows > 0], (np.diag(confusion) / np.maximum(rows, 1))[rows > 0])
-    assert 0.5 < classes["recipe"]["agreement"] <= 1.0  # two independent 1-epoch runs: most, not all, images alike
+    pairs = [p["twins"] for p in classes["recipe"]["pairs"]]
+    assert pairs == [["torch", "flax"], ["torch", "nnx"], ["flax", "nnx"]]
+    for pair in classes["recipe"]["pairs"]:  # independent 1-epoch runs: most, not all, images alike
+        assert 0.5 < pair["agreement"] <= 1.0
+    assert classes["recipe"]["agreement"] == classes["recipe"]["pairs"][0]["agreement"]  # torch–flax, as before
     # the lockstep twins' weights are within 1e-5: at most a near-tie may flip (0 measured here)
-    assert classes["lockstep"]["agreement"] >= 0.998 and classes["lockstep"]["disagreements"] <= 1
+    for pair in classes["lockstep"]["pairs"]:
+        assert pair["agreement"] >= 0.998 and pair["disagreements"] <= 1, pair
 
     # on a CPU, parity runs one precision: tf32 would repeat highest's fp32 matmuls, and the report says so
     assert report["parity"]["precisions"] == ["highest"] and "tf32" not in report["parity"]
     # the final models stay in the folder, and load back into a twin that predicts what the report counted
     assert report["checkpoints"] == {
-        run: {twin: f"{run}-{twin}.safetensors" for twin in ("torch", "flax")} for run in ("lockstep", "recipe")
+        run: {twin: f"{run}-{twin}.safetensors" for twin in BACKENDS} for run in ("lockstep", "recipe")
     }
     import fashion_flax
     import fashion_flax.train as flax_train
@@ -111,13 +122,13 @@ def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(t
 
     markdown = (tmp_path / "report.md").read_text()
     assert markdown == render_markdown(report)  # report.md is a function of report.json alone
-    assert "| figure | highest |" in markdown and "on a CPU both frameworks run every float32 matmul" in markdown
+    assert "| figure | torch − flax, highest |" in markdown and "torch − nnx, highest" in markdown
+    assert "on a CPU both frameworks run every float32 matmul" in markdown
     assert "`recipe-torch.safetensors`" in markdown
     assert "label-smoothed cross-entropy (smoothing 0.1)" in markdown and "cannot go below 0.500" in markdown
-    lockstep_acc = (
-        f"{100 * classes['lockstep']['torch']['accuracy']:.2f}% / {100 * classes['lockstep']['flax']['accuracy']:.2f}%"
-    )
+    lockstep_acc = " / ".join(f"{100 * classes['lockstep'][b]['accuracy']:.2f}%" for b in BACKENDS)
     assert lockstep_acc in markdown  # the lockstep models' accuracy, beside their agreement
+    assert "`recipe-nnx.safetensors`" in markdown and "| torch vs flax | torch vs nnx |" in markdown
     for name in PLOTS:
         with Image.open(tmp_path / name) as im:
             im.verify()  # a complete, valid PNG
@@ -178,16 +189,27 @@ def _handmade_report() -> dict:
                     "per_class_accuracy": [1.0] * 3 + ["nan"] + [1.0] * 6,
                     "accuracy": 1.0,
                 },
+                "nnx": {
+                    "confusion": confusion.tolist(),
+                    "per_class_accuracy": [1.0] * 6 + [0.9] + [1.0] * 3,
+                    "accuracy": 90 / 91,
+                },
+                "pairs": [
+                    {"twins": ["torch", "flax"], "agreement": 0.875, "disagreements": 11, "both_right": 0.8},
+                    {"twins": ["torch", "nnx"], "agreement": 1.0, "disagreements": 0, "both_right": 0.9},
+                    {"twins": ["flax", "nnx"], "agreement": 0.875, "disagreements": 11, "both_right": 0.8},
+                ],
                 "agreement": 0.875,
                 "disagreements": 11,
                 "both_right": 0.8,
                 "accuracy_diff_pp": 1.1,
                 "per_class_diff_pp": [0.0] * 3 + ["nan", 0.0, 0.0, 10.0] + [0.0] * 3,
-                "top_confusions": [{"true": 6, "predicted": 0, "torch": 1, "flax": 0}],
+                "top_confusions": [{"true": 6, "predicted": 0, "torch": 1, "flax": 0, "nnx": 1}],
             },
             "lockstep": {
                 "torch": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
                 "flax": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
+                "nnx": {"confusion": confusion.tolist(), "per_class_accuracy": [1.0] * 10, "accuracy": 0.5},
                 "agreement": 1.0,
                 "disagreements": 0,
                 "both_right": 0.5,
@@ -208,15 +230,22 @@ def test_markdown_rendered_from_a_handmade_json_states_each_check_its_tolerance_
         in markdown
     )
     assert "| 2 | lockstep: loss | nan | ≤ 1e-05 | **NO** | NaN fails |" in markdown
-    assert "| 6 Shirt | 90.00% | 100.00% | 10.00 |" in markdown
-    assert "| 3 Dress | — | — | — |" in markdown  # a class without test images has no accuracy, not 0%
-    assert "| Shirt → T-shirt/top | 1 | 0 |" in markdown  # the one confusion listed
-    assert "| **all** | **98.90%** | **100.00%** | 1.10 |" in markdown
-    # independent twins: agreement, images that differ, both right, and each twin's accuracy
-    assert "| 87.50% | 11 | 80.00% | 98.90% / 100.00% |" in markdown
-    # the lockstep twins agree fully, and the reader sees beside it that they are right on half the images
-    assert "| 100.00% | 0 | 50.00% | 50.00% / 50.00% |" in markdown
-    assert "and are right on (test accuracy torch / flax, after the tutorial recipe) | 50.00% / 50.00%" in markdown
+    assert "| class | torch | flax | nnx | max Δ pp |" in markdown
+    assert "| 6 Shirt | 90.00% | 100.00% | 90.00% | 10.00 |" in markdown
+    assert "| 3 Dress | — | — | — | — |" in markdown  # a class without test images has no accuracy, not 0%
+    assert "| Shirt → T-shirt/top | 1 | 0 | 1 |" in markdown  # the one confusion listed, for every twin
+    assert "| **all** | **98.90%** | **100.00%** | **98.90%** | 1.10 |" in markdown
+    # independent twins, each pair: agreement, images that differ, both right, and each model's accuracy
+    assert "| torch – flax | 87.50% | 11 | 80.00% | torch 98.90%, flax 100.00% |" in markdown
+    assert "| torch – nnx | 100.00% | 0 | 90.00% | torch 98.90%, nnx 98.90% |" in markdown
+    assert "| flax – nnx | 87.50% | 11 | 80.00% | flax 100.00%, nnx 98.90% |" in markdown
+    # the lockstep twins agree fully (an older report has the torch–flax pair only), and the reader sees beside
+    # it that they are right on half the images
+    assert "| torch – flax | 100.00% | 0 | 50.00% | torch 50.00%, flax 50.00% |" in markdown
+    right_on = (
+        "and are right on (test accuracy torch / flax / nnx, after the tutorial recipe) | 50.00% / 50.00% / 50.00%"
+    )
+    assert right_on in markdown
     assert "](confusion.png)" in markdown
     assert "**seed**: 7" in markdown
     # the report speaks about the twins, never about how the project was run
@@ -261,6 +290,7 @@ def test_each_twin_predicts_the_same_classes_with_its_own_code_from_the_same_wei
     import torch
 
     import fashion_flax.train as flax_train
+    import fashion_nnx.train as nnx_train
     import fashion_torch
     import fashion_torch.train as torch_train
 
@@ -268,32 +298,35 @@ def test_each_twin_predicts_the_same_classes_with_its_own_code_from_the_same_wei
     config = tutorial_config(epochs=1, device="cpu", seed=3)
     t_state = torch_train.create_train_state(config)
     f_state = flax_train.create_train_state(config, state_dict=fashion_torch.to_state_dict(t_state.model))
+    n_state = nnx_train.create_train_state(config, state_dict=fashion_torch.to_state_dict(t_state.model))
 
     torch_classes = predict_classes("torch", t_state, data.test_images, batch_size=7)  # batches of 7, 7, 6
     flax_classes = predict_classes("flax", f_state, data.test_images)
 
     assert torch_classes.shape == (20,) and torch_classes.dtype == np.int64
     np.testing.assert_array_equal(torch_classes, flax_classes)
+    np.testing.assert_array_equal(torch_classes, predict_classes("nnx", n_state, data.test_images, batch_size=6))
     with torch.no_grad():
         logits = t_state.model(torch.as_tensor(data.test_images, dtype=torch.float32) / 255)  # (20, 10)
     np.testing.assert_array_equal(torch_classes, logits.argmax(1).numpy())  # argmax of softmax = argmax of logits
 
 
-def test_top_confusions_are_the_largest_off_diagonal_cells_of_both_twins_together():
+def test_top_confusions_are_the_largest_off_diagonal_cells_of_all_twins_together():
     t = np.diag([5, 5, 5])
     f = np.diag([5, 5, 5])
-    t[2, 0], f[2, 0] = 3, 1  # together 4: first
+    n = np.diag([5, 5, 5])
+    t[2, 0], f[2, 0], n[2, 0] = 3, 1, 1  # together 5: first
     t[0, 1], f[1, 0] = 2, 2  # together 2 each: ties in row-major order
-    t[1, 2] = 1  # together 1: left out at k=3
+    n[1, 2] = 1  # together 1: left out at k=3
 
-    got = top_confusions(t, f, k=3)
+    got = top_confusions({"torch": t, "flax": f, "nnx": n}, k=3)
 
     assert got == [
-        {"true": 2, "predicted": 0, "torch": 3, "flax": 1},
-        {"true": 0, "predicted": 1, "torch": 2, "flax": 0},
-        {"true": 1, "predicted": 0, "torch": 0, "flax": 2},
+        {"true": 2, "predicted": 0, "torch": 3, "flax": 1, "nnx": 1},
+        {"true": 0, "predicted": 1, "torch": 2, "flax": 0, "nnx": 0},
+        {"true": 1, "predicted": 0, "torch": 0, "flax": 2, "nnx": 0},
     ]
-    assert top_confusions(np.diag([3, 3]), np.diag([3, 3])) == []  # no confusion at all: no rows
+    assert top_confusions({b: np.diag([3, 3]) for b in BACKENDS}) == []  # no confusion at all: no rows
 
 
 def test_check_values_print_small_differences_in_scientific_notation_and_others_as_they_read():
@@ -335,11 +368,11 @@ def test_the_label_smoothed_loss_floor_is_the_smoothed_target_entropy_and_torch_
     assert sharper.item() > at_floor + 1.0  # a surer model pays for the smoothed mass it denies
 
 
-def test_the_confusion_figure_has_a_third_panel_for_torch_minus_flax():
+def test_the_confusion_figure_has_a_panel_per_twin_and_one_for_torch_minus_flax_in_a_square_grid():
     entry = _handmade_report()["classes"]["recipe"]
     with Image.open(io.BytesIO(plot_confusion(entry, CLASS_NAMES, "handmade"))) as im:
         width, height = im.size
-    assert width / height > 2.5  # three square panels side by side (two were 15 x 7.4 in, ~2)
+    assert 0.8 < width / height < 1.3  # four square panels, 2 x 2 (a row of four was 1.5 times too wide to read)
 
 
 def test_benchmark_measures_flax_compile_time_apart_and_shows_it():
@@ -348,8 +381,9 @@ def test_benchmark_measures_flax_compile_time_apart_and_shows_it():
     # XLA compiles the epoch's lax.scan cold: measured 2.2-4.0 s on the busy 2-core CPU, never under 0.05 s
     assert compile_s > 0.05
     assert variant_compile_seconds("tutorial", data, "cpu") is None  # the tutorial's eager loop compiles nothing
-    row = {"tutorial_compile_s": None, "flax_compile_s": compile_s, "torch_eager_compile_s": 0.01}
+    row = {"tutorial_compile_s": None, "flax_compile_s": compile_s, "torch_eager_compile_s": 0.01, "nnx_compile_s": 0.5}
     times = {f"{k}_{x}": 1.0 for k in ("tutorial", "flax", "torch_eager", "floor") for x in ("s", "step_ms")}
+    times.update(nnx_s=1.25, nnx_step_ms=1.25, nnx_min_s=1.0, nnx_max_s=1.5)
     table = markdown_table(
         [
             {
@@ -363,3 +397,5 @@ def test_benchmark_measures_flax_compile_time_apart_and_shows_it():
         ]
     )
     assert f"| {compile_s:.2f} s |" in table and "| - (none) |" in table
+    # the NNX twin's row, timed in the same rounds: its median (min–max), compile seconds and ratio to flax
+    assert "| nnx (nnx.jit, split/merge + lax.scan) | 1.250 s (1.00–1.50) | 1.25 ms | 0.50 s | 1.25 | 1.25 |" in table

@@ -15,9 +15,7 @@ from twin_data import real_data, separable_set
 from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.errors import CheckpointError, ConfigError
-from fashion_common.spec import TWINS
-
-BACKENDS = TWINS  # every twin, the NNX twin included (fashion_common.spec)
+from fashion_common.spec import BACKENDS  # every twin, the NNX twin included
 
 
 def twin(backend):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from fashion_common.config import RECIPES
+from fashion_common.spec import BACKENDS
 
 from . import common
 
@@ -91,7 +92,7 @@ def run(args) -> int:
         benchmark.set_precision(BENCHMARK_MODE["highest"])
         recipe = RECIPES[args.recipe](device=device)
         report["time_to_accuracy"] = [
-            benchmark.time_to_accuracy(b, data, device, config=recipe, log=log) for b in common.BACKENDS
+            benchmark.time_to_accuracy(b, data, device, config=recipe, log=log) for b in BACKENDS
         ]
         benchmark.add_plain_epoch_ratios(report["time_to_accuracy"], results[0], args.recipe)
     print(benchmark.markdown_table(results))

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from fashion_common.config import DEVICES
-from fashion_common.spec import TWINS
+from fashion_common.spec import BACKENDS
 
 PRECISIONS = ("highest", "tf32", "both")  # highest: TF32 off in torch, JAX "highest" (the parity mode)
 OUTPUT_ACTIVATIONS = ("none", "relu")
@@ -104,7 +104,7 @@ def backend_parent() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         required=True,
-        choices=TWINS,
+        choices=BACKENDS,
         help="which twin runs: torch (PyTorch), flax (Flax linen) or nnx (Flax NNX) (required, no default)",
     )
     return p
@@ -231,8 +231,8 @@ def backend_module(name: str, start_backend: bool = True):
 
     start_backend=False leaves JAX's backends unstarted, for a data-parallel launch that must configure them first.
     """
-    if name not in TWINS:
-        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(TWINS)}")
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     twin = importlib.import_module(f"fashion_{name}")
     importlib.import_module(f"fashion_{name}.train")  # makes twin.train available
     if name in ("flax", "nnx") and start_backend:  # the JAX twins

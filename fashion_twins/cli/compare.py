@@ -1,11 +1,11 @@
-"""fashion-twins compare: build both twins from one seed, put them side by side, train both, write a report folder.
+"""fashion-twins compare: the three twins from one seed, side by side, each trained; writes a report folder.
 
     fashion-twins compare                       # quick mode: a few minutes on a 2-core CPU
     fashion-twins compare --full --out-dir report_full
     fashion-twins compare --dry-run --out-dir /tmp/report   # seconds, for CI
-    fashion-twins compare --distributed 2                    # also 1 device vs 2-way data parallel, both twins
+    fashion-twins compare --distributed 2                    # also 1 device vs 2-way data parallel, torch and flax
 
-Writes OUT_DIR/report.md, report.json, PNG plots and the final checkpoints of both twins
+Writes OUT_DIR/report.md, report.json, PNG plots and the final checkpoints of every twin
 (<run>-<twin>.safetensors, for predict or evaluate); report.json and report.md are rewritten
 after each stage. The work is done by fashion_compare.report.build_report.
 """
@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
     d = CompareOptions()
     p = subparsers.add_parser(
         "compare",
-        help="both twins side by side: parity, lockstep, training; writes a report folder",
+        help="the three twins side by side: parity, lockstep, training; writes a report folder",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         parents=[common.data_parent(), common.device_parent(d.device), common.threads_parent()],
     )
@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
         type=common.seed_int,
         default=d.seed,
         metavar="N",
-        help=f"one seed for the init, the batch order and both trainings (default: {d.seed})",
+        help=f"one seed for the init, the batch order and every training (default: {d.seed})",
     )
     p.add_argument(
         "--quick-epochs",

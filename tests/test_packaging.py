@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("fashion_common", "fashion_torch", "fashion_flax", "fashion_compare", "fashion_twins")
+# Every shipped package of the project (fashion_common, the twins, fashion_compare, fashion_twins): found, not listed,
+# so a new twin is checked the day it lands.
+PACKAGES = tuple(sorted(p.parent.name for p in REPO.glob("fashion_*/__init__.py")))
 # import name -> distribution name, where they differ; jaxlib comes with jax.
 DISTRIBUTION = {"PIL": "pillow", "jaxlib": "jax"}
 # Imported only behind a flag that names its extra when it is missing (train --tensorboard).

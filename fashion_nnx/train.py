@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +28,15 @@ from fashion_common.config import TrainConfig
 from fashion_common.data import FashionData
 from fashion_common.errors import CheckpointError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
-from fashion_flax.train import DeviceData, loss_fn, make_optimizer, make_schedule, put_data
+from fashion_flax.train import (  # the JAX-level pieces both Flax twins share, one copy
+    DeviceData,
+    device_name,
+    loss_fn,
+    make_optimizer,
+    make_schedule,
+    put_data,
+    versions,
+)
 
 from . import augment
 from .checkpoint import from_state_dict, to_state_dict
@@ -264,15 +271,6 @@ def load_train_state(state: TrainState, path) -> TrainState:
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def versions() -> dict[str, str]:
-    """The library versions METRICS.json records."""
-    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__}
-
-
-def device_name(device) -> str:
-    return "cpu" if device is None or device.platform == "cpu" else device.device_kind
 
 
 def train_and_evaluate(

@@ -12,7 +12,7 @@ import pytest
 from clitools import assert_ok, assert_one_error_line, cli, needs_data
 
 from fashion_common.runtime import BUSY_WARNING, is_busy, parse_threads, thread_policy
-from fashion_compare import benchmark, machine
+from fashion_compare import benchmark, beside_hogs, machine
 from fashion_compare.render import render_markdown
 
 # ----------------------------------------------------------------------------- the policy
@@ -263,3 +263,53 @@ def test_flax_set_threads_writes_xla_flags_before_the_backend_starts_and_refuses
     jax.devices()  # the backend has started in this process
     with pytest.raises(RuntimeError, match="backend has started"):
         fashion_flax.set_threads(1)
+
+
+# ----------------------------------------------------------------------------- the benchmark beside CPU hogs
+
+
+def test_beside_hogs_gives_each_variants_slowdown_and_torch_over_flax_beside_the_hogs():
+    from fashion_compare import beside_hogs
+
+    alone = {"torch_s": 2.0, "flax_s": 1.0, "nnx_s": 1.1, "floor_s": 0.8}
+    busy = {"torch_s": 5.0, "flax_s": 2.5, "nnx_s": 3.3}  # the floor missing from one run is left out
+    got = beside_hogs.ratios(alone, busy)
+    assert set(got["variants"]) == {"torch", "flax", "nnx"}
+    assert got["variants"]["nnx"] == {"alone_s": 1.1, "busy_s": 3.3, "busy_over_alone": pytest.approx(3.0)}
+    assert got["busy_torch_over_flax"] == pytest.approx(2.0) and got["alone_torch_over_flax"] == pytest.approx(2.0)
+    state = {"load_1m": 0.4, "load_5m": 0.5, "usable_cores": 2, "busy": False}
+    text = beside_hogs.markdown(got, {"alone": {"load_before": state, "load_after": state}}, 2)
+    assert "| nnx | 1.10 s | 3.30 s | 3.00 |" in text and "load 0.4 -> 0.4 on 2 usable cores" in text
+
+
+def test_beside_hogs_ends_its_hogs_when_the_benchmark_beside_them_fails(monkeypatch):
+    from fashion_compare import beside_hogs
+
+    started = []
+    real_start = beside_hogs.start_hogs
+
+    def start(n):
+        started.extend(real_start(n))
+        return started
+
+    calls = iter([{"result": {}, "load_before": {}, "load_after": {}}])
+
+    def bench(out, repeats, extra):
+        try:
+            return next(calls)
+        except StopIteration:
+            raise RuntimeError("benchmark failed beside the hogs") from None
+
+    monkeypatch.setattr(beside_hogs, "start_hogs", start)
+    monkeypatch.setattr(beside_hogs, "run_benchmark", bench)
+    with pytest.raises(RuntimeError, match="beside the hogs"):
+        beside_hogs.main(["--hogs", "2"])
+    assert len(started) == 2 and all(hog.poll() is not None for hog in started)
+
+
+def test_beside_hogs_refuses_zero_hogs_in_one_line(capsys):
+    from fashion_compare import beside_hogs
+
+    with pytest.raises(SystemExit) as info:
+        beside_hogs.main(["--hogs", "0"])
+    assert info.value.code == 2 and "argument --hogs: must be at least 1, got 0" in capsys.readouterr().err

@@ -269,8 +269,6 @@ def test_flax_set_threads_writes_xla_flags_before_the_backend_starts_and_refuses
 
 
 def test_beside_hogs_gives_each_variants_slowdown_and_torch_over_flax_beside_the_hogs():
-    from fashion_compare import beside_hogs
-
     alone = {"torch_s": 2.0, "flax_s": 1.0, "nnx_s": 1.1, "floor_s": 0.8}
     busy = {"torch_s": 5.0, "flax_s": 2.5, "nnx_s": 3.3}  # the floor missing from one run is left out
     got = beside_hogs.ratios(alone, busy)
@@ -283,8 +281,6 @@ def test_beside_hogs_gives_each_variants_slowdown_and_torch_over_flax_beside_the
 
 
 def test_beside_hogs_ends_its_hogs_when_the_benchmark_beside_them_fails(monkeypatch):
-    from fashion_compare import beside_hogs
-
     started = []
     real_start = beside_hogs.start_hogs
 
@@ -308,8 +304,6 @@ def test_beside_hogs_ends_its_hogs_when_the_benchmark_beside_them_fails(monkeypa
 
 
 def test_beside_hogs_refuses_zero_hogs_in_one_line(capsys):
-    from fashion_compare import beside_hogs
-
     with pytest.raises(SystemExit) as info:
         beside_hogs.main(["--hogs", "0"])
     assert info.value.code == 2 and "argument --hogs: must be at least 1, got 0" in capsys.readouterr().err

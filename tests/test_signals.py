@@ -75,13 +75,26 @@ def test_the_flag_raises_keyboard_interrupt_only_at_a_check_and_a_second_ctrl_c_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+# evaluate starts JAX's backends up front; a data-parallel train starts them only after
+# jax.distributed.initialize, in another place, which must say the same one line.
+JAX_COMMANDS = {
+    "evaluate": lambda path, out: ["evaluate", "--backend", "flax", str(path), "--device", "cpu"],
+    "train --devices 2": lambda path, out: [
+        *("train", "--backend", "flax", "--devices", "2", "--limit-train", "256", "--epochs", "1", "--out", str(out))
+    ],
+}
+
+
+@pytest.mark.parametrize("command", list(JAX_COMMANDS))
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])  # a RuntimeError, and a bare AssertionError, from JAX
-def test_a_jax_platforms_naming_a_missing_platform_is_one_line_naming_the_variable(tmp_path, platform):
+def test_a_jax_platforms_naming_a_missing_platform_is_one_line_naming_the_variable(tmp_path, platform, command):
     path = tmp_path / "m.safetensors"
     canonical.write_state(path, {k: np.zeros(s, np.float32) for k, s in checkpoint_shapes(DEFAULT_SPEC).items()})
     env = {**os.environ, "JAX_PLATFORMS": platform}
+    out = tmp_path / "run" / "model.safetensors"
+    out.parent.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "fashion_twins", "evaluate", "--backend", "flax", str(path), "--device", "cpu"],
+        [sys.executable, "-m", "fashion_twins", *JAX_COMMANDS[command](path, out)],
         capture_output=True,
         text=True,
         env=env,
@@ -90,3 +103,4 @@ def test_a_jax_platforms_naming_a_missing_platform_is_one_line_naming_the_variab
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith(f"error: JAX_PLATFORMS='{platform}' names a platform JAX cannot start on this machine")
+    assert [p.name for p in out.parent.iterdir() if p.suffix != ".lock"] == []  # nothing but the run's lock file

@@ -9,6 +9,7 @@ the flag named: `error: argument --seed: must be an integer in 0..4294967295, go
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -248,11 +249,22 @@ def check_jax_platforms() -> None:
     """
     import jax  # only for the flax twin, already imported by it
 
+    with jax_platforms_named():
+        jax.devices()
+
+
+@contextlib.contextmanager
+def jax_platforms_named():
+    """Inside: a JAX backend that fails to start because of JAX_PLATFORMS becomes one DeviceError line.
+
+    For the places that must start the backends themselves (a data-parallel run calls
+    jax.distributed.initialize first), and for check_jax_platforms.
+    """
     value = os.environ.get("JAX_PLATFORMS")
     try:
-        jax.devices()
+        yield
     except (RuntimeError, AssertionError) as e:
-        if value is None:
+        if value is None or (str(e) and "backend" not in str(e).lower()):  # not a platform failing to start
             raise
         reason = str(e).split(" (set JAX_PLATFORMS")[0].splitlines()[0] if str(e) else type(e).__name__
         from fashion_common.errors import DeviceError

@@ -414,8 +414,11 @@ def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> 
             data = load_fashion_mnist(args.data_dir, download=args.download)
             parallel.train_and_evaluate(config, data, **kwargs)  # joins the process group, then trains
         else:
-            parallel.initialize(args.coordinator, args.num_processes or 1, args.process_id or 0, kwargs["timeout_s"])
-            mesh = parallel.make_mesh(args.devices, parallel.config_platform(config))
+            with common.jax_platforms_named():  # the backends start here, after jax.distributed.initialize
+                parallel.initialize(
+                    args.coordinator, args.num_processes or 1, args.process_id or 0, kwargs["timeout_s"]
+                )
+                mesh = parallel.make_mesh(args.devices, parallel.config_platform(config))
             check_world(mesh.size, config.batch_size, "devices")
             data = load_fashion_mnist(args.data_dir, download=args.download)
             parallel.train_and_evaluate(config, data, mesh=mesh, **kwargs)

@@ -592,8 +592,22 @@ def mesh_worker(backend: str, folder: Path) -> None:
     train.train_and_evaluate(
         CONFIG, data, out=str(folder / f"{backend}_single.safetensors"), init_from=folder / "init.safetensors", **quiet
     )
-    # the sharded run over every device
+    # the sharded run over every device; its first compiled step is kept, as the epoch called it, for the report
     mesh = fdist.make_mesh()
+    programs = []
+    sharded_train_steps = fdist.sharded_train_steps
+
+    def recording(mesh):
+        step_fn = sharded_train_steps(mesh)
+
+        def call(*args, **kwargs):
+            if not programs:  # the program the epoch runs, with the shardings it really passes
+                programs.append(step_fn.lower(*args, **kwargs).compile().as_text())
+            return step_fn(*args, **kwargs)
+
+        return call
+
+    fdist.sharded_train_steps = recording  # train_epoch looks it up in its module at each call
     state, _ = fdist.train_and_evaluate(
         CONFIG,
         data,
@@ -602,6 +616,8 @@ def mesh_worker(backend: str, folder: Path) -> None:
         mesh=mesh,
         **quiet,
     )
+    fdist.sharded_train_steps = sharded_train_steps
+    hlo = programs[0]
 
     # a sharded run that crashes right after epoch 3's checkpoint (log runs after the save), resumed over the mesh
     class Crash(Exception):
@@ -628,21 +644,8 @@ def mesh_worker(backend: str, folder: Path) -> None:
     fdist.train_and_evaluate(
         CONFIG, data, out=str(folder / f"{backend}_resumed.safetensors"), resume=str(interrupted), mesh=mesh, **quiet
     )
-    # what the compiler made of the sharded step
-    d = fdist.put_data(data.limit(256, 10), mesh)
-    order = fdist.put_global(np.zeros((2, CONFIG.batch_size), np.int32), fdist.batch_sharded(mesh))
-    if backend == "nnx":  # the NNX scan takes the split state (graphdef static, the arrays traced)
-        graphdef, arrays = nnx.split(state)
-        lowered = fdist.sharded_train_steps(mesh).lower(
-            graphdef, arrays, d.train_images, d.train_labels, order, label_smoothing=0.0
-        )
-        opt_state = nnx.state(state.optimizer, nnx.OptState)
-    else:
-        lowered = fdist.sharded_train_steps(mesh).lower(
-            state, d.train_images, d.train_labels, order, label_smoothing=0.0
-        )
-        opt_state = state.opt_state
-    hlo = lowered.compile().as_text()
+    # what the compiler made of the sharded step, and where the state lives
+    opt_state = nnx.state(state.optimizer, nnx.OptState) if backend == "nnx" else state.opt_state
     per_device = CONFIG.batch_size // mesh.size
     # a bad batch, refused before anything is written
     bad_out = folder / f"{backend}_indivisible.safetensors"

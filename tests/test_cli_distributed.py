@@ -1,4 +1,4 @@
-"""`fashion-twins train` data-parallel: torch under torchrun, flax with --devices.
+"""`fashion-twins train` data-parallel: torch under torchrun, flax and nnx with --devices.
 
 Both end where the one-device command ends.
 
@@ -62,7 +62,7 @@ def one_device(tmp_path_factory):
     """Each twin's single-device `fashion-twins train`, in this process: backend -> weights."""
     folder = tmp_path_factory.mktemp("cli_one_device")
     found = {}
-    for backend in ("torch", "flax"):
+    for backend in ("torch", "flax", "nnx"):
         out = folder / f"{backend}.safetensors"
         assert_ok(cli("train", "--backend", backend, *FLAGS, "--out", out))
         found[backend] = weights(out)
@@ -79,12 +79,13 @@ def test_torchrun_cli_on_two_gloo_ranks_ends_at_the_one_device_weights_and_only_
 
 
 @needs_data
-def test_flax_cli_with_two_simulated_devices_ends_at_the_one_device_weights(one_device, tmp_path):
+@pytest.mark.parametrize("backend", ["flax", "nnx"])
+def test_jax_twin_cli_with_two_simulated_devices_ends_at_the_one_device_weights(one_device, tmp_path, backend):
     out = tmp_path / "mesh.safetensors"
     # a subprocess: the simulated device count must be set before JAX's backend starts, and this one has started
-    result = run([sys.executable, *CLI, "--backend", "flax", "--devices", "2", *FLAGS, "--out", str(out)])
-    assert max_weight_diff(weights(out), one_device["flax"]) <= TOL
-    assert result.stdout.count("[flax] wrote") == 1
+    result = run([sys.executable, *CLI, "--backend", backend, "--devices", "2", *FLAGS, "--out", str(out)])
+    assert max_weight_diff(weights(out), one_device[backend]) <= TOL
+    assert result.stdout.count(f"[{backend}] wrote") == 1
     assert "cpu x 2 devices over 1 process(es) (simulated host devices)" in (tmp_path / "mesh.metrics.json").read_text()
 
 
@@ -146,6 +147,11 @@ def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_w
             ["--backend", "flax", "--devices", "3", "--batch-size", "64"],
             ["global batch_size 64 is not divisible by 3 devices; use a multiple of 3 (e.g. 63)"],
         ),
+        (
+            ["--backend", "nnx", "--devices", "3", "--batch-size", "64"],
+            ["global batch_size 64 is not divisible by 3 devices; use a multiple of 3 (e.g. 63)"],
+        ),
+        (["--backend", "nnx", "--process-id", "1"], ["argument --process-id: needs --coordinator HOST:PORT"]),
         (["--backend", "torch", "--timeout", "5"], ["argument --timeout: applies to data-parallel runs only"]),
         (["--backend", "flax", "--timeout", "-1", "--devices", "2"], ["argument --timeout: must be a positive number"]),
         (
@@ -160,11 +166,12 @@ def test_data_parallel_misuse_is_one_clear_line_before_any_work(argv, fragments,
     assert not out.exists()
 
 
-def test_flax_under_a_torchrun_world_is_refused_with_the_flax_launch(monkeypatch, tmp_path):
+@pytest.mark.parametrize("backend", ["flax", "nnx"])
+def test_jax_twin_under_a_torchrun_world_is_refused_with_the_mesh_launch(monkeypatch, tmp_path, backend):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = cli("train", "--backend", "flax", "--out", tmp_path / "m.safetensors")
-    assert_one_error_line(result, "the flax twin is not launched by torchrun (WORLD_SIZE=2): use --devices N")
+    result = cli("train", "--backend", backend, "--out", tmp_path / "m.safetensors")
+    assert_one_error_line(result, f"the {backend} twin is not launched by torchrun (WORLD_SIZE=2): use --devices N")
 
 
 def test_torchrun_with_an_indivisible_batch_or_the_fused_engine_fails_before_the_rendezvous(monkeypatch, tmp_path):

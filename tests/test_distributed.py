@@ -1,17 +1,19 @@
-"""Data-parallel twins: torch DDP under torchrun and flax over a sharded mesh train exactly as one device does.
+"""Data-parallel twins: torch DDP under torchrun, flax and nnx over a sharded mesh train exactly as one device does.
 
 Simulated devices on this CPU: two gloo ranks under `torchrun --standalone --nproc-per-node 2`,
 four forced JAX host devices (XLA_FLAGS, set before JAX starts, so in a subprocess), and two JAX
-processes on localhost with gloo CPU collectives. Every run starts from the same weights (the
-torch twin's seed-0 init, saved once) and trains on the same global batches with plain SGD.
+processes on localhost with gloo CPU collectives. The two JAX twins (linen and NNX) run the same
+mesh tests: `mesh_runs` and the two-process tests are parametrized over them. Every run starts
+from the same weights (the torch twin's seed-0 init, saved once) and trains on the same global
+batches with plain SGD.
 
 Tolerance 1e-5 (max |dW|): a data-parallel step sums the same products in another order
 (per-rank partial gradients, then an all-reduce), so each step differs by float32 rounding
 (~1e-7 of a weight); over 120 steps at lr 1e-3 the runs stay ~1e-7 apart (measured 1e-9..5e-7),
 while a wrong batch slice or a missing average shows up at ~1e-3 after one epoch.
 
-Run as a script (`python tests/test_distributed.py flax-worker ...`) this file is the worker of
-the forced-device JAX subprocess.
+Run as a script (`python tests/test_distributed.py mesh-worker BACKEND FOLDER`) this file is the
+worker of the forced-device JAX subprocess.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ else:
 CONFIG = tutorial_config(epochs=6, limit_train=1280, limit_test=500, device="cpu")
 STEPS = CONFIG.epochs * (CONFIG.limit_train // CONFIG.batch_size)
 TOL = 1e-5  # see the module docstring
-FLAX_DEVICES = 4
+MESH_DEVICES = 4
+JAX_TWINS = ("flax", "nnx")  # the twins with a mesh (fashion_<twin>/distributed.py), one worker run each
 TIMEOUT_S = 20  # --timeout of the fault test's ranks
 
 
@@ -203,15 +206,20 @@ def torch_ddp(runs):
     return weights(out), json.loads(metrics.read_text()), result.stdout
 
 
-@pytest.fixture(scope="module")
-def flax_runs(runs):
-    """One JAX process with 4 forced host devices: the twin's single-device loop, then the sharded run."""
+@pytest.fixture(scope="module", params=JAX_TWINS)
+def mesh_runs(request, runs):
+    """One JAX process with 4 forced host devices: a JAX twin's single-device loop, then its sharded run.
+
+    Returns (backend, single-device weights, sharded weights, the worker's report).
+    """
+    backend = request.param
     run(
-        [sys.executable, str(Path(__file__).resolve()), "flax-worker", str(runs)],
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={FLAX_DEVICES}",
+        [sys.executable, str(Path(__file__).resolve()), "mesh-worker", backend, str(runs)],
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={MESH_DEVICES}",
     )
-    report = json.loads((runs / "flax_worker.json").read_text())
-    return weights(runs / "flax_single.safetensors"), weights(runs / "flax_sharded.safetensors"), report
+    report = json.loads((runs / f"{backend}_worker.json").read_text())
+    single, sharded = weights(runs / f"{backend}_single.safetensors"), weights(runs / f"{backend}_sharded.safetensors")
+    return backend, single, sharded, report
 
 
 @pytest.fixture(scope="module")
@@ -270,31 +278,32 @@ def kill_peer_after_first_checkpoint(procs, out, wait_s: float):
 
 
 @pytest.mark.data
-def test_flax_sharded_over_four_devices_matches_one_device_after_120_steps(flax_runs):
-    single, sharded, report = flax_runs
-    assert STEPS >= 100 and report["devices"] == FLAX_DEVICES
+def test_jax_twin_sharded_over_four_devices_matches_one_device_after_120_steps(mesh_runs):
+    _, single, sharded, report = mesh_runs
+    assert STEPS >= 100 and report["devices"] == MESH_DEVICES
     assert max_weight_diff(single, sharded) <= TOL
 
 
 @pytest.mark.data
-def test_flax_sharded_step_is_one_program_whose_gradients_are_all_reduced_and_params_replicated(flax_runs):
-    _, _, report = flax_runs
+def test_jax_twin_sharded_step_is_one_program_whose_gradients_are_all_reduced_and_params_replicated(mesh_runs):
+    report = mesh_runs[3]
     assert "all-reduce" in report["collectives"]  # the compiler's gradient all-reduce, not a hand-written pmean
     assert report["per_device_batch_dot"]  # the forward matmul runs on B / 4 = 16 rows per device
     assert report["param_specs"] == ["()"] and report["opt_state_specs"] in ([], ["()"])  # every leaf replicated
 
 
 @pytest.mark.data
-def test_flax_sharded_resume_after_a_crash_reaches_the_uninterrupted_weights(runs, flax_runs):
-    _, counters = canonical.read_train_state(runs / "flax_interrupted.safetensors")
-    assert counters["epoch"] == 3
+def test_jax_twin_sharded_resume_after_a_crash_reaches_the_uninterrupted_weights(runs, mesh_runs):
+    backend, _, sharded, _ = mesh_runs
+    _, counters = canonical.read_train_state(runs / f"{backend}_interrupted.safetensors")
+    assert counters["epoch"] == 3 and counters["backend"] == backend
     # the same mesh and program, restarted from the saved state: equal to float32 rounding at most
-    assert max_weight_diff(weights(runs / "flax_resumed.safetensors"), flax_runs[1]) <= 1e-7
+    assert max_weight_diff(weights(runs / f"{backend}_resumed.safetensors"), sharded) <= 1e-7
 
 
 @pytest.mark.data
-def test_flax_sharded_refuses_a_batch_not_divisible_by_the_devices_before_training(flax_runs):
-    _, _, report = flax_runs
+def test_jax_twin_sharded_refuses_a_batch_not_divisible_by_the_devices_before_training(mesh_runs):
+    report = mesh_runs[3]
     assert report["indivisible_error"].startswith("global batch_size 66 is not divisible by 4 devices")
     assert report["indivisible_wrote_nothing"]
 
@@ -322,8 +331,8 @@ def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(t
 
 
 @pytest.mark.data
-def test_torch_ddp_matches_flax_sharded_within_tolerance(torch_ddp, flax_runs):
-    assert max_weight_diff(torch_ddp[0], flax_runs[1]) <= TOL
+def test_torch_ddp_matches_the_jax_twin_sharded_within_tolerance(torch_ddp, mesh_runs):
+    assert max_weight_diff(torch_ddp[0], mesh_runs[2]) <= TOL
 
 
 # ----------------------------------------------------------------------------- faults and resume
@@ -367,16 +376,17 @@ def test_resume_under_torchrun_after_the_fault_reaches_the_uninterrupted_weights
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax_runs):
+def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, mesh_runs):
+    backend, single = mesh_runs[:2]
     port = common.free_port()
-    out = runs / "flax_two_processes.safetensors"
+    out = runs / f"{backend}_two_processes.safetensors"
     cmd = [
         sys.executable,
         "-m",
         "fashion_twins",
         "train",
         "--backend",
-        "flax",
+        backend,
         *config_flags(),
         "--init",
         str(runs / "init.safetensors"),
@@ -404,22 +414,23 @@ def test_two_jax_processes_with_gloo_cpu_collectives_match_one_device(runs, flax
                 p.kill()
     assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert (
-        outputs[0][0].count("[flax] epoch") == CONFIG.epochs and outputs[1][0].count("[flax] epoch") == 0
+        outputs[0][0].count(f"[{backend}] epoch") == CONFIG.epochs and outputs[1][0].count(f"[{backend}] epoch") == 0
     )  # process 0 logs
-    assert max_weight_diff(weights(out), flax_runs[0]) <= TOL
+    assert max_weight_diff(weights(out), single) <= TOL
 
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_the_checkpoint(runs):
-    out = runs / "flax_fault.safetensors"
+@pytest.mark.parametrize("backend", JAX_TWINS)
+def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_the_checkpoint(runs, backend):
+    out = runs / f"{backend}_fault.safetensors"
     cmd = [
         sys.executable,
         "-m",
         "fashion_twins",
         "train",
         "--backend",
-        "flax",
+        backend,
         *config_flags(CONFIG.replace(epochs=30)),
         "--out",
         str(out),
@@ -558,37 +569,55 @@ def test_report_section_labels_simulated_devices_and_gives_both_twins_step_times
 # ----------------------------------------------------------------------------- the forced-device worker
 
 
-def flax_worker(folder: Path) -> None:
-    """In a process with XLA_FLAGS forcing 4 host devices.
+def mesh_worker(backend: str, folder: Path) -> None:
+    """In a process with XLA_FLAGS forcing 4 host devices: a JAX twin's (flax or nnx) runs.
 
     Single-device and sharded runs, plus what the tests inspect.
     """
+    import importlib
     import re
 
     import jax
+    from flax import nnx
 
-    import fashion_flax
-    import fashion_flax.distributed as fdist
-    import fashion_flax.train as train
     from fashion_common.data import load_fashion_mnist
 
-    fashion_flax.set_matmul_precision("highest")
+    twin = importlib.import_module(f"fashion_{backend}")
+    train = importlib.import_module(f"fashion_{backend}.train")
+    fdist = importlib.import_module(f"fashion_{backend}.distributed")
+    twin.set_matmul_precision("highest")
     data = load_fashion_mnist()
     quiet = dict(quiet=True, log=lambda line: None)
     # the twin's own single-device loop on the first device
     train.train_and_evaluate(
-        CONFIG, data, out=str(folder / "flax_single.safetensors"), init_from=folder / "init.safetensors", **quiet
+        CONFIG, data, out=str(folder / f"{backend}_single.safetensors"), init_from=folder / "init.safetensors", **quiet
     )
-    # the sharded run over every device
+    # the sharded run over every device; its first compiled step is kept, as the epoch called it, for the report
     mesh = fdist.make_mesh()
+    programs = []
+    sharded_train_steps = fdist.sharded_train_steps
+
+    def recording(mesh):
+        step_fn = sharded_train_steps(mesh)
+
+        def call(*args, **kwargs):
+            if not programs:  # the program the epoch runs, with the shardings it really passes
+                programs.append(step_fn.lower(*args, **kwargs).compile().as_text())
+            return step_fn(*args, **kwargs)
+
+        return call
+
+    fdist.sharded_train_steps = recording  # train_epoch looks it up in its module at each call
     state, _ = fdist.train_and_evaluate(
         CONFIG,
         data,
-        out=str(folder / "flax_sharded.safetensors"),
+        out=str(folder / f"{backend}_sharded.safetensors"),
         init_from=folder / "init.safetensors",
         mesh=mesh,
         **quiet,
     )
+    fdist.sharded_train_steps = sharded_train_steps
+    hlo = programs[0]
 
     # a sharded run that crashes right after epoch 3's checkpoint (log runs after the save), resumed over the mesh
     class Crash(Exception):
@@ -601,7 +630,7 @@ def flax_worker(folder: Path) -> None:
         if len(lines) == 3:
             raise Crash
 
-    interrupted = folder / "flax_interrupted.safetensors"
+    interrupted = folder / f"{backend}_interrupted.safetensors"
     with contextlib.suppress(Crash):
         fdist.train_and_evaluate(
             CONFIG,
@@ -613,20 +642,13 @@ def flax_worker(folder: Path) -> None:
             log=crash_after_epoch_3,
         )
     fdist.train_and_evaluate(
-        CONFIG, data, out=str(folder / "flax_resumed.safetensors"), resume=str(interrupted), mesh=mesh, **quiet
+        CONFIG, data, out=str(folder / f"{backend}_resumed.safetensors"), resume=str(interrupted), mesh=mesh, **quiet
     )
-    # what the compiler made of the sharded step
-    d = fdist.put_data(data.limit(256, 10), mesh)
-    order = fdist.put_global(np.zeros((2, CONFIG.batch_size), np.int32), fdist.batch_sharded(mesh))
-    hlo = (
-        fdist.sharded_train_steps(mesh)
-        .lower(state, d.train_images, d.train_labels, order, label_smoothing=0.0)
-        .compile()
-        .as_text()
-    )
+    # what the compiler made of the sharded step, and where the state lives
+    opt_state = nnx.state(state.optimizer, nnx.OptState) if backend == "nnx" else state.opt_state
     per_device = CONFIG.batch_size // mesh.size
     # a bad batch, refused before anything is written
-    bad_out = folder / "flax_indivisible.safetensors"
+    bad_out = folder / f"{backend}_indivisible.safetensors"
     try:
         fdist.train_and_evaluate(CONFIG.replace(batch_size=66), data, out=str(bad_out), mesh=mesh, **quiet)
         error = ""
@@ -641,16 +663,16 @@ def flax_worker(folder: Path) -> None:
         "collectives": sorted(set(re.findall(r"\b(all-reduce|all-gather|reduce-scatter|all-to-all)\(", hlo))),
         "per_device_batch_dot": bool(re.search(rf"f32\[{per_device},512\]\S* dot\(", hlo)),
         "param_specs": specs(state.params),
-        "opt_state_specs": specs(state.opt_state),  # plain SGD has no slots: []
+        "opt_state_specs": specs(opt_state),  # plain SGD has no slots: [] (nnx: its step counter, replicated)
         "indivisible_error": error,
         "indivisible_wrote_nothing": not bad_out.exists(),
     }
-    (folder / "flax_worker.json").write_text(json.dumps(report, indent=2))
+    (folder / f"{backend}_worker.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["flax-worker"]:
-        flax_worker(Path(sys.argv[2]))
+    if sys.argv[1:2] == ["mesh-worker"]:
+        mesh_worker(sys.argv[2], Path(sys.argv[3]))
 
 
 @pytest.mark.parametrize("world_size, n", [(3, 10), (2, 7), (4, 5)])

@@ -5,13 +5,14 @@
     fashion-twins train --backend torch --dry-run --out /tmp/c.safetensors   # metrics: /tmp/c.metrics.json
     torchrun --standalone --nproc-per-node 2 -m fashion_twins train --backend torch --out m.safetensors   # DDP
     fashion-twins train --backend flax --devices 2 --out m.safetensors          # a 2-device mesh (simulated on a CPU)
+    fashion-twins train --backend nnx --devices 2 --out m.safetensors           # the same for the NNX twin
 
 Every TrainConfig field is a flag, made from the dataclass itself: its type, its default, and its
 help and choices from the field's metadata in fashion_common/config.py. A field added there is a
 flag here with no edit. `--engine` is the torch twin's own option (fashion_torch.train.ENGINES).
 The work is done by <twin>.train.train_and_evaluate, or data-parallel by
-<twin>.distributed.train_and_evaluate: torch under torchrun (RANK and WORLD_SIZE set), flax with
---devices N or --coordinator HOST:PORT --num-processes K --process-id I.
+<twin>.distributed.train_and_evaluate: torch under torchrun (RANK and WORLD_SIZE set), flax and nnx
+with --devices N or --coordinator HOST:PORT --num-processes K --process-id I.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def add_parser(subparsers) -> None:
     d = p.add_argument_group(
         "data parallel",
         "torch: launch this command with torchrun (one process per rank; DDP, gloo on CPU, NCCL on CUDA). "
-        "flax: --devices N in one process, or one process per host with --coordinator.",
+        "flax, nnx: --devices N in one process, or one process per host with --coordinator.",
     )
     d.add_argument(
         "--devices",
@@ -137,8 +138,8 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="N",
         help=(
-            "flax: shard each batch over the first N devices; on a CPU, N simulated host devices (default: one "
-            "device, no mesh)"
+            "flax, nnx: shard each batch over the first N devices; on a CPU, N simulated host devices (default: "
+            "one device, no mesh)"
         ),
     )
     d.add_argument(
@@ -146,21 +147,21 @@ def add_parser(subparsers) -> None:
         type=host_port,
         default=None,
         metavar="HOST:PORT",
-        help="flax multi-process: process 0's address for jax.distributed.initialize (default: one process)",
+        help="flax, nnx multi-process: process 0's address for jax.distributed.initialize (default: one process)",
     )
     d.add_argument(
         "--num-processes",
         type=common.positive_int,
         default=None,
         metavar="K",
-        help="flax multi-process: processes in the run, with --coordinator (default: 1)",
+        help="flax, nnx multi-process: processes in the run, with --coordinator (default: 1)",
     )
     d.add_argument(
         "--process-id",
         type=common.int_in(0),
         default=None,
         metavar="I",
-        help="flax multi-process: this process's index in 0..K-1, with --coordinator (default: 0)",
+        help="flax, nnx multi-process: this process's index in 0..K-1, with --coordinator (default: 0)",
     )
     d.add_argument(
         "--timeout",
@@ -236,7 +237,7 @@ def make_config(args) -> TrainConfig:
 
 
 def data_parallel(args, config: TrainConfig):
-    """None (one device), "torchrun" (torch DDP) or "mesh" (flax sharding).
+    """None (one device), "torchrun" (torch DDP) or "mesh" (flax or nnx sharding).
 
     Misuse and an indivisible batch fail here, before any work.
     """
@@ -250,12 +251,6 @@ def data_parallel(args, config: TrainConfig):
         if getattr(args, flag[2:].replace("-", "_")) is not None
     ]
     mode = None
-    if args.backend == "nnx" and (flax_flags or (under_torchrun() and world_from_env().size > 1)):
-        # NNX data parallelism (nnx.shard over a mesh) is not built yet: say so before any work.
-        flag = flax_flags[0] if flax_flags else "torchrun"
-        raise common.UsageError(
-            f"argument {flag}: the nnx twin trains on one device; data-parallel runs: --backend flax or torch"
-        )
     if args.backend == "torch":
         if flax_flags:
             raise common.UsageError(f"argument {flax_flags[0]}: {torch_hint} (multi-node: --nnodes, --rdzv-endpoint)")
@@ -270,7 +265,7 @@ def data_parallel(args, config: TrainConfig):
     else:
         if under_torchrun() and world_from_env().size > 1:
             raise common.UsageError(
-                f"the flax twin is not launched by torchrun (WORLD_SIZE={world_from_env().size}): "
+                f"the {args.backend} twin is not launched by torchrun (WORLD_SIZE={world_from_env().size}): "
                 "use --devices N in one process, or --coordinator HOST:PORT --num-processes K --process-id I in each"
             )
         if args.coordinator is None and (args.num_processes is not None or args.process_id is not None):
@@ -390,9 +385,9 @@ def _train_one_device(args, config: TrainConfig, twin, kwargs: dict) -> None:
 
 
 def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> None:
-    """torch DDP over the torchrun world, or flax over a mesh; once the ranks are joined, a failure leaves at once.
+    """torch DDP over the torchrun world, or flax / nnx over a mesh; once joined, a failure leaves at once.
 
-    The order matters for flax: the simulated CPU device count before JAX's backend starts, then
+    The order matters for flax and nnx: the simulated CPU device count before JAX's backend starts, then
     jax.distributed.initialize, then the mesh and its batch check, and only then the data.
     """
     from fashion_common.data import load_fashion_mnist
@@ -402,7 +397,10 @@ def _train_data_parallel(args, config: TrainConfig, mode: str, kwargs: dict) -> 
     else:
         import jax
 
-        import fashion_flax.distributed as parallel
+        if args.backend == "nnx":
+            import fashion_nnx.distributed as parallel
+        else:
+            import fashion_flax.distributed as parallel
 
         if args.devices is not None and config.device != "gpu":
             try:  # N simulated host devices (a no-op where a GPU is used); only before the backend starts

@@ -120,10 +120,10 @@ def agree_on_world(
         )
         client.wait_at_barrier("fashion_twins/world_read", timeout_ms)  # nobody leaves while another still reads
     except jax.errors.JaxRuntimeError as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # its first sentence
         raise DistributedError(
             f"process {me}: not every process reached the check of the run's world within {timeout_s:g} s "
-            f"(--timeout; {detail[:160]}); a peer stopped before its first step: see its own error"
+            f"(--timeout; {detail[:200]}); a peer stopped before its first step: see its own error"
         ) from e
     if len({entry["sha256"] for _, entry in published}) == 1:
         return

@@ -98,13 +98,11 @@ def agree_on_world(
 ) -> None:
     """Every process publishes its facts (common.world_facts); each compares all of them before the first step.
 
-    `more`: further facts, e.g. versions={...}.
-
     Through the coordinator's key-value store, not a collective: processes that disagree (another
     --num-processes, config, data or checkpoint) may not be able to run one program together. On a
     difference every process shuts the runtime down cleanly (all reach that point) and raises one
     DistributedError naming it; a process that never publishes makes the others raise within `timeout_s`.
-    No-op for one process.
+    `more`: further facts, e.g. versions={...}. No-op for one process. The nnx twin calls it with "nnx".
     """
     if not jax.distributed.is_initialized():
         return

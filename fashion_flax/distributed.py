@@ -102,7 +102,7 @@ def agree_on_world(
     --num-processes, config, data or checkpoint) may not be able to run one program together. On a
     difference every process shuts the runtime down cleanly (all reach that point) and raises one
     DistributedError naming it; a process that never publishes makes the others raise within `timeout_s`.
-    `more`: further facts, e.g. versions={...}. No-op for one process. The nnx twin calls it with "nnx".
+    `more`: further facts, e.g. versions={...}. No-op for one process. Any JAX twin can call it (backend "nnx" too).
     """
     if not jax.distributed.is_initialized():
         return

@@ -10,11 +10,17 @@ gradients averaged over equal slices, the update equals the single-device one:
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
+import json
 import os
 import socket
+import sys
+import threading
 
 import numpy as np
 
+from .checkpoint import read_train_state
 from .errors import FashionTwinsError
 
 # How long a rank waits on a peer (a collective, the rendezvous) before it fails with an error.
@@ -85,6 +91,134 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_port_free(address: str, flag: str = "--coordinator") -> None:
+    """Refuse, in one line, a coordinator port that something on this machine already listens on.
+
+    JAX's coordinator (process 0) binds [::]:PORT, all interfaces; binding a taken port crashes it
+    (an XLA log line, then SIGSEGV or an uncatchable error) and its peers abort. This probe binds the same
+    way first. It is a check, not a reservation: a program that takes the port between this probe and
+    the coordinator's own bind (milliseconds later) still wins that race, and then JAX's error is
+    turned into a DistributedError where it raises one.
+    """
+    port = int(address.rpartition(":")[2])
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this machine: the IPv4 probe
+            continue
+        with probe:
+            # SO_REUSEADDR as a server sets it: a port left in TIME_WAIT by an earlier run is free, a listener is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                    raise DistributedError(
+                        f"{flag} {address}: port {port} is already in use on this machine, where process 0 starts "
+                        f"the coordinator; pick a free port and give every process the same {flag}"
+                    ) from None
+                if e.errno == errno.EADDRNOTAVAIL:  # e.g. IPv6 present but disabled: the IPv4 probe decides
+                    continue
+                raise
+            return
+
+
+def exit_after(seconds: float, message: str) -> threading.Timer:
+    """Start a timer that prints `error: MESSAGE` and ends the process with exit 2 unless cancelled first.
+
+    For a wait inside a framework's C++ that cannot be interrupted from Python and that ends, when
+    its own deadline passes, by aborting the process (jax.distributed.initialize): give the framework
+    a longer deadline and this one line comes first. Cancel it when the wait returns.
+    """
+
+    def expire() -> None:
+        print("error: " + message, file=sys.stderr, flush=True)
+        os._exit(2)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def join_timeout_message(who: str, coordinator: str, num_processes: int, timeout_s: float) -> str:
+    """The line of a process that waited `timeout_s` for all `num_processes` to join the coordinator."""
+    return (
+        f"{who}: the {num_processes} processes did not all join the coordinator at {coordinator} within "
+        f"{timeout_s:g} s (--timeout); start every process with the same --coordinator and --num-processes, a "
+        "distinct --process-id, and process 0 on a free port"
+    )
+
+
+# ----------------------------------------------------------------------------- agreeing on the world
+
+
+def world_facts(
+    backend: str, world_key: str, world_size: int, config, data, resume=None, init_from=None, **more
+) -> dict:
+    """What every process of one run must agree on before the first step, keyed by how the user names it.
+
+    world_key names the world size as the launch gave it (e.g. "--num-processes", "WORLD_SIZE"). The data
+    is a digest of the arrays each process loaded (train and test, images and labels); --resume is the
+    saved epoch and run id; --init a digest of the file. `more`: e.g. the libraries' versions.
+    The values round-trip through JSON, so facts from another process compare equal to this one's.
+    """
+    facts = {world_key: world_size, "--backend": backend}
+    facts.update({f"--{key.replace('_', '-')}": value for key, value in config.to_dict().items()})
+    facts["data"] = f"sha256 {data_digest(data)}"
+    facts["--resume"] = resume_fact(resume)
+    facts["--init"] = None if init_from is None else f"sha256 {_file_digest(init_from)}"
+    facts.update(more)
+    return json.loads(json.dumps(facts, default=str))
+
+
+def facts_digest(facts: dict) -> str:
+    """sha256 of the facts' canonical JSON: equal digests, equal worlds."""
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def data_digest(data) -> str:
+    """sha256 (16 hex digits) of a FashionData's four arrays, their dtypes and shapes."""
+    digest = hashlib.sha256()
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        array = np.ascontiguousarray(getattr(data, name))
+        digest.update(f"{name} {array.dtype} {array.shape};".encode())
+        digest.update(array.data)
+    return digest.hexdigest()[:16]
+
+
+def resume_fact(resume) -> str | None:
+    """--resume as the point it continues from: "epoch E of run ID" (None without --resume)."""
+    if resume is None:
+        return None
+    _, counters = read_train_state(resume)
+    return f"epoch {counters.get('epoch')} of run {counters.get('run_id')}"
+
+
+def _file_digest(path) -> str:
+    with open(path, "rb") as f:  # a checkpoint: 2.7 MB
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def world_disagreement(all_facts: list, who: str = "process") -> str | None:
+    """None when every process's facts equal process 0's; else one line naming the first fact that differs."""
+    reference, plural = all_facts[0], who + ("es" if who.endswith("s") else "s")
+    keys = list(reference) + [k for facts in all_facts[1:] for k in facts if k not in reference]
+    for key in keys:
+        for index, facts in enumerate(all_facts[1:], 1):
+            if facts.get(key) != reference.get(key):
+                return (
+                    f"the {plural} disagree before the first step: {who} {index}'s {key} is "
+                    f"{_shown(facts.get(key))}, {who} 0's is {_shown(reference.get(key))}; start every {who} with "
+                    "the same flags, data and checkpoint"
+                )
+    return None
+
+
+def _shown(value) -> str:
+    return "none" if value is None else str(value)
 
 
 def peer_failure_message(rank: int, timeout_s: float, error: BaseException) -> str:

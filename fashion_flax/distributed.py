@@ -19,10 +19,12 @@ Launched through the CLI (see README), which calls initialize, make_mesh and tra
 from __future__ import annotations
 
 import functools
+import json
 import time
 
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed  # its client's key-value store, as multihost_utils uses it
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -38,6 +40,10 @@ from .model import get_device
 
 BACKEND = "flax"  # checkpoints are the single-device twin's: either resumes the other's
 AXIS = "data"
+# jax.distributed.initialize's own deadline is the --timeout plus this, so that common.exit_after's one line
+# comes first: past its deadline JAX aborts the process with a fatal log (DEADLINE_EXCEEDED in RegisterTask).
+JOIN_MARGIN_S = 30
+WORLD_KEY = "fashion_twins/world/"  # each process's facts, under its index, in the coordinator's key-value store
 
 
 # ----------------------------------------------------------------------------- processes and the mesh
@@ -55,16 +61,73 @@ def initialize(
     heartbeat timeout (a process that dies mid-run: the coordination service then fails the others).
     """
     if num_processes > 1 and not jax.distributed.is_initialized():
+        if process_id == 0:  # the coordinator's port: one line here rather than a crash in the bind
+            common.check_port_free(coordinator_address)
         # CPU devices of different processes can only all-reduce through a collectives library.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(
-            coordinator_address,
-            num_processes,
-            process_id,
-            initialization_timeout=int(timeout_s),
-            heartbeat_timeout_seconds=int(timeout_s),
+        # A coordinator that never comes (not started, a taken port, another --num-processes) is a wait in C++
+        # that JAX ends by aborting the process: this process's one line comes at --timeout instead.
+        who = f"process {process_id}"
+        watchdog = common.exit_after(
+            timeout_s, common.join_timeout_message(who, coordinator_address, num_processes, timeout_s)
         )
+        try:
+            jax.distributed.initialize(
+                coordinator_address,
+                num_processes,
+                process_id,
+                initialization_timeout=int(timeout_s) + JOIN_MARGIN_S,
+                heartbeat_timeout_seconds=int(timeout_s),
+            )
+        except jax.errors.JaxRuntimeError as e:  # e.g. the port taken after check_port_free ("Failed to start RPC")
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DistributedError(f"{who}: could not join the coordinator at {coordinator_address}: {detail}") from e
+        finally:
+            watchdog.cancel()
     return World(jax.process_index(), jax.process_count(), 0)
+
+
+def agree_on_world(
+    backend: str,
+    config: TrainConfig,
+    data: FashionData,
+    resume=None,
+    init_from=None,
+    timeout_s=DEFAULT_TIMEOUT_S,
+    **more,
+) -> None:
+    """Every process publishes its facts (common.world_facts); each compares all of them before the first step.
+
+    Through the coordinator's key-value store, not a collective: processes that disagree (another
+    --num-processes, config, data or checkpoint) may not be able to run one program together. On a
+    difference every process shuts the runtime down cleanly (all reach that point) and raises one
+    DistributedError naming it; a process that never publishes makes the others raise within `timeout_s`.
+    `more`: further facts, e.g. versions={...}. No-op for one process. Any JAX twin can call it (backend "nnx" too).
+    """
+    if not jax.distributed.is_initialized():
+        return
+    state = jax_distributed.global_state  # num_processes: the --num-processes this process was given
+    facts = common.world_facts(backend, "--num-processes", state.num_processes, config, data, resume, init_from, **more)
+    client, me = state.client, jax.process_index()
+    timeout_ms = int(timeout_s * 1000)
+    try:
+        client.key_value_set(f"{WORLD_KEY}{me}", json.dumps({"facts": facts, "sha256": common.facts_digest(facts)}))
+        client.wait_at_barrier("fashion_twins/world_published", timeout_ms)  # every process of the run has published
+        published = sorted(
+            (int(key.rpartition("/")[2]), json.loads(value)) for key, value in client.key_value_dir_get(WORLD_KEY)
+        )
+        client.wait_at_barrier("fashion_twins/world_read", timeout_ms)  # nobody leaves while another still reads
+    except jax.errors.JaxRuntimeError as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # its first sentence
+        raise DistributedError(
+            f"process {me}: not every process reached the check of the run's world within {timeout_s:g} s "
+            f"(--timeout; {detail[:200]}); a peer stopped before its first step: see its own error"
+        ) from e
+    if len({entry["sha256"] for _, entry in published}) == 1:
+        return
+    message = common.world_disagreement([entry["facts"] for _, entry in published], "process")
+    shutdown()  # every process found the same difference and comes here: a clean exit, nobody waits on a dead peer
+    raise DistributedError(message)
 
 
 def make_mesh(num_devices: int | None = None, platform: str | None = None) -> Mesh:
@@ -233,6 +296,8 @@ def train_and_evaluate(
     if jax.process_index() != 0:  # the other processes train, but write and log nothing
         out, metrics_path, quiet, log, on_epoch = None, None, True, _silent, None
     try:
+        # the same size, flags, data, seed and checkpoint on every process, or all stop here in one line
+        agree_on_world(BACKEND, config, data, resume, init_from, timeout_s, versions=train.versions())
         run = loop.prepare(config, data, out, metrics_path)
         state = create_train_state(config, spec, mesh, run.total_steps, loop.init_weights(init_from, spec))
         train_data = put_data(run.data, mesh)

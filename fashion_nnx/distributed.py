@@ -38,6 +38,7 @@ from fashion_common.distributed import DEFAULT_TIMEOUT_S, DistributedError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 from fashion_flax.distributed import (  # the JAX-level pieces both Flax twins share, one copy
     AXIS,
+    agree_on_world,
     batch_sharded,
     config_platform,
     device_name,
@@ -189,6 +190,8 @@ def train_and_evaluate(
     if jax.process_index() != 0:  # the other processes train, but write and log nothing
         out, metrics_path, quiet, log, on_epoch = None, None, True, _silent, None
     try:
+        # the same size, flags, data, seed and checkpoint on every process, or all stop here in one line
+        agree_on_world(BACKEND, config, data, resume, init_from, timeout_s, versions=train.versions())
         run = loop.prepare(config, data, out, metrics_path)
         state = create_train_state(config, spec, mesh, run.total_steps, loop.init_weights(init_from, spec))
         train_data = put_data(run.data, mesh)

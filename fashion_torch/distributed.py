@@ -65,6 +65,24 @@ def init_process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_
     return world
 
 
+def agree_on_world(backend: str, config: TrainConfig, data: FashionData, resume=None, init_from=None, **more) -> None:
+    """Every rank's facts (common.world_facts) gathered on every rank and compared before the first step.
+
+    `more`: further facts, e.g. versions={...}. A difference (another WORLD_SIZE, flag, data set, seed or
+    checkpoint) raises one DistributedError naming it, on every rank alike; a rank that never comes makes
+    the gather fail within the process group's timeout. No-op outside a process group.
+    """
+    if not dist.is_initialized():
+        return
+    facts = common.world_facts(
+        backend, "WORLD_SIZE", common.world_from_env().size, config, data, resume, init_from, **more
+    )
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (common.facts_digest(facts), facts))  # gloo: pickled bytes; NCCL: via this GPU
+    if len({digest for digest, _ in gathered}) > 1:
+        raise DistributedError(common.world_disagreement([facts for _, facts in gathered], "rank"))
+
+
 def rank_device(config: TrainConfig, world: World) -> torch.device:
     """The config's device; on CUDA, the GPU of this rank's LOCAL_RANK."""
     device = resolve_device(config.device)
@@ -196,6 +214,8 @@ def train_and_evaluate(
     if not world.is_writer:  # the other ranks train and reduce metrics, but write and log nothing
         out, metrics_path, quiet, log, on_epoch = None, None, True, _silent, None
     try:
+        # the same size, flags, data, seed and checkpoint on every rank, or all stop here in one line
+        agree_on_world(BACKEND, config, data, resume, init_from, engine=engine, versions=train.versions())
         run = loop.prepare(config, data, out, metrics_path)
         state = create_train_state(config, spec, device, run.total_steps, loop.init_weights(init_from, spec), engine)
         train_data = train.put_data(run.data, device)

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import time
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -62,8 +63,58 @@ def is_busy(load_1m: float | None, cores: int) -> bool:
     return load_1m is not None and load_1m > cores
 
 
+# A timed span was busy when other processes took more than this share of the usable cores' time.
+# Idle, the 2-core box's background (shells, the kernel) measured a few percent; one CPU hog beside a
+# 2-thread benchmark takes about a third, two hogs about a half.
+OTHERS_BUSY_SHARE = 0.25
+
+
+def cpu_counters() -> dict | None:
+    """CPU seconds so far: busy on this process's usable cores, this process's own (and its waited children's).
+
+    {"busy_s", "own_s", "wall_s"}, or None where /proc/stat is missing (not Linux). The busy time of
+    the usable cores minus this process's own time, over a span, is what OTHER processes took: unlike
+    the load average (a one-minute memory that counts this process's own threads), it says whether
+    anything else competed while a figure was timed.
+    """
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        cpus = os.sched_getaffinity(0)
+    except (OSError, AttributeError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+            busy += user + nice + system + irq + softirq + steal
+    own = os.times()
+    return {
+        "busy_s": busy / ticks,
+        "own_s": own.user + own.system + own.children_user + own.children_system,
+        "wall_s": time.monotonic(),
+    }
+
+
+def others_share(start: dict | None, end: dict | None, cores: int) -> float | None:
+    """The share of the usable cores' time other processes took between two cpu_counters(); None if unknown."""
+    if start is None or end is None:
+        return None
+    wall = end["wall_s"] - start["wall_s"]
+    if wall < 0.5:  # too short for clock ticks (1/100 s) to say anything
+        return None
+    others = (end["busy_s"] - start["busy_s"]) - (end["own_s"] - start["own_s"])
+    return round(min(1.0, max(0.0, others / (wall * cores))), 3)
+
+
 def machine_state() -> dict:
-    """{"load_1m", "load_5m", "usable_cores", "busy"} now (loads None where the OS has none)."""
+    """{"load_1m", "load_5m", "usable_cores", "busy", "cpu"} now (loads None where the OS has none).
+
+    "busy" is the load average's verdict (above the usable cores), for a moment; "cpu" holds the
+    counters that let a span between two states say what other processes took (others_share).
+    """
     load = load_average()
     cores = usable_cores()
     return {
@@ -71,6 +122,7 @@ def machine_state() -> dict:
         "load_5m": None if load is None else round(load[1], 2),
         "usable_cores": cores,
         "busy": is_busy(None if load is None else load[0], cores),
+        "cpu": cpu_counters(),
     }
 
 

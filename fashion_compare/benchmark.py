@@ -25,7 +25,7 @@ from fashion_common.loop import epoch_shifts
 from fashion_common.runtime import machine_state, thread_report
 from fashion_common.spec import TUTORIAL_PARAMETER_COUNT
 from fashion_compare import device_label, set_matmul_precision
-from fashion_compare.machine import busy_warning, window
+from fashion_compare.machine import busy_warning, others_text, why_busy, window
 
 # forward (2 FLOPs per weight per example) + backward (4): 6 * params * examples
 EPOCH_FLOPS = 6 * TUTORIAL_PARAMETER_COUNT * 60_000
@@ -476,24 +476,25 @@ def markdown_time_to_accuracy(rows: list[dict]) -> str:
     if any((r.get("machine") or {}).get("busy") for r in rows):
         lines += [
             "",
-            f"**WARNING: {busy_warning([r['machine'] for r in rows])}** (load average above the usable cores)",
+            f"**WARNING: {busy_warning([r['machine'] for r in rows])}** ({why_busy([r['machine'] for r in rows])})",
         ]
     return "\n".join(lines)
 
 
 def machine_lines(r: dict) -> list[str]:
-    """Under a table: the threads, the load at its start and end, and the busy warning where load > cores."""
+    """Under a table: the threads, the load at its start and end, other processes' share, and the busy warning."""
     if "machine" not in r:
         return []
     start, end, threads = r["machine"]["start"], r["machine"]["end"], r.get("threads") or {}
     lines = [
         "",
         f"threads: torch {threads.get('torch_threads')} ({threads.get('policy')}); "
-        f"load {start['load_1m']} -> {end['load_1m']} on {start['usable_cores']} usable cores; floor = best of "
+        f"load {start['load_1m']} -> {end['load_1m']} on {start['usable_cores']} usable cores"
+        f"{others_text(r['machine'])}; floor = best of "
         f"{len(r.get('floor_times', []))} tries",
     ]
     if r.get("busy_warning"):
-        lines += ["", f"**WARNING: {r['busy_warning']}** (load average above the usable cores)"]
+        lines += ["", f"**WARNING: {r['busy_warning']}** ({why_busy([r['machine']])})"]
     return lines
 
 

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from fashion_common.runtime import machine_state
+from fashion_compare.machine import others_text, window
 
 # The variants whose times are compared alone and beside the hogs (benchmark JSON keys, without "_s").
 VARIANTS = ("torch", "torch_compile", "torch_fused", "flax", "nnx", "tutorial", "floor")
@@ -35,7 +36,9 @@ def run_benchmark(out: Path, repeats: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "fashion_twins", "benchmark", "--repeats", str(repeats), "--out", str(out), *extra]
     subprocess.run(cmd, check=True)
     result = json.loads(out.read_text())
-    return {"result": result, "load_before": before, "load_after": machine_state()}
+    after = machine_state()
+    # the benchmark is a waited child: its CPU time counts as this process's own, the hogs' as others'
+    return {"result": result, "load_before": before, "load_after": after, "machine": window(before, after)}
 
 
 def start_hogs(n: int) -> list[subprocess.Popen]:
@@ -49,8 +52,17 @@ def stop_hogs(hogs: list[subprocess.Popen]) -> None:
         hog.wait()
 
 
+def _first_result(output: dict) -> dict:
+    """The benchmark JSON's first precision's figures ({"results": [...], ...}); a bare result passes through."""
+    return output["results"][0] if "results" in output else output
+
+
 def ratios(alone: dict, busy: dict) -> dict:
-    """Per variant: seconds alone, seconds beside the hogs, and busy / alone; torch eager / flax beside them."""
+    """Per variant: seconds alone, seconds beside the hogs, and busy / alone; torch eager / flax beside them.
+
+    alone, busy: the two benchmark JSON documents (or their first result).
+    """
+    alone, busy = _first_result(alone), _first_result(busy)
     rows = {}
     for name in VARIANTS:
         a, b = alone.get(f"{name}_s"), busy.get(f"{name}_s")
@@ -82,7 +94,10 @@ def markdown(summary: dict, runs: dict, hogs: int) -> str:
         )
     for label, run in runs.items():
         b, a = run["load_before"], run["load_after"]
-        lines.append(f"{label}: load {_load(b)} -> {_load(a)} on {b['usable_cores']} usable cores (1-minute average)")
+        lines.append(
+            f"{label}: load {_load(b)} -> {_load(a)} on {b['usable_cores']} usable cores (1-minute average)"
+            f"{others_text(run['machine']) if 'machine' in run else ''}"
+        )
     return "\n".join(lines)
 
 

@@ -1,10 +1,10 @@
-"""Single device vs N-way data parallel, both twins: the max |dW| after the same steps, and the time per step.
+"""Single device vs N-way data parallel, every twin: the max |dW| after the same steps, and the time per step.
 
 torch: the twin's loop in this process vs `torchrun --nproc-per-node N -m fashion_twins train --backend torch`.
-flax: the twin's loop in this process vs `python -m fashion_twins train --backend flax --devices N` (one
-process; on a CPU, N simulated host devices). Every run starts from the torch twin's seed init
+flax and nnx: the twin's loop in this process vs `python -m fashion_twins train --backend flax|nnx --devices N`
+(one process; on a CPU, N simulated host devices). Every run starts from the torch twin's seed init
 (saved once, passed as --init) and trains on the same global batches with plain SGD, highest
-precision, so all four final weights should agree to float32 rounding.
+precision, so all six final weights should agree to float32 rounding.
 
 On a CPU the N ranks or devices share the same cores: the figures show what data parallelism
 costs (collectives, N copies of the step's overhead), not a speed-up. Wired into the report as
@@ -138,30 +138,33 @@ def distributed_comparison(
             env,
         )
         t_ddp, t_ddp_metrics = canonical.read_state(ddp_out)[0], json.loads(ddp_metrics.read_text())
-        # ---- flax: one device here, N devices in one process (forced host devices on a CPU)
-        log(f"[distributed] flax: 1 device, then a mesh of {world_size} devices")
-        f_single, f_single_metrics = _single("flax", config, data, init_path, folder)
-        sharded_out, sharded_metrics = folder / "flax_sharded.safetensors", folder / "flax_sharded.json"
-        _run(
-            [
-                sys.executable,
-                *train_cli,
-                "flax",
-                *common_flags,
-                "--devices",
-                str(world_size),
-                "--out",
-                str(sharded_out),
-                "--metrics",
-                str(sharded_metrics),
-            ],
-            env,
-        )
-        f_sharded, f_sharded_metrics = canonical.read_state(sharded_out)[0], json.loads(sharded_metrics.read_text())
+        # ---- flax and nnx: one device here, N devices in one process (forced host devices on a CPU)
+        jax_runs = {}
+        for twin in ("flax", "nnx"):
+            log(f"[distributed] {twin}: 1 device, then a mesh of {world_size} devices")
+            single, single_metrics = _single(twin, config, data, init_path, folder)
+            sharded_out, sharded_metrics = folder / f"{twin}_sharded.safetensors", folder / f"{twin}_sharded.json"
+            _run(
+                [
+                    sys.executable,
+                    *train_cli,
+                    twin,
+                    *common_flags,
+                    "--devices",
+                    str(world_size),
+                    "--out",
+                    str(sharded_out),
+                    "--metrics",
+                    str(sharded_metrics),
+                ],
+                env,
+            )
+            sharded = canonical.read_state(sharded_out)[0], json.loads(sharded_metrics.read_text())
+            jax_runs[twin] = (single, sharded[0], single_metrics, sharded[1])
 
         for name, single, parallel, s_metrics, p_metrics in (
             ("torch", t_single, t_ddp, t_single_metrics, t_ddp_metrics),
-            ("flax", f_single, f_sharded, f_single_metrics, f_sharded_metrics),
+            *((twin, *run) for twin, run in jax_runs.items()),
         ):
             figures[name] = {
                 "single_device": s_metrics["device"],
@@ -192,8 +195,11 @@ def distributed_comparison(
         ),
         "torch": figures["torch"],
         "flax": figures["flax"],
-        "max_abs_dW_torch_ddp_vs_flax_sharded": max_weight_diff(t_ddp, f_sharded),
-        "max_abs_dW_torch_single_vs_flax_single": max_weight_diff(t_single, f_single),
+        "nnx": figures["nnx"],
+        "max_abs_dW_torch_ddp_vs_flax_sharded": max_weight_diff(t_ddp, jax_runs["flax"][1]),
+        "max_abs_dW_torch_single_vs_flax_single": max_weight_diff(t_single, jax_runs["flax"][0]),
+        "max_abs_dW_torch_ddp_vs_nnx_sharded": max_weight_diff(t_ddp, jax_runs["nnx"][1]),
+        "max_abs_dW_flax_sharded_vs_nnx_sharded": max_weight_diff(jax_runs["flax"][1], jax_runs["nnx"][1]),
     }
 
 

@@ -617,7 +617,11 @@ def md_distributed(result: dict) -> list[str]:
     """
     n = result["world_size"]
     simulated = f" — SIMULATED devices ({n} on one CPU's cores)" if result["simulated"] else ""
-    engines = {"torch": f"DDP, torchrun --nproc-per-node {n}", "flax": f"jit over Mesh(('data',)), {n} devices"}
+    engines = {
+        "torch": f"DDP, torchrun --nproc-per-node {n}",
+        "flax": f"jit over Mesh(('data',)), {n} devices",
+        "nnx": f"nnx.split state, jit over Mesh(('data',)), {n} devices",
+    }
     lines = [
         f"## 8. Data parallel: 1 device vs {n}{simulated}",
         "",
@@ -630,7 +634,7 @@ def md_distributed(result: dict) -> list[str]:
         "| twin | engine | ms/step, 1 device | ms/step, parallel | max \\|ΔW\\| vs 1 device | ran on (parallel) |",
         "| --- | --- | ---: | ---: | ---: | --- |",
     ]
-    for twin in ("torch", "flax"):  # NNX data-parallel is not built
+    for twin in (t for t in ("torch", "flax", "nnx") if t in result):  # a report from before NNX has no "nnx"
         f = result[twin]
         lines.append(
             f"| {twin} | {engines[twin]} | {f['single_ms_per_step']:.2f} | {f['parallel_ms_per_step']:.2f} | "
@@ -639,8 +643,14 @@ def md_distributed(result: dict) -> list[str]:
     lines += [
         "",
         f"torch DDP vs flax sharded: max \\|ΔW\\| {_e(result['max_abs_dW_torch_ddp_vs_flax_sharded'])} "
-        f"(single-device torch vs flax: {_e(result['max_abs_dW_torch_single_vs_flax_single'])}). "
-        "Per-step times are the second epoch's (the first pays compilation and DDP's setup).",
+        f"(single-device torch vs flax: {_e(result['max_abs_dW_torch_single_vs_flax_single'])})"
+        + (
+            f"; torch DDP vs nnx sharded: {_e(result['max_abs_dW_torch_ddp_vs_nnx_sharded'])}, "
+            f"flax vs nnx sharded: {_e(result['max_abs_dW_flax_sharded_vs_nnx_sharded'])}. "
+            if "nnx" in result
+            else ". "
+        )
+        + "Per-step times are the second epoch's (the first pays compilation and DDP's setup).",
         "",
     ]
     return lines

@@ -582,7 +582,7 @@ def stage_classes(run: Run) -> None:
 
 
 def stage_distributed(run: Run) -> None:
-    """Each twin on one device vs N-way data parallel (torch DDP under torchrun, flax over a mesh).
+    """Each twin on one device vs N-way data parallel (torch DDP under torchrun, flax and nnx over a mesh).
 
     See fashion_compare.distributed.
     """
@@ -593,7 +593,7 @@ def stage_distributed(run: Run) -> None:
         n, DISTRIBUTED_STEPS, DISTRIBUTED_BATCH, run.device, data=run.data, data_dir=run.options.data_dir, log=run.log
     )
     why = WHY["distributed"]
-    for twin, engine in (("torch", "DDP"), ("flax", "sharded")):  # NNX data-parallel is not built
+    for twin, engine in (("torch", "DDP"), ("flax", "sharded"), ("nnx", "sharded")):
         run.check(
             "distributed",
             f"{twin} {engine} over {n} vs one device ({result['steps']} SGD steps): every weight, max |ΔW|",
@@ -605,6 +605,13 @@ def stage_distributed(run: Run) -> None:
         "distributed",
         f"torch DDP vs flax sharded over {n} ({result['steps']} SGD steps): every weight, max |ΔW|",
         result["max_abs_dW_torch_ddp_vs_flax_sharded"],
+        DISTRIBUTED_TOL,
+        why,
+    )
+    run.check(
+        "distributed",
+        f"torch DDP vs nnx sharded over {n} ({result['steps']} SGD steps): every weight, max |ΔW|",
+        result["max_abs_dW_torch_ddp_vs_nnx_sharded"],
         DISTRIBUTED_TOL,
         why,
     )

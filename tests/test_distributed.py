@@ -525,7 +525,7 @@ def test_distributed_comparison_refuses_an_indivisible_batch_before_any_run():
         distributed_comparison(world_size=3, steps=10, batch_size=64, data=object())
 
 
-def test_report_section_labels_simulated_devices_and_gives_both_twins_step_times_and_dW():
+def test_report_section_labels_simulated_devices_and_gives_every_twins_step_times_and_dW():
     from test_compare import _handmade_report
 
     from fashion_compare.render import render_markdown
@@ -548,8 +548,11 @@ def test_report_section_labels_simulated_devices_and_gives_both_twins_step_times
         "note": "simulated: 2 ranks share 2 cores",
         "torch": twin,
         "flax": {**twin, "parallel_ms_per_step": 12.25},
+        "nnx": {**twin, "parallel_ms_per_step": 11.5, "max_abs_dW_parallel_vs_single": 4.0e-7},
         "max_abs_dW_torch_ddp_vs_flax_sharded": 3.0e-7,
         "max_abs_dW_torch_single_vs_flax_single": 2.5e-7,
+        "max_abs_dW_torch_ddp_vs_nnx_sharded": 3.5e-7,
+        "max_abs_dW_flax_sharded_vs_nnx_sharded": 0.0,
     }
     text = render_markdown({**_handmade_report(), "distributed": result})
     section = text[text.index("## 8. Data parallel") :]
@@ -558,6 +561,11 @@ def test_report_section_labels_simulated_devices_and_gives_both_twins_step_times
         "| torch | DDP, torchrun --nproc-per-node 2 | 7.00 | 9.50 | 2.00e-07 | cpu x 2 ranks (DDP, gloo) |" in section
     )
     assert "| flax | jit over Mesh(('data',)), 2 devices | 7.00 | 12.25 | 2.00e-07 |" in section
+    assert "| nnx | nnx.split state, jit over Mesh(('data',)), 2 devices | 7.00 | 11.50 | 4.00e-07 |" in section
+    assert "torch DDP vs nnx sharded: 3.50e-07, flax vs nnx sharded: 0." in section
+    old = {k: v for k, v in result.items() if "nnx" not in k}  # a report written before the NNX twin
+    old_text = render_markdown({**_handmade_report(), "distributed": old})
+    assert "| nnx | nnx.split" not in old_text[old_text.index("## 8. Data parallel") :]
     assert (
         "torch DDP vs flax sharded: max \\|ΔW\\| 3.00e-07" in section
         and "_simulated: 2 ranks share 2 cores._" in section

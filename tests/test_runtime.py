@@ -307,3 +307,61 @@ def test_beside_hogs_refuses_zero_hogs_in_one_line(capsys):
     with pytest.raises(SystemExit) as info:
         beside_hogs.main(["--hogs", "0"])
     assert info.value.code == 2 and "argument --hogs: must be at least 1, got 0" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- what other processes took
+
+
+def counters(busy, own, wall):
+    return {"busy_s": busy, "own_s": own, "wall_s": wall}
+
+
+def test_other_processes_share_is_the_cores_busy_time_less_this_processs_own_over_the_span():
+    from fashion_common.runtime import others_share
+
+    # 10 s on 2 cores: 20 core-seconds; 19 busy, 18 of them ours (a 2-thread benchmark, idle box)
+    assert others_share(counters(100, 50, 0), counters(119, 68, 10), cores=2) == pytest.approx(0.05)
+    # the same span beside two hogs: the cores were busy throughout, we got half
+    assert others_share(counters(100, 50, 0), counters(120, 60, 10), cores=2) == pytest.approx(0.5)
+    assert others_share(counters(0, 0, 0), counters(1, 0, 0.1), cores=2) is None  # too short to tell
+    assert others_share(None, counters(1, 0, 5), cores=2) is None  # no /proc/stat
+
+
+def test_a_span_is_busy_by_what_others_took_not_by_a_load_average_that_counts_the_timed_program_itself():
+    own_two_threads = {**state(2.07), "cpu": counters(100, 50, 0)}  # load 2.07 > 2 cores: the load rule says busy
+    end = {**state(2.07), "cpu": counters(119, 68, 10)}
+    span = machine.window(own_two_threads, end)
+    assert span["others_cpu_share"] == pytest.approx(0.05) and span["busy"] is False
+    hogs = machine.window({**state(1.0), "cpu": counters(100, 50, 0)}, {**state(1.0), "cpu": counters(120, 60, 10)})
+    assert (
+        hogs["busy"] is True and machine.why_busy([hogs]) == "other processes took up to 50% of the usable cores' time"
+    )
+    assert machine.busy_warning([span]) is None and machine.busy_warning([span, hogs]) == BUSY_WARNING
+
+
+def test_a_real_cpu_hog_beside_a_sleeping_process_is_seen_as_other_processes_work():
+    import subprocess
+    import sys
+    import time
+
+    from fashion_common.runtime import OTHERS_BUSY_SHARE, machine_state
+
+    if not hasattr(os, "sched_setaffinity") or not os.path.exists("/proc/stat"):
+        pytest.skip("no CPU affinity or /proc/stat: the load average decides on this OS")
+    saved = os.sched_getaffinity(0)
+    cpu = min(saved)
+    os.sched_setaffinity(0, {cpu})  # one usable core, shared with the hog: its share does not depend on the core count
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # inherits the one-core affinity
+    try:
+        time.sleep(0.5)  # let it start spinning
+        start = machine_state()
+        time.sleep(2.0)  # this process sleeps: whatever the core did was someone else's work
+        span = machine.window(start, machine_state())
+    finally:
+        hog.kill()
+        hog.wait()
+        os.sched_setaffinity(0, saved)
+    assert span["start"]["usable_cores"] == 1
+    # The hog keeps the core busy (work by anything else on it only adds to the share).
+    assert span["others_cpu_share"] >= 0.9 > OTHERS_BUSY_SHARE
+    assert span["busy"] is True

@@ -231,7 +231,7 @@ def test_compare_runs_the_distributed_stage_only_when_asked():
 
 @needs_data
 @pytest.mark.slow  # two single-device runs, torchrun with 2 ranks and a 2-device mesh, 100 steps each: ~30 s on 2 cores
-def test_compare_distributed_stage_records_the_figures_and_passes_its_three_checks(tmp_path, monkeypatch):
+def test_compare_distributed_stage_records_the_figures_and_passes_its_five_checks(tmp_path, monkeypatch):
     import json
 
     from twin_data import real_data
@@ -250,7 +250,10 @@ def test_compare_distributed_stage_records_the_figures_and_passes_its_three_chec
     assert report["status"] == {"state": "complete", "stages_done": ["data", "distributed"]}
     figures = report["distributed"]
     assert figures["simulated"] and figures["steps"] >= 100 and figures["per_rank_batch"] == 32
-    assert all(figures[t]["parallel_ms_per_step"] > 0 for t in ("torch", "flax"))
+    assert all(figures[t]["parallel_ms_per_step"] > 0 for t in ("torch", "flax", "nnx"))
+    assert figures["max_abs_dW_flax_sharded_vs_nnx_sharded"] <= TOL
+    # each twin's parallel run vs one device, then torch DDP vs each JAX twin sharded
     checks = [c for c in report["checks"] if c["stage"] == "distributed"]
-    assert len(checks) == 3 and all(c["passed"] and c["tolerance"] == TOL for c in checks), checks
+    assert len(checks) == 5 and all(c["passed"] and c["tolerance"] == TOL for c in checks), checks
+    assert sum("nnx" in c["name"] for c in checks) == 2
     assert "SIMULATED devices" in (tmp_path / "report.md").read_text()

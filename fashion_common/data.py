@@ -107,7 +107,8 @@ def candidate_dirs(data_dir=None):
     return out
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -116,7 +117,7 @@ def _sha256(path: Path) -> str:
 
 
 def _verify(path: Path, expected: str) -> None:
-    got = _sha256(path)
+    got = file_sha256(path)
     if got != expected:
         raise DataError(f"{path} is corrupt or partial (sha256 {got[:12]}..., expected {expected[:12]}...); {FIX_HINT}")
 
@@ -138,7 +139,7 @@ def prepare_raw(data_dir=None, checksums: dict[str, str] = SHA256, download: boo
             named = origin in ("--data-dir", ENV_DATA)
             for name in names:
                 target = raw / name
-                cached = target.is_file() and _sha256(target) == checksums[name]
+                cached = target.is_file() and file_sha256(target) == checksums[name]
                 if cached and not named:
                     continue
                 try:

@@ -21,6 +21,7 @@ import threading
 import numpy as np
 
 from .checkpoint import read_train_state
+from .data import file_sha256
 from .errors import FashionTwinsError
 
 # How long a rank waits on a peer (a collective, the rendezvous) before it fails with an error.
@@ -169,7 +170,7 @@ def world_facts(
     facts.update({f"--{key.replace('_', '-')}": value for key, value in config.to_dict().items()})
     facts["data"] = f"sha256 {data_digest(data)}"
     facts["--resume"] = resume_fact(resume)
-    facts["--init"] = None if init_from is None else f"sha256 {_file_digest(init_from)}"
+    facts["--init"] = None if init_from is None else f"sha256 {file_sha256(init_from)[:16]}"
     facts.update(more)
     return json.loads(json.dumps(facts, default=str))
 
@@ -195,11 +196,6 @@ def resume_fact(resume) -> str | None:
         return None
     _, counters = read_train_state(resume)
     return f"epoch {counters.get('epoch')} of run {counters.get('run_id')}"
-
-
-def _file_digest(path) -> str:
-    with open(path, "rb") as f:  # a checkpoint: 2.7 MB
-        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def world_disagreement(all_facts: list, who: str = "process") -> str | None:

@@ -7,7 +7,8 @@ as it is, then once more while --hogs processes spin (`while True: pass`, one co
 hogs, and prints, from the two runs' JSON, each variant's epoch time alone and beside the hogs, their
 ratio (issue 13's target: each twin <= 3x its own time alone) and torch eager over flax beside the
 hogs (target <= 2.5x). "Alone" means without the hogs, not idle: the load average at the start and
-the end of each run is printed beside it, so a first run that was not idle says so. The two
+the end of each run and the share of the cores other processes took are printed beside it, so a
+first run that was not idle says so. The two
 benchmarks run one after the other, not interleaved: the hogs cannot be switched on and off inside
 one benchmark process, so the idle figure and the busy one are minutes apart.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,14 +31,12 @@ HOG = "while True: pass"
 
 
 def run_benchmark(out: Path, repeats: int, extra: list[str]) -> dict:
-    """One `fashion-twins benchmark` in a fresh process; its JSON, plus the load around it."""
-    before = machine_state()
+    """One `fashion-twins benchmark` in a fresh process: {"result": its JSON, "machine": the window around it}."""
+    start = machine_state()
     cmd = [sys.executable, "-m", "fashion_twins", "benchmark", "--repeats", str(repeats), "--out", str(out), *extra]
     subprocess.run(cmd, check=True)
-    result = json.loads(out.read_text())
-    after = machine_state()
     # the benchmark is a waited child: its CPU time counts as this process's own, the hogs' as others'
-    return {"result": result, "load_before": before, "load_after": after, "machine": window(before, after)}
+    return {"result": json.loads(out.read_text()), "machine": window(start, machine_state())}
 
 
 def start_hogs(n: int) -> list[subprocess.Popen]:
@@ -93,10 +91,10 @@ def markdown(summary: dict, runs: dict, hogs: int) -> str:
             f"{summary['busy_torch_over_flax']:.2f} beside the hogs"
         )
     for label, run in runs.items():
-        b, a = run["load_before"], run["load_after"]
+        span = run["machine"]
         lines.append(
-            f"{label}: load {_load(b)} -> {_load(a)} on {b['usable_cores']} usable cores (1-minute average)"
-            f"{others_text(run['machine']) if 'machine' in run else ''}"
+            f"{label}: load {_load(span['start'])} -> {_load(span['end'])} on {span['start']['usable_cores']} usable "
+            f"cores (1-minute average){others_text(span)}"
         )
     return "\n".join(lines)
 
@@ -122,7 +120,7 @@ def main(argv: list | None = None) -> int:
     summary = ratios(runs["alone"]["result"], runs[f"beside {args.hogs} hogs"]["result"])
     print(markdown(summary, runs, args.hogs))
     if args.out is not None:
-        payload = {"hogs": args.hogs, "runs": runs, **summary, "pid": os.getpid()}
+        payload = {"hogs": args.hogs, "runs": runs, **summary}
         args.out.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 

@@ -276,7 +276,7 @@ def test_beside_hogs_gives_each_variants_slowdown_and_torch_over_flax_beside_the
     assert got["variants"]["nnx"] == {"alone_s": 1.1, "busy_s": 3.3, "busy_over_alone": pytest.approx(3.0)}
     assert got["busy_torch_over_flax"] == pytest.approx(2.0) and got["alone_torch_over_flax"] == pytest.approx(2.0)
     state = {"load_1m": 0.4, "load_5m": 0.5, "usable_cores": 2, "busy": False}
-    text = beside_hogs.markdown(got, {"alone": {"load_before": state, "load_after": state}}, 2)
+    text = beside_hogs.markdown(got, {"alone": {"machine": machine.window(state, state)}}, 2)
     assert "| nnx | 1.10 s | 3.30 s | 3.00 |" in text and "load 0.4 -> 0.4 on 2 usable cores" in text
 
 
@@ -288,7 +288,7 @@ def test_beside_hogs_ends_its_hogs_when_the_benchmark_beside_them_fails(monkeypa
         started.extend(real_start(n))
         return started
 
-    calls = iter([{"result": {}, "load_before": {}, "load_after": {}}])
+    calls = iter([{"result": {}, "machine": {}}])
 
     def bench(out, repeats, extra):
         try:

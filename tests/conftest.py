@@ -19,6 +19,27 @@ for folder in (ROOT, ROOT / "tests"):
 
 from backends import BACKEND_NAMES, get_backend  # noqa: E402
 
+# A persistent XLA compilation cache for every child process the suite starts (CLI runs, mesh
+# workers, crash drivers, JAX processes): a child's cold compile of the same scan is paid once per
+# machine, not once per launch. The env reaches children through os.environ; this process turns it
+# off below (pytest_configure), because tests here time cold compiles (benchmark's compile_s).
+# FASHION_TWINS_TEST_JAX_CACHE moves it; the user's own JAX_COMPILATION_CACHE_DIR wins.
+CHILD_JAX_CACHE = Path(
+    os.environ.get("FASHION_TWINS_TEST_JAX_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashion-twins" / "test-jax-cache"
+)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CHILD_JAX_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_configure(config):
+    """This process compiles cold (its tests time compiles); only its children read the cache above."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
 # Hypothesis profiles for tests/test_properties.py. "fashion-twins" (the default) draws few examples,
 # so the property file stays well under 30 s on a busy 2-core box, and draws the same ones on every
 # run (derandomize): the suite's verdict must not change from one run or machine to the next. "deep"
@@ -83,3 +104,46 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv(data_mod.ENV_DATA, raising=False)
     monkeypatch.setattr(data_mod, "DEBIAN_DIR", tmp_path / "no-debian")
     return tmp_path / "cache"
+
+
+# ----------------------------------------------------------------------------- the fast tier stays in process
+# `python3 -m pytest -m "not slow"` is the README's test command: every cross-twin proof in one process,
+# in minutes. A test that starts a Python process (a CLI run, a worker, torchrun, a fork) belongs to the slow tier
+# (@pytest.mark.slow): this guard fails the unmarked test that does, naming what it started, so the fast
+# tier cannot grow slow unnoticed. FASHION_TWINS_SPAWN_GUARD=0 turns it off (e.g. to time a variant).
+
+
+@pytest.fixture(autouse=True)
+def fast_tier_starts_no_process(request, monkeypatch):
+    if request.node.get_closest_marker("slow") or os.environ.get("FASHION_TWINS_SPAWN_GUARD") == "0":
+        yield
+        return
+    import multiprocessing.process
+    import subprocess
+
+    started = []
+    popen_init, process_start, fork = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start, os.fork
+
+    def recording_popen(self, args, *rest, **kwargs):
+        argv = [str(a) for a in args] if isinstance(args, list | tuple) else str(args).split()
+        if "python" in Path(argv[0]).name or argv[0] == sys.executable:  # not a probe such as `uname -p`
+            started.append(" ".join(argv))
+        return popen_init(self, args, *rest, **kwargs)
+
+    def recording_start(self):
+        started.append(f"multiprocessing {self.name}")
+        return process_start(self)
+
+    def recording_fork():
+        started.append("os.fork()")
+        return fork()
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_popen)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", recording_start)
+    monkeypatch.setattr(os, "fork", recording_fork)
+    yield
+    if started:
+        pytest.fail(
+            f"a fast-tier test started {len(started)} process(es) (first: {started[0][:200]}); mark it slow",
+            pytrace=False,
+        )

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:  # the worker runs as a script, outside pytest's c
 
 from fashion_common import checkpoint as canonical  # noqa: E402
 from fashion_common import distributed as common  # noqa: E402
-from fashion_common.config import tutorial_config  # noqa: E402
+from fashion_common.config import TrainConfig, tutorial_config  # noqa: E402
 from fashion_common.distributed import DistributedError  # noqa: E402
 from fashion_common.metrics import max_weight_diff  # noqa: E402
 
@@ -154,6 +154,37 @@ def test_torch_ddp_refuses_an_indivisible_batch_before_joining_the_process_group
         "gets an equal slice"
     )
     assert not dist.is_initialized() and not out.exists()
+
+
+@pytest.mark.data
+def test_torch_ddp_loop_in_this_process_as_a_world_of_one_ends_at_the_one_device_run(monkeypatch, tmp_path):
+    """The fast tier's data-parallel check for torch: the DDP loop, in process, against the twin's own loop.
+
+    A gloo process group of one rank (torch has no simulated devices in one process; two ranks need two
+    processes, the slow tier's torchrun tests), the DDP wrapper, the rank slices and the reduced metrics, on the
+    default recipe (AdamW, cosine, shifts, smoothing) for 2 epochs of 512 images. A world of one all-reduces
+    each gradient over one rank, so the two runs are the same arithmetic: held to 1e-6 (measured 0).
+    """
+    import fashion_torch.distributed as ddp
+    import fashion_torch.train as train
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # restored after the test
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(common.free_port()))
+    data = require_real_data()
+    config = TrainConfig(epochs=2, limit_train=512, limit_test=256, device="cpu")
+    quiet = dict(quiet=True, log=lambda line: None)
+    _, one = train.train_and_evaluate(config, data, out=str(tmp_path / "one.safetensors"), **quiet)
+    try:
+        _, world = ddp.train_and_evaluate(config, data, out=str(tmp_path / "ddp.safetensors"), **quiet)
+    finally:
+        ddp.shutdown()
+    assert max_weight_diff(weights(tmp_path / "one.safetensors"), weights(tmp_path / "ddp.safetensors")) <= 1e-6
+    assert world["device"] == "cpu x 1 ranks (DDP, gloo)"
+    for a, b in zip(one["epochs"], world["epochs"], strict=True):
+        for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+            assert abs(a[key] - b[key]) <= 1e-6, (a["epoch"], key, a[key], b[key])
 
 
 # ------------------------------------------------------------------------ the runs (module fixtures, each run once)

@@ -17,10 +17,14 @@ from fashion_common.spec import ModelSpec
 
 from .model import ACTIVATION_FUNCTIONS
 
+# The hidden activations whose derivative _activation_backward_ writes out. A name the spec allows but this
+# list lacks (a GELU added to fashion_common.spec) is refused by supported(), never trained with a zero gradient.
+DIFFERENTIATED = ("relu", "sigmoid", "tanh", "binary_step")
+
 
 def supported(spec: ModelSpec) -> bool:
-    """The hand-written backward covers hidden activations only, not an output activation."""
-    return spec.output_activation is None
+    """The hand-written backward covers the DIFFERENTIATED hidden activations only, and no output activation."""
+    return spec.output_activation is None and spec.activation in DIFFERENTIATED
 
 
 def _activation_backward_(name: str, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -32,7 +36,9 @@ def _activation_backward_(name: str, grad: torch.Tensor, out: torch.Tensor) -> t
         return grad.mul_(out * (1.0 - out))
     if name == "tanh":
         return grad.mul_(1.0 - out * out)
-    return grad.zero_()  # binary_step: the gradient is 0 everywhere
+    if name == "binary_step":
+        return grad.zero_()  # the step's gradient is 0 everywhere (autograd agrees: tests/test_train.py)
+    raise ValueError(f"engine fused has no backward for activation {name!r}; use eager or compile")
 
 
 def _activation_(name: str, h: torch.Tensor) -> torch.Tensor:

@@ -111,7 +111,10 @@ def resolve_engine(engine: str, device: torch.device, spec: ModelSpec = DEFAULT_
     if engine == "cuda_graph" and device.type != "cuda":
         raise ConfigError(f"engine cuda_graph needs a CUDA device, not {device.type}; use eager or compile")
     if engine == "fused" and not fused.supported(spec):
-        raise ConfigError("engine fused (the hand-written backward) has no output activation; use eager or compile")
+        raise ConfigError(
+            f"engine fused (the hand-written backward) covers the hidden activations {', '.join(fused.DIFFERENTIATED)} "
+            "and no output activation; use eager or compile"
+        )
     return engine
 
 

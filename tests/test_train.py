@@ -15,7 +15,7 @@ from twin_data import real_data, separable_set
 from fashion_common import checkpoint as canonical
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.errors import CheckpointError, ConfigError
-from fashion_common.spec import BACKENDS  # every twin, the NNX twin included
+from fashion_common.spec import ACTIVATIONS, BACKENDS  # every twin, the NNX twin included
 
 
 def twin(backend):
@@ -127,7 +127,7 @@ def test_torch_refuses_cuda_graph_on_the_cpu_and_fused_with_an_output_activation
     _, train = twin("torch")
     with pytest.raises(ConfigError, match="engine cuda_graph needs a CUDA device, not cpu"):
         train.create_train_state(TrainConfig(device="cpu"), engine="cuda_graph")
-    with pytest.raises(ConfigError, match="engine fused .* has no output activation"):
+    with pytest.raises(ConfigError, match="engine fused .* and no output activation"):
         train.create_train_state(TrainConfig(device="cpu"), ModelSpec(output_activation="relu"), engine="fused")
 
 
@@ -336,6 +336,51 @@ def autograd_step_keeping_grads(state, images, labels):
     state.optimizer.zero_grad()
     state.scheduler.step()
     return loss.detach(), correct, grads
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_hand_written_torch_backward_matches_autograd_for_every_hidden_activation_it_accepts(activation):
+    """Every name in the activation list: the fused step's gradients are autograd's, or the engine refuses it.
+
+    A name the hand-written backward does not know must never train with a zero gradient (a GELU added to the
+    list would have, before DIFFERENTIATED): supported() is False for it and the backward raises.
+    """
+    import torch
+
+    from fashion_common.spec import ModelSpec
+    from fashion_torch import fused as hand_written
+    from fashion_torch.train import create_train_state
+
+    spec = ModelSpec(activation=activation)
+    config = TrainConfig(
+        device="cpu", optimizer="adam", lr=1e-3
+    )  # adam: the fused step keeps .grad (plain SGD folds it)
+    if not hand_written.supported(spec):
+        with pytest.raises(ConfigError, match="engine fused"):
+            create_train_state(config, spec, engine="fused")
+        return
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (32,), generator=generator)
+    ref, fused = create_train_state(config, spec, engine="eager"), create_train_state(config, spec, engine="fused")
+    ref_loss, _ = ref.model_loss(images, labels)
+    ref_loss.backward()
+    ref_grads = [p.grad.clone() for p in ref.model.parameters()]
+    hand_written.train_step(fused, images, labels)
+    for (name, p), g_ref in zip(fused.model.named_parameters(), ref_grads, strict=True):
+        assert torch.max(torch.abs(g_ref - p.grad)).item() <= 1e-6, (activation, name)
+
+
+def test_hand_written_torch_backward_refuses_an_activation_it_has_no_derivative_for():
+    import types
+
+    import torch
+
+    from fashion_torch import fused as hand_written
+
+    assert not hand_written.supported(types.SimpleNamespace(activation="gelu", output_activation=None))
+    with pytest.raises(ValueError, match="no backward for activation 'gelu'"):
+        hand_written._activation_backward_("gelu", torch.ones(2, 3), torch.ones(2, 3))
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,15 @@ for folder in (ROOT, ROOT / "tests"):
 
 from backends import BACKEND_NAMES, get_backend  # noqa: E402
 
+# Two simulated CPU devices for the in-process mesh tests (tests/test_blind_spots.py): JAX reads the count
+# once, when its backend starts, so it is set here, before any test starts it. The default device stays the
+# first, so one-device tests run as before; subprocesses are untouched (their XLA_FLAGS are their own).
+MESH_CPU_DEVICES = 2
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # a user's own count wins
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", MESH_CPU_DEVICES)
+
 # Hypothesis profiles for tests/test_properties.py. "fashion-twins" (the default) draws few examples,
 # so the property file stays well under 30 s on a busy 2-core box, and draws the same ones on every
 # run (derandomize): the suite's verdict must not change from one run or machine to the next. "deep"

@@ -20,6 +20,7 @@ from PIL import Image
 from twin_data import real_data, separable_set
 
 from fashion_common.config import RECIPES, TrainConfig, fast_config, tutorial_config
+from fashion_common.data import FashionData
 from fashion_common.metrics import max_weight_diff
 from fashion_common.spec import BACKENDS
 from fashion_common.split import split_validation
@@ -27,6 +28,20 @@ from fashion_common.split import split_validation
 JAX_TWINS = ("flax", "nnx")
 # Each twin's one-device loop, and the JAX twins' mesh loops (fashion_<twin>/distributed.py) on two devices.
 LOOPS = [*BACKENDS, "flax-mesh", "nnx-mesh"]
+# The one small run of the loop checks: the default recipe (AdamW, cosine, label smoothing) for 2 epochs of
+# 10 updates (200 images trained on, 40 held out), seed 7 and shifts of up to 2 px, lr 1e-3: part-trained
+# (25-50 % accuracy), so that hits and misses both count. One config for all, so each twin compiles its
+# epoch once for every check that runs it.
+RUN = TrainConfig(epochs=2, batch_size=20, lr=1e-3, seed=7, augment_shift=2, val_size=40, device="cpu")
+
+
+def run_data() -> FashionData:
+    """separable_set's 240 training images, and its 100 test images with every label wrong (shifted by five classes).
+
+    The wrong labels keep the test figures far from the validation split's (whose labels are right).
+    """
+    good = separable_set(n_per_class=24)
+    return FashionData(good.train_images, good.train_labels, good.test_images, (good.test_labels + 5) % 10, "mislabel")
 
 
 def twin(backend):
@@ -123,18 +138,16 @@ def rates_of_every_update(backend, config, data, monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_every_update_of_a_three_epoch_run_uses_the_cosine_rate_of_the_whole_run_like_torchs(backend, monkeypatch):
-    """30 updates over 3 epochs: the cosine spans all 30, so a schedule sized to one epoch (10) is off by up to lr."""
-    data = separable_set(n_per_class=20)  # 200 images: 10 updates an epoch at batch 20
-    config = TrainConfig(epochs=3, batch_size=20, lr=1e-3, device="cpu")  # the default recipe: AdamW, cosine
+def test_every_update_of_a_two_epoch_run_uses_the_cosine_rate_of_the_whole_run_like_torchs(backend, monkeypatch):
+    """20 updates over 2 epochs: the cosine spans all 20, so one sized to an epoch (10) is off by up to lr / 2."""
+    config = RUN
     assert config.schedule == "cosine"
-    used = np.array(rates_of_every_update(backend, config, data, monkeypatch))
-    expected = cosine(config.lr, 30)
-    assert used.shape == (30,)
-    # float32 in optax, float64 recursion in torch: 1e-6 of lr; consecutive rates differ by up to 8e-3 of lr
-    assert max_abs_diff(used, expected) <= 1e-6 * config.lr
+    used = np.array(rates_of_every_update(backend, config, run_data(), monkeypatch))
+    assert used.shape == (20,)
+    # float32 in optax, a float64 recursion in torch: 1e-6 of lr; consecutive rates differ by up to 1.6e-1 of lr
+    assert max_abs_diff(used, cosine(config.lr, 20)) <= 1e-6 * config.lr
     if backend != "torch":
-        torch_used = np.array(rates_of_every_update("torch", config, data, monkeypatch))
+        torch_used = np.array(rates_of_every_update("torch", config, run_data(), monkeypatch))
         assert max_abs_diff(used, torch_used) <= 2e-6 * config.lr
 
 
@@ -157,7 +170,7 @@ def test_the_nnx_scanned_epoch_under_the_default_recipe_matches_torch_and_linen(
 
     Bounds: the mean train loss within 1e-5 (float32 sums in other orders); weights within 1e-3 (Adam divides
     by the running RMS, so weights fed near-zero gradients take rounding-noise steps). Smoothing 0 in one twin
-    moves its mean loss by ~0.2 on this set.
+    moves its mean loss by 3e-2 on this set.
     """
     from fashion_common.data import batch_order
     from fashion_common.loop import epoch_shifts
@@ -179,6 +192,8 @@ def test_the_nnx_scanned_epoch_under_the_default_recipe_matches_torch_and_linen(
     t_metrics, t_weights = results["torch"]
     for backend in JAX_TWINS:
         metrics, weights = results[backend]
+        loss_gap, weight_gap = abs(metrics["train_loss"] - t_metrics["train_loss"]), max_weight_diff(weights, t_weights)
+        print(f"{backend} vs torch: mean loss {loss_gap:.3g}, weights {weight_gap:.3g}")
         assert abs(metrics["train_loss"] - t_metrics["train_loss"]) <= 1e-5, backend
         assert metrics["train_accuracy"] == t_metrics["train_accuracy"], backend
         assert max_weight_diff(weights, t_weights) <= 1e-3, backend
@@ -207,7 +222,10 @@ class Crash(Exception):
 def test_every_epoch_of_each_loop_trains_on_the_order_and_shifts_its_seed_and_epoch_define(
     name, monkeypatch, request, tmp_path
 ):
-    """Three epochs, then a run killed after epoch 1 and resumed: each epoch function gets its own epoch's draw."""
+    """Two epochs, then a run killed after epoch 1 and resumed: each epoch function gets its own epoch's draw.
+
+    The run trains on the 200 images left after the validation split, indexed 0..199 as the loop holds them.
+    """
     _, module, _ = loop_module(name)
     handed = []
     real = module.train_epoch
@@ -217,8 +235,7 @@ def test_every_epoch_of_each_loop_trains_on_the_order_and_shifts_its_seed_and_ep
         return real(state, data, order, config, progress, shifts)
 
     monkeypatch.setattr(module, "train_epoch", spy)  # the loop looks it up in its module at each epoch
-    data = separable_set(n_per_class=10)  # 100 images: 5 batches of 20
-    config = TrainConfig(epochs=3, batch_size=20, seed=7, augment_shift=2, device="cpu")
+    config, data = RUN, run_data()  # 200 images trained on: 10 batches of 20
     run_loop(name, config, data, request)
     ckpt = tmp_path / "m.safetensors"
 
@@ -228,11 +245,11 @@ def test_every_epoch_of_each_loop_trains_on_the_order_and_shifts_its_seed_and_ep
     with pytest.raises(Crash):
         run_loop(name, config, data, request, out=ckpt.as_posix(), log=crash_after_epoch_1)
     run_loop(name, config, data, request, resume=ckpt.as_posix())
-    epochs = [1, 2, 3, 1, 2, 3]  # the whole run, the crashed run's epoch 1, the resumed run's 2 and 3
+    epochs = [1, 2, 1, 2]  # the whole run, the crashed run's epoch 1, the resumed run's epoch 2
     assert len(handed) == len(epochs)
     for (order, shifts), epoch in zip(handed, epochs, strict=True):
-        np.testing.assert_array_equal(order, order_of(7, epoch, 100, 20), err_msg=f"epoch {epoch}")
-        np.testing.assert_array_equal(shifts, shifts_of(7, epoch, 5, 20, 2), err_msg=f"epoch {epoch}")
+        np.testing.assert_array_equal(order, order_of(7, epoch, 200, 20), err_msg=f"epoch {epoch}")
+        np.testing.assert_array_equal(shifts, shifts_of(7, epoch, 10, 20, 2), err_msg=f"epoch {epoch}")
     assert not np.array_equal(handed[0][0], handed[1][0]) and not np.array_equal(handed[0][1], handed[1][1])
 
 
@@ -243,19 +260,12 @@ def test_every_epoch_of_each_loop_trains_on_the_order_and_shifts_its_seed_and_ep
 def test_each_epochs_validation_figures_are_an_evaluation_of_the_held_out_images(name, request, tmp_path):
     """After every epoch, the checkpoint it wrote is evaluated on the held-out images: its val figures are those.
 
-    The test set's labels are all wrong (shifted by one class), so its figures are far from the validation
-    split's; the oracle is the twin's own evaluate_model on the checkpoint, so the loss agrees to 1e-6
-    relative (float32, the same program).
+    The test set's labels are all wrong, so its figures are far from the validation split's; the oracle is
+    the twin's own evaluate_model on the checkpoint, so the loss agrees to 1e-6 relative (float32, one program).
     """
-    from fashion_common.data import FashionData
-
     backend, _, _ = loop_module(name)
     pkg, train = twin(backend)
-    good = separable_set(n_per_class=24)  # 240 training images: 40 held out, 200 trained on
-    data = FashionData(
-        good.train_images, good.train_labels, good.test_images, (good.test_labels + 1) % 10, "mislabelled"
-    )
-    config = TrainConfig(epochs=2, batch_size=20, lr=2e-4, val_size=40, device="cpu")
+    config, data = RUN, run_data()  # 240 training images: 40 held out, 200 trained on
     held_out = train.put_data(split_validation(data, 40)[1])  # its test part is the validation set
     ckpt = tmp_path / "m.safetensors"
     rows = []
@@ -269,7 +279,8 @@ def test_each_epochs_validation_figures_are_an_evaluation_of_the_held_out_images
 
     _, metrics = run_loop(name, config, data, request, out=ckpt.as_posix(), on_epoch=check)
     assert [r["epoch"] for r in rows] == [1, 2] and metrics["num_val"] == 40 and metrics["num_train"] == 200
-    assert all(r["val_loss"] < r["test_loss"] - 0.1 for r in rows)  # the test set would not pass for it
+    # the test set would not pass for the held-out images: measured 0 % and a loss 0.9-1.5 above the split's
+    assert all(r["val_loss"] < r["test_loss"] - 0.5 and r["val_accuracy"] > r["test_accuracy"] == 0 for r in rows)
 
 
 # --------------------------------------------------------------------- 6/7. the mesh reports what one device does
@@ -284,18 +295,23 @@ def test_each_epochs_metrics_on_a_two_device_mesh_are_the_one_device_runs(backen
     """
     _, train = twin(backend)
     parallel = importlib.import_module(f"fashion_{backend}.distributed")
-    data = separable_set(n_per_class=20)
-    config = TrainConfig(epochs=2, batch_size=20, lr=1e-3, device="cpu")
+    config, data = RUN, run_data()
     quiet = dict(quiet=True, log=lambda line: None)
     _, one = train.train_and_evaluate(config, data, **quiet)
     _, sharded = parallel.train_and_evaluate(config, data, mesh=mesh, **quiet)
     assert len(one["epochs"]) == len(sharded["epochs"]) == 2
+    gap = max(
+        abs(b[k] / a[k] - 1)
+        for a, b in zip(one["epochs"], sharded["epochs"], strict=True)
+        for k in ("train_loss", "val_loss")
+    )
+    print(f"{backend}: mesh vs one device, largest relative loss gap {gap:.3g}")
     for a, b in zip(one["epochs"], sharded["epochs"], strict=True):
-        for key in ("train_loss", "test_loss"):
+        for key in ("train_loss", "test_loss", "val_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), (a["epoch"], key)
-        for key in ("train_accuracy", "test_accuracy"):
+        for key in ("train_accuracy", "test_accuracy", "val_accuracy"):
             assert b[key] == a[key], (a["epoch"], key)
-    assert 0 < one["epochs"][0]["train_accuracy"] < 0.8  # part-trained: half or double of it would show
+    assert one["epochs"][0]["train_accuracy"] > 0  # a count of hits, so a wrong denominator shows
 
 
 # ----------------------------------------------------------------------------- 8/9. the recipes' values

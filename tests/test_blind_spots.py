@@ -67,7 +67,7 @@ def mesh():
 
 
 def loop_module(name: str):
-    """(twin, the module whose train_and_evaluate and train_epoch the loop `name` runs, mesh or None)."""
+    """(twin, the module whose train_and_evaluate and train_epoch the loop `name` runs, whether it runs on the mesh)."""
     backend, _, kind = name.partition("-")
     module = importlib.import_module(f"fashion_{backend}.{'distributed' if kind else 'train'}")
     return backend, module, kind == "mesh"
@@ -380,7 +380,7 @@ def every_level_image() -> np.ndarray:
 
 
 def dataset_images() -> list:
-    """Every level once, and 20 real test images (every class) where the dataset is installed."""
+    """Every level once, and 20 real test images (every 500th) where the dataset is installed."""
     from twin_data import real_data_available
 
     images = [every_level_image()]

@@ -21,8 +21,8 @@ from backends import BACKEND_NAMES, get_backend  # noqa: E402
 
 # A persistent XLA compilation cache for every child process the suite starts (CLI runs, mesh
 # workers, crash drivers, JAX processes): a child's cold compile of the same scan is paid once per
-# machine, not once per launch. The env reaches children through os.environ; this process turns it
-# off below (pytest_configure), because tests here time cold compiles (benchmark's compile_s).
+# machine, not once per launch. The env reaches children through os.environ; this process turns the
+# cache off just below, because tests here time cold compiles (benchmark's compile_s).
 # FASHION_TWINS_TEST_JAX_CACHE moves it; the user's own JAX_COMPILATION_CACHE_DIR wins.
 CHILD_JAX_CACHE = Path(
     os.environ.get("FASHION_TWINS_TEST_JAX_CACHE")
@@ -32,13 +32,16 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CHILD_JAX_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import jax  # noqa: E402
 
-def pytest_configure(config):
-    """This process compiles cold (its tests time compiles); only its children read the cache above."""
-    import jax
+jax.config.update("jax_enable_compilation_cache", False)  # this process compiles cold; its children read the cache
 
-    jax.config.update("jax_enable_compilation_cache", False)
-
+# Two simulated CPU devices for the in-process mesh tests (tests/test_blind_spots.py): JAX reads the count
+# once, when its backend starts, so it is set here, before any test starts it. The default device stays the
+# first, so one-device tests run as before; subprocesses are untouched (their XLA_FLAGS are their own).
+MESH_CPU_DEVICES = 2
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # a user's own count wins
+    jax.config.update("jax_num_cpu_devices", MESH_CPU_DEVICES)
 
 # Hypothesis profiles for tests/test_properties.py. "fashion-twins" (the default) draws few examples,
 # so the property file stays well under 30 s on a busy 2-core box, and draws the same ones on every

@@ -650,13 +650,14 @@ class _Bar:
 @pytest.mark.parametrize("sliced", [False, True], ids=["one-slice", "twenty-slices"])
 def test_each_twins_own_epoch_under_the_default_recipe_gives_the_same_loss_and_weights(sliced):
     """The default recipe's every term (AdamW, cosine, weight decay, label smoothing, ±1 px shifts) through each
-    twin's train_epoch, the fast path the loop runs (flax: the scanned slices, not train_step), from one init.
+    twin's train_epoch, the fast path the loop runs (linen and NNX: the scanned slices, not train_step), one init.
 
     Bounds: the mean train loss within 1e-5 (measured 1.3e-6; dropping smoothing in one twin moves it by 5e-2);
     weights within 1e-3 (measured 1.5e-4: Adam divides by the running RMS, so weights fed by near-zero
     gradients take steps of rounding noise; dropping smoothing moves them by 4e-3).
     """
     import fashion_flax.train as flax_train
+    import fashion_nnx.train as nnx_train
     import fashion_torch
     import fashion_torch.train as torch_train
     from fashion_common.loop import epoch_shifts
@@ -670,9 +671,12 @@ def test_each_twins_own_epoch_under_the_default_recipe_gives_the_same_loss_and_w
     init = fashion_torch.to_state_dict(t_state.model)
     f_state = flax_train.create_train_state(config, total_steps=len(order), state_dict=init)
     bar = _Bar() if sliced else None
+    n_state = nnx_train.create_train_state(config, total_steps=len(order), state_dict=init)
     t_state, t_metrics = torch_train.train_epoch(t_state, torch_train.put_data(data), order, config, bar, shifts)
     f_state, f_metrics = flax_train.train_epoch(f_state, flax_train.put_data(data), order, config, bar, shifts)
-    assert abs(t_metrics["train_loss"] - f_metrics["train_loss"]) <= 1e-5
-    assert t_metrics["train_accuracy"] == f_metrics["train_accuracy"]
-    assert max_weight_diff(torch_weights(t_state), flax_weights(f_state)) <= 1e-3
+    n_state, n_metrics = nnx_train.train_epoch(n_state, nnx_train.put_data(data), order, config, bar, shifts)
+    for metrics, weights in ((f_metrics, flax_weights(f_state)), (n_metrics, nnx_weights(n_state))):  # linen, NNX
+        assert abs(t_metrics["train_loss"] - metrics["train_loss"]) <= 1e-5
+        assert t_metrics["train_accuracy"] == metrics["train_accuracy"]
+        assert max_weight_diff(torch_weights(t_state), weights) <= 1e-3
     assert max_weight_diff(torch_weights(t_state), init) > 3e-3  # moved ~5e-3 (20 steps of lr 5e-4): not vacuous

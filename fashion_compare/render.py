@@ -346,42 +346,40 @@ def _md_parity(report: dict) -> list[str]:
 def _md_activations(grid: dict) -> list[str]:
     fns = grid["functions"]
     inputs = grid["inputs"]
-    header = "| x | " + " | ".join(f"{name} torch | {name} flax" for name in fns) + " |"
+    grid_fns = {name: f for name, f in fns.items() if name != "softmax"}  # softmax has rows of its own, below
+    header = "| x | " + " | ".join(f"{name} torch | {name} flax" for name in grid_fns) + " |"
     lines = [
         "## 4. Activation grid",
         "",
         "The nnx twin's activations are the flax twin's own functions (`fashion_nnx.relu is fashion_flax.relu`), "
         "so the flax columns stand for both JAX twins.",
         "",
-        "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at "
-        "±20 and ±1e4). "
-        "Softmax runs over the finite inputs only, as one vector (an inf or NaN would make the whole vector NaN by "
-        "definition); "
-        "— marks the inputs it skips.",
+        "Each of the tutorial's activations but softmax on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, "
+        "saturation at ±20 and ±1e4).",
         "",
         header,
-        "| " + " | ".join(["---:"] * (1 + 2 * len(fns))) + " |",
+        "| " + " | ".join(["---:"] * (1 + 2 * len(grid_fns))) + " |",
     ]
-    # position of each grid input inside each function's own x list (softmax skips the non-finite ones)
-    finite_pos = {}
-    for name, f in fns.items():
-        if len(f["x"]) == len(inputs):
-            finite_pos[name] = list(range(len(inputs)))
-        else:
-            pos, k = [], 0
-            for x in inputs:
-                if math.isfinite(float(x)):
-                    pos.append(k)
-                    k += 1
-                else:
-                    pos.append(None)
-            finite_pos[name] = pos
     for i, x in enumerate(inputs):
         cells = [_g(x)]
-        for name, f in fns.items():
-            j = finite_pos[name][i]
-            cells += ["—", "—"] if j is None else [_g(f["torch"][j]), _g(f["flax"][j])]
+        for f in grid_fns.values():
+            cells += [_g(f["torch"][i]), _g(f["flax"][i])]
         lines.append("| " + " | ".join(cells) + " |")
+    if "softmax" in fns:
+        soft = fns["softmax"]
+        lines += [
+            "",
+            "Softmax runs over rows of its own, one softmax per row: over the grid's finite inputs the 1e4 would take "
+            "all the mass, leaving every other output, and its gradient, exactly 0 in any implementation. Each row "
+            "spreads its mass; the second and third are the first shifted by ±1e4, where a softmax that does not "
+            "subtract the row's maximum overflows or underflows (in float32, ±1e-7 vanishes against 1e4).",
+            "",
+            "| row | x | torch | flax |",
+            "| ---: | --- | --- | --- |",
+        ]
+        for r in range(len(soft["x"])):
+            cells = [", ".join(_g(v) for v in row[r]) for row in (soft["x"], soft["torch"], soft["flax"])]
+            lines.append(f"| {r + 1} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Max |torch − flax| over the grid (NaN must sit in the same places; a NaN in one twin only counts as inf). "

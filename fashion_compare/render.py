@@ -38,6 +38,11 @@ def _g(x) -> str:
     return f"{float(x):.6g}"
 
 
+def device_text(device: str, name: str) -> str:
+    """The header's device: "cpu (AMD EPYC 7B13, 2 cores, ...)" once, not "cpu — cpu (...)"; "gpu — <cards>"."""
+    return name if name.split(" ", 1)[0] == device else f"{device} — {name}"
+
+
 def _ok(flag: bool) -> str:
     return "yes" if flag else "**NO**"
 
@@ -88,7 +93,7 @@ def render_markdown(report: dict) -> str:
     lines += [
         f"- **date**: {meta['date']}",
         f"- **mode**: {mode_text}",
-        f"- **device**: {meta['device']} — {meta['device_name']}",
+        f"- **device**: {device_text(meta['device'], meta['device_name'])}",
         "- **versions**: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- **platform**: {meta['platform']}",
         f"- **command**: `{meta['command']}`",
@@ -335,7 +340,7 @@ def _md_parity(report: dict) -> list[str]:
             "the other (e.g. exactly 0.0 in torch, ~1e-9 in flax). "
             "ReLU's derivative jumps there (0 at 0, 1 above), so that image's gradients differ by what flows "
             "through the unit, "
-            "not by rounding; both twins are right. The columns marked with fewer images repeat the comparison "
+            "not by rounding; each twin is right. The columns marked with fewer images repeat the comparison "
             "without them; "
             f"at highest, that is the gradient figure held to {_t(par['tolerance_highest'])}.",
             "",
@@ -464,7 +469,8 @@ def _md_training(training: dict, have_png) -> list[str]:
             f"{_epochs(cfg['epochs'])}; matmul precision {training['precision']} in every twin. "
             "Each twin initializes itself from the seed, with the same law (torch's U(±1/√fan_in)) but its own "
             "generator "
-            "(torch's vs a JAX key), so these are two independent runs: their difference is run-to-run noise, "
+            "(torch's vs a JAX key), so torch's run is independent of the JAX twins': their difference is run-to-run "
+            "noise, "
             "which the accuracy check bounds when the full training set is used. The identical-init comparison is "
             "the lockstep above.",
             "",
@@ -523,7 +529,7 @@ def _md_training(training: dict, have_png) -> list[str]:
     if tutorial is None:
         lines += [
             "Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 "
-            "epochs) in both twins for comparison.",
+            "epochs) in every twin for comparison.",
             "",
         ]
     elif "final_test_accuracy" in tutorial:
@@ -598,7 +604,7 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
             )
     lines += [
         "",
-        "Two independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
+        "Independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
         "the lockstep twins share their init and every update, so they should disagree on (almost) none. "
         "Agreement measures the twins against each other, accuracy against the labels: the lockstep models are trained "
         "only as long as the lockstep stage runs (the tutorial's plain SGD at lr 1e-3), so they agree fully while "

@@ -37,7 +37,8 @@ JSON_SCHEMA = 1
 IMAGE_HELP = (
     "Each image is prepared as Fashion-MNIST's own pipeline made its pictures (Xiao et al. 2017): grayscale "
     "(16-bit scaled by its range, EXIF rotation applied); the garment found (the alpha channel where there is one, "
-    "else the pixels that differ from the border colour) and cropped to; its longest edge resized to 28 (the "
+    "else what stands out from a smooth surface fitted to the border, so gradients, noise and soft shadows stay "
+    "background) and cropped to; its longest edge resized to 28 (the "
     "dataset's garments fill all 28 pixels of their longer side), aspect ratio kept, centred on black. Fashion-MNIST "
     "shows LIGHT garments on a BLACK background: --invert auto inverts a dark garment on a light background (or on "
     "transparency, as the dataset negated its product photos shot on white). A 28x28 image is taken as already "

@@ -45,6 +45,7 @@ FOREGROUND_SIGMAS = 5.0  # the garment is this many noise sigmas away from the p
 # is: on 150 shadowed photos 85 % agreed with the originals at 0.05, 89 % at 0.07, 91 % at 0.10, 95 % at 0.13,
 # while flat photos stayed at 93-97 %. The dataset's own faint edge pixels (under 0.13) are what is given up.
 MIN_CONTRAST = 0.13
+MIN_ROOM = 0.25  # the least room to darken or lighten (of full scale) a residual is measured against
 JOIN_FRACTION = 0.02  # pieces closer than this share of the longer side are one garment (a sandal's straps)
 ALPHA_TOL = 0.1  # alpha above this is garment; anti-aliased edges fade through it
 
@@ -157,8 +158,10 @@ def foreground_mask(gray: np.ndarray, background: np.ndarray) -> tuple[np.ndarra
     """
     residual = gray - background  # (h, w)
     # Relative to the room the paper leaves: a dark garment takes away a share of the paper's light (the dataset's
-    # value, once negated), a light one adds a share of what the paper lacks of white
-    ink = np.where(residual < 0, residual / np.maximum(background, 1e-3), residual / np.maximum(1.0 - background, 1e-3))
+    # value, once negated), a light one adds a share of what the paper lacks of white. The room is never taken
+    # under MIN_ROOM: on white paper there is none above it, and a level of noise would count as a whole garment.
+    room = np.where(residual < 0, background, 1.0 - background)
+    ink = residual / np.maximum(room, MIN_ROOM)
     ring = _border_ring(gray.shape)
     noise = _robust_sigma(ink[ring])
     threshold = max(FOREGROUND_SIGMAS * noise, MIN_CONTRAST)

@@ -363,7 +363,6 @@ PHOTO_DIFF = 0.15  # mean |pixel difference| from the original, at most, per pho
 @needs_data
 def test_photo_like_pictures_of_test_images_give_back_the_original_in_every_condition(tmp_path):
     from benchmarks.photos import CONDITIONS, write_photos
-
     from fashion_common.data import load_fashion_mnist
 
     originals = load_fashion_mnist().test_images[[0, 1, 2, 3, 9]]  # ankle boot, pullover, trousers, trousers, sandal

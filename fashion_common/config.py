@@ -43,7 +43,7 @@ class TrainConfig:
     )
     eval_batch_size: int = _field(10_000, "test-set evaluation chunk; does not change results")
     augment_shift: int = _field(
-        1, "random translations of up to this many pixels, offsets shared by both twins (0 = off)"
+        1, "random translations of up to this many pixels, offsets shared by every twin (0 = off)"
     )
     val_size: int = _field(
         0, "hold out this many training images and report accuracy on them each epoch (0 = no split)"

@@ -16,9 +16,21 @@ def device_label(device: str) -> str:
 
         return f"torch: {torch.cuda.get_device_name(0)}; jax: {jax.devices('gpu')[0].device_kind}"
     return (
-        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()})"
+        f"cpu ({cpu_model() or platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        + (f"{torch.get_num_threads()})")
     )
+
+
+def cpu_model() -> str | None:
+    """The processor's name as Linux gives it ("AMD EPYC 7B13"); None where /proc/cpuinfo has none."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        return None
+    return None
 
 
 def set_matmul_precision(mode: str) -> None:

@@ -17,6 +17,11 @@ ACTIVATION_GRID = np.array(
     [-np.inf, -1e4, -20.0, -1.0, -1e-7, -0.0, 0.0, 1e-7, 1.0, 20.0, 1e4, np.inf, np.nan], dtype=np.float32
 )
 ACTIVATION_NAMES = ("binary_step", "sigmoid", "tanh", "relu", "softmax")
+# softmax gets rows of its own: over ACTIVATION_GRID's finite points the 1e4 takes all the mass, every other output
+# is exactly 0 and so is its gradient, in any implementation. Each row here spreads its mass (every output 0.006 to
+# 0.5), and the same row shifted by +-1e4 is where a softmax that does not subtract the max overflows or underflows.
+SOFTMAX_BASE = np.array([-2.5, -1.0, -1e-7, 0.0, 1e-7, 1.0, 2.0], dtype=np.float32)
+SOFTMAX_ROWS = np.stack([SOFTMAX_BASE, SOFTMAX_BASE + 1e4, SOFTMAX_BASE - 1e4]).astype(np.float32)  # (3, 7)
 
 
 def torch_figures(model, x: np.ndarray, y: np.ndarray) -> dict:
@@ -161,12 +166,12 @@ def activation_grid(dim: int = -1) -> dict:
     out = {"inputs": ACTIVATION_GRID.tolist(), "functions": {}}
     for name in ACTIVATION_NAMES:
         t_fn, f_fn = getattr(fashion_torch, name), getattr(fashion_flax, name)
-        # softmax runs over the finite grid points only: one inf or NaN in a row makes the whole row NaN by definition
-        x_np = ACTIVATION_GRID[np.isfinite(ACTIVATION_GRID)] if name == "softmax" else ACTIVATION_GRID
+        # softmax runs over rows of its own (see SOFTMAX_ROWS), each row one softmax
+        x_np = SOFTMAX_ROWS if name == "softmax" else ACTIVATION_GRID
         xt = torch.tensor(x_np, requires_grad=True)
         yt = t_fn(xt, dim) if name == "softmax" else t_fn(xt)
         # gradient of sum(y * w) with fixed weights w, so softmax's gradient is not identically zero
-        w = np.linspace(-1.0, 1.0, len(x_np)).astype(np.float32)
+        w = np.linspace(-1.0, 1.0, x_np.shape[-1]).astype(np.float32) * np.ones_like(x_np)  # x_np's shape
         (yt * torch.tensor(w)).sum().backward()
         # the closures bind this iteration's f_fn, f_call and w as defaults
         f_call = (lambda v, f_fn=f_fn: f_fn(v, dim)) if name == "softmax" else f_fn

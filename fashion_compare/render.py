@@ -38,6 +38,11 @@ def _g(x) -> str:
     return f"{float(x):.6g}"
 
 
+def device_text(device: str, name: str) -> str:
+    """The header's device: "cpu (AMD EPYC 7B13, 2 cores, ...)" once, not "cpu — cpu (...)"; "gpu — <cards>"."""
+    return name if name.split(" ", 1)[0] == device else f"{device} — {name}"
+
+
 def _ok(flag: bool) -> str:
     return "yes" if flag else "**NO**"
 
@@ -88,7 +93,7 @@ def render_markdown(report: dict) -> str:
     lines += [
         f"- **date**: {meta['date']}",
         f"- **mode**: {mode_text}",
-        f"- **device**: {meta['device']} — {meta['device_name']}",
+        f"- **device**: {device_text(meta['device'], meta['device_name'])}",
         "- **versions**: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
         f"- **platform**: {meta['platform']}",
         f"- **command**: `{meta['command']}`",
@@ -335,7 +340,7 @@ def _md_parity(report: dict) -> list[str]:
             "the other (e.g. exactly 0.0 in torch, ~1e-9 in flax). "
             "ReLU's derivative jumps there (0 at 0, 1 above), so that image's gradients differ by what flows "
             "through the unit, "
-            "not by rounding; both twins are right. The columns marked with fewer images repeat the comparison "
+            "not by rounding; each twin is right. The columns marked with fewer images repeat the comparison "
             "without them; "
             f"at highest, that is the gradient figure held to {_t(par['tolerance_highest'])}.",
             "",
@@ -346,42 +351,40 @@ def _md_parity(report: dict) -> list[str]:
 def _md_activations(grid: dict) -> list[str]:
     fns = grid["functions"]
     inputs = grid["inputs"]
-    header = "| x | " + " | ".join(f"{name} torch | {name} flax" for name in fns) + " |"
+    grid_fns = {name: f for name, f in fns.items() if name != "softmax"}  # softmax has rows of its own, below
+    header = "| x | " + " | ".join(f"{name} torch | {name} flax" for name in grid_fns) + " |"
     lines = [
         "## 4. Activation grid",
         "",
         "The nnx twin's activations are the flax twin's own functions (`fashion_nnx.relu is fashion_flax.relu`), "
         "so the flax columns stand for both JAX twins.",
         "",
-        "Each of the tutorial's activations on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, saturation at "
-        "±20 and ±1e4). "
-        "Softmax runs over the finite inputs only, as one vector (an inf or NaN would make the whole vector NaN by "
-        "definition); "
-        "— marks the inputs it skips.",
+        "Each of the tutorial's activations but softmax on inputs where naive code breaks (±inf, NaN, ±0, ±1e-7, "
+        "saturation at ±20 and ±1e4).",
         "",
         header,
-        "| " + " | ".join(["---:"] * (1 + 2 * len(fns))) + " |",
+        "| " + " | ".join(["---:"] * (1 + 2 * len(grid_fns))) + " |",
     ]
-    # position of each grid input inside each function's own x list (softmax skips the non-finite ones)
-    finite_pos = {}
-    for name, f in fns.items():
-        if len(f["x"]) == len(inputs):
-            finite_pos[name] = list(range(len(inputs)))
-        else:
-            pos, k = [], 0
-            for x in inputs:
-                if math.isfinite(float(x)):
-                    pos.append(k)
-                    k += 1
-                else:
-                    pos.append(None)
-            finite_pos[name] = pos
     for i, x in enumerate(inputs):
         cells = [_g(x)]
-        for name, f in fns.items():
-            j = finite_pos[name][i]
-            cells += ["—", "—"] if j is None else [_g(f["torch"][j]), _g(f["flax"][j])]
+        for f in grid_fns.values():
+            cells += [_g(f["torch"][i]), _g(f["flax"][i])]
         lines.append("| " + " | ".join(cells) + " |")
+    if "softmax" in fns:
+        soft = fns["softmax"]
+        lines += [
+            "",
+            "Softmax runs over rows of its own, one softmax per row: over the grid's finite inputs the 1e4 would take "
+            "all the mass, leaving every other output, and its gradient, exactly 0 in any implementation. Each row "
+            "spreads its mass; the second and third are the first shifted by ±1e4, where a softmax that does not "
+            "subtract the row's maximum overflows or underflows (in float32, ±1e-7 vanishes against 1e4).",
+            "",
+            "| row | x | torch | flax |",
+            "| ---: | --- | --- | --- |",
+        ]
+        for r in range(len(soft["x"])):
+            cells = [", ".join(_g(v) for v in row[r]) for row in (soft["x"], soft["torch"], soft["flax"])]
+            lines.append(f"| {r + 1} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Max |torch − flax| over the grid (NaN must sit in the same places; a NaN in one twin only counts as inf). "
@@ -466,7 +469,8 @@ def _md_training(training: dict, have_png) -> list[str]:
             f"{_epochs(cfg['epochs'])}; matmul precision {training['precision']} in every twin. "
             "Each twin initializes itself from the seed, with the same law (torch's U(±1/√fan_in)) but its own "
             "generator "
-            "(torch's vs a JAX key), so these are two independent runs: their difference is run-to-run noise, "
+            "(torch's vs a JAX key), so torch's run is independent of the JAX twins': their difference is run-to-run "
+            "noise, "
             "which the accuracy check bounds when the full training set is used. The identical-init comparison is "
             "the lockstep above.",
             "",
@@ -525,7 +529,7 @@ def _md_training(training: dict, have_png) -> list[str]:
     if tutorial is None:
         lines += [
             "Not run in quick mode: `--full` trains the tutorial's own recipe (plain SGD, lr 1e-3, batch 64, 10 "
-            "epochs) in both twins for comparison.",
+            "epochs) in every twin for comparison.",
             "",
         ]
     elif "final_test_accuracy" in tutorial:
@@ -600,7 +604,7 @@ def _md_classes(classes: dict, lockstep: dict, have_png) -> list[str]:
             )
     lines += [
         "",
-        "Two independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
+        "Independent trainings reach about the same accuracy but disagree on part of the images they get wrong; "
         "the lockstep twins share their init and every update, so they should disagree on (almost) none. "
         "Agreement measures the twins against each other, accuracy against the labels: the lockstep models are trained "
         "only as long as the lockstep stage runs (the tutorial's plain SGD at lr 1e-3), so they agree fully while "

@@ -22,6 +22,7 @@ from fashion_common.checkpoint import atomic_write_bytes
 from fashion_common.config import TrainConfig, tutorial_config
 from fashion_common.data import FashionData, load_fashion_mnist, scale_images
 from fashion_common.metrics import accuracy, agreement, confusion_matrix, per_class_accuracy
+from fashion_common.runtime import machine_state
 from fashion_common.spec import (
     ACTIVATION_DISPLAY,
     BACKENDS,
@@ -33,7 +34,7 @@ from fashion_common.spec import (
 )
 from fashion_compare import set_matmul_precision
 
-from . import plots
+from . import machine, plots
 
 RECIPE_NAMES = {"recipe": "accuracy recipe", "tutorial": "tutorial recipe"}
 JAX_TWINS = tuple(b for b in BACKENDS if b != "torch")  # ("flax", "nnx"): each held against torch on torch's weights
@@ -437,6 +438,7 @@ def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict
         "shortened": config.epochs < default_epochs,
     }
     states = {}
+    machine_start = machine_state()
     for backend in BACKENDS:
         run.log(f"[compare]     {RECIPE_NAMES[name]}, {backend} twin, {_epochs(config.epochs)}")
         train = importlib.import_module(f"fashion_{backend}.train")
@@ -457,6 +459,7 @@ def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict
         metrics["wall_seconds"] = time.perf_counter() - start
         entry[backend] = metrics
         run.save()
+    entry["machine"] = machine.window(machine_start, machine_state())  # epoch_times.png warns inside when busy
     save_checkpoints(run, name, states)
     final = {b: entry[b]["epochs"][-1]["test_accuracy"] for b in BACKENDS}
     entry["final_test_accuracy"] = final

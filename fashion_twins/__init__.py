@@ -1,4 +1,4 @@
-"""fashion-twins: the PyTorch tutorial's Fashion-MNIST MLP, twinned in PyTorch and Flax.
+"""fashion-twins: the PyTorch tutorial's Fashion-MNIST MLP, twinned three times: PyTorch, Flax linen and Flax NNX.
 
 The command line lives in fashion_twins.cli.
 """

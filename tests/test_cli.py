@@ -434,6 +434,49 @@ def test_predict_says_low_confidence_in_text_and_json_when_the_top_score_is_unde
     assert [e["low_confidence"] for e in as_json["images"]] == [True, False]
 
 
+def readme_json_keys() -> set[str]:
+    """The keys README's `predict --json` table documents, as paths: "schema", "images[].predictions[].score"."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("`predict --json` prints one document", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
+    return set(re.findall(r"^\| `([a-z_\[\]\.]+)` \|", "|" + section, re.M))
+
+
+def json_key_paths(document, prefix="") -> set[str]:
+    """Every key of a JSON document as a path; a list's items under name[]."""
+    paths = set()
+    if isinstance(document, dict):
+        for key, value in document.items():
+            paths.add(prefix + key)
+            paths |= json_key_paths(value, prefix + key + ".")
+    elif isinstance(document, list):
+        for item in document:
+            paths |= json_key_paths(item, prefix[:-1] + "[].")
+    return paths
+
+
+def test_predict_json_holds_exactly_the_keys_the_readme_documents_with_its_schema_version(tmp_path, monkeypatch):
+    from fashion_twins.cli import predict
+
+    png = write_trouser_png(tmp_path / "trouser.png")
+    flat = np.array([[0.46, 0.44] + [0.0125] * 8], np.float32)  # (1, 10)
+    monkeypatch.setattr(predict, "load_model", lambda twin, args, device: None)
+    import fashion_torch.train
+
+    monkeypatch.setattr(fashion_torch.train, "predict_proba", lambda model, images: flat[: len(images)])
+    result = cli("predict", "--backend", "torch", tmp_path / "m.safetensors", png, "--json", "--top", 2)
+    assert_ok(result)
+    document = json.loads(result.stdout)
+    documented = readme_json_keys()
+    assert "images[].predictions[].score" in documented and len(documented) == 14  # the table was found whole
+    assert json_key_paths(document) == documented
+    assert document["schema"] == predict.JSON_SCHEMA == 1
+    # scores are fractions, as the README says (the text lines print 46.00%)
+    assert [p["score"] for p in document["images"][0]["predictions"]] == pytest.approx([0.46, 0.44])
+
+
 @needs_data
 def test_save_preprocessed_writes_the_28x28_image_the_model_saw_and_it_predicts_the_same(trained, tmp_path):
     ckpt, _, _ = trained("torch")

@@ -368,11 +368,141 @@ def test_the_label_smoothed_loss_floor_is_the_smoothed_target_entropy_and_torch_
     assert sharper.item() > at_floor + 1.0  # a surer model pays for the smoothed mass it denies
 
 
-def test_the_confusion_figure_has_a_panel_per_twin_and_one_for_torch_minus_flax_in_a_square_grid():
-    entry = _handmade_report()["classes"]["recipe"]
+def test_the_confusion_figure_has_a_panel_per_twin_and_one_per_pair_where_red_means_the_first_twin_does_worse():
+    from fashion_compare.plots import confusion_figure
+
+    entry = _handmade_report()["classes"]["recipe"]  # torch misses one Shirt; flax has no Dress image; nnx = torch
+    fig = confusion_figure(entry, CLASS_NAMES, "handmade")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert [t.split(":")[0] for t in titles[:3]] == ["torch twin", "flax twin", "nnx twin"]
+    assert [t.split(" (")[0] for t in titles[3:]] == ["torch − flax", "torch − nnx", "flax − nnx"]
+    pair_axes = [ax for ax in fig.axes if " − " in ax.get_title()]
+    colour = {ax.get_title().split(" (")[0]: np.asarray(ax.get_images()[0].get_array()) for ax in pair_axes}
+    # torch − flax: the Dress diagonal (torch 9 right, flax 0) is torch doing better: blue (< 0); the Shirt taken
+    # for a T-shirt (torch 1, flax 0) is torch doing worse off the diagonal: red (> 0); torch's 9 against flax's 10
+    # on the T-shirt diagonal is torch doing worse on it: red too. One meaning on and off the diagonal.
+    torch_flax = colour["torch − flax"]
+    assert torch_flax[3, 3] == -9 and torch_flax[6, 0] == 1 and torch_flax[0, 0] == 1
+    assert colour["flax − nnx"][3, 3] == 9  # the same cell seen from flax: flax does worse, red
+    assert not colour["torch − nnx"].any()  # equal twins: all white
     with Image.open(io.BytesIO(plot_confusion(entry, CLASS_NAMES, "handmade"))) as im:
         width, height = im.size
-    assert 0.8 < width / height < 1.3  # four square panels, 2 x 2 (a row of four was 1.5 times too wide to read)
+    assert 1.3 < width / height < 1.7  # 3 x 2 square panels (a row of four was too wide to read)
+
+
+def _lockstep_result(loss_diff, weight_diff) -> dict:
+    """A lockstep() result as plot_lockstep takes it: per-step |loss diff|, the weight diff every 10 steps."""
+    return {
+        "loss_diff": list(loss_diff),
+        "weight_steps": list(range(0, 10 * len(weight_diff), 10)),
+        "weight_diff": list(weight_diff),
+        "steps": len(loss_diff),
+        "tolerance": 1e-5,
+        "weight_every": 10,
+        "config": {"lr": 1e-3, "batch_size": 64},
+        "precision": "highest",
+    }
+
+
+def test_the_lockstep_figure_keeps_its_legend_off_the_axes_ticks_each_exact_step_and_says_when_lines_coincide():
+    from fashion_compare.plots import lockstep_figure
+
+    loss_diff = [3e-7, 0.0, 1e-7, 0.0, 0.0] + [1e-8] * 45  # the only rise is in the first steps
+    same = _lockstep_result(loss_diff, [0.0, 1e-8, 2e-8, 3e-8, 4e-8])
+    fig = lockstep_figure({"flax": same, "nnx": dict(same)})
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1  # the legend is below the axes
+    ticks = {line.get_label(): list(line.get_xdata()) for line in fig.axes[0].get_lines() if line.get_marker() == "|"}
+    assert ticks == {
+        "a step where loss flax = loss torch exactly (3 of 50)": [2, 4, 5],
+        "a step where loss nnx = loss torch exactly (3 of 50)": [2, 4, 5],
+    }
+    notes = [t.get_text() for t in fig.axes[0].texts]
+    assert any("the lines coincide" in t for t in notes)
+    apart = _lockstep_result([2e-7] + loss_diff[1:], [0.0, 1e-8, 2e-8, 3e-8, 4e-8])
+    fig = lockstep_figure({"flax": same, "nnx": apart})
+    assert not any("coincide" in t.get_text() for t in fig.axes[0].texts)
+
+
+def _timing_report(machine: dict | None) -> dict:
+    epochs = {"torch": [5.0, 3.0, 3.1, 3.3], "flax": [9.0, 2.5, 2.6, 2.4], "nnx": [10.0, 2.7, 2.8, 2.9]}
+    recipe = {"config": {"batch_size": 64}}
+    recipe.update(
+        {b: {"epochs": [{"epoch": i + 1, "epoch_seconds": v} for i, v in enumerate(s)]} for b, s in epochs.items()}
+    )
+    if machine is not None:
+        recipe["machine"] = machine
+    return {"recipe": recipe}
+
+
+def test_the_epoch_times_legend_medians_leave_out_the_compile_epoch_and_a_busy_run_is_warned_inside_the_figure():
+    from fashion_common.runtime import BUSY_WARNING
+    from fashion_compare.plots import epoch_times_figure
+
+    fig = epoch_times_figure(_timing_report({"busy": True, "others_cpu_share": 0.62}))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    # flax: epochs 2-4 are 2.5, 2.6, 2.4 -> 2.50; with epoch 1's 9.0 s the median would be 2.55
+    assert labels == [
+        "torch (median 3.10 s over epochs 2-4, epoch 1 5.00 s)",
+        "flax (median 2.50 s over epochs 2-4, epoch 1 9.00 s)",
+        "nnx (median 2.80 s over epochs 2-4, epoch 1 10.00 s)",
+    ]
+    (warning,) = [t.get_text() for t in fig.axes[0].texts if BUSY_WARNING in t.get_text()]
+    assert "other processes took 62% of the cores" in warning
+    quiet = epoch_times_figure(_timing_report({"busy": False, "others_cpu_share": 0.05}))
+    assert not [t for t in quiet.axes[0].texts if BUSY_WARNING in t.get_text()]
+    assert not [t for t in epoch_times_figure(_timing_report(None)).axes[0].texts if BUSY_WARNING in t.get_text()]
+
+
+def test_the_activation_grid_gives_softmax_rows_where_every_output_and_gradient_is_exercised():
+    from fashion_compare.parity import SOFTMAX_ROWS, activation_grid
+    from fashion_compare.render import _md_activations
+
+    grid = activation_grid()
+    softmax = grid["functions"]["softmax"]
+    values, grads = np.array(softmax["torch"]), np.array(softmax["grad_torch"])  # (3, 7) each
+    # over the old single vector holding 1e4 every output but one was exactly 0, and so was its gradient
+    assert values.shape == SOFTMAX_ROWS.shape and values.min() > 1e-3 and np.abs(grads).min() > 1e-3
+    np.testing.assert_allclose(values[1], values[0], atol=1e-3)  # shifted by 1e4: the same softmax, no overflow
+    markdown = "\n".join(_md_activations(grid))
+    assert "| 2 | 9997.5, 9999, 10000, 10000, 10000, 10001, 10002 |" in markdown
+    assert "softmax torch" not in markdown  # no longer a column of the grid table
+
+
+TWO_TWIN_WORDS = ("both twins", "either twin", "two independent runs", "twinned in pytorch and flax")
+
+
+def test_help_texts_the_report_and_the_package_description_never_speak_of_two_twins_where_three_run():
+    import argparse
+    import re
+    from pathlib import Path
+
+    from fashion_twins.cli import build_parser
+
+    parser = build_parser()
+    texts = [parser.format_help()]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            texts += [sub.format_help() for sub in action.choices.values()]
+    texts.append(render_markdown(_handmade_report()))
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    description = re.search(r'^description = "(.*)"$', pyproject, re.M).group(1)  # tomllib is Python 3.11+
+    texts.append(description)
+    found = [
+        (words, text[:60]) for text in texts for words in TWO_TWIN_WORDS if words in " ".join(text.lower().split())
+    ]
+    assert found == []
+    assert "three twins" in description
+
+
+def test_the_report_header_names_the_cpu_once_and_a_gpu_beside_its_kind():
+    from fashion_compare import device_label
+    from fashion_compare.render import device_text
+
+    report = _handmade_report()
+    report["meta"]["device_name"] = device_label("cpu")
+    header = [line for line in render_markdown(report).splitlines() if line.startswith("- **device**")]
+    assert header == [f"- **device**: {device_label('cpu')}"] and "cpu — cpu" not in header[0]
+    assert device_text("gpu", "torch: NVIDIA H200; jax: NVIDIA H200") == "gpu — torch: NVIDIA H200; jax: NVIDIA H200"
 
 
 def test_benchmark_measures_flax_compile_time_apart_and_shows_it():

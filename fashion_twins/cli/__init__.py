@@ -25,7 +25,8 @@ SUBCOMMANDS = (train, evaluate, predict, compare, benchmark, lockstep, convert)
 
 def build_parser() -> common.Parser:
     parser = common.Parser(
-        prog="fashion-twins", description="The PyTorch tutorial's Fashion-MNIST MLP, twinned in PyTorch and Flax."
+        prog="fashion-twins",
+        description="The PyTorch tutorial's Fashion-MNIST MLP, twinned three times: PyTorch, Flax linen and Flax NNX.",
     )
     parser.add_argument(
         "--version",

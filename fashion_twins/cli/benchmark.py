@@ -1,5 +1,5 @@
 """fashion-twins benchmark: the speed of one training epoch, side by side in one run: the tutorial's loop,
-both twins, the FLOP floor.
+every twin, the FLOP floor.
 
     fashion-twins benchmark [--device auto|cpu|gpu] [--precision highest|tf32|both] [--repeats 3]
                             [--out bench.json] [--time-to-accuracy]
@@ -24,7 +24,7 @@ BENCHMARK_MODE = {"highest": "fp32", "tf32": "tf32"}
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "benchmark",
-        help="seconds per training epoch: the tutorial loop, both twins, the FLOP floor",
+        help="seconds per training epoch: the tutorial loop, every twin, the FLOP floor",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         parents=[
             common.data_parent(),

@@ -129,7 +129,7 @@ def precision_parent(default: str | None = "highest", default_text: str | None =
         choices=PRECISIONS,
         default=default,
         help=(
-            "float32 matmuls in both twins: highest (TF32 off in torch, JAX 'highest'), tf32, or both in turn "
+            "float32 matmuls in every twin: highest (TF32 off in torch, JAX 'highest'), tf32, or both in turn "
             f"(default: {default_text or default})"
         ),
     )
@@ -196,7 +196,7 @@ def checkpoint_parent() -> argparse.ArgumentParser:
     p.add_argument(
         "checkpoint",
         metavar="CKPT",
-        help="a .safetensors checkpoint written by either twin (or the tutorial's torch.save'd .pth, torch only)",
+        help="a .safetensors checkpoint written by any twin (or the tutorial's torch.save'd .pth, torch only)",
     )
     p.add_argument(
         "--output-activation",

@@ -1,5 +1,5 @@
-"""fashion-twins evaluate: test loss and accuracy of a checkpoint, run by either twin
-(a checkpoint from either twin works).
+"""fashion-twins evaluate: test loss and accuracy of a checkpoint, run by any twin
+(a checkpoint from any twin works).
 
 fashion-twins evaluate --backend flax runs/torch.safetensors
 [flax] test_loss 0.3012  test_acc 89.74%  (10000 images, checkpoint runs/torch.safetensors)
@@ -19,7 +19,7 @@ from . import common
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="test loss and accuracy of a checkpoint, with either twin",
+        help="test loss and accuracy of a checkpoint, with any twin",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         parents=[common.backend_parent(), common.checkpoint_parent(), common.data_parent(), common.device_parent()],
     )

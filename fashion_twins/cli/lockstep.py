@@ -1,9 +1,9 @@
-"""fashion-twins lockstep: train both twins in lockstep and print how far apart they drift.
+"""fashion-twins lockstep: train torch and a JAX twin in lockstep and print how far apart they drift.
 
     fashion-twins lockstep [--steps N] [--optimizer sgd] [--lr 1e-3] [--momentum 0] [--batch-size 64]
                            [--dtype float32|float64] [--precision highest|tf32|both] [--out lockstep.json]
 
-Both twins start from the torch twin's seeded weights and see the identical batch order; each
+The two twins start from the torch twin's seeded weights and see the identical batch order; each
 step's loss and, every --weight-every steps, every weight are compared as max |torch - flax|.
 """
 
@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
     base = tutorial_config()
     p = subparsers.add_parser(
         "lockstep",
-        help="both twins trained step by step from one init; prints max |loss diff| and |weight diff|",
+        help="torch and a JAX twin trained step by step from one init; prints max |loss diff| and |weight diff|",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         parents=[
             common.data_parent(),
@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
         "--optimizer",
         choices=OPTIMIZERS,
         default=base.optimizer,
-        help=f"the optimizer in both twins (default: {base.optimizer}, the tutorial's)",
+        help=f"the optimizer in the two twins (default: {base.optimizer}, the tutorial's)",
     )
     p.add_argument(
         "--lr", type=common.positive_float, metavar="X", default=base.lr, help=f"learning rate (default: {base.lr})"
@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
         "--dtype",
         choices=("float32", "float64"),
         default="float32",
-        help="float32 (how the twins train) or float64 in both twins, where rounding cannot flip a ReLU "
+        help="float32 (how the twins train) or float64 in the two twins, where rounding cannot flip a ReLU "
         "(default: float32)",
     )
     p.add_argument(

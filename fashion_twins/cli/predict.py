@@ -1,4 +1,4 @@
-"""fashion-twins predict: the class of image files, or of stored test images, with either twin.
+"""fashion-twins predict: the class of image files, or of stored test images, with any twin.
 
 fashion-twins predict --backend torch runs/flax.safetensors shoe.png bag.jpg --top 3
 [torch] shoe.png  inverted no  pred Sneaker  top-3: Sneaker 91.20%, Sandal 6.02%, Ankle boot 2.11%
@@ -6,8 +6,9 @@ fashion-twins predict --backend flax runs/flax.safetensors --test-index 0 1
 [flax] test[0]  pred Ankle boot  true Ankle boot  top-3: Ankle boot 97.51%, Sneaker 1.90%, Sandal 0.41%
 
 A top score under LOW_CONFIDENCE adds "low confidence" to the line; --json prints one JSON document
-instead (per image a top-k list of {"label", "score"}, as transformers' image-classification
-pipeline gives), and --save-preprocessed DIR writes the 28x28 image the model saw.
+instead (schema JSON_SCHEMA, every key in README; per image a top-k list of {"label", "score"}
+with scores as fractions, as transformers' image-classification pipeline gives), and
+--save-preprocessed DIR writes the 28x28 image the model saw.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ from .evaluate import load_model
 # under 0.5 were right 49.7 % of the time (a coin flip) and hold 42 % of all its errors; those at 0.5
 # and above were right 91 % of the time. (Label smoothing 0.1 keeps even sure scores under ~0.95.)
 LOW_CONFIDENCE = 0.5
+# The --json layout's version (README, "predict --json"): raised when a key is renamed, removed or changes meaning;
+# new keys alone do not raise it.
+JSON_SCHEMA = 1
 
 IMAGE_HELP = (
     "Each image is prepared as Fashion-MNIST's own pipeline made its pictures (Xiao et al. 2017): grayscale "
     "(16-bit scaled by its range, EXIF rotation applied); the garment found (the alpha channel where there is one, "
-    "else the pixels that differ from the border colour) and cropped to; its longest edge resized to 28 (the "
+    "else what stands out from a smooth surface fitted to the border, so gradients, noise and soft shadows stay "
+    "background) and cropped to; its longest edge resized to 28 (the "
     "dataset's garments fill all 28 pixels of their longer side), aspect ratio kept, centred on black. Fashion-MNIST "
     "shows LIGHT garments on a BLACK background: --invert auto inverts a dark garment on a light background (or on "
     "transparency, as the dataset negated its product photos shot on white). A 28x28 image is taken as already "
@@ -46,7 +51,7 @@ IMAGE_HELP = (
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="classify image files or stored test images, with either twin",
+        help="classify image files or stored test images, with any twin",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         epilog=IMAGE_HELP,
         parents=[common.backend_parent(), common.checkpoint_parent(), common.data_parent(), common.device_parent()],
@@ -83,9 +88,9 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--json",
         action="store_true",
-        help='print one JSON document instead of text lines: per image the top-k as [{"label", "score"}], as '
-        "transformers' image-classification pipeline, with checkpoint, backend, inverted, low_confidence "
-        "(default: off)",
+        help=f"print one JSON document instead of text lines (schema {JSON_SCHEMA}, every key in the README): per "
+        'image the top-k as [{"label", "score"}], scores as fractions (the text shows percent), as transformers\' '
+        "image-classification pipeline, with checkpoint, backend, inverted, low_confidence (default: off)",
     )
     p.set_defaults(run=run)
 
@@ -164,6 +169,7 @@ def run(args) -> int:
     low = [bool(row.max() < LOW_CONFIDENCE) for row in probs]
     if args.json:
         document = {
+            "schema": JSON_SCHEMA,
             "checkpoint": str(args.checkpoint),
             "backend": args.backend,
             "top_k": args.top,

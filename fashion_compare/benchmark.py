@@ -246,6 +246,7 @@ def benchmark(
     result = {
         "device": device_label(device),
         "precision": precision,
+        "matmul_precision": mode,  # the name TrainConfig.precision, METRICS.json and report.json use
         "steps_per_epoch": steps,
         "repeats": repeats,
         "torch_engines": engines,

@@ -169,7 +169,6 @@ class GpuFigures:
     """
 
     def __init__(self, target: GpuTarget, path: str | None):
-        import jax
         import torch
 
         self.path = path

@@ -158,7 +158,9 @@ def test_torch_autograd_on_cuda_and_flax_on_the_gpu_trained_in_lockstep_stay_wit
         engine=engine,
     )
     figures = {k: result[k] for k in ("steps", "max_loss_diff", "final_weight_diff")}
-    gpu_figures.record("lockstep_highest", f"torch {engine} vs flax", {**figures, "seconds": time.perf_counter() - start})
+    gpu_figures.record(
+        "lockstep_highest", f"torch {engine} vs flax", {**figures, "seconds": time.perf_counter() - start}
+    )
     assert result["engine"] == engine
     assert result["max_loss_diff"] <= 1e-5 and result["final_weight_diff"] <= 1e-5
 

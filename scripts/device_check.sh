@@ -45,7 +45,7 @@ say() { echo "$*" | tee -a "$SUMMARY"; }
 # the rehearsal's are for the busy 2-core CPU box, at small sizes.
 GRACE=5
 if [ $REHEARSE -eq 1 ]; then
-  L_PREFLIGHT=60 L_PYTEST=330 L_BENCH_HIGHEST=120 L_BENCH_TF32=120 L_COMPARE=120 L_DDP=60 L_SHARDED=60
+  L_PREFLIGHT=60 L_PYTEST=330 L_BENCH_HIGHEST=180 L_BENCH_TF32=180 L_COMPARE=200 L_DDP=90 L_SHARDED=90
   DEVICE=cpu
   BENCH_SIZE=(--limit-train "${FASHION_TWINS_REHEARSAL_TRAIN:-2048}" --limit-test 1000 --repeats 1 --tutorial-repeats 1)
   COMPARE_SIZE=(--dry-run)

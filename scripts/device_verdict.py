@@ -102,7 +102,7 @@ def pytest_verdict(out: Path, rehearse: bool) -> int:
                 bad.append(f"{name}: skipped ({reason})")
         else:
             passed += 1
-    print(f"   pytest: {passed} passed of {len(cases)}")
+    print(f"   pytest: {passed} passed of the {len(cases)} in junit.xml")
     for line in bad:
         print(f"   FAIL {line}")
     return 1 if bad or passed == 0 else 0

@@ -60,8 +60,8 @@ def child_env(**extra) -> dict:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
-    # The command keeps each framework's default matmul precision; the proofs pin fp32 as the conftest does in process
-    # (torch's default is already TF32-off; JAX on a GPU would use TF32 without this).
+    # train sets --precision (highest by default) in every twin; this pins JAX's start-up default too, for any child
+    # that computes before train_and_evaluate (JAX on a GPU would use TF32 without it).
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # on a GPU, a second JAX process beside pytest's must fit too
     env.pop("XLA_FLAGS", None)

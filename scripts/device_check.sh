@@ -57,8 +57,8 @@ else
   COMPARE_SIZE=(--quick-epochs 1 --lockstep-steps 300)
 fi
 # A test (or a user) may shorten one part to see what a part that outlives its slot leaves: LIMIT_<PART>=S.
-L_PYTEST=${LIMIT_PYTEST:-$L_PYTEST} L_BENCH_HIGHEST=${LIMIT_BENCH_HIGHEST:-$L_BENCH_HIGHEST}
-L_COMPARE=${LIMIT_COMPARE:-$L_COMPARE}
+L_PREFLIGHT=${LIMIT_PREFLIGHT:-$L_PREFLIGHT} L_PYTEST=${LIMIT_PYTEST:-$L_PYTEST}
+L_BENCH_HIGHEST=${LIMIT_BENCH_HIGHEST:-$L_BENCH_HIGHEST} L_COMPARE=${LIMIT_COMPARE:-$L_COMPARE}
 TOTAL=$((L_PREFLIGHT + L_PYTEST + L_BENCH_HIGHEST + L_BENCH_TF32 + L_COMPARE + L_DDP + L_SHARDED + 7 * GRACE))
 say "device check $([ $REHEARSE -eq 1 ] && echo "REHEARSAL on the CPU" || echo "on the GPU"), $(date -u +%FT%TZ)," \
   "parts' limits ${TOTAL}s in all; git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -115,6 +115,9 @@ rc=$?
 grep -v '^error: ' "$WORK/logs/preflight.log" | tail -n 3 | tee -a "$SUMMARY"
 if [ $rc -ne 0 ]; then
   line=$(grep '^error: ' "$WORK/logs/preflight.log" | tail -n 1)
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    line="error: preflight timed out (limit ${L_PREFLIGHT}s): the frameworks did not start in time"
+  fi
   say "${line:-error: preflight failed (exit $rc): $(tail -n 1 "$WORK/logs/preflight.log")}"
   pack
   exit 2

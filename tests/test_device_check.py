@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -103,3 +104,28 @@ def test_the_device_check_stops_with_one_line_when_the_data_folder_is_missing(tm
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("error: Fashion-MNIST not found: ") and "no-data/train-images-idx3-ubyte.gz" in last
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["summary.txt"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not real_data_available(), reason="real Fashion-MNIST absent: the data check would stop it first")
+def test_the_device_check_stops_with_one_line_when_its_preflight_outlives_its_slot(tmp_path):
+    # 1 s cannot import torch and JAX: the part is stopped by its own timeout, and the check says so
+    result = rehearse(tmp_path / "out", timeout=60, LIMIT_PREFLIGHT="1")
+    assert result.returncode == 2
+    assert result.stdout.strip().splitlines()[-1] == (
+        "error: preflight timed out (limit 1s): the frameworks did not start in time"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not real_data_available(), reason="real Fashion-MNIST absent: the data check would stop it first")
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine may pass the preflight")
+def test_the_device_check_on_a_machine_without_cuda_stops_at_the_preflight_with_one_line(tmp_path):
+    child = {**os.environ, "OMP_NUM_THREADS": "1", ENV_DATA: data_dir(), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out")], env=child, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    last = result.stdout.strip().splitlines()[-1]
+    assert last == "error: torch sees no CUDA device; this is no GPU machine (use --rehearse OUTDIR on a CPU)"
+    assert json.loads((tmp_path / "out" / "preflight.json").read_text())["torch_sees_cuda"] is False

@@ -10,6 +10,7 @@ from .errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "gpu")
+PRECISIONS = ("highest", "tf32")
 
 
 def _field(default, help: str, choices: tuple | None = None):
@@ -41,6 +42,12 @@ class TrainConfig:
     device: str = _field(
         "auto", "where to train: cpu, gpu, or auto (a GPU if the framework sees one, else the cpu)", DEVICES
     )
+    # one default in every twin on every device: torch keeps fp32 on CUDA, JAX's own GPU default is TF32-like
+    precision: str = _field(
+        "highest",
+        "float32 matmuls in every twin: highest (TF32 off in torch, JAX 'highest') or tf32 (TensorFloat-32 in both)",
+        PRECISIONS,
+    )
     eval_batch_size: int = _field(10_000, "test-set evaluation chunk; does not change results")
     augment_shift: int = _field(
         1, "random translations of up to this many pixels, offsets shared by every twin (0 = off)"
@@ -66,6 +73,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
             (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
             (0.0 <= self.momentum < 1.0, "momentum must be in [0, 1)"),
             (self.weight_decay >= 0.0, "weight_decay must be >= 0"),

@@ -135,6 +135,7 @@ def run_metrics(
         "versions": versions,
         "threads": thread_report(),  # --threads policy, torch's threads, load and usable cores at the start
         "config": config.to_dict(),
+        "matmul_precision": config.precision,  # what every twin's matmuls ran at (config.precision, set at the start)
         "spec": spec.to_dict(),
         "num_train": run.num_train,
         "num_test": int(len(run.data.test_labels)),

@@ -105,11 +105,14 @@ def matmul_rate(device: str, precision: str, n: int | None = None, repeats: int 
 # ----------------------------------------------------------------------------- the variants
 
 
-def tutorial_epoch_fn(device: str, data_dir=None) -> Callable[[int], None]:
-    """The tutorial's own loop: torchvision dataset + ToTensor + DataLoader(batch 64, shuffle), eager SGD lr 1e-3."""
+def tutorial_epoch_fn(device: str, data_dir=None, num_train: int | None = None) -> Callable[[int], None]:
+    """The tutorial's own loop: torchvision dataset + ToTensor + DataLoader(batch 64, shuffle), eager SGD lr 1e-3.
+
+    num_train: the first N training images only (the benchmark's --limit-train), else all 60,000.
+    """
     import torch
     from torch import nn
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
     from torchvision import datasets
     from torchvision.transforms import ToTensor
 
@@ -117,6 +120,8 @@ def tutorial_epoch_fn(device: str, data_dir=None) -> Callable[[int], None]:
 
     root = prepare_raw(data_dir)
     training_data = datasets.FashionMNIST(str(root), train=True, download=False, transform=ToTensor())
+    if num_train is not None and num_train < len(training_data):
+        training_data = Subset(training_data, range(num_train))
     t_dev = "cuda" if device == "gpu" else "cpu"
     model = fashion_torch.NeuralNetwork().to(t_dev)
     loss_fn = nn.CrossEntropyLoss()
@@ -240,12 +245,16 @@ def benchmark(
     set_precision(precision)
     machine_start = machine_state()
     mode = {"fp32": "highest", "tf32": "tf32"}[precision]
-    steps = 60_000 // 64
+    num_train = len(data.train_labels)  # 60,000 unless the caller limited the data (a rehearsal's small sizes)
+    steps = num_train // 64
+    epoch_flops = EPOCH_FLOPS * num_train // 60_000
     engines = torch_engines(device)
     default = default_torch_engine(device)
     result = {
         "device": device_label(device),
         "precision": precision,
+        "matmul_precision": mode,  # the name TrainConfig.precision, METRICS.json and report.json use
+        "num_train": num_train,
         "steps_per_epoch": steps,
         "repeats": repeats,
         "torch_engines": engines,
@@ -266,14 +275,14 @@ def benchmark(
     variants += [
         ("flax", lambda: twin_epoch_fn("flax", data, device), repeats),
         ("nnx", lambda: twin_epoch_fn("nnx", data, device), repeats),  # in the same interleaved rounds as flax
-        ("tutorial", lambda: tutorial_epoch_fn(device, data_dir), tutorial_repeats or repeats),
+        ("tutorial", lambda: tutorial_epoch_fn(device, data_dir, num_train), tutorial_repeats or repeats),
     ]
-    floor_times = [EPOCH_FLOPS / rates["ceiling"]]
+    floor_times = [epoch_flops / rates["ceiling"]]
 
     def floor_round():
         """One more try of the matmul rate, between the rounds of epochs: the floor is the best of all tries."""
         more = matmul_rate(device, mode, rates["n"], repeats=3)
-        floor_times.append(EPOCH_FLOPS / more["ceiling"])
+        floor_times.append(epoch_flops / more["ceiling"])
         for k in ("torch", "jax", "ceiling"):
             rates[k] = max(rates[k], more[k])
 

@@ -406,7 +406,8 @@ def stage_training(run: Run) -> None:
     limits = {"device": run.device, "seed": opts.seed, "limit_train": opts.limit_train, "limit_test": opts.limit_test}
     recipe = TrainConfig(**limits) if opts.full else TrainConfig(epochs=opts.quick_epochs, **limits)
     # tutorial: None = not run (quick mode), {} = still to come
-    training = run.report["training"] = {"precision": "highest", "tutorial": {} if opts.full else None}
+    # the matmul precision every twin trains at: the config's, the one default of the train command
+    training = run.report["training"] = {"precision": recipe.precision, "tutorial": {} if opts.full else None}
     run.final_states["recipe"] = train_both(run, "recipe", recipe, training)
     entry = training["recipe"]
     if opts.limit_train is None:  # the tolerance is for the full training set; a cut-down set is noisier
@@ -442,7 +443,7 @@ def train_both(run: Run, name: str, config: TrainConfig, training: dict) -> dict
     for backend in BACKENDS:
         run.log(f"[compare]     {RECIPE_NAMES[name]}, {backend} twin, {_epochs(config.epochs)}")
         train = importlib.import_module(f"fashion_{backend}.train")
-        set_matmul_precision("highest")
+        set_matmul_precision(config.precision)  # train_and_evaluate sets it too; the figures below must share it
         start = time.perf_counter()
         writer = None
         if run.options.tensorboard is not None:  # DIR/<recipe>/<twin>/, the same scalars as train --tensorboard

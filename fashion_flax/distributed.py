@@ -36,7 +36,7 @@ from fashion_common.distributed import DEFAULT_TIMEOUT_S, DistributedError, Worl
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import train
-from .model import get_device
+from .model import get_device, set_matmul_precision
 
 BACKEND = "flax"  # checkpoints are the single-device twin's: either resumes the other's
 AXIS = "data"
@@ -298,6 +298,9 @@ def train_and_evaluate(
     try:
         # the same size, flags, data, seed and checkpoint on every process, or all stop here in one line
         agree_on_world(BACKEND, config, data, resume, init_from, timeout_s, versions=train.versions())
+        # process-wide, as each framework keeps it: every twin trains at config.precision (highest by default), so
+        # twins trained by default train alike on every device (JAX's GPU default alone would be TF32-like)
+        set_matmul_precision(config.precision)
         run = loop.prepare(config, data, out, metrics_path)
         state = create_train_state(config, spec, mesh, run.total_steps, loop.init_weights(init_from, spec))
         train_data = put_data(run.data, mesh)

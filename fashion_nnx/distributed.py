@@ -53,6 +53,7 @@ from fashion_flax.distributed import (  # the JAX-level pieces both Flax twins s
 )
 
 from . import train
+from .model import set_matmul_precision
 
 __all__ = [  # the linen twin's, re-exported so that this module has the same public names
     "AXIS",
@@ -192,6 +193,9 @@ def train_and_evaluate(
     try:
         # the same size, flags, data, seed and checkpoint on every process, or all stop here in one line
         agree_on_world(BACKEND, config, data, resume, init_from, timeout_s, versions=train.versions())
+        # process-wide, as each framework keeps it: every twin trains at config.precision (highest by default), so
+        # twins trained by default train alike on every device (JAX's GPU default alone would be TF32-like)
+        set_matmul_precision(config.precision)
         run = loop.prepare(config, data, out, metrics_path)
         state = create_train_state(config, spec, mesh, run.total_steps, loop.init_weights(init_from, spec))
         train_data = put_data(run.data, mesh)

@@ -40,7 +40,7 @@ from fashion_flax.train import (  # the JAX-level pieces both Flax twins share, 
 
 from . import augment
 from .checkpoint import from_state_dict, to_state_dict
-from .model import NeuralNetwork, create_model, resolve_device
+from .model import NeuralNetwork, create_model, resolve_device, set_matmul_precision
 
 __all__ = ["DeviceData", "loss_fn", "make_optimizer", "make_schedule", "put_data"]  # the linen twin's, re-exported
 
@@ -297,6 +297,9 @@ def train_and_evaluate(
       (state, metrics dict as written to METRICS.json).
     """
     device = resolve_device(config.device)
+    # process-wide, as each framework keeps it: every twin trains at config.precision (highest by default), so
+    # twins trained by default train alike on every device (JAX's GPU default alone would be TF32-like)
+    set_matmul_precision(config.precision)
     run = loop.prepare(config, data, out, metrics_path)
     state = create_train_state(config, spec, device, run.total_steps, loop.init_weights(init_from, spec))
     train_data = put_data(run.data, device)

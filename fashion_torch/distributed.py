@@ -31,7 +31,7 @@ from fashion_common.errors import ConfigError, FashionTwinsError
 from fashion_common.spec import DEFAULT_SPEC, ModelSpec
 
 from . import train
-from .model import resolve_device
+from .model import resolve_device, set_matmul_precision
 
 BACKEND = "torch"  # checkpoints are the single-device twin's: either resumes the other's
 
@@ -216,6 +216,9 @@ def train_and_evaluate(
     try:
         # the same size, flags, data, seed and checkpoint on every rank, or all stop here in one line
         agree_on_world(BACKEND, config, data, resume, init_from, engine=engine, versions=train.versions())
+        # process-wide, as each framework keeps it: every twin trains at config.precision (highest by default), so
+        # twins trained by default train alike on every device (JAX's GPU default alone would be TF32-like)
+        set_matmul_precision(config.precision)
         run = loop.prepare(config, data, out, metrics_path)
         state = create_train_state(config, spec, device, run.total_steps, loop.init_weights(init_from, spec), engine)
         train_data = train.put_data(run.data, device)

@@ -1,7 +1,10 @@
-"""Shared fixtures: the `backend` fixture that runs a test once per twin, and pinned matmul precision."""
+"""Shared fixtures: the `backend` fixture that runs a test once per twin, pinned matmul precision, and the one
+place the gpu-marked tests take their device from (`gpu`, `gpu_figures`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -150,3 +153,108 @@ def fast_tier_starts_no_process(request, monkeypatch):
             f"a fast-tier test started {len(started)} process(es) (first: {started[0][:200]}); mark it slow",
             pytrace=False,
         )
+
+
+# ----------------------------------------------------------------------------- the GPU tests' device, from one place
+
+# The gpu-marked tests run on CUDA (torch) and the JAX GPU by default, and skip where either is missing.
+# `--gpu-device cpu` (or FASHION_TWINS_GPU_REHEARSAL=1, what `scripts/device_check.sh --rehearse` sets)
+# runs the same test bodies on the CPU, so the device check's plumbing is proven before its one shot.
+REHEARSAL_ENV = "FASHION_TWINS_GPU_REHEARSAL"
+# The figures the gpu tests measure (parity, lockstep, peak memory) go to this JSON file when it is set.
+GPU_REPORT_ENV = "FASHION_TWINS_GPU_REPORT"
+# The word a rehearsal skip starts with: scripts/device_check.sh allows these skips, and only in a rehearsal.
+CUDA_ONLY = "CUDA only"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--gpu-device",
+        choices=("cuda", "cpu"),
+        default=None,
+        help="where the gpu-marked tests run: cuda (torch on CUDA, JAX on its GPU; skipped when either is "
+        f"missing) or cpu, the device check's rehearsal (default: cpu if ${REHEARSAL_ENV}=1, else cuda)",
+    )
+
+
+def gpu_missing() -> str:
+    """'' when torch sees CUDA and JAX sees a GPU, else why the gpu tests cannot run on the GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    import jax
+
+    try:
+        jax.devices("gpu")
+    except RuntimeError:
+        return "JAX sees no GPU device"
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuTarget:
+    """Where the gpu tests run: torch's device ("cuda" or "cpu"), TrainConfig.device ("gpu" or "cpu")."""
+
+    torch: str
+    config: str
+
+    @property
+    def rehearsal(self) -> bool:
+        return self.torch == "cpu"
+
+    def jax_device(self):
+        import jax
+
+        return jax.devices("cpu" if self.rehearsal else "gpu")[0]
+
+    def cuda_only(self, what: str) -> None:
+        """Skip in the rehearsal with the reason; on the GPU this runs, and a skip there fails the device check."""
+        if self.rehearsal:
+            pytest.skip(f"{CUDA_ONLY}: {what}; skipped in the CPU rehearsal")
+
+
+def gpu_device_choice(config) -> str:
+    return config.getoption("--gpu-device") or ("cpu" if os.environ.get(REHEARSAL_ENV) == "1" else "cuda")
+
+
+@pytest.fixture(scope="session")
+def gpu(request) -> GpuTarget:
+    """The device of every gpu-marked test; skips (the default suite on a CPU box) when CUDA is asked and absent."""
+    if gpu_device_choice(request.config) == "cpu":
+        return GpuTarget(torch="cpu", config="cpu")
+    reason = gpu_missing()
+    if reason:
+        pytest.skip(f"{reason} (the CPU rehearsal: --gpu-device cpu)")
+    return GpuTarget(torch="cuda", config="gpu")
+
+
+class GpuFigures:
+    """The gpu tests' figures, {section: {name: value}}, rewritten to $FASHION_TWINS_GPU_REPORT after each record.
+
+    Rewritten each time, so a pytest killed by its timeout still leaves what was measured before.
+    """
+
+    def __init__(self, target: GpuTarget, path: str | None):
+        import torch
+
+        self.path = path
+        self.data = {
+            "rehearsal": target.rehearsal,
+            "torch_device": torch.cuda.get_device_name(0) if target.torch == "cuda" else "cpu",
+            "jax_device": str(target.jax_device()),
+            "matmul_precision_default": "highest",
+        }
+
+    def record(self, section: str, name: str, value) -> None:
+        self.data.setdefault(section, {})[name] = value
+        print(f"[gpu figures] {section} / {name}: {json.dumps(value)}")
+        if self.path:
+            from fashion_common.loop import write_json_atomic
+
+            write_json_atomic(self.path, self.data)
+
+
+@pytest.fixture(scope="session")
+def gpu_figures(gpu) -> GpuFigures:
+    return GpuFigures(gpu, os.environ.get(GPU_REPORT_ENV))

@@ -40,11 +40,6 @@ from fashion_common.config import TrainConfig, tutorial_config  # noqa: E402
 from fashion_common.distributed import DistributedError  # noqa: E402
 from fashion_common.metrics import max_weight_diff  # noqa: E402
 
-if __name__ == "__main__":  # the worker needs no GPU check (it would import torch and start JAX early)
-    GPU_SKIP_REASON = "run as a script"
-else:
-    from test_gpu_parity import SKIP_REASON as GPU_SKIP_REASON
-
 # The tutorial's plain SGD (lr 1e-3, batch 64, constant rate) on 1280 images: 20 steps an epoch, 120 steps in all.
 CONFIG = tutorial_config(epochs=6, limit_train=1280, limit_test=500, device="cpu")
 STEPS = CONFIG.epochs * (CONFIG.limit_train // CONFIG.batch_size)
@@ -65,9 +60,10 @@ def child_env(**extra) -> dict:
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
-    # The command keeps each framework's default matmul precision; the proofs pin fp32 as the conftest does in process
-    # (torch's default is already TF32-off; JAX on a GPU would use TF32 without this).
+    # train sets --precision (highest by default) in every twin; this pins JAX's start-up default too, for any child
+    # that computes before train_and_evaluate (JAX on a GPU would use TF32 without it).
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # on a GPU, a second JAX process beside pytest's must fit too
     env.pop("XLA_FLAGS", None)
     return {**env, **extra}
 
@@ -493,10 +489,10 @@ def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_
 
 @pytest.mark.gpu
 @pytest.mark.data
-@pytest.mark.skipif(bool(GPU_SKIP_REASON), reason=GPU_SKIP_REASON or "both GPUs present")
-def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device_run(runs):
+def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device_run(runs, gpu):
     init = runs / "init.safetensors"
-    gpu = CONFIG.replace(device="gpu")
+    backend = "gloo" if gpu.rehearsal else "nccl"  # NCCL is CUDA only: the rehearsal proves the plumbing on gloo
+    gpu = CONFIG.replace(device=gpu.config)
     t_out, f_out, f_ref = (
         runs / "gpu_torch_ddp.safetensors",
         runs / "gpu_flax_sharded.safetensors",
@@ -515,7 +511,7 @@ def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device
             nproc=1,
         )
     )
-    assert "(DDP, nccl)" in json.loads((runs / "gpu_torch.json").read_text())["device"], result.stdout
+    assert f"(DDP, {backend})" in json.loads((runs / "gpu_torch.json").read_text())["device"], result.stdout
     run(
         [
             sys.executable,

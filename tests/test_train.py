@@ -164,6 +164,33 @@ def test_one_epoch_on_a_slice_of_the_real_data_learns_and_logs_one_line(backend)
     assert len(lines) == 1 and lines[0].startswith(f"[{backend}] epoch   1/1  train_loss ")
 
 
+def matmul_precision_now(backend: str) -> str:
+    """The process-wide float32 matmul precision the twin's framework holds, as TrainConfig.precision names it."""
+    if backend == "torch":
+        import torch
+
+        return {"highest": "highest", "high": "tf32"}[torch.get_float32_matmul_precision()]
+    import jax
+
+    return {"highest": "highest", "default": "tf32"}[jax.config.jax_default_matmul_precision]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_twin_trains_at_the_configs_matmul_precision_highest_by_default_and_records_it(backend):
+    pkg, train = twin(backend)
+    data = separable_set(n_per_class=4)
+    config = TrainConfig(epochs=1, batch_size=20, device="cpu")
+    try:
+        pkg.set_matmul_precision("tf32")  # a framework default other than highest (JAX's on a GPU) must not stick
+        _, metrics = train.train_and_evaluate(config, data, quiet=True, log=lambda line: None)
+        assert (matmul_precision_now(backend), metrics["matmul_precision"]) == ("highest", "highest")
+        assert metrics["config"]["precision"] == "highest"
+        _, metrics = train.train_and_evaluate(config.replace(precision="tf32"), data, quiet=True, log=lambda _: None)
+        assert (matmul_precision_now(backend), metrics["matmul_precision"]) == ("tf32", "tf32")
+    finally:
+        pkg.set_matmul_precision("highest")  # the session's pin (conftest)
+
+
 # ----------------------------------------------------------------------------- determinism and resume
 
 

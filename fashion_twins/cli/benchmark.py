@@ -60,6 +60,20 @@ def add_parser(subparsers) -> None:
         help="the recipe --time-to-accuracy trains: fast (fashion_common.config.fast_config) or default, the "
         "80-epoch accuracy recipe (default: fast)",
     )
+    p.add_argument(
+        "--limit-train",
+        type=common.positive_int,
+        metavar="N",
+        default=None,
+        help="time epochs of the first N training images only, for a quick rehearsal (default: all 60,000)",
+    )
+    p.add_argument(
+        "--limit-test",
+        type=common.positive_int,
+        metavar="N",
+        default=None,
+        help="evaluate --time-to-accuracy on the first N test images only (default: all 10,000)",
+    )
     p.add_argument("--out", metavar="JSON", default=None, help="also write the results here (default: none)")
     common.add_quiet(p, "no progress lines on stderr (one per variant as it is timed); the tables still go to stdout")
     p.set_defaults(run=run)
@@ -80,7 +94,7 @@ def run(args) -> int:
         raise common.UsageError(
             "argument --precision: the CPU has only highest (fp32) matmuls; use --precision highest"
         )
-    data = load_fashion_mnist(args.data_dir, download=args.download)
+    data = load_fashion_mnist(args.data_dir, download=args.download).limit(args.limit_train, args.limit_test)
     results = [
         benchmark.benchmark(
             data, device, BENCHMARK_MODE[m], args.repeats, args.tutorial_repeats, args.data_dir, log=log

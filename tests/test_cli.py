@@ -208,13 +208,19 @@ def test_backend_device_and_precision_have_one_vocabulary_in_every_subcommand():
                 if (name, action.dest) == ("lockstep", "backend"):  # the JAX twin held against torch: no torch
                     assert tuple(action.choices) == tuple(b for b in BACKENDS if b != "torch")
                     continue
+                if (name, action.dest) in (("lockstep", "precision"), ("benchmark", "precision")):
+                    assert tuple(action.choices) == ("highest", "tf32", "both")  # they can run each mode in turn
+                    continue
                 seen.setdefault(action.dest, set()).add(tuple(action.choices))
     assert seen == {
         "backend": {BACKENDS},
         "device": {("auto", "cpu", "gpu")},
-        "precision": {("highest", "tf32", "both")},
+        "precision": {("highest", "tf32")},
         "output_activation": {("none", "relu")},
     }
+    # every command that computes takes --precision; convert only copies weights
+    takes = {name for name, sub in subs.items() if any(a.dest == "precision" for a in sub._actions)}
+    assert takes == {"train", "evaluate", "predict", "compare", "lockstep", "benchmark"}
 
 
 # ----------------------------------------------------------------------------- train

@@ -137,9 +137,7 @@ class Missing:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Missing())
 from fashion_twins.cli import main
-code = main(sys.argv[1:])
-print("loaded:", sorted(m for m in ("torch", "torchvision", "jax", "flax", "optax") if m in sys.modules))
-sys.exit(code)
+sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -176,8 +174,6 @@ def test_a_twin_trains_and_evaluates_with_the_other_framework_missing(tmp_path, 
     evaluated = run_without(side, "evaluate", "--backend", backend, out, "--limit-test", 128)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "test_acc" in evaluated.stdout
-    missing_side = "torch" if side == "torch" else "jax"
-    assert missing_side not in evaluated.stdout.splitlines()[-1]  # "loaded: [...]": the blocked one never was
     other = "torch" if backend != "torch" else "flax"
     refused = run_without(side, "evaluate", "--backend", other, out)
     assert refused.returncode == 2

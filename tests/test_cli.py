@@ -240,6 +240,7 @@ def test_train_dry_run_writes_a_checkpoint_and_metrics_json(trained, backend):
     assert metrics["backend"] == backend
     assert metrics["device"] == "cpu"
     assert {"torch": "torch", "flax": "jax", "nnx": "jax"}[backend] in metrics["versions"]
+    assert metrics["matmul_precision"][{"torch": "torch", "flax": "jax", "nnx": "jax"}[backend]] == "highest"
     assert metrics["config"] == TrainConfig(epochs=1, limit_train=2048, limit_test=512).to_dict()
     assert (metrics["num_train"], metrics["num_test"]) == (2048, 512)
     (epoch,) = metrics["epochs"]

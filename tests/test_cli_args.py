@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from clitools import assert_one_error_line, cli
+from clitools import assert_one_error_line, cli, needs_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fashion_common.checkpoint import metrics_path_for as canonical_metrics_path
 from fashion_common.config import TrainConfig
 from fashion_common.errors import ConfigError
 from fashion_twins.cli import build_parser
@@ -205,6 +206,22 @@ def test_predict_sets_the_precision_it_is_given_in_the_twin_that_runs(tmp_path, 
         result = cli("predict", "--backend", backend, ckpt, tmp_path / "x.png", "--precision", precision)
         assert result.returncode == 0, result.stderr
         assert mode() == expected
+
+
+@pytest.mark.slow
+@needs_data
+@pytest.mark.parametrize("backend", ["torch", "nnx"])
+def test_train_sets_its_precision_and_records_it_in_metrics_json(tmp_path, backend, precision_restored):
+    import json
+
+    out = tmp_path / "m.safetensors"
+    result = cli(
+        "train", "--backend", backend, "--dry-run", "--limit-train", 256, "--limit-test", 64, "--quiet",
+        "--precision", "tf32", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(canonical_metrics_path(out).read_text())
+    assert metrics["matmul_precision"][{"torch": "torch", "nnx": "jax"}[backend]] == "tf32"
 
 
 def test_compare_passes_its_precision_to_the_report_and_refuses_one_the_report_cannot_run():

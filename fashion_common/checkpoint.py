@@ -39,8 +39,21 @@ FORMAT_NAME = "fashion-twins/canonical-v1"
 
 
 def validate_state(state: dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SPEC, source: str = "state_dict") -> None:
-    """Assert the key set and every shape against the spec; the error names the offending key."""
+    """Assert the key set and every shape against the spec; the error names the offending key.
+
+    A state of another stack of Linear layers (the tutorial's class with other sizes, say 784-128-10) is named by
+    its layer sizes instead: a missing key would not say that the file holds a different network.
+    """
     expected = checkpoint_shapes(spec)
+    held = linear_stack_sizes(state)
+    supported = (spec.in_features, *spec.hidden_sizes, spec.num_classes)
+    # Only against the tutorial's sizes: a header whose spec disagrees with its own tensors is named by the key.
+    if held is not None and held != supported and spec.layer_sizes == DEFAULT_SPEC.layer_sizes:
+        layers = f"{len(held) - 1} Linear layer{'s' if len(held) > 2 else ''}"
+        raise CheckpointError(
+            f"{source} holds a {'-'.join(map(str, held))} network ({layers}); fashion-twins "
+            f"supports the tutorial's {'-'.join(map(str, supported))} (linear_relu_stack.0, .2, .4)"
+        )
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing:
@@ -55,6 +68,28 @@ def validate_state(state: dict[str, np.ndarray], spec: ModelSpec = DEFAULT_SPEC,
         got = tuple(np.shape(state[key]))
         if got != shape:
             raise CheckpointError(f"{source}: key {key!r} has shape {got}, expected {shape}")
+
+
+def linear_stack_sizes(state: dict[str, np.ndarray]) -> tuple[int, ...] | None:
+    """(784, 128, 10) for a state of Linear layers chained in key order, each `<name>.weight` [out, in] with a
+    `<name>.bias` [out]; None for anything else (a state the key and shape checks then describe)."""
+    weights = [k for k in state if k.endswith(".weight")]
+    if not weights or len(state) != 2 * len(weights):
+        return None
+    sizes = []
+    for key in sorted(weights, key=_natural):  # linear_relu_stack.10 after .4
+        weight, bias = np.shape(state[key]), np.shape(state.get(key[: -len("weight")] + "bias"))
+        if len(weight) != 2 or bias != weight[:1] or (sizes and sizes[-1] != weight[1]):
+            return None
+        if not sizes:
+            sizes.append(weight[1])  # the first layer's fan-in: the input size
+        sizes.append(weight[0])
+    return tuple(int(s) for s in sizes)
+
+
+def _natural(key: str) -> list:
+    """Sort key: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 # A temp file is `.NAME.PID.RANDOM.tmp` beside its target: the pid tells a later write whether the

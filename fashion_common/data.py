@@ -159,7 +159,11 @@ def prepare_raw(data_dir=None, checksums: dict[str, str] = SHA256, download: boo
                     atomic_write_bytes(target, payload)
             return _without_legacy(root, names)
         if origin in ("--data-dir", ENV_DATA):  # a folder the user named must hold the data: no silent fallback
-            present = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
+            if not folder.exists():
+                raise DataError(f"{origin} {folder} does not exist; {FIX_HINT}")
+            if not folder.is_dir():
+                raise DataError(f"{origin} {folder} is a file, not a folder; {FIX_HINT}")
+            present = sorted(p.name for p in folder.glob("*"))
             raise DataError(
                 f"{origin} {folder} holds no Fashion-MNIST files "
                 f"(need {', '.join(n + '.gz' for n in names)}; found {', '.join(present[:6]) or 'nothing'}); {FIX_HINT}"

@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
 from .paths import check_output_file, same_file
-from .runtime import thread_report
+from .runtime import matmul_precision_report, thread_report
 from .spec import ModelSpec
 from .split import split_validation
 from .terminal import progress_bars_wanted
@@ -134,6 +134,7 @@ def run_metrics(
         "platform": platform.platform(),
         "versions": versions,
         "threads": thread_report(),  # --threads policy, torch's threads, load and usable cores at the start
+        "matmul_precision_by_framework": matmul_precision_report(),  # as each loaded framework is set now
         "config": config.to_dict(),
         "matmul_precision": config.precision,  # what every twin's matmuls ran at (config.precision, set at the start)
         "spec": spec.to_dict(),

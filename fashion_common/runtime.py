@@ -207,3 +207,20 @@ def thread_report() -> dict:
         "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
         **{k: v for k, v in machine_state().items() if k in ("usable_cores", "load_1m")},
     }
+
+
+def matmul_precision_report() -> dict:
+    """float32 matmul mode of each loaded framework, for METRICS.json: {"torch": "highest"|"tf32", "jax": ...}.
+
+    Read from the frameworks' own settings (what --precision set), never importing one: torch's
+    float32_matmul_precision "highest" is highest, "high"/"medium" let TF32 in; JAX's default matmul
+    precision "highest" is highest, anything else (its default None included) is TF32 on a GPU.
+    """
+    report = {}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        report["torch"] = "highest" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        report["jax"] = "highest" if jax.config.jax_default_matmul_precision == "highest" else "tf32"
+    return report

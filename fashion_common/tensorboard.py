@@ -4,8 +4,8 @@
     fashion-twins train --backend flax  --tensorboard runs/   # runs/flax/...: one run per twin, the same tags
     tensorboard --logdir runs/
 
-The writer is TensorBoard's own framework-free one (`tensorboard.summary.Writer`: numpy only, neither
-torch nor TensorFlow), so the flax twin writes event files without importing torch
+The writer is TensorBoard's own framework-free one (its event file writer and protos: neither torch
+nor TensorFlow), so the flax twin writes event files without importing torch
 (`torch.utils.tensorboard` would, and it needs the same `tensorboard` package anyway). The package
 is an optional extra: pip install 'fashion-twins[tensorboard]'.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import time
 from pathlib import Path
 
 INSTALL_HINT = "pip install 'fashion-twins[tensorboard]'"
@@ -68,15 +69,22 @@ class EpochWriter:
     """
 
     def __init__(self, logdir, backend: str):
-        from tensorboard.summary import Writer  # the optional extra: only imported when asked for
+        # the optional extra: only imported when asked for
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.run_dir = Path(logdir) / backend
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._writer = Writer(str(self.run_dir))
+        self._writer = EventFileWriter(str(self.run_dir))
 
     def __call__(self, counters: dict) -> None:
-        for tag, value in epoch_scalars(counters).items():
-            self._writer.add_scalar(tag, value, step=counters["epoch"])
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        # simple_value summaries, as torch.utils.tensorboard and tf.summary v1 write them: EventAccumulator's
+        # Scalars() reads only these (tensorboard.summary.Writer's tensor summaries raise KeyError there), and the
+        # scalars dashboard shows them alike. The value is stored as float32.
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in epoch_scalars(counters).items()]
+        self._writer.add_event(Event(wall_time=time.time(), step=counters["epoch"], summary=Summary(value=values)))
         self._writer.flush()
 
     def close(self) -> None:

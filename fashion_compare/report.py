@@ -55,6 +55,8 @@ class CompareOptions:
     full: bool = False  # the default recipe's full epochs, the tutorial's recipe too, and a full lockstep epoch
     device: str = "auto"  # "auto" (a GPU if torch and JAX both see one), "cpu" or "gpu"
     seed: int = 0  # one seed for the init, the batch order and both trainings
+    # float32 matmuls of the lockstep, training and per-class stages, "highest" or "tf32" (parity runs its own list)
+    precision: str = "highest"
     quick_epochs: int = 3  # recipe epochs in quick mode; the cosine schedule then spans these epochs
     tutorial_epochs: int = 10  # tutorial-recipe epochs with full=True, as in the tutorial
     lockstep_steps: int | None = None  # None: 300 in quick mode on a CPU, one full epoch with full=True or on a GPU
@@ -72,6 +74,7 @@ class CompareOptions:
         """Refuse values that cannot run, before any data is loaded."""
         checks = [
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
+            (self.precision in ("highest", "tf32"), f"precision must be highest or tf32, got {self.precision!r}"),
             (self.quick_epochs >= 1, "quick_epochs must be >= 1"),
             (self.tutorial_epochs >= 1, "tutorial_epochs must be >= 1"),
             (self.lockstep_steps is None or self.lockstep_steps >= 1, "lockstep_steps must be >= 1"),

@@ -247,7 +247,7 @@ def stage_parity(run: Run) -> None:
     precisions = parity_precisions(run.device)
     # {"flax": {precision: figures}, "nnx": {...}}: each JAX twin against torch on the same weights
     results = {twin: {p: parity_off_kink(run, x, y, p, twin) for p in precisions} for twin in JAX_TWINS}
-    set_matmul_precision("highest")  # what the rest of the run uses
+    set_matmul_precision(run.options.precision)  # what the rest of the run uses
     run.report["parity"] = {
         "images": n,
         "weights": f"the torch twin's seeded init (seed {run.options.seed}), loaded into every twin",
@@ -364,7 +364,7 @@ def stage_lockstep(run: Run) -> None:
             config,
             steps=steps,
             weight_every=weight_every,
-            precision="highest",
+            precision=run.options.precision,
             spec=run.spec,
             progress=not run.quiet,
             keep_states=True,
@@ -404,9 +404,10 @@ def stage_lockstep(run: Run) -> None:
 def stage_training(run: Run) -> None:
     opts = run.options
     limits = {"device": run.device, "seed": opts.seed, "limit_train": opts.limit_train, "limit_test": opts.limit_test}
+    limits["precision"] = opts.precision  # compare --precision: every twin trains at it (the config records it)
     recipe = TrainConfig(**limits) if opts.full else TrainConfig(epochs=opts.quick_epochs, **limits)
     # tutorial: None = not run (quick mode), {} = still to come
-    # the matmul precision every twin trains at: the config's, the one default of the train command
+    # the matmul precision every twin trains at: the config's (compare --precision; train's default is the same)
     training = run.report["training"] = {"precision": recipe.precision, "tutorial": {} if opts.full else None}
     run.final_states["recipe"] = train_both(run, "recipe", recipe, training)
     entry = training["recipe"]
@@ -536,7 +537,7 @@ def pair_agreement(predictions: dict, labels: np.ndarray) -> list:
 def stage_classes(run: Run) -> None:
     data = run.limited
     images, labels = data.test_images, np.asarray(data.test_labels, dtype=np.int64)  # (N, 28, 28) uint8, (N,)
-    set_matmul_precision("highest")
+    set_matmul_precision(run.options.precision)
     section = run.report["classes"] = {"class_names": list(CLASS_NAMES), "num_test": int(len(labels))}
     for name in ("recipe", "lockstep"):
         states = run.final_states[name]

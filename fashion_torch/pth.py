@@ -4,7 +4,7 @@ The "Save and load the model" tutorial pickles a state_dict. Reading it uses
 `torch.load(..., weights_only=True)`, torch's restricted unpickler: tensors, dicts and a few
 plain types load, anything else (a `__reduce__` calling os.system, a whole pickled module) is
 refused without being executed. `fashion-twins convert` turns such a file into the canonical
-safetensors checkpoint.
+safetensors checkpoint, and back (write_pth).
 """
 
 from __future__ import annotations
@@ -53,6 +53,22 @@ def read_pth(path) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{path}: key {key!r} has dtype {dtype}, expected float32")
         state[key] = value.detach().numpy().copy()
     return state
+
+
+def write_pth(path, state: dict[str, np.ndarray]) -> Path:
+    """Write a state_dict as the tutorial saves one: torch.save of a plain dict of float32 CPU tensors.
+
+    Nothing but tensors is pickled, so torch.load(path, weights_only=True) reads it, and the tutorial's class
+    takes it with load_state_dict(strict=True). Written atomically (a crash leaves any old file whole).
+    """
+    import io
+
+    from fashion_common.checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({key: torch.from_numpy(np.array(value, dtype=np.float32)) for key, value in state.items()}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 def _reason(e: Exception) -> str:

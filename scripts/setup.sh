@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: the real Fashion-MNIST (Debian's package) and this project with its test and tensorboard
-# extras (the latter so the suite's train --tensorboard tests run rather than skip).
+# Set up a fresh machine: the real Fashion-MNIST (Debian's package) and this project with its all (both frameworks),
+# test and tensorboard extras (the last so the suite's train --tensorboard tests run rather than skip).
 # Safe to run again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +13,4 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     echo "note: dataset-fashion-mnist not installed (needs apt-get as root); scripts will fall back to --data-dir or --download" >&2
   fi
 fi
-python3 -m pip install -q --disable-pip-version-check -e '.[test,tensorboard]'
+python3 -m pip install -q --disable-pip-version-check -e '.[all,test,tensorboard]'

@@ -210,14 +210,19 @@ def test_backend_device_and_precision_have_one_vocabulary_in_every_subcommand():
                     continue
                 if (name, action.dest) == ("train", "precision"):  # one run trains at one precision: no "both"
                     assert tuple(action.choices) == ("highest", "tf32")
+                if (name, action.dest) in (("lockstep", "precision"), ("benchmark", "precision")):
+                    assert tuple(action.choices) == ("highest", "tf32", "both")  # they can run each mode in turn
                     continue
                 seen.setdefault(action.dest, set()).add(tuple(action.choices))
     assert seen == {
         "backend": {BACKENDS},
         "device": {("auto", "cpu", "gpu")},
-        "precision": {("highest", "tf32", "both")},
+        "precision": {("highest", "tf32")},
         "output_activation": {("none", "relu")},
     }
+    # every command that computes takes --precision; convert only copies weights
+    takes = {name for name, sub in subs.items() if any(a.dest == "precision" for a in sub._actions)}
+    assert takes == {"train", "evaluate", "predict", "compare", "lockstep", "benchmark"}
 
 
 # ----------------------------------------------------------------------------- train
@@ -237,6 +242,8 @@ def test_train_dry_run_writes_a_checkpoint_and_metrics_json(trained, backend):
     assert metrics["backend"] == backend
     assert metrics["device"] == "cpu"
     assert {"torch": "torch", "flax": "jax", "nnx": "jax"}[backend] in metrics["versions"]
+    framework = {"torch": "torch", "flax": "jax", "nnx": "jax"}[backend]
+    assert metrics["matmul_precision"] == metrics["matmul_precision_by_framework"][framework] == "highest"
     assert metrics["config"] == TrainConfig(epochs=1, limit_train=2048, limit_test=512).to_dict()
     assert (metrics["num_train"], metrics["num_test"]) == (2048, 512)
     (epoch,) = metrics["epochs"]

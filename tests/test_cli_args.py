@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from clitools import assert_one_error_line, cli
+from clitools import assert_one_error_line, cli, needs_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fashion_common.checkpoint import metrics_path_for as canonical_metrics_path
 from fashion_common.config import TrainConfig
 from fashion_common.errors import ConfigError
 from fashion_twins.cli import build_parser
@@ -107,12 +108,130 @@ def test_non_finite_or_non_numeric_floats_are_refused_at_parse_time(flag, value)
             ("train", "--backend", "torch", "--out", "m.safetensors", "--limit-train", "-5"),
             "argument --limit-train: limit_train must be >= 1",
         ),
-        (("convert", "only_one_path.pth"), "the following arguments are required: OUT.safetensors"),
+        (("convert", "only_one_path.pth"), "the following arguments are required: OUT"),
         (("--no-such-flag",), "COMMAND"),
     ],
 )
 def test_every_bad_flag_gives_one_error_line_naming_it(argv, fragment):
     assert_one_error_line(cli(*argv), fragment)
+
+
+def every_parser():
+    """The top-level parser and each subcommand's, as build_parser makes them."""
+    import argparse
+
+    top = build_parser()
+    subs = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return [top, *subs.choices.values()]
+
+
+def test_no_parser_takes_a_prefix_of_a_flag_for_the_flag():
+    parsers = every_parser()
+    assert len(parsers) == 8 and all(p.allow_abbrev is False for p in parsers)
+    # argparse's default would read --epoch 2 as --epochs 2 and train for two epochs without a word.
+    assert_one_error_line(
+        cli("train", "--backend", "flax", "--out", "m.safetensors", "--epoch", "2"),
+        "unrecognized arguments: --epoch 2; did you mean --epochs? (see fashion-twins train --help)",
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (("train", "--backend", "torch", "--out", "m.safetensors", "--batchsize", "32"), "did you mean --batch-size?"),
+        (("lockstep", "--batchsize=32"), "did you mean --batch-size?"),
+        (("evaluate", "--backend", "torch", "c.safetensors", "--limit-tset", "5"), "did you mean --limit-test?"),
+        (("compare", "--lockstep-step", "5"), "did you mean --lockstep-steps?"),
+        (("predict", "--backend", "torch", "c.safetensors", "--test-indx", "0"), "did you mean --test-index?"),
+    ],
+)
+def test_an_unknown_flag_near_a_known_one_gets_the_known_one_suggested(argv, hint):
+    assert_one_error_line(cli(*argv), f"; {hint} (see fashion-twins {argv[0]} --help)")
+
+
+def test_an_unknown_flag_near_no_known_one_gets_no_suggestion():
+    result = cli("train", "--backend", "torch", "--out", "m.safetensors", "--steps", "5")  # lockstep's, not train's
+    assert_one_error_line(result, "unrecognized arguments: --steps 5 (see fashion-twins train --help)")
+
+
+COMPUTING = {
+    "train": ("train", "--backend", "torch", "--out", "m.safetensors"),
+    "evaluate": ("evaluate", "--backend", "flax", "c.safetensors"),
+    "predict": ("predict", "--backend", "nnx", "c.safetensors", "x.png"),
+    "compare": ("compare",),
+    "lockstep": ("lockstep",),
+    "benchmark": ("benchmark",),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMPUTING))
+def test_every_command_that_computes_takes_precision_alike(command):
+    assert parse(*COMPUTING[command]).precision in ("highest", None)  # None: benchmark's per-device default
+    assert parse(*COMPUTING[command], "--precision", "tf32").precision == "tf32"
+    assert parse(*COMPUTING[command], "--precision", "highest").precision == "highest"
+    assert_one_error_line(cli(*COMPUTING[command], "--precision", "fp16"), "argument --precision: invalid choice")
+
+
+@pytest.fixture
+def precision_restored():
+    """Both frameworks back at highest, the suite's pinned mode, whatever the test set."""
+    import fashion_flax
+    import fashion_torch
+
+    yield
+    fashion_torch.set_matmul_precision("highest")
+    fashion_flax.set_matmul_precision("highest")
+
+
+@pytest.mark.parametrize("backend", ["torch", "flax", "nnx"])
+def test_predict_sets_the_precision_it_is_given_in_the_twin_that_runs(tmp_path, backend, precision_restored):
+    import jax
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from fashion_common import checkpoint as canonical
+    from fashion_common.spec import checkpoint_shapes
+
+    state = {key: np.zeros(shape, np.float32) for key, shape in checkpoint_shapes().items()}
+    ckpt = canonical.write_state(tmp_path / "m.safetensors", state)
+    Image.fromarray(np.zeros((28, 28), np.uint8), "L").save(tmp_path / "x.png")
+
+    def mode():
+        if backend == "torch":
+            return torch.get_float32_matmul_precision()  # "high" lets TF32 in, "highest" keeps it out
+        return jax.config.jax_default_matmul_precision  # "default" is TF32 on a GPU
+
+    for precision, expected in (("tf32", {"torch": "high"}.get(backend, "default")), ("highest", "highest")):
+        result = cli("predict", "--backend", backend, ckpt, tmp_path / "x.png", "--precision", precision)
+        assert result.returncode == 0, result.stderr
+        assert mode() == expected
+
+
+@pytest.mark.slow
+@needs_data
+@pytest.mark.parametrize("backend", ["torch", "nnx"])
+def test_train_sets_its_precision_and_records_it_in_metrics_json(tmp_path, backend, precision_restored):
+    import json
+
+    out = tmp_path / "m.safetensors"
+    result = cli(
+        "train", "--backend", backend, "--dry-run", "--limit-train", 256, "--limit-test", 64, "--quiet",
+        "--precision", "tf32", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(canonical_metrics_path(out).read_text())
+    assert metrics["matmul_precision_by_framework"][{"torch": "torch", "nnx": "jax"}[backend]] == "tf32"
+
+
+def test_compare_passes_its_precision_to_the_report_and_refuses_one_the_report_cannot_run():
+    from fashion_compare.report import CompareOptions
+    from fashion_twins.cli.compare import make_options
+
+    assert make_options(parse("compare", "--precision", "tf32"), "fashion-twins compare").precision == "tf32"
+    assert make_options(parse("compare"), "fashion-twins compare").precision == "highest"
+    with pytest.raises(ValueError, match="precision must be highest or tf32"):
+        CompareOptions(precision="both").check()
 
 
 def test_predict_checks_the_test_index_range_before_building_a_model(monkeypatch):

@@ -120,8 +120,21 @@ def test_anything_but_a_dict_of_float_tensors_is_refused_naming_what_it_is(tmp_p
         read_pth(tmp_path / "x.pth")
 
 
-def test_a_state_dict_of_another_network_names_the_first_wrong_key(tmp_path):
-    torch.save(nn.Sequential(nn.Linear(4, 2)).state_dict(), tmp_path / "other.pth")
+def test_a_tutorial_style_pth_of_another_network_says_its_layer_sizes_and_the_supported_ones(tmp_path):
+    other = nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    state = {f"linear_relu_stack.{k}": v for k, v in nn.Sequential(*list(other)[1:]).state_dict().items()}
+    torch.save(state, tmp_path / "small.pth")  # the tutorial's class with one hidden layer of 128
+    assert_one_error_line(
+        cli("convert", tmp_path / "small.pth", tmp_path / "o.safetensors"),
+        "small.pth holds a 784-128-10 network (2 Linear layers)",
+        "supports the tutorial's 784-512-512-10",
+    )
+    torch.save(nn.Sequential(nn.Linear(4, 2)).state_dict(), tmp_path / "other.pth")  # other key names alike
+    assert_one_error_line(cli("evaluate", "--backend", "torch", tmp_path / "other.pth"), "holds a 4-2 network")
+
+
+def test_a_state_that_is_no_stack_of_linear_layers_still_names_the_first_wrong_key(tmp_path):
+    torch.save({"embedding.weight": torch.zeros(3, 4)}, tmp_path / "other.pth")
     assert_one_error_line(
         cli("convert", tmp_path / "other.pth", tmp_path / "o.safetensors"), "missing key 'linear_relu_stack.0.bias'"
     )
@@ -146,6 +159,31 @@ def test_convert_writes_the_canonical_checkpoint_with_the_spec_in_its_header(tut
 
     assert_ok(cli("convert", path, tmp_path / "relu.safetensors", "--output-activation", "relu"))
     assert canonical.read_state(tmp_path / "relu.safetensors")[1].output_activation == "relu"
+
+
+def test_convert_to_pth_writes_the_tutorials_format_which_its_class_loads_with_weights_only(tutorial, tmp_path):
+    model, path = tutorial
+    assert_ok(cli("convert", path, tmp_path / "m.safetensors"))
+    for name in ("out.pth", "out.pt"):
+        result = cli("convert", tmp_path / "m.safetensors", tmp_path / name)
+        assert_ok(result)
+        assert "the tutorial's state_dict" in result.stdout
+        assert is_torch_pickle(tmp_path / name)
+        loaded = torch.load(tmp_path / name, weights_only=True)  # the tutorial's own reading of the file
+        assert list(loaded) == list(model.state_dict())  # a plain dict, in the class's own key order
+        fresh = TutorialNetwork()
+        fresh.load_state_dict(loaded, strict=True)
+        x = torch.rand(5, 1, 28, 28)
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)  # the same float32 weights: identical
+
+
+def test_convert_refuses_an_out_extension_it_does_not_write_naming_the_two_it_does(tutorial, tmp_path):
+    _, path = tutorial
+    for name in ("m.bin", "m.safetensor", "m"):
+        assert_one_error_line(
+            cli("convert", path, tmp_path / name), "argument OUT", ".safetensors (the canonical checkpoint)", ".pth/.pt"
+        )
+        assert not (tmp_path / name).exists()
 
 
 def test_convert_refuses_writing_over_its_own_input(tutorial, tmp_path):

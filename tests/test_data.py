@@ -121,6 +121,22 @@ def test_an_environment_variable_naming_an_empty_folder_is_an_error_not_a_silent
         load_fashion_mnist()
 
 
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_a_named_data_folder_that_does_not_exist_is_said_not_to_exist(tmp_path, cache, monkeypatch, how):
+    absent = tmp_path / "nonexistent"
+    if how == "env":
+        monkeypatch.setenv(data_mod.ENV_DATA, str(absent))
+    with pytest.raises(
+        DataError,
+        match=rf"^{'FASHION_TWINS_DATA' if how == 'env' else '--data-dir'} \S*nonexistent "
+        r"does not exist; install it",
+    ):
+        load_fashion_mnist(absent if how == "flag" else None)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match=r"file is a file, not a folder"):
+        load_fashion_mnist(tmp_path / "file")
+
+
 def _torchvision_layout(tmp_path, checksums_from):
     """A user folder in torchvision's layout (FashionMNIST/raw/) holding copies of the verified files."""
     raw = tmp_path / "tv" / "FashionMNIST" / "raw"

@@ -365,3 +365,20 @@ def test_a_real_cpu_hog_beside_a_sleeping_process_is_seen_as_other_processes_wor
     # The hog keeps the core busy (work by anything else on it only adds to the share).
     assert span["others_cpu_share"] >= 0.9 > OTHERS_BUSY_SHARE
     assert span["busy"] is True
+
+
+def test_the_matmul_precision_report_says_what_each_loaded_framework_was_set_to():
+    import fashion_flax
+    import fashion_torch
+    from fashion_common.runtime import matmul_precision_report
+
+    try:
+        fashion_torch.set_matmul_precision("tf32")
+        fashion_flax.set_matmul_precision("highest")
+        assert matmul_precision_report() == {"torch": "tf32", "jax": "highest"}
+        fashion_torch.set_matmul_precision("highest")
+        fashion_flax.set_matmul_precision("tf32")
+        assert matmul_precision_report() == {"torch": "highest", "jax": "tf32"}
+    finally:  # the suite's pinned mode
+        fashion_torch.set_matmul_precision("highest")
+        fashion_flax.set_matmul_precision("highest")

@@ -106,6 +106,25 @@ def test_the_writer_imports_neither_torch_nor_jax(tmp_path):
     assert read_scalars(tmp_path / "flax") == {"loss/train": [(1, 1.0)], "learning_rate": [(1, pytest.approx(0.1))]}
 
 
+def test_event_accumulator_scalars_reads_every_tag_the_writer_wrote(tmp_path):
+    """The reader scripts use (`EventAccumulator(...).Scalars(tag)`) sees the scalars, not only the dashboard."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = {"schedule": "constant", "lr": 0.1, "epochs": 2}
+    rows = [{"train_loss": 1.25, "test_accuracy": 0.5}, {"train_loss": 0.75, "test_accuracy": 0.625}]
+    with tensorboard.EpochWriter(tmp_path, "nnx") as writer:
+        for epoch in (1, 2):
+            writer({"epoch": epoch, "step": 10 * epoch, "config": config, "history": rows[:epoch]})
+    accumulator = EventAccumulator(str(tmp_path / "nnx"))
+    accumulator.Reload()
+    assert sorted(accumulator.Tags()["scalars"]) == ["accuracy/test", "learning_rate", "loss/train"]
+    # The values are exact in float32 (1.25, 0.75, 0.5, 0.625), so equality is the check.
+    assert [(s.step, s.value) for s in accumulator.Scalars("loss/train")] == [(1, 1.25), (2, 0.75)]
+    assert [(s.step, s.value) for s in accumulator.Scalars("accuracy/test")] == [(1, 0.5), (2, 0.625)]
+    assert [s.value for s in accumulator.Scalars("learning_rate")] == [pytest.approx(0.1, rel=1e-7)] * 2
+
+
 # ----------------------------------------------------------------------------- the flag
 
 

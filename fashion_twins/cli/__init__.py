@@ -5,8 +5,8 @@
     python -m fashion_twins ...            # the same, where the console script is not on PATH yet
 
 Anything a user can cause and fix (a bad flag, a missing or unreadable file, an unwritable
-output) prints one line, `error: ...`, on stderr and exits 2; usage errors too. Set
-FASHION_TWINS_TRACEBACK=1 for the full traceback instead.
+output, a framework not installed: the line names the extra) prints one line, `error: ...`, on
+stderr and exits 2; usage errors too. Set FASHION_TWINS_TRACEBACK=1 for the full traceback instead.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def build_parser() -> common.Parser:
     for module in SUBCOMMANDS:
         module.add_parser(sub)
     for subparser in sub.choices.values():
-        subparser.set_defaults(command_prog=subparser.prog)  # "fashion-twins train": named by an unknown flag's error
+        # "fashion-twins train" and its flags: named by an unknown flag's error, which the top-level parser raises
+        subparser.set_defaults(command_prog=subparser.prog, command_flags=tuple(subparser._option_string_actions))
     return parser
 
 
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     # OSError covers PIL's UnidentifiedImageError, so PIL need not be imported here.
     expected = (common.UsageError, FashionTwinsError, OSError, ValueError)
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
@@ -96,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
+    except ModuleNotFoundError as e:  # a framework the command needs, not installed: name its extra
+        line = common.missing_framework_line(e, args)
+        if line is None or os.environ.get("FASHION_TWINS_TRACEBACK"):
+            raise
+        print(line, file=sys.stderr)
+        return 2
     except expected as e:
         if os.environ.get("FASHION_TWINS_TRACEBACK"):
             raise

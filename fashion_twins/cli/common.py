@@ -30,20 +30,45 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error raises UsageError (one line from main) instead of printing usage and exiting."""
+    """argparse, but a usage error raises UsageError (one line from main) instead of printing usage and exiting.
+
+    Prefixes of a flag are not taken for it (allow_abbrev=False): argparse would read `--epoch 2` as --epochs, and
+    a prefix that is unique today stops being so when a flag is added. A typo gets the nearest flag instead.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
     def parse_args(self, args=None, namespace=None):
-        """As argparse, but an unknown flag's error names the help of the subcommand it was given to."""
+        """As argparse, but an unknown flag's error names the nearest known flag and the subcommand's help."""
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
             # argparse collects a subcommand's unknown words and reports them from the top-level parser;
-            # the subcommand's own prog (set by build_parser) is the help that lists what it accepts.
+            # the subcommand's own prog and flags (set by build_parser) are what it accepts.
             prog = getattr(parsed, "command_prog", self.prog)
-            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} (see {prog} --help)")
+            flags = getattr(parsed, "command_flags", tuple(self._option_string_actions))
+            hint = nearest_flag(unknown, flags)
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)}{hint} (see {prog} --help)")
         return parsed
+
+
+def nearest_flag(unknown: list[str], flags) -> str:
+    """'; did you mean --batch-size?' for the first unknown flag near a known one (as pip and git suggest), or ''."""
+    import difflib
+
+    for word in unknown:
+        if not word.startswith("--"):
+            continue
+        given = word.split("=", 1)[0]
+        # 0.75: --batchsize, --epoch, --lr-rate find their flag; a flag of another command (--steps in train) does not.
+        match = difflib.get_close_matches(given, [f for f in flags if f.startswith("--")], n=1, cutoff=0.75)
+        if match:
+            return f"; did you mean {match[0]}?"
+    return ""
 
 
 # ----------------------------------------------------------------------------- value checks (argparse type=)
@@ -122,18 +147,25 @@ def device_parent(default: str = "auto") -> argparse.ArgumentParser:
     return p
 
 
-def precision_parent(default: str | None = "highest", default_text: str | None = None) -> argparse.ArgumentParser:
+def precision_parent(
+    default: str | None = "highest", default_text: str | None = None, choices: tuple[str, ...] = PRECISIONS
+) -> argparse.ArgumentParser:
+    """--precision, the same flag for every command that computes; `both` only where a command runs each in turn."""
     p = Parser(add_help=False)
+    modes = "highest (TF32 off in torch, JAX 'highest')" + (
+        ", tf32, or both in turn" if "both" in choices else " or tf32"
+    )
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=choices,
         default=default,
-        help=(
-            "float32 matmuls in every twin: highest (TF32 off in torch, JAX 'highest'), tf32, or both in turn "
-            f"(default: {default_text or default})"
-        ),
+        help=f"float32 matmuls in every twin: {modes}; TF32 exists on GPUs only (default: {default_text or default})",
     )
     return p
+
+
+# train, evaluate, predict and compare run one mode; lockstep and benchmark can also run both in turn.
+ONE_PRECISION = ("highest", "tf32")
 
 
 def threads_value(text: str) -> str | int:
@@ -273,6 +305,49 @@ def jax_platforms_named():
             f"JAX_PLATFORMS={value!r} names a platform JAX cannot start on this machine ({reason}); "
             "unset JAX_PLATFORMS, or set JAX_PLATFORMS=cpu"
         ) from None
+
+
+# Each framework module -> the extra (pyproject's [project.optional-dependencies]) that installs it.
+FRAMEWORK_EXTRAS = {
+    "torch": "torch",
+    "torchvision": "torch",
+    "jax": "jax",
+    "jaxlib": "jax",
+    "flax": "jax",
+    "optax": "jax",
+}
+# The commands that run a torch twin and a JAX twin side by side: they need both extras, i.e. [all].
+EVERY_TWIN_COMMANDS = ("compare", "lockstep", "benchmark")
+
+
+def missing_framework_line(e: ModuleNotFoundError, args) -> str | None:
+    """`error: ...` naming the extra to install, for a framework the command needs and cannot import; else None.
+
+    The check is the import itself (its ModuleNotFoundError names the module), so a twin package that starts
+    needing another module is covered with no list to keep; anything else missing is not ours to explain.
+    """
+    module = (e.name or "").split(".")[0]
+    extra = FRAMEWORK_EXTRAS.get(module)
+    if extra is None:
+        return None
+    command = getattr(args, "command_prog", "fashion-twins")
+    if command.split()[-1] in EVERY_TWIN_COMMANDS:
+        extra, what = "all", f"{command} runs a torch twin and a JAX twin; it"
+    elif module == "torchvision":
+        what = f"{command} --download (torchvision's downloader)"
+    elif command.split()[-1] == "convert":
+        what = f"{command} (a .pth file is torch's format)"
+    elif getattr(args, "backend", None):
+        what = f"{command} --backend {args.backend}"
+    else:
+        what = command
+    return f"error: {what} needs {module}, which is not installed: pip install 'fashion-twins[{extra}]'"
+
+
+def require_every_twin() -> None:
+    """Import both frameworks now, before any data or output: a missing one is one line naming [all] (see main)."""
+    for module in ("torch", "jax", "flax", "optax"):
+        importlib.import_module(module)
 
 
 def note(line: str) -> None:

@@ -31,7 +31,12 @@ def add_parser(subparsers) -> None:
         "compare",
         help="the three twins side by side: parity, lockstep, training; writes a report folder",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        parents=[common.data_parent(), common.device_parent(d.device), common.threads_parent()],
+        parents=[
+            common.data_parent(),
+            common.device_parent(d.device),
+            common.precision_parent(d.precision, choices=common.ONE_PRECISION),
+            common.threads_parent(),
+        ],
     )
     p.add_argument(
         "--out-dir", metavar="DIR", default=d.out_dir, help=f"report folder, created if missing (default: {d.out_dir})"
@@ -122,6 +127,7 @@ def make_options(args, command: str):
         full=args.full,
         device=args.device,
         seed=args.seed,
+        precision=args.precision,
         data_dir=args.data_dir,
         download=args.download,
         command=command,
@@ -135,6 +141,7 @@ def make_options(args, command: str):
 
 
 def run(args) -> int:
+    common.require_every_twin()  # a missing framework: one line naming [all], before any output
     from fashion_common.paths import check_no_aliases, check_output_dir
 
     options = make_options(args, shlex.join(["fashion-twins", *getattr(args, "argv", sys.argv[1:])]))

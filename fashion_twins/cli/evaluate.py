@@ -21,7 +21,13 @@ def add_parser(subparsers) -> None:
         "evaluate",
         help="test loss and accuracy of a checkpoint, with any twin",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        parents=[common.backend_parent(), common.checkpoint_parent(), common.data_parent(), common.device_parent()],
+        parents=[
+            common.backend_parent(),
+            common.checkpoint_parent(),
+            common.data_parent(),
+            common.device_parent(),
+            common.precision_parent(choices=common.ONE_PRECISION),
+        ],
     )
     p.add_argument(
         "--limit-test",
@@ -58,6 +64,7 @@ def run(args) -> int:
 
     twin = common.backend_module(args.backend)
     device = twin.resolve_device(args.device)
+    twin.set_matmul_precision(args.precision)
     # The checkpoint is read (and rejected, if bad) before the data: it is the cheaper of the two.
     loaded = load_model(twin, args, device)
     data = load_fashion_mnist(args.data_dir, download=args.download).limit(train=0, test=args.limit_test)

@@ -95,6 +95,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    common.require_every_twin()  # a missing framework: one line naming [all], before any output
     from fashion_common.paths import check_no_aliases, check_output_file
 
     check_no_aliases({"--out": args.out}, {"--data-dir": args.data_dir})

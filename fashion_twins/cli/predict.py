@@ -54,7 +54,13 @@ def add_parser(subparsers) -> None:
         help="classify image files or stored test images, with any twin",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
         epilog=IMAGE_HELP,
-        parents=[common.backend_parent(), common.checkpoint_parent(), common.data_parent(), common.device_parent()],
+        parents=[
+            common.backend_parent(),
+            common.checkpoint_parent(),
+            common.data_parent(),
+            common.device_parent(),
+            common.precision_parent(choices=common.ONE_PRECISION),
+        ],
     )
     p.add_argument("images", metavar="IMAGE", nargs="*", help="PNG or JPEG files to classify (default: none)")
     p.add_argument(
@@ -161,6 +167,7 @@ def run(args) -> int:
 
     twin = common.backend_module(args.backend)
     device = twin.resolve_device(args.device)
+    twin.set_matmul_precision(args.precision)
     loaded = load_model(twin, args, device)
     probs = twin.train.predict_proba(loaded, np.stack(images))  # (N, 10)
     for path, pixels in zip(saved, images, strict=True):

@@ -69,6 +69,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_temp_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path):
     path = tmp_path / "model.safetensors"
     dead = tmp_path / f".model.safetensors.{_dead_pid()}.0badc0de.tmp"  # what a kill -9 mid-write leaves
@@ -81,6 +82,7 @@ def test_a_temp_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_live_writers_temp_is_left_alone(tmp_path):
     path = tmp_path / "model.safetensors"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -98,6 +100,7 @@ def test_a_live_writers_temp_is_left_alone(tmp_path):
         sleeper.wait()
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_writer_killed_mid_write_leaves_a_temp_that_the_next_write_removes(tmp_path):
     path = tmp_path / "model.safetensors"
     root = Path(__file__).resolve().parent.parent

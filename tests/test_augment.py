@@ -115,6 +115,7 @@ def test_split_validation_moves_held_out_images_to_the_validation_set_and_keeps_
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_training_with_a_validation_split_reports_validation_accuracy_every_epoch(backend, tmp_path):
     data = real_data()
     train = importlib.import_module(f"fashion_{backend}.train")

@@ -125,6 +125,7 @@ def _parse_prediction(line):
 # ----------------------------------------------------------------------------- the command itself
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_python_m_fashion_twins_lists_every_subcommand_from_any_folder(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fashion_twins", "--help"],
@@ -230,6 +231,7 @@ def test_backend_device_and_precision_have_one_vocabulary_in_every_subcommand():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_train_dry_run_writes_a_checkpoint_and_metrics_json(trained, backend):
     ckpt, metrics_path, stdout = trained(backend)
 
@@ -254,6 +256,7 @@ def test_train_dry_run_writes_a_checkpoint_and_metrics_json(trained, backend):
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_train_without_metrics_flag_writes_metrics_beside_the_checkpoint(tmp_path):
     result = cli("train", "--backend", "torch", "--dry-run", "--quiet", "--out", tmp_path / "m.safetensors")
     assert_ok(result)
@@ -266,6 +269,7 @@ def test_train_without_metrics_flag_writes_metrics_beside_the_checkpoint(tmp_pat
 
 @pytest.mark.parametrize("trainer", BACKENDS)
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_checkpoint_from_one_twin_evaluates_to_the_same_metrics_in_the_other(trained, trainer):
     ckpt, metrics_path, _ = trained(trainer)
     result = cli("evaluate", "--backend", OTHER[trainer], ckpt, "--limit-test", 512)
@@ -285,6 +289,7 @@ def test_checkpoint_from_one_twin_evaluates_to_the_same_metrics_in_the_other(tra
 
 @pytest.mark.parametrize("trainer", BACKENDS)
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_predict_names_a_class_for_a_drawn_png_with_probabilities_summing_to_one(cross_predictions, trainer):
     png = cross_predictions(trainer)[0]
     assert (png["backend"], Path(png["name"]).name, png["true"]) == (OTHER[trainer], "trouser.png", None)
@@ -318,12 +323,14 @@ def test_predict_test_index_prints_the_true_label_of_stored_test_images(cross_pr
         (("--optimizer", "foo"), "argument --optimizer: invalid choice: 'foo'"),
     ],
 )
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_bad_config_value_gives_one_error_line_naming_the_flag(tmp_path, args, fragment):
     result = cli("train", "--backend", "torch", *args, "--out", tmp_path / "m.safetensors")
     assert_one_error_line(result, fragment)
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_missing_output_folder_fails_before_training_with_one_error_line(tmp_path):
     missing = tmp_path / "no_such_folder"
     result = cli(
@@ -333,11 +340,13 @@ def test_missing_output_folder_fails_before_training_with_one_error_line(tmp_pat
     assert not missing.exists() and not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_missing_checkpoint_gives_one_error_line(tmp_path):
     result = cli("evaluate", "--backend", "torch", tmp_path / "nope.safetensors")
     assert_one_error_line(result, "nope.safetensors")
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_unreadable_image_gives_one_error_line(tmp_path):
     fake = tmp_path / "x.png"
     fake.write_text("this is text, not a PNG\n")
@@ -345,6 +354,7 @@ def test_unreadable_image_gives_one_error_line(tmp_path):
     assert_one_error_line(result, str(fake), "not a readable image")
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_backend_module_for_flax_imports_its_train_module_but_not_torch(tmp_path):
     code = (
         "import sys; from fashion_twins.cli import common; twin = common.backend_module('flax'); "
@@ -403,6 +413,7 @@ def test_load_image_names_the_file_it_cannot_read(tmp_path):
 
 @pytest.mark.parametrize("trainer", BACKENDS)
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_predict_json_gives_each_image_its_top_k_labels_and_scores_with_checkpoint_backend_and_inversion(
     trained, trainer, tmp_path
 ):
@@ -425,6 +436,7 @@ def test_predict_json_gives_each_image_its_top_k_labels_and_scores_with_checkpoi
         assert entry["preprocessed"] is None
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_predict_says_low_confidence_in_text_and_json_when_the_top_score_is_under_one_half(tmp_path, monkeypatch):
     from fashion_twins.cli import predict
 
@@ -488,6 +500,7 @@ def test_predict_json_holds_exactly_the_keys_the_readme_documents_with_its_schem
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_save_preprocessed_writes_the_28x28_image_the_model_saw_and_it_predicts_the_same(trained, tmp_path):
     ckpt, _, _ = trained("torch")
     photo = np.full((300, 200), 255, np.uint8)
@@ -510,6 +523,7 @@ def test_save_preprocessed_writes_the_28x28_image_the_model_saw_and_it_predicts_
     assert json.loads(again.stdout)["images"][0]["predictions"] == entry["predictions"]
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_save_preprocessed_into_a_file_gives_one_error_line(tmp_path):
     png = write_trouser_png(tmp_path / "trouser.png")
     (tmp_path / "taken").write_text("a file")
@@ -534,6 +548,7 @@ def test_format_prediction_lists_the_top_k_classes_in_descending_order():
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_lockstep_reports_twins_within_1e_5_and_writes_every_step(tmp_path):
     out = tmp_path / "lockstep.json"
     result = cli("lockstep", "--steps", "20", "--weight-every", "10", "--out", out)
@@ -553,6 +568,7 @@ def test_lockstep_refuses_zero_steps_with_one_error_line():
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_lockstep_in_float64_with_momentum_reports_the_twins_equal_to_rounding(tmp_path):
     # the CLI face of tests/test_recipe.py's float64 proof: momentum 0.9 is chaotic in float32, not in float64
     out = tmp_path / "lockstep.json"

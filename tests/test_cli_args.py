@@ -112,6 +112,7 @@ def test_non_finite_or_non_numeric_floats_are_refused_at_parse_time(flag, value)
         (("--no-such-flag",), "COMMAND"),
     ],
 )
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_every_bad_flag_gives_one_error_line_naming_it(argv, fragment):
     assert_one_error_line(cli(*argv), fragment)
 
@@ -234,6 +235,7 @@ def test_compare_passes_its_precision_to_the_report_and_refuses_one_the_report_c
         CompareOptions(precision="both").check()
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_predict_checks_the_test_index_range_before_building_a_model(monkeypatch):
     import fashion_twins.cli.common as common
 
@@ -296,6 +298,7 @@ def test_any_value_of_a_numeric_train_flag_gives_a_valid_config_or_a_usage_error
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10), max_size=4))
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_arbitrary_argv_after_a_subcommand_never_raises_past_the_one_error_path(words):
     """Random words after `predict --backend torch` (no image exists): exit 2 with one line, or a help text."""
     result = cli(

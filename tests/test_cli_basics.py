@@ -194,6 +194,7 @@ def test_metrics_json_stores_the_spec_numbers_as_numbers(logged_run):
 
 @needs_data
 @pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_evaluate_json_is_one_document_agreeing_with_the_text_line(logged_run, backend):
     ckpt = logged_run["checkpoint"]
     text = cli("evaluate", "--backend", backend, ckpt, "--limit-test", 500)

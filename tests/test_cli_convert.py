@@ -80,6 +80,7 @@ def test_torch_twin_loads_the_pth_and_gives_the_tutorial_models_logits(tutorial)
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_crafted_pickle_is_refused_and_never_executed(tmp_path, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
@@ -143,6 +144,7 @@ def test_a_state_that_is_no_stack_of_linear_layers_still_names_the_first_wrong_k
 # ----------------------------------------------------------------------------- convert and --output-activation
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_convert_writes_the_canonical_checkpoint_with_the_spec_in_its_header(tutorial, tmp_path):
     model, path = tutorial
     result = cli("convert", path, tmp_path / "m.safetensors")
@@ -186,6 +188,7 @@ def test_convert_refuses_an_out_extension_it_does_not_write_naming_the_two_it_do
         assert not (tmp_path / name).exists()
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_convert_refuses_writing_over_its_own_input(tutorial, tmp_path):
     _, path = tutorial
     link = tmp_path / "same.pth"
@@ -205,6 +208,7 @@ def test_header_has_spec_is_false_for_a_users_own_save_file_and_for_non_safetens
 
 @needs_data
 @pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_evaluate_says_which_spec_it_assumed_for_a_spec_less_file_and_obeys_the_flag(tutorial, tmp_path, backend):
     model, _ = tutorial
     save_file(model.state_dict(), tmp_path / "own.safetensors")  # the user's own save: no spec in the header
@@ -232,6 +236,7 @@ def test_evaluate_says_which_spec_it_assumed_for_a_spec_less_file_and_obeys_the_
     assert plain.stdout.split("test_loss ")[1][:6] != relu.stdout.split("test_loss ")[1][:6]
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_fifo_given_as_checkpoint_is_never_opened_for_sniffing(tmp_path):
     """Opening a FIFO blocks until a writer comes: the spec and pickle sniffers must stat first."""
     os.mkfifo(tmp_path / "pipe")

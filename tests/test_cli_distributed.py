@@ -70,6 +70,7 @@ def one_device(tmp_path_factory):
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_torchrun_cli_on_two_gloo_ranks_ends_at_the_one_device_weights_and_only_rank_0_writes(one_device, tmp_path):
     out = tmp_path / "ddp.safetensors"
     result = run([*TORCHRUN, *CLI, "--backend", "torch", *FLAGS, "--out", str(out)])
@@ -80,6 +81,7 @@ def test_torchrun_cli_on_two_gloo_ranks_ends_at_the_one_device_weights_and_only_
 
 @needs_data
 @pytest.mark.parametrize("backend", ["flax", "nnx"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_jax_twin_cli_with_two_simulated_devices_ends_at_the_one_device_weights(one_device, tmp_path, backend):
     out = tmp_path / "mesh.safetensors"
     # a subprocess: the simulated device count must be set before JAX's backend starts, and this one has started
@@ -90,6 +92,7 @@ def test_jax_twin_cli_with_two_simulated_devices_ends_at_the_one_device_weights(
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_weights(one_device, tmp_path):
     import fashion_torch
 
@@ -160,6 +163,7 @@ def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_w
         ),
     ],
 )
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_data_parallel_misuse_is_one_clear_line_before_any_work(argv, fragments, tmp_path):
     out = tmp_path / "m.safetensors"
     assert_one_error_line(cli("train", *argv, "--out", out), *fragments)
@@ -167,6 +171,7 @@ def test_data_parallel_misuse_is_one_clear_line_before_any_work(argv, fragments,
 
 
 @pytest.mark.parametrize("backend", ["flax", "nnx"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_jax_twin_under_a_torchrun_world_is_refused_with_the_mesh_launch(monkeypatch, tmp_path, backend):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -174,6 +179,7 @@ def test_jax_twin_under_a_torchrun_world_is_refused_with_the_mesh_launch(monkeyp
     assert_one_error_line(result, f"the {backend} twin is not launched by torchrun (WORLD_SIZE=2): use --devices N")
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_torchrun_with_an_indivisible_batch_or_the_fused_engine_fails_before_the_rendezvous(monkeypatch, tmp_path):
     import torch.distributed as dist
 
@@ -197,6 +203,7 @@ def test_torchrun_with_an_indivisible_batch_or_the_fused_engine_fails_before_the
 # ----------------------------------------------------------------------------- compare --distributed N
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_compare_distributed_refuses_a_world_that_does_not_split_the_batch_before_any_work(tmp_path):
     out_dir = tmp_path / "report"
     result = cli("compare", "--distributed", "3", "--dry-run", "--out-dir", out_dir)

@@ -118,6 +118,7 @@ def _linked(tmp_path, kind: str, name: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_train_refuses_metrics_that_is_out_through_a_link_and_writes_nothing(tmp_path, no_data, kind):
     link = _linked(tmp_path, kind, "m.safetensors")
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -140,6 +141,7 @@ def test_train_refuses_metrics_that_is_out_through_a_link_and_writes_nothing(tmp
     ],
     ids=["metrics-is-sidecar", "metrics-is-resume", "resume-is-sidecar", "metrics-is-resume-sidecar"],
 )
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_train_refuses_every_alias_between_its_outputs_and_inputs_naming_both(tmp_path, no_data, extra, flags):
     args = [a.format(d=tmp_path) for a in extra]
     result = cli("train", "--backend", "flax", "--dry-run", "--out", tmp_path / "m.safetensors", *args)
@@ -147,11 +149,13 @@ def test_train_refuses_every_alias_between_its_outputs_and_inputs_naming_both(tm
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_train_refuses_an_unwritable_metrics_path_before_loading_data(tmp_path, no_data):
     result = cli("train", "--backend", "torch", "--out", tmp_path / "m.safetensors", "--metrics", tmp_path)
     assert_one_error_line(result, "--metrics", "is a folder")
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_compare_refuses_an_out_dir_that_is_the_data_dir_or_a_file(tmp_path, no_data):
     assert_one_error_line(
         cli("compare", "--dry-run", "--out-dir", tmp_path, "--data-dir", tmp_path),
@@ -164,6 +168,7 @@ def test_compare_refuses_an_out_dir_that_is_the_data_dir_or_a_file(tmp_path, no_
 
 
 @pytest.mark.parametrize("command", ["benchmark", "lockstep"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_benchmark_and_lockstep_check_out_before_loading_data(tmp_path, no_data, command):
     assert_one_error_line(cli(command, "--out", "/proc/x.json"), "--out /proc/x.json", "cannot create files")
     assert_one_error_line(cli(command, "--out", tmp_path), "--out", "is a folder")
@@ -173,6 +178,7 @@ def test_benchmark_and_lockstep_check_out_before_loading_data(tmp_path, no_data,
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_resuming_a_finished_run_into_a_new_out_writes_all_three_files_and_into_itself_writes_nothing(tmp_path):
     first = tmp_path / "a.safetensors"
     assert_ok(cli("train", "--backend", "torch", "--dry-run", "--quiet", "--out", first))

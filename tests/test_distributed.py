@@ -132,6 +132,7 @@ def test_world_comes_from_torchrun_variables_and_rejects_a_rank_outside_it():
         common.world_from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_torch_ddp_refuses_an_indivisible_batch_before_joining_the_process_group(monkeypatch, capsys, tmp_path):
     import torch.distributed as dist
 

@@ -163,6 +163,7 @@ def test_the_resume_point_is_a_fact_the_processes_must_share(monkeypatch):
 # ----------------------------------------------------------------------------- wrong launches, real processes
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_taken_coordinator_port_is_one_error_line_on_every_flax_process(tmp_path):
     with socket.socket() as taken:  # another program already listens on the port given as --coordinator
         taken.bind(("127.0.0.1", 0))
@@ -177,6 +178,7 @@ def test_a_taken_coordinator_port_is_one_error_line_on_every_flax_process(tmp_pa
     assert results[1][3] < JOIN_TIMEOUT_S + 60  # bounded by --timeout (plus the start of Python and JAX)
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_coordinator_waiting_for_more_processes_than_come_ends_in_one_line_on_each_within_the_timeout(tmp_path):
     # process 0 was told 3 processes, process 1 was told 2: the coordinator would wait for a third forever
     results = flax_processes(
@@ -203,6 +205,7 @@ def test_a_coordinator_waiting_for_more_processes_than_come_ends_in_one_line_on_
     ],
     ids=["num-processes", "seed"],
 )
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_flax_processes_that_disagree_on_the_world_all_stop_before_the_first_step_naming_it(
     tmp_path, extra0, extra1, named
 ):
@@ -221,6 +224,7 @@ def test_flax_processes_that_disagree_on_the_world_all_stop_before_the_first_ste
     ],
     ids=["nnx-seed", "flax-beside-nnx"],
 )
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_nnx_processes_that_disagree_on_the_world_or_twin_all_stop_before_the_first_step_naming_it(
     tmp_path, backends, extra1, named
 ):
@@ -232,6 +236,7 @@ def test_nnx_processes_that_disagree_on_the_world_or_twin_all_stop_before_the_fi
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_torch_ranks_that_disagree_on_the_seed_all_stop_before_the_first_step_naming_it(tmp_path):
     results = torch_ranks(tmp_path, [["--seed", "1"], ["--seed", "2"]], AGREE_TIMEOUT_S)
     line = "the ranks disagree before the first step: rank 1's --seed is 2, rank 0's is 1"

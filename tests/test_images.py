@@ -110,6 +110,7 @@ def test_padding_to_a_square_counts_against_the_budget(tmp_path):
         load_image(path)
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_predict_refuses_a_bomb_with_one_error_line_and_no_pil_warning(tmp_path, recwarn):
     path = tmp_path / "bomb.png"
     path.write_bytes(png_bytes(100_000, 100_000, 8, 0, b"\x00" * 100))  # above PIL's own DecompressionBombError
@@ -232,6 +233,7 @@ def dataset_photo(image: np.ndarray, kind: str, rng: np.random.Generator) -> Ima
 
 @pytest.mark.data
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_photos_of_300_test_images_classify_as_the_originals_do(tmp_path):
     import torch
 

@@ -99,6 +99,7 @@ def test_the_digest_leaves_the_file_loadable_strictly_into_the_tutorial_class(tm
 
 @needs_data
 @pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_evaluate_with_a_non_finite_test_loss_is_an_error_not_a_result(tmp_path, backend):
     path = tmp_path / "huge.safetensors"
     weights = _weights(DEFAULT_SPEC)

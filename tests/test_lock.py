@@ -41,6 +41,7 @@ def _wait_for(predicate, seconds=60.0):
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_second_train_on_the_same_out_is_refused_with_one_line_naming_the_first_process(tmp_path):
     out = tmp_path / "m.safetensors"
     # The first run: long enough (100 tiny epochs) to be running when the second starts.

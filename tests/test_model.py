@@ -316,6 +316,7 @@ IMPORT_CHECKS = {
 
 
 @pytest.mark.parametrize("package", sorted(IMPORT_CHECKS))
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_importing_a_twin_does_not_import_the_other_framework(package):
     result = subprocess.run([sys.executable, "-c", IMPORT_CHECKS[package]], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

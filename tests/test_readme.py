@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from clitools import needs_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +31,7 @@ def test_readme_has_the_python_blocks_this_test_runs():
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_every_python_block_of_the_readme_runs_verbatim_in_order_in_a_fresh_interpreter(tmp_path):
     blocks = readme_blocks()
     script = "".join(f"print('--- README block {i}', flush=True)\n{block}\n" for i, block in enumerate(blocks, 1))

@@ -190,6 +190,7 @@ def test_every_command_that_trains_or_times_refuses_a_bad_threads_value(command)
 
 
 @needs_data
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_train_applies_threads_and_records_them_in_metrics_json(tmp_path):
     import torch
 
@@ -219,6 +220,7 @@ def test_recipe_fast_starts_train_from_the_fast_config_and_flags_still_win():
     assert config("--tutorial-recipe") == config("--recipe", "tutorial")
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_contradicting_recipes_and_a_bad_lockstep_dtype_are_refused_naming_the_flag():
     assert_one_error_line(
         cli("train", "--backend", "flax", "--out", "/tmp/m.safetensors", "--recipe", "fast", "--tutorial-recipe"),
@@ -241,6 +243,7 @@ def test_torch_set_threads_sets_the_count_and_returns_the_one_before():
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_flax_set_threads_writes_xla_flags_before_the_backend_starts_and_refuses_after():
     import subprocess
     import sys
@@ -280,6 +283,7 @@ def test_beside_hogs_gives_each_variants_slowdown_and_torch_over_flax_beside_the
     assert "| nnx | 1.10 s | 3.30 s | 3.00 |" in text and "load 0.4 -> 0.4 on 2 usable cores" in text
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_beside_hogs_ends_its_hogs_when_the_benchmark_beside_them_fails(monkeypatch):
     started = []
     real_start = beside_hogs.start_hogs
@@ -339,6 +343,7 @@ def test_a_span_is_busy_by_what_others_took_not_by_a_load_average_that_counts_th
     assert machine.busy_warning([span]) is None and machine.busy_warning([span, hogs]) == BUSY_WARNING
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_real_cpu_hog_beside_a_sleeping_process_is_seen_as_other_processes_work():
     import subprocess
     import sys

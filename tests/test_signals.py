@@ -48,6 +48,7 @@ def _interrupted_run(backend: str, out) -> tuple[int, str, float]:
 
 @needs_data
 @pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_ctrl_c_in_an_epoch_exits_130_with_one_line_and_leaves_the_last_checkpoint_whole(backend, tmp_path):
     tries = 3 if backend == "flax" else 1  # flax used to die of SIGSEGV/SIGABRT in about half the tries
     for attempt in range(tries):
@@ -87,6 +88,7 @@ JAX_COMMANDS = {
 
 @pytest.mark.parametrize("command", list(JAX_COMMANDS))
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])  # a RuntimeError, and a bare AssertionError, from JAX
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_a_jax_platforms_naming_a_missing_platform_is_one_line_naming_the_variable(tmp_path, platform, command):
     path = tmp_path / "m.safetensors"
     canonical.write_state(path, {k: np.zeros(s, np.float32) for k, s in checkpoint_shapes(DEFAULT_SPEC).items()})

@@ -89,6 +89,7 @@ def test_epoch_scalars_carry_every_metric_of_the_row_and_the_rate_of_the_epochs_
     }
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_the_writer_imports_neither_torch_nor_jax(tmp_path):
     pytest.importorskip("tensorboard")
     code = (
@@ -130,6 +131,7 @@ def test_event_accumulator_scalars_reads_every_tag_the_writer_wrote(tmp_path):
 
 @needs_data
 @pytest.mark.parametrize("backend", ["torch", "flax"])
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_train_tensorboard_writes_event_files_tensorboard_lists_with_the_metrics_values(tmp_path, backend):
     pytest.importorskip("tensorboard")
     metrics_path, logdir = tmp_path / "METRICS.json", tmp_path / "tb"
@@ -153,6 +155,7 @@ def test_train_tensorboard_writes_event_files_tensorboard_lists_with_the_metrics
     assert rates[1] < rates[0] < 5e-4  # cosine decay from the default peak rate
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_tensorboard_flag_without_the_extra_is_one_error_line_naming_it(tmp_path, monkeypatch):
     monkeypatch.setattr(tensorboard, "available", lambda: False)
     result = cli(
@@ -162,6 +165,7 @@ def test_tensorboard_flag_without_the_extra_is_one_error_line_naming_it(tmp_path
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_tensorboard_dir_that_is_a_file_is_refused_before_training(tmp_path):
     pytest.importorskip("tensorboard")
     (tmp_path / "tb").write_text("")

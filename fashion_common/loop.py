@@ -14,7 +14,15 @@ import math
 import platform
 
 from .augment import shift_offsets
-from .checkpoint import atomic_write_bytes, copy_checkpoint, new_run_id, read_state, read_train_state, train_state_path
+from .checkpoint import (
+    atomic_write_bytes,
+    copy_checkpoint,
+    new_run_id,
+    read_state,
+    read_train_state,
+    train_state_path,
+    validate_training_state,
+)
 from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
@@ -104,14 +112,20 @@ def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> Non
             )
 
 
-def resume_point(path, backend: str, config: TrainConfig, run: Run) -> tuple[list, int, Run]:
+def resume_point(
+    path, backend: str, config: TrainConfig, run: Run, expected_slots: dict | None = None, scheduler: dict | None = None
+) -> tuple[list, int, Run]:
     """(the saved per-epoch history, the first epoch still to train, the run with the saved run's id) of a checkpoint.
 
-    A run with every epoch done trains nothing; its --out becomes the finished pair (that also completes
-    a last write killed between the sidecar's rename and the weights').
+    The sidecar's counters and slots must fit this run (validate_training_state: expected_slots and
+    scheduler are the twin's own, for this config). A run with every epoch done trains nothing; its
+    --out becomes the finished pair (that also completes a last write killed between the two renames).
     """
-    _, counters = read_train_state(path)
+    slots, counters = read_train_state(path)
     check_resume(path, counters, backend, config)
+    validate_training_state(
+        train_state_path(path), counters, config.epochs, run.steps_per_epoch, slots, expected_slots, scheduler
+    )
     first_epoch = int(counters["epoch"]) + 1
     run = dataclasses.replace(
         run,

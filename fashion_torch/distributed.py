@@ -222,7 +222,7 @@ def train_and_evaluate(
         val_data = None if run.val is None else train.put_data(run.val, device)
         history, first_epoch = [], 1
         if resume is not None:  # every rank reads it: the twin's own load (the plain model under the DDP wrapper)
-            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
+            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run, *train.resume_layout(state))
             state = train.load_train_state(state, resume)
         metrics = loop.run_metrics(BACKEND, device_name(device), train.versions(), config, spec, run, history)
         metrics["engine"] = state.engine

@@ -30,7 +30,7 @@ def test_every_single_bit_flip_anywhere_in_a_checkpoint_is_a_checkpoint_error_na
     path = tmp_path / "m.safetensors"
     canonical.write_state(path, _weights(TINY), TINY, {"step": "7"})
     good = path.read_bytes()
-    assert canonical.read_state(path)[1] == TINY
+    assert canonical.read_state(path, check_model=False)[1] == TINY
     loaded = []
     for position in range(len(good)):  # header length, JSON header with the metadata, tensor bytes
         for bit in (position % 8, 7 - position % 8):
@@ -38,7 +38,7 @@ def test_every_single_bit_flip_anywhere_in_a_checkpoint_is_a_checkpoint_error_na
             flipped[position] ^= 1 << bit
             path.write_bytes(bytes(flipped))
             try:
-                canonical.read_state(path)
+                canonical.read_state(path, check_model=False)
                 loaded.append((position, bit))
             except CheckpointError as e:
                 assert str(path) in str(e)
@@ -68,7 +68,7 @@ def test_a_sidecar_whose_bytes_changed_is_refused_before_resuming(tmp_path):
     data[-1] ^= 0x01
     side.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=f"{side}: the training state's bytes do not match"):
-        canonical.read_checkpoint(path)
+        canonical.read_checkpoint(path, check_model=False)
 
 
 def test_a_file_written_without_a_digest_loads_and_says_so_once(tmp_path, capsys):

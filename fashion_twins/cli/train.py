@@ -340,13 +340,15 @@ def run(args) -> int:
 
 def _run_locked(args, config: TrainConfig, mode, out: str, sidecar: str, metrics: str) -> int:
     """run() once --out is this process's: check --resume, train, say what was written."""
-    from fashion_common.checkpoint import read_checkpoint
+    from fashion_common.checkpoint import read_checkpoint, train_state_path, validate_training_state
     from fashion_common.loop import check_resume
 
     if args.resume is not None:
         # The pair (the sidecar, and the weights file if present) must parse, verify and be one run of this config.
         _, _, counters = read_checkpoint(args.resume)
         check_resume(args.resume, counters, args.backend, config)
+        # The counters against the run (epoch within --epochs, steps whole epochs); the twin checks the slots.
+        validate_training_state(train_state_path(args.resume), counters, config.epochs)
         if int(counters.get("epoch", 0)) >= config.epochs:
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 

@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -273,6 +274,42 @@ def jax_platforms_named():
             f"JAX_PLATFORMS={value!r} names a platform JAX cannot start on this machine ({reason}); "
             "unset JAX_PLATFORMS, or set JAX_PLATFORMS=cpu"
         ) from None
+
+
+# Every command that starts JAX: the JAX twins' train/evaluate/predict, and the commands that run both kinds of twin.
+JAX_COMMANDS = ("compare", "benchmark", "lockstep")
+
+
+def starts_jax(args) -> bool:
+    """True if this command line will start JAX (torch's commands never do, so XLA_FLAGS is none of theirs)."""
+    command = getattr(args, "command_prog", "").rpartition(" ")[2]
+    return command in JAX_COMMANDS or getattr(args, "backend", None) in ("flax", "nnx")
+
+
+def check_xla_flags() -> None:
+    """A junk XLA_FLAGS as one line naming the variable, not XLA's fatal log line and exit 1.
+
+    XLA parses the variable when the first backend starts and aborts the process on a flag it does not
+    know (LOG(FATAL): nothing in Python can catch it), and the list of flags it knows is nowhere public.
+    So where XLA_FLAGS is set, a child process starts JAX with it first (about 1.5 s of CPU); its abort
+    is the verdict. A child that fails for another reason (a JAX_PLATFORMS the machine lacks) is left
+    to check_jax_platforms, which names that variable.
+    """
+    value = os.environ.get("XLA_FLAGS")
+    if value is None or not value.strip():
+        return
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # the probe holds no GPU memory
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True, text=True, timeout=300
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return  # the probe could not tell; the run itself will
+    said = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line]
+    if probe.returncode == 0 or not said:
+        return
+    reason = said[-1].split("] ", 1)[-1].strip().rstrip(".")  # "Unknown flag in XLA_FLAGS: --no_such_flag"
+    raise UsageError(f"XLA_FLAGS={value!r}: XLA refuses it ({reason}); fix the flag or unset XLA_FLAGS")
 
 
 def note(line: str) -> None:

@@ -52,6 +52,10 @@ class Run:
         return int(len(self.data.train_labels))
 
 
+# The most updates one run may take: optax's step counts (and the JAX twins' schedules) are int32.
+MAX_STEPS = 2**31 - 1
+
+
 def check_batch_fits(batch_size: int, num_train: int) -> None:
     """Refuse a batch larger than the training set (an epoch of it would have no step): what train and lockstep say."""
     if batch_size > num_train:
@@ -71,6 +75,11 @@ def prepare(config: TrainConfig, data: FashionData, out=None, metrics_path=None)
         data, val = split_validation(data, config.val_size)
     steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
     check_batch_fits(config.batch_size, len(data.train_labels))
+    if steps_per_epoch * config.epochs > MAX_STEPS:
+        raise ValueError(
+            f"epochs {config.epochs} x {steps_per_epoch} steps per epoch is {steps_per_epoch * config.epochs} steps; "
+            f"at most {MAX_STEPS} (optax counts steps in int32), so fewer --epochs or a larger --batch-size"
+        )
     return Run(data, val, steps_per_epoch, steps_per_epoch * config.epochs, None if out is None else str(out))
 
 

@@ -54,6 +54,7 @@ def init_process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_
     (gloo raises at once when the peer's socket closes; NCCL's watchdog aborts after the timeout).
     Outside torchrun (no RANK) this is a world of one on a free localhost port.
     """
+    timeout_s = common.check_timeout(timeout_s)  # the bound flax's initialize applies too
     world = common.world_from_env()
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ and world.size == 1:

@@ -50,16 +50,27 @@ class Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- value checks (argparse type=)
 
 
-def int_in(low: int, high: int | None = None, what: str = "an integer") -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high] (high None: no upper bound)."""
+# Every numeric flag is bounded by what its consumers take, the same in every twin. Counts, sizes and
+# indices are int32 in JAX (its default integer; optax's step counts) and in jax.distributed's C++
+# arguments, so no integer flag goes past INT_MAX (the seed, a uint32, has its own range). Floats become
+# float32 in every twin's arithmetic: beyond FLOAT32_MAX they are inf, and a positive one under
+# FLOAT32_TINY (the smallest normal) is a subnormal that XLA on CPU flushes to 0 and torch does not.
+INT_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+
+
+def int_in(low: int, high: int | None = INT_MAX, what: str = "an integer") -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (high: INT_MAX unless given)."""
+    high = INT_MAX if high is None else high
 
     def parse(text: str) -> int:
         try:
             value = int(text, 10)
         except ValueError:
             value = None
-        if value is None or value < low or (high is not None and value > high):
-            span = f">= {low}" if high is None else f"in {low}..{high}"
+        if value is None or value < low or value > high:
+            span = f">= {low}" if high == INT_MAX and (value is None or value < low) else f"in {low}..{high}"
             raise argparse.ArgumentTypeError(f"must be {what} {span}, got {text!r}")
         return value
 
@@ -68,11 +79,14 @@ def int_in(low: int, high: int | None = None, what: str = "an integer") -> Calla
 
 
 def integer(text: str) -> int:
-    """An argparse type: any integer, written in base 10."""
+    """An argparse type: an integer written in base 10, within +-INT_MAX (the config's checks set the range)."""
     try:
-        return int(text, 10)
+        value = int(text, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        value = None
+    if value is None or abs(value) > INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in -{INT_MAX}..{INT_MAX}, got {text!r}")
+    return value
 
 
 positive_int = int_in(1)
@@ -80,22 +94,39 @@ seed_int = int_in(0, SEED_MAX)
 
 
 def finite_float(text: str) -> float:
-    """An argparse type: a finite float (nan and inf are refused here, not after loading the data)."""
+    """An argparse type: a finite float32-sized number (nan, inf and |x| > FLOAT32_MAX refused at parse time)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    if abs(value) > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"must be a number within +-{FLOAT32_MAX:.7g} (float32), got {text!r}")
+    if 0 < abs(value) < FLOAT32_TINY:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 or at least {FLOAT32_TINY:.7g} in size (float32's smallest normal), got {text!r}"
+        )
     return value
 
 
 def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
+    """An argparse type: a number > 0, float32-sized (finite_float)."""
     value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def timeout_seconds(text: str) -> float:
+    """An argparse type: --timeout, seconds in what every launcher takes (fashion_common.distributed.check_timeout)."""
+    from fashion_common.distributed import DistributedError, check_timeout
+
+    value = positive_float(text)
+    try:
+        return check_timeout(value)
+    except DistributedError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("argument --timeout: ")) from None
 
 
 # ----------------------------------------------------------------------------- parent parsers

@@ -27,7 +27,14 @@ import typing
 
 from fashion_common import interrupt
 from fashion_common.config import RECIPES, TrainConfig, tutorial_config
-from fashion_common.distributed import DEFAULT_TIMEOUT_S, check_world, under_torchrun, world_from_env
+from fashion_common.distributed import (
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    check_world,
+    under_torchrun,
+    world_from_env,
+)
 from fashion_common.errors import ConfigError
 
 from . import common
@@ -165,12 +172,12 @@ def add_parser(subparsers) -> None:
     )
     d.add_argument(
         "--timeout",
-        type=common.positive_float,
+        type=common.timeout_seconds,
         default=None,
         metavar="S",
         help=(
-            "data-parallel runs: seconds to wait on a silent peer before failing with an error (default: "
-            f"{DEFAULT_TIMEOUT_S})"
+            f"data-parallel runs: seconds to wait on a silent peer before failing with an error, {MIN_TIMEOUT_S} to "
+            f"{MAX_TIMEOUT_S} (what jax.distributed and torch's c10d take) (default: {DEFAULT_TIMEOUT_S})"
         ),
     )
     p.set_defaults(run=run)

@@ -122,7 +122,12 @@ def timeout_seconds(text: str) -> float:
     """An argparse type: --timeout, seconds in what every launcher takes (fashion_common.distributed.check_timeout)."""
     from fashion_common.distributed import DistributedError, check_timeout
 
-    value = positive_float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     try:
         return check_timeout(value)
     except DistributedError as e:

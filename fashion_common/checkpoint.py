@@ -676,9 +676,9 @@ def validate_training_state(
     - slots (where given): exactly the keys of `expected_slots` (key -> (shape, dtype, is_count), the
       twin's own optimizer state for this config), each of that shape and dtype, finite, and every
       count (optax's `count`, torch's `step`) equal to optimizer_step;
-    - scheduler: the counters' `scheduler` (torch's LRScheduler.state_dict) must have the keys and the
-      schedule fields of `scheduler` (a fresh one of this run's), its position at optimizer_step;
-      without a template (the JAX twins, whose schedule counts are slots) there must be none.
+    - scheduler (with expected_slots): the counters' `scheduler` (torch's LRScheduler.state_dict) must have
+      the keys and the schedule fields of `scheduler` (a fresh one of this run's), its position at
+      optimizer_step; without a template (the JAX twins, whose schedule counts are slots) there must be none.
     """
     epoch, step, optimizer_step = counters["epoch"], counters["step"], counters["optimizer_step"]
 
@@ -698,7 +698,9 @@ def validate_training_state(
         raise refuse("counters field 'step'", step, f"a multiple of epoch {epoch}")
     if optimizer_step != step:
         raise refuse("counters field 'optimizer_step'", optimizer_step, f"{step}, the counters' step")
-    if expected_slots is not None and slots is not None:
+    if expected_slots is None:  # no twin's layout to hold the slots and scheduler against: the counters only
+        return
+    if slots is not None:
         missing, extra = sorted(set(expected_slots) - set(slots)), sorted(set(slots) - set(expected_slots))
         if missing:
             raise CheckpointError(f"{side}: missing optimizer slot {missing[0]!r} (this run's optimizer has it)")

@@ -137,6 +137,9 @@ def test_a_timeout_no_launcher_takes_is_refused_at_parse_time_alike_for_every_tw
         monkeypatch.delenv("RANK")
         monkeypatch.delenv("WORLD_SIZE")
     extra = ("--process-id", "0") if "coordinator" in launch else ()
+    # --epochs 0 is refused right after parsing: the --timeout must be refused first, at parse time (and
+    # where it is not, the test fails at once instead of joining a world of two or training a run).
+    extra += ("--epochs", "0")
     result = cli("train", *LAUNCHES[launch], *extra, "--out", tmp_path / "m.safetensors", "--timeout", timeout)
     assert_one_error_line(
         result, f"argument --timeout: must be a number of seconds in 1..{MAX_TIMEOUT_S}", f"got {float(timeout)!r}"

@@ -134,17 +134,35 @@ def test_a_digest_valid_checkpoint_this_network_cannot_be_is_one_line_naming_the
     assert result.stdout == ""
 
 
-def _sidecar(tmp_path, backend: str, optimizer: str = "adamw"):
-    """A real 1-epoch run of `backend` (2 steps of 64 images); returns (twin's train module, config, data, out)."""
+@pytest.fixture(scope="module")
+def trained_pairs(tmp_path_factory):
+    """One real 1-epoch run per twin (2 steps of 64 images, AdamW): {backend: its checkpoint pair's two files}."""
+    folder, pairs = tmp_path_factory.mktemp("pairs"), {}
+    for backend in BACKENDS:
+        train, config, data = _run_parts(backend)
+        out = folder / backend / "m.safetensors"
+        out.parent.mkdir()
+        train.train_and_evaluate(config, data, out=out, quiet=True, log=lambda line: None)
+        pairs[backend] = (out, canonical.train_state_path(out))
+    return pairs
+
+
+def _run_parts(backend: str):
+    """(the twin's train module, the run's config, its 128 random images)."""
     train = importlib.import_module(f"fashion_{backend}.train")
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (128, 28, 28), dtype=np.uint8), rng.integers(0, 10, 128)
     data = FashionData(images, labels, images[:16], labels[:16])
-    config = TrainConfig(epochs=1, batch_size=64, optimizer=optimizer, device="cpu", augment_shift=0)
+    return train, TrainConfig(epochs=1, batch_size=64, optimizer="adamw", device="cpu", augment_shift=0), data
+
+
+def _sidecar(tmp_path, backend: str, pairs: dict):
+    """A fresh copy of the twin's trained pair in tmp_path/<backend>/; returns (train module, config, data, out)."""
     out = tmp_path / backend / "m.safetensors"
     out.parent.mkdir()
-    train.train_and_evaluate(config, data, out=out, quiet=True, log=lambda line: None)
-    return train, config, data, out
+    for source, dest in zip(pairs[backend], (out, canonical.train_state_path(out)), strict=True):
+        dest.write_bytes(source.read_bytes())
+    return (*_run_parts(backend), out)
 
 
 def _redigest(side, edit_slots=None, edit_counters=None) -> None:
@@ -173,11 +191,11 @@ SIDECAR_EDITS = {
 
 
 @pytest.mark.parametrize("case", list(SIDECAR_EDITS))
-def test_an_edited_and_re_digested_sidecar_is_refused_alike_by_every_twin(tmp_path, case):
+def test_an_edited_and_re_digested_sidecar_is_refused_alike_by_every_twin(tmp_path, trained_pairs, case):
     edit, words = SIDECAR_EDITS[case]
     messages = {}
     for backend in BACKENDS:
-        train, config, data, out = _sidecar(tmp_path, backend)
+        train, config, data, out = _sidecar(tmp_path, backend, trained_pairs)
         _redigest(canonical.train_state_path(out), edit_counters=edit if callable(edit) else lambda c: c.update(edit))
         with pytest.raises(CheckpointError) as info:
             train.train_and_evaluate(config, data, resume=out, quiet=True, log=lambda line: None)
@@ -188,9 +206,9 @@ def test_an_edited_and_re_digested_sidecar_is_refused_alike_by_every_twin(tmp_pa
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_sidecar_whose_optimizer_slot_or_schedule_was_edited_is_refused_and_an_unedited_one_resumes(
-    tmp_path, backend
+    tmp_path, trained_pairs, backend
 ):
-    train, config, data, out = _sidecar(tmp_path, backend)
+    train, config, data, out = _sidecar(tmp_path, backend, trained_pairs)
     side = canonical.train_state_path(out)
     good = side.read_bytes()
     train.train_and_evaluate(config, data, resume=out, quiet=True, log=lambda line: None)  # unedited: accepted

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError, WriteError
-from .spec import ACTIVATIONS, BACKENDS, DEFAULT_SPEC, ModelSpec, checkpoint_shapes
+from .spec import ACTIVATIONS, BACKENDS, CLASS_NAMES, DEFAULT_SPEC, ModelSpec, checkpoint_shapes
 
 FORMAT_NAME = "fashion-twins/canonical-v1"
 
@@ -429,24 +429,68 @@ def write_state(
     return Path(path)
 
 
+# What the twins' network can be, whatever a header says: Fashion-MNIST fixes its input (one 28x28
+# grayscale image) and its output (the ten classes); hidden sizes and activations are the spec's choice.
+MODEL_IMAGE_SIZE = DEFAULT_SPEC.image_size
+MODEL_NUM_CLASSES = len(CLASS_NAMES)
+
+
+def validate_header(
+    metadata: dict[str, str],
+    path,
+    spec: ModelSpec | None = None,
+    expected_format: str = FORMAT_NAME,
+    check_model: bool = True,
+) -> ModelSpec:
+    """Every header field checked, the file named in one CheckpointError line; returns the spec to build.
+
+    First each field's form and range (check_header, spec_from_header); then, with check_model, the
+    spec against what the network can be (MODEL_IMAGE_SIZE, MODEL_NUM_CLASSES), so a digest-valid
+    file that says `num_classes` 7 is refused here, not by a crash or a wrong figure later; then,
+    where `spec` (the model being built) is given, each field the header states must equal it.
+    The tensors' keys, shapes and dtypes are checked against the returned spec by the reader.
+    """
+    check_header(metadata, path, expected_format)
+    stated = spec_from_header(metadata, path)
+    if stated is not None and spec is not None:
+        for field, value in stated.to_metadata().items():
+            want = spec.to_metadata()[field]
+            if value != want:
+                raise _field_error(path, field, value, f"{want!r}, the model being built")
+    chosen = spec or stated or DEFAULT_SPEC
+    if check_model:
+        if chosen.image_size != MODEL_IMAGE_SIZE:
+            shown = ",".join(map(str, chosen.image_size))
+            raise _field_error(path, "image_size", shown, "'28,28': the network reads 28x28 Fashion-MNIST images")
+        if chosen.num_classes != MODEL_NUM_CLASSES:
+            raise _field_error(
+                path, "num_classes", str(chosen.num_classes), f"'{MODEL_NUM_CLASSES}': Fashion-MNIST has ten classes"
+            )
+    return chosen
+
+
+def check_dtypes(tensors: dict[str, np.ndarray], path) -> None:
+    """Every weight is float32, the one dtype both libraries load without a cast."""
+    for key, value in tensors.items():
+        if value.dtype != np.float32:
+            raise CheckpointError(f"{path}: key {key!r} has dtype {value.dtype}, expected float32")
+
+
 def read_state(
-    path, spec: ModelSpec | None = None, allow_nonfinite: bool = False
+    path, spec: ModelSpec | None = None, allow_nonfinite: bool = False, check_model: bool = True
 ) -> tuple[dict[str, np.ndarray], ModelSpec]:
     """Read and validate a canonical checkpoint; returns (state, spec).
 
     With spec=None the spec comes from the file's header (the default spec if the header has
     none, as for a file saved from the tutorial's class with safetensors.torch.save_file).
-    Every header field is validated even when `spec` is given. NaN or Inf weights raise
-    CheckpointError naming the tensor unless allow_nonfinite=True (for inspecting a diverged run).
+    Every header field is validated (validate_header), against `spec` too where it is given.
+    check_model=False reads a spec the twins' network cannot be (a tiny one, for tests). NaN or Inf
+    weights raise CheckpointError naming the tensor unless allow_nonfinite=True (a diverged run).
     """
     tensors, metadata = _read(path, "checkpoint")
-    check_header(metadata, path)
-    file_spec = spec_from_header(metadata, path) or DEFAULT_SPEC
-    spec = spec or file_spec
+    spec = validate_header(metadata, path, spec, check_model=check_model)
     validate_state(tensors, spec, source=str(path))
-    for key, value in tensors.items():
-        if value.dtype != np.float32:
-            raise CheckpointError(f"{path}: key {key!r} has dtype {value.dtype}, expected float32")
+    check_dtypes(tensors, path)
     if not allow_nonfinite:
         check_finite(tensors, path)
     return tensors, spec
@@ -531,7 +575,9 @@ def write_checkpoint(path, weights: dict[str, np.ndarray], spec: ModelSpec, slot
     return write_state(path, weights, spec, {"step": str(step), "run_id": run_id})
 
 
-def read_checkpoint(path, spec: ModelSpec | None = None) -> tuple[dict[str, np.ndarray], dict, dict]:
+def read_checkpoint(
+    path, spec: ModelSpec | None = None, check_model: bool = True
+) -> tuple[dict[str, np.ndarray], dict, dict]:
     """Read a pair written by write_checkpoint (or an older write_train_state pair); returns (weights, slots, counters).
 
     The weights come from the sidecar when it holds them; the weights file beside it must then be
@@ -542,16 +588,17 @@ def read_checkpoint(path, spec: ModelSpec | None = None) -> tuple[dict[str, np.n
     side = train_state_path(path)
     slots, weights, counters, side_meta = _read_sidecar(path)
     if weights is None:  # an older sidecar: the weights file is the only copy and its step must match
-        weights, spec = read_state(path, spec)
+        weights, spec = read_state(path, spec, check_model=check_model)
         check_pair(path, counters)
         return weights, slots, counters
-    spec = spec or spec_from_header(side_meta, side) or DEFAULT_SPEC
+    spec = validate_header(side_meta, side, spec, FORMAT_NAME + "/train-state", check_model)
     validate_state(weights, spec, source=f"{side} (its weights)")
+    check_dtypes(weights, side)
     check_finite(weights, side)
     run_id, step = counters.get("run_id"), int(counters["optimizer_step"])
     if not os.path.lexists(path):
         return weights, slots, counters  # killed between the sidecar's first rename and the weights'
-    file_weights, _ = read_state(path, spec)
+    file_weights, _ = read_state(path, spec, check_model=check_model)
     file_meta = _header_metadata(path)
     file_run, file_step = file_meta.get("run_id"), int(file_meta.get("step", -1))
     if file_run != run_id:
@@ -639,6 +686,91 @@ def check_counters(counters, side="training state") -> None:
     run_id = counters.get("run_id")  # absent in sidecars written before runs had ids
     if run_id is not None and not (isinstance(run_id, str) and re.fullmatch(r"[0-9a-f]{1,64}", run_id)):
         raise CheckpointError(f"{side}: counters field 'run_id' is {json.dumps(run_id)[:60]}; expected a hex string")
+
+
+# Scheduler state fields that move with the run (torch's LRScheduler.state_dict); every other field is
+# the schedule itself (T_max, eta_min, base_lrs, ...) and must equal the schedule this run builds.
+_SCHEDULER_POSITION = ("last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step")
+
+
+def validate_training_state(
+    side,
+    counters: dict,
+    epochs: int,
+    steps_per_epoch: int | None = None,
+    slots: dict[str, np.ndarray] | None = None,
+    expected_slots: dict[str, tuple[tuple[int, ...], str, bool]] | None = None,
+    scheduler: dict | None = None,
+) -> None:
+    """The one rule every twin's resume applies: a sidecar's counters and optimizer slots must fit this run.
+
+    A digest proves the bytes unchanged since written, not that they belong to this run; an edited
+    and re-digested sidecar must be refused here, in one CheckpointError line naming the file and field:
+    - counters: `epoch` within 0..epochs, each `history` row numbered in order, `step` =
+      epoch * steps_per_epoch (where known, else a whole number of epochs) and `optimizer_step` = step;
+    - slots (where given): exactly the keys of `expected_slots` (key -> (shape, dtype, is_count), the
+      twin's own optimizer state for this config), each of that shape and dtype, finite, and every
+      count (optax's `count`, torch's `step`) equal to optimizer_step;
+    - scheduler (with expected_slots): the counters' `scheduler` (torch's LRScheduler.state_dict) must have
+      the keys and the schedule fields of `scheduler` (a fresh one of this run's), its position at
+      optimizer_step; without a template (the JAX twins, whose schedule counts are slots) there must be none.
+    """
+    epoch, step, optimizer_step = counters["epoch"], counters["step"], counters["optimizer_step"]
+
+    def refuse(field: str, value, expected: str):
+        shown = json.dumps(value)[:60] if not isinstance(value, str) else value[:60]
+        return CheckpointError(f"{side}: {field} is {shown}; expected {expected}")
+
+    if not 0 <= epoch <= epochs:
+        raise refuse("counters field 'epoch'", epoch, f"an epoch in 0..{epochs}, the run's --epochs")
+    for i, row in enumerate(counters["history"]):
+        if row.get("epoch") != i + 1:
+            raise refuse(f"counters field 'history' row {i}'s 'epoch'", row.get("epoch"), f"{i + 1}")
+    if steps_per_epoch is not None and step != epoch * steps_per_epoch:
+        expected = f"{epoch * steps_per_epoch} (epoch {epoch} x {steps_per_epoch} steps per epoch of this run)"
+        raise refuse("counters field 'step'", step, expected)
+    if steps_per_epoch is None and (step % epoch if epoch else step):
+        raise refuse("counters field 'step'", step, f"a multiple of epoch {epoch}")
+    if optimizer_step != step:
+        raise refuse("counters field 'optimizer_step'", optimizer_step, f"{step}, the counters' step")
+    if expected_slots is None:  # no twin's layout to hold the slots and scheduler against: the counters only
+        return
+    if slots is not None:
+        missing, extra = sorted(set(expected_slots) - set(slots)), sorted(set(slots) - set(expected_slots))
+        if missing:
+            raise CheckpointError(f"{side}: missing optimizer slot {missing[0]!r} (this run's optimizer has it)")
+        if extra:
+            raise CheckpointError(f"{side}: unexpected optimizer slot {extra[0]!r} (this run's optimizer has none)")
+        for key, (shape, dtype, is_count) in expected_slots.items():
+            value = slots[key]
+            if tuple(value.shape) != tuple(shape) or value.dtype != np.dtype(dtype):
+                raise CheckpointError(
+                    f"{side}: optimizer slot {key!r} is {value.dtype} {tuple(value.shape)}; expected {dtype} "
+                    f"{tuple(shape)}, as this run's optimizer holds it"
+                )
+            if not np.isfinite(value).all():
+                raise CheckpointError(f"{side}: optimizer slot {key!r} holds non-finite values (NaN or Inf)")
+            if is_count and not np.all(value == optimizer_step):
+                raise refuse(f"optimizer slot {key!r}", value.reshape(-1).tolist()[:4], f"{optimizer_step}")
+    saved = counters.get("scheduler")
+    if scheduler is None:
+        if saved is not None:
+            raise refuse("counters field 'scheduler'", saved, "none: this twin's schedule lives in its slots")
+        return
+    if not isinstance(saved, dict) or set(saved) != set(scheduler):
+        raise refuse("counters field 'scheduler'", saved, f"an object with the keys {sorted(scheduler)}")
+    for key, value in scheduler.items():
+        if key not in _SCHEDULER_POSITION and saved[key] != value:
+            raise refuse(f"counters field 'scheduler' key {key!r}", saved[key], f"{json.dumps(value)}, this run's")
+    if saved.get("last_epoch") != optimizer_step or saved.get("_step_count") != optimizer_step + 1:
+        raise refuse("counters field 'scheduler' key 'last_epoch'", saved.get("last_epoch"), f"{optimizer_step}")
+    rates, top = saved.get("_last_lr"), max(scheduler.get("base_lrs") or [0.0])
+    if not (
+        isinstance(rates, list)
+        and len(rates) == len(scheduler.get("base_lrs") or [])
+        and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= top for r in rates)
+    ):
+        raise refuse("counters field 'scheduler' key '_last_lr'", rates, f"rates in 0..{top}, one per group")
 
 
 def check_pair(path, counters: dict) -> None:

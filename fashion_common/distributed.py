@@ -27,6 +27,26 @@ from .errors import FashionTwinsError
 # How long a rank waits on a peer (a collective, the rendezvous) before it fails with an error.
 # A step here takes milliseconds, so a minute of silence means a dead or stuck peer.
 DEFAULT_TIMEOUT_S = 60
+# jax.distributed.initialize's own deadline is the --timeout plus this (fashion_flax.distributed.initialize).
+JOIN_MARGIN_S = 30
+# The --timeout every consumer takes, in every twin and launcher. torch's c10d waits on its sockets with
+# poll(), whose timeout is int32 milliseconds: past 2**31 - 1 ms (24.8 days) the wait wraps, and rank 0
+# logs "poll ... returned 0, likely a timeout" in a loop; at 1e10 s its int64 nanoseconds overflow too,
+# an instant DistNetworkError. jax.distributed takes int32 seconds, and a heartbeat of int(0.5) = 0 s
+# fails at once. So from 1 s to the int32 milliseconds, for every twin alike.
+MIN_TIMEOUT_S = 1
+MAX_TIMEOUT_S = (2**31 - 1) // 1000  # 2,147,483 s
+
+
+def check_timeout(timeout_s) -> float:
+    """The --timeout as a float, or DistributedError naming the flag: a finite number in MIN..MAX_TIMEOUT_S."""
+    ok = isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool)
+    if not ok or not MIN_TIMEOUT_S <= timeout_s <= MAX_TIMEOUT_S:  # NaN fails both comparisons
+        raise DistributedError(
+            f"argument --timeout: must be a number of seconds in {MIN_TIMEOUT_S}..{MAX_TIMEOUT_S} (what "
+            f"jax.distributed and torch's c10d both take), got {timeout_s!r}"
+        )
+    return float(timeout_s)
 
 
 class DistributedError(FashionTwinsError, RuntimeError):

@@ -14,7 +14,15 @@ import math
 import platform
 
 from .augment import shift_offsets
-from .checkpoint import atomic_write_bytes, copy_checkpoint, new_run_id, read_state, read_train_state, train_state_path
+from .checkpoint import (
+    atomic_write_bytes,
+    copy_checkpoint,
+    new_run_id,
+    read_state,
+    read_train_state,
+    train_state_path,
+    validate_training_state,
+)
 from .config import TrainConfig
 from .data import FashionData, batch_order
 from .errors import CheckpointError, NonFiniteLossError
@@ -44,6 +52,10 @@ class Run:
         return int(len(self.data.train_labels))
 
 
+# The most updates one run may take: optax's step counts (and the JAX twins' schedules) are int32.
+MAX_STEPS = 2**31 - 1
+
+
 def check_batch_fits(batch_size: int, num_train: int) -> None:
     """Refuse a batch larger than the training set (an epoch of it would have no step): what train and lockstep say."""
     if batch_size > num_train:
@@ -63,6 +75,11 @@ def prepare(config: TrainConfig, data: FashionData, out=None, metrics_path=None)
         data, val = split_validation(data, config.val_size)
     steps_per_epoch = config.steps_per_epoch(len(data.train_labels))
     check_batch_fits(config.batch_size, len(data.train_labels))
+    if steps_per_epoch * config.epochs > MAX_STEPS:
+        raise ValueError(
+            f"epochs {config.epochs} x {steps_per_epoch} steps per epoch is {steps_per_epoch * config.epochs} steps; "
+            f"at most {MAX_STEPS} (optax counts steps in int32), so fewer --epochs or a larger --batch-size"
+        )
     return Run(data, val, steps_per_epoch, steps_per_epoch * config.epochs, None if out is None else str(out))
 
 
@@ -104,14 +121,20 @@ def check_resume(path, counters: dict, backend: str, config: TrainConfig) -> Non
             )
 
 
-def resume_point(path, backend: str, config: TrainConfig, run: Run) -> tuple[list, int, Run]:
+def resume_point(
+    path, backend: str, config: TrainConfig, run: Run, expected_slots: dict | None = None, scheduler: dict | None = None
+) -> tuple[list, int, Run]:
     """(the saved per-epoch history, the first epoch still to train, the run with the saved run's id) of a checkpoint.
 
-    A run with every epoch done trains nothing; its --out becomes the finished pair (that also completes
-    a last write killed between the sidecar's rename and the weights').
+    The sidecar's counters and slots must fit this run (validate_training_state: expected_slots and
+    scheduler are the twin's own, for this config). A run with every epoch done trains nothing; its
+    --out becomes the finished pair (that also completes a last write killed between the two renames).
     """
-    _, counters = read_train_state(path)
+    slots, counters = read_train_state(path)
     check_resume(path, counters, backend, config)
+    validate_training_state(
+        train_state_path(path), counters, config.epochs, run.steps_per_epoch, slots, expected_slots, scheduler
+    )
     first_epoch = int(counters["epoch"]) + 1
     run = dataclasses.replace(
         run,

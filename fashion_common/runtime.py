@@ -146,6 +146,8 @@ def parse_threads(text: str) -> str | int:
         value = 0
     if value < 1:
         raise ValueError(f"must be auto or an integer >= 1, got {text!r}")
+    if value > 2**31 - 1:  # torch.set_num_threads and OpenMP take a C int
+        raise ValueError(f"must be auto or an integer in 1..{2**31 - 1}, got {text!r}")
     return value
 
 

@@ -42,7 +42,8 @@ BACKEND = "flax"  # checkpoints are the single-device twin's: either resumes the
 AXIS = "data"
 # jax.distributed.initialize's own deadline is the --timeout plus this, so that common.exit_after's one line
 # comes first: past its deadline JAX aborts the process with a fatal log (DEADLINE_EXCEEDED in RegisterTask).
-JOIN_MARGIN_S = 30
+# In fashion_common.distributed, whose MAX_TIMEOUT_S leaves room for it under JAX's int32 seconds.
+JOIN_MARGIN_S = common.JOIN_MARGIN_S
 WORLD_KEY = "fashion_twins/world/"  # each process's facts, under its index, in the coordinator's key-value store
 
 
@@ -60,6 +61,7 @@ def initialize(
     `timeout_s` is both the initialization timeout (a process that never arrives) and the
     heartbeat timeout (a process that dies mid-run: the coordination service then fails the others).
     """
+    timeout_s = common.check_timeout(timeout_s)  # the bound torch's init_process_group applies too
     if num_processes > 1 and not jax.distributed.is_initialized():
         if process_id == 0:  # the coordinator's port: one line here rather than a crash in the bind
             common.check_port_free(coordinator_address)
@@ -307,7 +309,7 @@ def train_and_evaluate(
         val_data = None if run.val is None else put_data(run.val, mesh)
         history, first_epoch = [], 1
         if resume is not None:  # every process reads it
-            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
+            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run, *train.resume_layout(state))
             state = load_train_state(state, resume)
         metrics = loop.run_metrics(BACKEND, device_name(mesh), train.versions(), config, spec, run, history)
         metrics["engine"] = "jit_scan"

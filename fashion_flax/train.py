@@ -242,6 +242,23 @@ def predict_proba(model: NeuralNetwork, images: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- checkpoints with optimizer state
 
 
+def resume_layout(state: TrainState) -> tuple[dict, None]:
+    """What a sidecar of this run must hold (canonical.validate_training_state): slot -> (shape, dtype, is_count),
+    read from this run's own fresh optax state; no scheduler state (optax's schedule count is a slot).
+
+    Mirrors fashion_torch.train.resume_layout.
+    """
+    slots = {
+        jax.tree_util.keystr(path): (
+            np.shape(leaf) or (1,),
+            str(np.dtype(leaf.dtype)),
+            jax.tree_util.keystr(path).endswith(".count"),
+        )
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
+    }
+    return slots, None
+
+
 def save_train_state(state: TrainState, path, counters: dict) -> None:
     """Weights to `path`; optimizer state, counters and a copy of the weights beside it (canonical.write_checkpoint).
 
@@ -323,7 +340,7 @@ def train_and_evaluate(
     val_data = None if run.val is None else put_data(run.val, device)
     history, first_epoch = [], 1
     if resume is not None:
-        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
+        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run, *resume_layout(state))
         state = load_train_state(state, resume)
     metrics = loop.run_metrics(BACKEND, device_name(device), versions(), config, spec, run, history)
     metrics["engine"] = "jit_scan"  # flax has one engine: each epoch slice is one jitted lax.scan

@@ -202,7 +202,7 @@ def train_and_evaluate(
         val_data = None if run.val is None else put_data(run.val, mesh)
         history, first_epoch = [], 1
         if resume is not None:  # every process reads it
-            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
+            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run, *train.resume_layout(state))
             state = load_train_state(state, resume)
         metrics = loop.run_metrics(BACKEND, device_name(mesh), train.versions(), config, spec, run, history)
         metrics["engine"] = "jit_scan"

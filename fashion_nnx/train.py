@@ -238,6 +238,19 @@ def _opt_slots(state: TrainState) -> nnx.State:
     return nnx.state(state.optimizer, nnx.OptState)["opt_state"]
 
 
+def resume_layout(state: TrainState) -> tuple[dict, None]:
+    """What a sidecar of this run must hold (canonical.validate_training_state): slot -> (shape, dtype, is_count),
+    read from this run's own fresh optax state; no scheduler state (optax's schedule count is a slot).
+
+    Mirrors fashion_torch.train.resume_layout.
+    """
+    slots = {}
+    for path_, leaf in nnx.to_flat_state(_opt_slots(state)):
+        value, key = leaf[...], _slot_key(path_)
+        slots[key] = (np.shape(value) or (1,), str(np.dtype(value.dtype)), key.endswith("count"))
+    return slots, None
+
+
 def save_train_state(state: TrainState, path, counters: dict) -> None:
     """Weights to `path` (canonical), optimizer state and counters beside it; both written atomically.
 
@@ -306,7 +319,7 @@ def train_and_evaluate(
     val_data = None if run.val is None else put_data(run.val, device)
     history, first_epoch = [], 1
     if resume is not None:
-        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
+        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run, *resume_layout(state))
         state = load_train_state(state, resume)
     metrics = loop.run_metrics(BACKEND, device_name(device), versions(), config, spec, run, history)
     metrics["engine"] = "jit_scan"  # nnx has one engine: each epoch slice is one jitted lax.scan over the split state

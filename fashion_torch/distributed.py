@@ -54,6 +54,7 @@ def init_process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_
     (gloo raises at once when the peer's socket closes; NCCL's watchdog aborts after the timeout).
     Outside torchrun (no RANK) this is a world of one on a free localhost port.
     """
+    timeout_s = common.check_timeout(timeout_s)  # the bound flax's initialize applies too
     world = common.world_from_env()
     if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ and world.size == 1:
@@ -225,7 +226,7 @@ def train_and_evaluate(
         val_data = None if run.val is None else train.put_data(run.val, device)
         history, first_epoch = [], 1
         if resume is not None:  # every rank reads it: the twin's own load (the plain model under the DDP wrapper)
-            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
+            history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run, *train.resume_layout(state))
             state = train.load_train_state(state, resume)
         metrics = loop.run_metrics(BACKEND, device_name(device), train.versions(), config, spec, run, history)
         metrics["engine"] = state.engine

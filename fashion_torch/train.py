@@ -288,6 +288,31 @@ def predict_proba(model: NeuralNetwork, images: np.ndarray) -> np.ndarray:
 _SLOTS = {"momentum_buffer": "momentum", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "step": "step"}
 
 
+# torch.optim's per-parameter buffers for each optimizer of the config (SGD keeps none without momentum)
+_OPTIMIZER_SLOTS = {
+    "sgd": ("momentum",),
+    "adam": ("exp_avg", "exp_avg_sq", "step"),
+    "adamw": ("exp_avg", "exp_avg_sq", "step"),
+}
+
+
+def resume_layout(state: TrainState) -> tuple[dict, dict]:
+    """What a sidecar of this run must hold (canonical.validate_training_state): slot -> (shape, dtype, is_count), and
+    the schedule's state as a fresh scheduler of this run has it (its position fields are checked apart).
+
+    Mirrors fashion_flax.train.resume_layout; torch's scheduler is state beside the optimizer, optax's a slot.
+    """
+    names = _OPTIMIZER_SLOTS[state.config.optimizer]
+    if state.config.optimizer == "sgd" and not state.config.momentum:
+        names = ()
+    slots = {}
+    for key, param in zip(checkpoint_keys(state.model.spec), state.model.parameters(), strict=True):
+        for name in names:
+            shape = (1,) if name == "step" else tuple(param.shape)  # step: a 0-d tensor, stored as (1,)
+            slots[f"{name}/{key}"] = (shape, "float32", name == "step")
+    return slots, state.scheduler.state_dict()
+
+
 def save_train_state(state: TrainState, path, counters: dict) -> None:
     """Weights to `path`; optimizer slots, counters and a copy of the weights beside it (canonical.write_checkpoint).
 
@@ -386,7 +411,7 @@ def train_and_evaluate(
     val_data = None if run.val is None else put_data(run.val, device)
     history, first_epoch = [], 1
     if resume is not None:
-        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run)
+        history, first_epoch, run = loop.resume_point(resume, BACKEND, config, run, *resume_layout(state))
         state = load_train_state(state, resume)
     metrics = loop.run_metrics(BACKEND, device_name(device), versions(), config, spec, run, history)
     metrics["engine"] = state.engine  # torch only: which engine ran the steps

@@ -178,6 +178,13 @@ def _write_header(path, changes):
     safetensors.numpy.save_file(_good_state(), str(path), metadata=metadata)
 
 
+def _write_spec(path, spec: ModelSpec):
+    """A checkpoint of `spec`, written by the format's own writer: header, tensors and digest all agree."""
+    rng = np.random.default_rng(0)
+    state = {k: rng.standard_normal(s).astype(np.float32) for k, s in canonical.checkpoint_shapes(spec).items()}
+    canonical.write_state(path, state, spec)
+
+
 def _truncated():
     good = safetensors.numpy.save(_good_state())
     return good[: len(good) // 2]
@@ -281,6 +288,17 @@ BAD_FILES = [
         "key 'linear_relu_stack.0.weight' has shape (512, 784), expected (256, 784)",
     ),
     ("missing file", lambda p: None, "checkpoint not found"),
+    # Digest-valid files whose spec agrees with their tensors, but that this network cannot be.
+    (
+        "num_classes 7, digest-valid",
+        lambda p: _write_spec(p, ModelSpec(num_classes=7)),
+        "header field 'num_classes' is '7'; expected '10': Fashion-MNIST has ten classes",
+    ),
+    (
+        "image_size 14x14, digest-valid",
+        lambda p: _write_spec(p, ModelSpec(image_size=(14, 14))),
+        "header field 'image_size' is '14,14'; expected '28,28'",
+    ),
     (
         "nan weight",
         lambda p: _write_tensors(p, lambda s: s["linear_relu_stack.4.bias"].__setitem__(3, np.nan)),

@@ -533,6 +533,33 @@ def test_save_preprocessed_into_a_file_gives_one_error_line(tmp_path):
     assert_one_error_line(result, "argument --save-preprocessed", "is a file")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_save_preprocessed_never_overwrites_an_input_or_an_existing_file_and_says_where_it_wrote(tmp_path, backend):
+    ckpt = tmp_path / "m.safetensors"
+    rng = np.random.default_rng(0)
+    canonical.write_state(
+        ckpt, {k: 0.05 * rng.standard_normal(s).astype(np.float32) for k, s in canonical.checkpoint_shapes().items()}
+    )
+    trouser = write_trouser_png(tmp_path / "trouser.png")  # DIR is the input's own folder: DIR/trouser.png is it
+    photo = write_trouser_png(tmp_path / "photo2.jpg")
+    theirs = tmp_path / "photo2.png"  # a user's own file, where photo2.jpg's preprocessed image would go
+    theirs.write_bytes(b"the user's own photo2.png")
+    (tmp_path / "trouser-2.png").symlink_to(trouser)  # a link to an input is taken too
+    before = {p: p.read_bytes() for p in (trouser, photo, theirs)}
+    result = cli("predict", "--backend", backend, ckpt, trouser, photo, "--save-preprocessed", tmp_path, "--json")
+    assert_ok(result)
+    assert {p: p.read_bytes() for p in before} == before  # no input and no existing file was written
+    saved = [e["preprocessed"] for e in json.loads(result.stdout)["images"]]
+    assert saved == [str(tmp_path / "trouser-3.png"), str(tmp_path / "photo2-2.png")]
+    for path in saved:
+        with Image.open(path) as im:
+            assert (im.mode, im.size) == ("L", (28, 28))
+    assert result.stderr.splitlines() == [
+        f"note: {tmp_path / 'trouser.png'} exists and is kept; {trouser} as the model saw it goes to {saved[0]}",
+        f"note: {theirs} exists and is kept; {photo} as the model saw it goes to {saved[1]}",
+    ]
+
+
 def test_format_prediction_lists_the_top_k_classes_in_descending_order():
     probs = np.full(10, 0.01, np.float32)
     probs[7], probs[5] = 0.80, 0.12  # Sneaker, then Sandal

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fashion_common.checkpoint import metrics_path_for as canonical_metrics_path
 from fashion_common.config import TrainConfig
+from fashion_common.distributed import MAX_TIMEOUT_S, DistributedError, check_timeout
 from fashion_common.errors import ConfigError
 from fashion_twins.cli import build_parser
 from fashion_twins.cli.common import UsageError
@@ -115,6 +116,60 @@ def test_non_finite_or_non_numeric_floats_are_refused_at_parse_time(flag, value)
 @pytest.mark.slow  # starts Python processes (the fast tier's guard in tests/conftest.py)
 def test_every_bad_flag_gives_one_error_line_naming_it(argv, fragment):
     assert_one_error_line(cli(*argv), fragment)
+
+
+# ----------------------------------------------------------------------------- bounds of what each flag feeds
+
+
+LAUNCHES = {  # the data-parallel launches --timeout reaches: torch under torchrun, flax and nnx on a mesh
+    "torch under torchrun": ("--backend", "torch"),
+    "flax --devices 2": ("--backend", "flax", "--devices", "2"),
+    "nnx --coordinator": ("--backend", "nnx", "--coordinator", "127.0.0.1:1234", "--num-processes", "2"),
+}
+
+
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+@pytest.mark.parametrize("timeout", ["1e308", "1e10", str(MAX_TIMEOUT_S + 1), "0.5"])
+def test_a_timeout_no_launcher_takes_is_refused_at_parse_time_alike_for_every_twin(
+    monkeypatch, tmp_path, launch, timeout
+):
+    monkeypatch.setenv("RANK", "0")  # torchrun's variables: what the torch twin's check sees under torchrun
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if launch != "torch under torchrun":
+        monkeypatch.delenv("RANK")
+        monkeypatch.delenv("WORLD_SIZE")
+    extra = ("--process-id", "0") if "coordinator" in launch else ()
+    # --epochs 0 is refused right after parsing: the --timeout must be refused first, at parse time (and
+    # where it is not, the test fails at once instead of joining a world of two or training a run).
+    extra += ("--epochs", "0")
+    result = cli("train", *LAUNCHES[launch], *extra, "--out", tmp_path / "m.safetensors", "--timeout", timeout)
+    assert_one_error_line(
+        result, f"argument --timeout: must be a number of seconds in 1..{MAX_TIMEOUT_S}", f"got {float(timeout)!r}"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_longest_timeout_every_launcher_takes_is_accepted_and_checked_in_the_twins_too():
+    assert train_args("--timeout", MAX_TIMEOUT_S).timeout == MAX_TIMEOUT_S == (2**31 - 1) // 1000
+    with pytest.raises(DistributedError, match="argument --timeout: must be a number of seconds in 1..2147483"):
+        check_timeout(1e10)  # what each twin's own set-up calls (init_process_group, initialize)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (("--epochs", str(2**31)), "argument --epochs: must be an integer in -2147483647..2147483647"),
+        (("--batch-size", "9" * 30), "argument --batch-size: must be an integer in"),
+        (("--lr", "1e39"), "argument --lr: must be a number within +-3.402823e+38 (float32)"),
+        (("--lr", "1e-40"), "argument --lr: must be 0 or at least 1.175494e-38 in size"),
+        (("--weight-decay=-1e300",), "argument --weight-decay: must be a number within"),
+        (("--devices", str(2**31)), "argument --devices: must be an integer in 1..2147483647"),
+        (("--threads", str(2**31)), "argument --threads: must be auto or an integer in 1..2147483647"),
+    ],
+)
+def test_numbers_past_what_the_twins_hold_int32_and_float32_are_refused_naming_the_flag(argv, fragment, tmp_path):
+    assert_one_error_line(cli("train", "--backend", "flax", "--out", tmp_path / "m.safetensors", *argv), fragment)
+    assert list(tmp_path.iterdir()) == []
 
 
 def every_parser():

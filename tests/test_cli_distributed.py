@@ -156,7 +156,10 @@ def test_init_starts_the_flax_twin_from_the_torch_init_so_it_ends_at_the_torch_w
         ),
         (["--backend", "nnx", "--process-id", "1"], ["argument --process-id: needs --coordinator HOST:PORT"]),
         (["--backend", "torch", "--timeout", "5"], ["argument --timeout: applies to data-parallel runs only"]),
-        (["--backend", "flax", "--timeout", "-1", "--devices", "2"], ["argument --timeout: must be a positive number"]),
+        (
+            ["--backend", "flax", "--timeout", "-1", "--devices", "2"],
+            ["argument --timeout: must be a number of seconds in 1..2147483"],
+        ),
         (
             ["--backend", "torch", "--init", "a.safetensors", "--resume", "b.safetensors"],
             ["argument --init: contradicts --resume"],

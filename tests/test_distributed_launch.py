@@ -261,3 +261,20 @@ def test_two_torchrun_nodes_of_one_c10d_rendezvous_end_at_the_one_device_weights
     assert sum(r[1].count("[torch] wrote") for r in results) == 1  # one node's rank 0 writes
     assert max_weight_diff(weights(out), weights(one)) <= TOL
     assert "x 2 ranks (DDP, gloo)" in (tmp_path / "two_nodes.metrics.json").read_text()
+
+
+@pytest.mark.slow  # two torch ranks, two flax processes, one torchrun with two ranks: ~30 s on 2 busy cores
+def test_a_timeout_no_launcher_takes_is_one_line_on_every_rank_and_process_before_any_set_up(tmp_path):
+    """1e308 was an OverflowError in DDP's set-up, 1e10 an instant c10d DistNetworkError: now one line, exit 2."""
+    said = f"argument --timeout: must be a number of seconds in 1..{common.MAX_TIMEOUT_S}"
+    assert_each_one_error_line(torch_ranks(tmp_path, [[], []], 1e10), [said, "got 10000000000.0"], [said])
+    port = common.free_port()
+    assert_each_one_error_line(flax_processes(tmp_path, [["--num-processes", "2"]] * 2, port, 1e308), [said], [said])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = [*launcher, "-m", "fashion_twins", "train", "--backend", "torch", *SHORT, "--timeout", "1e308"]
+    ((code, _, err, _),) = run_together([(cmd + ["--out", str(tmp_path / "t.safetensors")], child_env())])
+    ours = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code != 0 and len(ours) >= 1 and all(said in line for line in ours), err[-3000:]
+    assert "exitcode  : 2" in err  # the root cause torchrun reports: a rank's one-line exit, not a crash
+    assert "OverflowError" not in err and "DistNetworkError" not in err
+    assert list(tmp_path.iterdir()) == []

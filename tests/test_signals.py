@@ -19,6 +19,7 @@ from clitools import needs_data
 from fashion_common import checkpoint as canonical
 from fashion_common import interrupt
 from fashion_common.spec import DEFAULT_SPEC, checkpoint_shapes
+from fashion_twins.cli.common import check_xla_flags
 
 
 def _interrupted_run(backend: str, out) -> tuple[int, str, float]:
@@ -106,3 +107,47 @@ def test_a_jax_platforms_naming_a_missing_platform_is_one_line_naming_the_variab
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith(f"error: JAX_PLATFORMS='{platform}' names a platform JAX cannot start on this machine")
     assert [p.name for p in out.parent.iterdir() if p.suffix != ".lock"] == []  # nothing but the run's lock file
+
+
+@pytest.mark.slow  # five fresh Python processes, four of them probing XLA: ~20 s on 2 busy cores
+def test_a_junk_xla_flags_is_one_line_naming_the_variable_for_every_command_that_starts_jax(tmp_path, monkeypatch):
+    """XLA aborts on a flag it does not know (a fatal log line, exit 1): each JAX command says it first, exit 2."""
+    path = tmp_path / "m.safetensors"
+    canonical.write_state(path, {k: np.zeros(s, np.float32) for k, s in checkpoint_shapes(DEFAULT_SPEC).items()})
+    out = tmp_path / "run" / "model.safetensors"
+    out.parent.mkdir()
+    env = {**os.environ, "XLA_FLAGS": "--no_such_flag"}
+    commands = {
+        "evaluate flax": ["evaluate", "--backend", "flax", str(path)],
+        "evaluate nnx": ["evaluate", "--backend", "nnx", str(path)],
+        "train flax --devices 2": [
+            *(
+                "train",
+                "--backend",
+                "flax",
+                "--devices",
+                "2",
+                "--limit-train",
+                "256",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            )
+        ],
+        "lockstep": ["lockstep", "--steps", "1"],
+        "evaluate torch": ["evaluate", "--backend", "torch", str(tmp_path / "missing.safetensors")],
+    }
+    for name, argv in commands.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "fashion_twins", *argv], capture_output=True, text=True, env=env, timeout=300
+        )
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, (name, proc.stderr)
+        if name == "evaluate torch":  # torch never starts XLA: the variable is none of its business
+            assert lines[0] == f"error: checkpoint not found: {tmp_path / 'missing.safetensors'}"
+        else:
+            assert lines[0].startswith("error: XLA_FLAGS='--no_such_flag': XLA refuses it (Unknown flag in XLA_FLAGS")
+    assert [p.name for p in out.parent.iterdir()] == []  # refused before the run took its lock
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")  # flags XLA knows pass the probe
+    check_xla_flags()

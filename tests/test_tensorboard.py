@@ -174,3 +174,76 @@ def test_tensorboard_dir_that_is_a_file_is_refused_before_training(tmp_path):
     )
     assert_one_error_line(result, "--tensorboard", "is a file; give a folder")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def _counters(epoch: int) -> dict:
+    row = {"epoch": epoch, "train_loss": 0.5, "test_loss": 0.6, "test_accuracy": 0.8, "epoch_seconds": 1.0}
+    return {
+        "epoch": epoch,
+        "step": 10 * epoch,
+        "config": {"schedule": "constant", "lr": 1e-3, "epochs": 3},
+        "history": [row],
+    }
+
+
+def test_a_full_disk_under_the_event_writer_is_one_write_error_naming_the_file_and_the_flag_from_no_thread(tmp_path):
+    pytest.importorskip("tensorboard")
+    import threading
+
+    from fashion_common.errors import WriteError
+
+    threads = threading.active_count()
+    writer = tensorboard.EpochWriter(tmp_path, "nnx")
+    writer(_counters(1))
+    assert threading.active_count() == threads  # written in the caller's thread: no writer thread to print a traceback
+    writer._file.close()
+    writer._file = open("/dev/full", "wb")  # noqa: SIM115 (every flush: ENOSPC, from the kernel itself)
+    with pytest.raises(WriteError) as info:
+        writer(_counters(2))
+    assert str(info.value) == f"argument --tensorboard: cannot write {writer.path}: No space left on device"
+    assert info.value.errno == 28
+    writer.close()  # after the failure there is nothing left to close, and no second error
+    assert read_scalars(tmp_path / "nnx")["loss/train"] == [(1, 0.5)]  # what was written before stays readable
+
+
+def _tiny_tmpfs(folder: Path, size: str):
+    """Mount a tmpfs of `size` on `folder` (root only): a real full disk for a real process; None where it cannot."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        return None
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    return folder if done.returncode == 0 else None
+
+
+@needs_data
+@pytest.mark.slow  # one real training process per twin, on a real 4 KiB tmpfs: ~15 s each on 2 busy cores
+@pytest.mark.parametrize("backend", ["torch", "flax", "nnx"])
+def test_tensorboard_on_a_full_disk_is_one_line_naming_the_file_and_the_flag_and_the_last_checkpoint_stays(
+    tmp_path, backend
+):
+    pytest.importorskip("tensorboard")
+    logdir = _tiny_tmpfs(tmp_path / "tb", "4k")  # one page: ~800 bytes of scalars an epoch fill it in a few epochs
+    if logdir is None:
+        pytest.skip("needs root to mount a 4 KiB tmpfs (the full disk)")
+    try:
+        out = tmp_path / "m.safetensors"
+        proc = subprocess.run(
+            [sys.executable, "-m", "fashion_twins", "train", "--backend", backend, "--out", str(out), "--quiet"]
+            + ["--epochs", "30", "--limit-train", "256", "--limit-test", "64", "--tensorboard", str(logdir)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+        )
+    finally:
+        subprocess.run(["umount", str(logdir)], check=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]  # no "Exception in thread", no traceback
+    assert lines[0].startswith(f"error: argument --tensorboard: cannot write {logdir / backend}/events.out.tfevents.")
+    assert lines[0].endswith(": No space left on device")
+    last = int(proc.stdout.strip().splitlines()[-1].split("epoch")[1].split("/")[0])  # "[torch] epoch   9/30 ..."
+    assert 1 <= last < 30
+    from fashion_common import checkpoint as canonical
+
+    _, _, counters = canonical.read_checkpoint(out)  # whole, digest-verified, and the epoch the disk filled in
+    assert counters["epoch"] == last

@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv
         tune_allocator()  # steady step times: see fashion_common/runtime.py
         common.apply_threads(args)  # --threads, before any framework is imported
+        if common.starts_jax(args):
+            common.check_xla_flags()  # before JAX starts in this process: XLA aborts on a flag it does not know
         return int(args.run(args) or 0)
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0

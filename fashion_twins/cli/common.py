@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -74,16 +75,27 @@ def nearest_flag(unknown: list[str], flags) -> str:
 # ----------------------------------------------------------------------------- value checks (argparse type=)
 
 
-def int_in(low: int, high: int | None = None, what: str = "an integer") -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high] (high None: no upper bound)."""
+# Every numeric flag is bounded by what its consumers take, the same in every twin. Counts, sizes and
+# indices are int32 in JAX (its default integer; optax's step counts) and in jax.distributed's C++
+# arguments, so no integer flag goes past INT_MAX (the seed, a uint32, has its own range). Floats become
+# float32 in every twin's arithmetic: beyond FLOAT32_MAX they are inf, and a positive one under
+# FLOAT32_TINY (the smallest normal) is a subnormal that XLA on CPU flushes to 0 and torch does not.
+INT_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
+
+
+def int_in(low: int, high: int | None = INT_MAX, what: str = "an integer") -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (high: INT_MAX unless given)."""
+    high = INT_MAX if high is None else high
 
     def parse(text: str) -> int:
         try:
             value = int(text, 10)
         except ValueError:
             value = None
-        if value is None or value < low or (high is not None and value > high):
-            span = f">= {low}" if high is None else f"in {low}..{high}"
+        if value is None or value < low or value > high:
+            span = f">= {low}" if high == INT_MAX and (value is None or value < low) else f"in {low}..{high}"
             raise argparse.ArgumentTypeError(f"must be {what} {span}, got {text!r}")
         return value
 
@@ -92,11 +104,14 @@ def int_in(low: int, high: int | None = None, what: str = "an integer") -> Calla
 
 
 def integer(text: str) -> int:
-    """An argparse type: any integer, written in base 10."""
+    """An argparse type: an integer written in base 10, within +-INT_MAX (the config's checks set the range)."""
     try:
-        return int(text, 10)
+        value = int(text, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        value = None
+    if value is None or abs(value) > INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in -{INT_MAX}..{INT_MAX}, got {text!r}")
+    return value
 
 
 positive_int = int_in(1)
@@ -104,22 +119,44 @@ seed_int = int_in(0, SEED_MAX)
 
 
 def finite_float(text: str) -> float:
-    """An argparse type: a finite float (nan and inf are refused here, not after loading the data)."""
+    """An argparse type: a finite float32-sized number (nan, inf and |x| > FLOAT32_MAX refused at parse time)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    if abs(value) > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"must be a number within +-{FLOAT32_MAX:.7g} (float32), got {text!r}")
+    if 0 < abs(value) < FLOAT32_TINY:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 or at least {FLOAT32_TINY:.7g} in size (float32's smallest normal), got {text!r}"
+        )
     return value
 
 
 def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
+    """An argparse type: a number > 0, float32-sized (finite_float)."""
     value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
+
+
+def timeout_seconds(text: str) -> float:
+    """An argparse type: --timeout, seconds in what every launcher takes (fashion_common.distributed.check_timeout)."""
+    from fashion_common.distributed import DistributedError, check_timeout
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    try:
+        return check_timeout(value)
+    except DistributedError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("argument --timeout: ")) from None
 
 
 # ----------------------------------------------------------------------------- parent parsers
@@ -348,6 +385,42 @@ def require_every_twin() -> None:
     """Import both frameworks now, before any data or output: a missing one is one line naming [all] (see main)."""
     for module in ("torch", "jax", "flax", "optax"):
         importlib.import_module(module)
+
+
+# Every command that starts JAX: the JAX twins' train/evaluate/predict, and the commands that run both kinds of twin.
+JAX_COMMANDS = ("compare", "benchmark", "lockstep")
+
+
+def starts_jax(args) -> bool:
+    """True if this command line will start JAX (torch's commands never do, so XLA_FLAGS is none of theirs)."""
+    command = getattr(args, "command_prog", "").rpartition(" ")[2]
+    return command in JAX_COMMANDS or getattr(args, "backend", None) in ("flax", "nnx")
+
+
+def check_xla_flags() -> None:
+    """A junk XLA_FLAGS as one line naming the variable, not XLA's fatal log line and exit 1.
+
+    XLA parses the variable when the first backend starts and aborts the process on a flag it does not
+    know (LOG(FATAL): nothing in Python can catch it), and the list of flags it knows is nowhere public.
+    So where XLA_FLAGS is set, a child process starts JAX with it first (about 1.5 s of CPU); its abort
+    is the verdict. A child that fails for another reason (a JAX_PLATFORMS the machine lacks) is left
+    to check_jax_platforms, which names that variable.
+    """
+    value = os.environ.get("XLA_FLAGS")
+    if value is None or not value.strip():
+        return
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # the probe holds no GPU memory
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True, text=True, timeout=300
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return  # the probe could not tell; the run itself will
+    said = [line for line in probe.stderr.splitlines() if "XLA_FLAGS" in line]
+    if probe.returncode == 0 or not said:
+        return
+    reason = said[-1].split("] ", 1)[-1].strip().rstrip(".")  # "Unknown flag in XLA_FLAGS: --no_such_flag"
+    raise UsageError(f"XLA_FLAGS={value!r}: XLA refuses it ({reason}); fix the flag or unset XLA_FLAGS")
 
 
 def note(line: str) -> None:

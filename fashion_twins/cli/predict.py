@@ -14,6 +14,7 @@ with scores as fractions, as transformers' image-classification pipeline gives),
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def add_parser(subparsers) -> None:
         "--save-preprocessed",
         metavar="DIR",
         default=None,
-        help="write the 28x28 image the model saw for each input to DIR/<name>.png, created if missing (default: off)",
+        help="write the 28x28 image the model saw for each input to DIR/<name>.png, created if missing; never over a "
+        "file: where DIR/<name>.png exists (an input image itself) the first free DIR/<name>-2.png, -3 ... instead, "
+        "said on stderr (default: off)",
     )
     p.add_argument(
         "--json",
@@ -108,7 +111,12 @@ def top_k(row: np.ndarray, k: int) -> list[dict]:
 
 
 def preprocessed_paths(folder, names: list[str]) -> list[Path]:
-    """DIR/<stem>.png for each input name, made unique (shoe.png, shoe.jpg -> shoe.png, shoe-2.png); DIR is created."""
+    """DIR/<stem>.png for each input name, made unique and free; DIR is created.
+
+    Never an existing file: an input image in DIR, a user's photo2.png beside the photo2.jpg classified,
+    a link, a folder. The first free of <stem>.png, <stem>-2.png, <stem>-3.png ... is taken (shoe.png,
+    shoe.jpg -> shoe.png, shoe-2.png), and a name moved off an existing file is said on stderr.
+    """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise common.UsageError(f"argument --save-preprocessed: {folder} is a file; give a folder")
@@ -119,20 +127,34 @@ def preprocessed_paths(folder, names: list[str]) -> list[Path]:
     paths, taken = [], set()
     for name in names:
         stem = Path(name).stem.replace("[", "-").replace("]", "")  # test[3] -> test-3
-        candidate, n = stem, 1
-        while candidate in taken:
+        candidate, n, existing = stem, 1, None
+        while candidate in taken or os.path.lexists(folder / f"{candidate}.png"):
+            if candidate not in taken and existing is None:
+                existing = folder / f"{candidate}.png"
             n += 1
             candidate = f"{stem}-{n}"
         taken.add(candidate)
         paths.append(folder / f"{candidate}.png")
+        if existing is not None:
+            common.note(f"note: {existing} exists and is kept; {name} as the model saw it goes to {paths[-1]}")
     return paths
 
 
 def save_preprocessed(path: Path, pixels: np.ndarray) -> None:
-    """(28, 28) float in [0, 1], already a multiple of 1/255 -> an 8-bit grayscale PNG with those exact levels."""
+    """(28, 28) float in [0, 1], already a multiple of 1/255 -> an 8-bit grayscale PNG with those exact levels.
+
+    Created exclusively (O_EXCL): a file that appeared at `path` since preprocessed_paths chose it is never
+    overwritten; that is one error line naming it.
+    """
     from PIL import Image
 
-    Image.fromarray(np.round(pixels * 255).astype(np.uint8), "L").save(path)
+    try:
+        with open(path, "xb") as f:
+            Image.fromarray(np.round(pixels * 255).astype(np.uint8), "L").save(f, format="PNG")
+    except FileExistsError:
+        raise common.UsageError(
+            f"argument --save-preprocessed: {path} appeared while predicting; it was kept, nothing written there"
+        ) from None
 
 
 def run(args) -> int:

@@ -27,7 +27,14 @@ import typing
 
 from fashion_common import interrupt
 from fashion_common.config import RECIPES, TrainConfig, tutorial_config
-from fashion_common.distributed import DEFAULT_TIMEOUT_S, check_world, under_torchrun, world_from_env
+from fashion_common.distributed import (
+    DEFAULT_TIMEOUT_S,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    check_world,
+    under_torchrun,
+    world_from_env,
+)
 from fashion_common.errors import ConfigError
 
 from . import common
@@ -169,12 +176,12 @@ def add_parser(subparsers) -> None:
     )
     d.add_argument(
         "--timeout",
-        type=common.positive_float,
+        type=common.timeout_seconds,
         default=None,
         metavar="S",
         help=(
-            "data-parallel runs: seconds to wait on a silent peer before failing with an error (default: "
-            f"{DEFAULT_TIMEOUT_S})"
+            f"data-parallel runs: seconds to wait on a silent peer before failing with an error, {MIN_TIMEOUT_S} to "
+            f"{MAX_TIMEOUT_S} (what jax.distributed and torch's c10d take) (default: {DEFAULT_TIMEOUT_S})"
         ),
     )
     p.set_defaults(run=run)
@@ -344,13 +351,15 @@ def run(args) -> int:
 
 def _run_locked(args, config: TrainConfig, mode, out: str, sidecar: str, metrics: str) -> int:
     """run() once --out is this process's: check --resume, train, say what was written."""
-    from fashion_common.checkpoint import read_checkpoint
+    from fashion_common.checkpoint import read_checkpoint, train_state_path, validate_training_state
     from fashion_common.loop import check_resume
 
     if args.resume is not None:
         # The pair (the sidecar, and the weights file if present) must parse, verify and be one run of this config.
         _, _, counters = read_checkpoint(args.resume)
         check_resume(args.resume, counters, args.backend, config)
+        # The counters against the run (epoch within --epochs, steps whole epochs); the twin checks the slots.
+        validate_training_state(train_state_path(args.resume), counters, config.epochs)
         if int(counters.get("epoch", 0)) >= config.epochs:
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 

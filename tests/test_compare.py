@@ -30,6 +30,7 @@ CHECK_KEYS = {"stage", "name", "value", "tolerance", "passed", "why"}
 
 
 @pytest.mark.data
+@pytest.mark.slow  # the whole report end to end; each stage's computation has its own fast test
 def test_compare_report_writes_every_file_with_parity_and_lockstep_within_1e_5(tmp_path):
     options = CompareOptions(
         out_dir=str(tmp_path),

@@ -23,6 +23,8 @@ from fashion_common.config import TrainConfig
 from fashion_common.errors import CheckpointError
 
 TESTS = Path(__file__).resolve().parent
+# Every test here forks a driver process (killed at a write, then resumed): the slow tier.
+pytestmark = pytest.mark.slow
 
 # Per epoch the loop writes 3 files (sidecar, weights, metrics), each with 3 durability points:
 # fsync of the temp, the rename, fsync of the folder.

@@ -306,6 +306,7 @@ def kill_peer_after_first_checkpoint(procs, out, wait_s: float):
 
 
 @pytest.mark.data
+@pytest.mark.slow  # its runs are torchrun ranks and forced-device JAX processes
 def test_jax_twin_sharded_over_four_devices_matches_one_device_after_120_steps(mesh_runs):
     _, single, sharded, report = mesh_runs
     assert STEPS >= 100 and report["devices"] == MESH_DEVICES
@@ -313,6 +314,7 @@ def test_jax_twin_sharded_over_four_devices_matches_one_device_after_120_steps(m
 
 
 @pytest.mark.data
+@pytest.mark.slow  # its runs are torchrun ranks and forced-device JAX processes
 def test_jax_twin_sharded_step_is_one_program_whose_gradients_are_all_reduced_and_params_replicated(mesh_runs):
     report = mesh_runs[3]
     assert "all-reduce" in report["collectives"]  # the compiler's gradient all-reduce, not a hand-written pmean
@@ -321,6 +323,7 @@ def test_jax_twin_sharded_step_is_one_program_whose_gradients_are_all_reduced_an
 
 
 @pytest.mark.data
+@pytest.mark.slow  # its runs are torchrun ranks and forced-device JAX processes
 def test_jax_twin_sharded_resume_after_a_crash_reaches_the_uninterrupted_weights(runs, mesh_runs):
     backend, _, sharded, _ = mesh_runs
     _, counters = canonical.read_train_state(runs / f"{backend}_interrupted.safetensors")
@@ -330,6 +333,7 @@ def test_jax_twin_sharded_resume_after_a_crash_reaches_the_uninterrupted_weights
 
 
 @pytest.mark.data
+@pytest.mark.slow  # its runs are torchrun ranks and forced-device JAX processes
 def test_jax_twin_sharded_refuses_a_batch_not_divisible_by_the_devices_before_training(mesh_runs):
     report = mesh_runs[3]
     assert report["indivisible_error"].startswith("global batch_size 66 is not divisible by 4 devices")
@@ -337,11 +341,13 @@ def test_jax_twin_sharded_refuses_a_batch_not_divisible_by_the_devices_before_tr
 
 
 @pytest.mark.data
+@pytest.mark.slow  # its runs are torchrun ranks and forced-device JAX processes
 def test_torch_ddp_on_two_gloo_ranks_matches_one_device_after_120_steps(torch_single, torch_ddp):
     assert max_weight_diff(torch_single[0], torch_ddp[0]) <= TOL
 
 
 @pytest.mark.data
+@pytest.mark.slow  # its runs are torchrun ranks and forced-device JAX processes
 def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(torch_single, torch_ddp):
     single, ddp = torch_single[1]["epochs"], torch_ddp[1]["epochs"]
     assert [r["epoch"] for r in ddp] == list(range(1, CONFIG.epochs + 1))
@@ -359,6 +365,7 @@ def test_torch_ddp_metrics_are_reduced_over_ranks_to_the_single_device_figures(t
 
 
 @pytest.mark.data
+@pytest.mark.slow  # its runs are torchrun ranks and forced-device JAX processes
 def test_torch_ddp_matches_the_jax_twin_sharded_within_tolerance(torch_ddp, mesh_runs):
     assert max_weight_diff(torch_ddp[0], mesh_runs[2]) <= TOL
 
@@ -490,6 +497,7 @@ def test_a_killed_jax_process_makes_process_0_fail_with_a_clear_error_and_keeps_
 
 @pytest.mark.gpu
 @pytest.mark.data
+@pytest.mark.slow  # its runs are torchrun ranks and forced-device JAX processes
 def test_each_distributed_path_at_world_size_1_on_cuda_matches_the_single_device_run(runs, gpu):
     init = runs / "init.safetensors"
     backend = "gloo" if gpu.rehearsal else "nccl"  # NCCL is CUDA only: the rehearsal proves the plumbing on gloo

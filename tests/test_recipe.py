@@ -583,6 +583,7 @@ def test_torch_autograd_and_nnx_trained_in_lockstep_with_sgd_stay_within_1e_5():
 
 
 @pytest.mark.data
+@pytest.mark.slow  # a full epoch of 937 steps per JAX twin; the fast tier's lockstep proofs are shorter
 def test_nnx_and_linen_trained_in_lockstep_for_a_full_epoch_of_the_tutorials_sgd_and_their_epoch_times():
     """937 steps (one epoch, batch 64) of plain SGD from one init, step by step: per-step loss and final
     weights within the lockstep's 1e-5 (measured bit-equal: the Flax twins lower the same XLA ops).

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "source",
         metavar="IN",
-        help="a torch.save'd state_dict (.pth/.pt), or a safetensors checkpoint (either twin's, or one without a spec)",
+        help="a torch.save'd state_dict (.pth/.pt), or a safetensors checkpoint (any twin's, or one without a spec)",
     )
     p.add_argument(
         "dest",

@@ -364,7 +364,7 @@ def _run_locked(args, config: TrainConfig, mode, out: str, sidecar: str, metrics
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 
     twin = common.backend_module(args.backend, start_backend=mode is None)
-    twin.set_matmul_precision(args.precision)  # every rank / process alike
+    twin.set_matmul_precision(config.precision)  # every rank / process alike (train_and_evaluate sets it too)
     writer = None
     if args.tensorboard is not None and _is_writer(args, mode):  # rank / process 0 only, as the checkpoint
         from fashion_common.tensorboard import EpochWriter

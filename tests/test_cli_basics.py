@@ -169,6 +169,7 @@ def test_the_loop_makes_no_bar_where_stderr_is_not_a_terminal(monkeypatch):
 
 
 @needs_data
+@pytest.mark.slow  # its logged_run is a `python -m fashion_twins train` process
 def test_train_into_a_log_file_writes_one_line_per_epoch_and_no_progress_frames(logged_run):
     log = logged_run["log"]
     assert "\r" not in log  # a bar would be carriage-return frames
@@ -178,6 +179,7 @@ def test_train_into_a_log_file_writes_one_line_per_epoch_and_no_progress_frames(
 
 
 @needs_data
+@pytest.mark.slow  # its logged_run is a `python -m fashion_twins train` process
 def test_metrics_json_stores_the_spec_numbers_as_numbers(logged_run):
     spec = json.loads(logged_run["metrics"].read_text())["spec"]
     assert spec == {

@@ -118,14 +118,20 @@ positive_int = int_in(1)
 seed_int = int_in(0, SEED_MAX)
 
 
-def finite_float(text: str) -> float:
-    """An argparse type: a finite float32-sized number (nan, inf and |x| > FLOAT32_MAX refused at parse time)."""
+def _finite(text: str) -> float:
+    """float(text), or ArgumentTypeError for text that is not a finite number (nan and inf included)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite float32-sized number (nan, inf and |x| > FLOAT32_MAX refused at parse time)."""
+    value = _finite(text)
     if abs(value) > FLOAT32_MAX:
         raise argparse.ArgumentTypeError(f"must be a number within +-{FLOAT32_MAX:.7g} (float32), got {text!r}")
     if 0 < abs(value) < FLOAT32_TINY:
@@ -147,12 +153,7 @@ def timeout_seconds(text: str) -> float:
     """An argparse type: --timeout, seconds in what every launcher takes (fashion_common.distributed.check_timeout)."""
     from fashion_common.distributed import DistributedError, check_timeout
 
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    value = _finite(text)
     try:
         return check_timeout(value)
     except DistributedError as e:

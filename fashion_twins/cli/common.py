@@ -354,8 +354,13 @@ FRAMEWORK_EXTRAS = {
     "flax": "jax",
     "optax": "jax",
 }
-# The commands that run a torch twin and a JAX twin side by side: they need both extras, i.e. [all].
+# The commands that run a torch twin and a JAX twin side by side: they need both extras, i.e. [all], and start JAX.
 EVERY_TWIN_COMMANDS = ("compare", "lockstep", "benchmark")
+
+
+def command_name(args) -> str:
+    """The subcommand's name ("train") from its prog ("fashion-twins train"); "" before parsing set it."""
+    return getattr(args, "command_prog", "").rpartition(" ")[2]
 
 
 def missing_framework_line(e: ModuleNotFoundError, args) -> str | None:
@@ -369,11 +374,11 @@ def missing_framework_line(e: ModuleNotFoundError, args) -> str | None:
     if extra is None:
         return None
     command = getattr(args, "command_prog", "fashion-twins")
-    if command.split()[-1] in EVERY_TWIN_COMMANDS:
+    if command_name(args) in EVERY_TWIN_COMMANDS:
         extra, what = "all", f"{command} runs a torch twin and a JAX twin; it"
     elif module == "torchvision":
         what = f"{command} --download (torchvision's downloader)"
-    elif command.split()[-1] == "convert":
+    elif command_name(args) == "convert":
         what = f"{command} (a .pth file is torch's format)"
     elif getattr(args, "backend", None):
         what = f"{command} --backend {args.backend}"
@@ -388,14 +393,12 @@ def require_every_twin() -> None:
         importlib.import_module(module)
 
 
-# Every command that starts JAX: the JAX twins' train/evaluate/predict, and the commands that run both kinds of twin.
-JAX_COMMANDS = ("compare", "benchmark", "lockstep")
-
-
 def starts_jax(args) -> bool:
-    """True if this command line will start JAX (torch's commands never do, so XLA_FLAGS is none of theirs)."""
-    command = getattr(args, "command_prog", "").rpartition(" ")[2]
-    return command in JAX_COMMANDS or getattr(args, "backend", None) in ("flax", "nnx")
+    """True if this command line will start JAX: a JAX twin's command, or one that runs every twin.
+
+    torch's commands never start it, so XLA_FLAGS is none of theirs.
+    """
+    return command_name(args) in EVERY_TWIN_COMMANDS or getattr(args, "backend", None) in ("flax", "nnx")
 
 
 def check_xla_flags() -> None:

@@ -56,11 +56,7 @@ def add_parser(subparsers) -> None:
         "train",
         help="train one twin; writes a checkpoint, its optimizer sidecar and METRICS.json",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        parents=[
-            common.backend_parent(),
-            common.data_parent(),
-            common.threads_parent(),
-        ],
+        parents=[common.backend_parent(), common.data_parent(), common.threads_parent()],
     )
     defaults, tutorial = TrainConfig(), tutorial_config()
     for field in dataclasses.fields(TrainConfig):
@@ -364,7 +360,6 @@ def _run_locked(args, config: TrainConfig, mode, out: str, sidecar: str, metrics
             return _finished(args, config, counters, out, sidecar, metrics) if _is_writer(args, mode) else 0
 
     twin = common.backend_module(args.backend, start_backend=mode is None)
-    twin.set_matmul_precision(config.precision)  # every rank / process alike (train_and_evaluate sets it too)
     writer = None
     if args.tensorboard is not None and _is_writer(args, mode):  # rank / process 0 only, as the checkpoint
         from fashion_common.tensorboard import EpochWriter
